@@ -1,0 +1,1 @@
+"""The ``freqfleet`` command: the embedded stack, the supervisor, and each service's entry point."""

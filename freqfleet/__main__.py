@@ -1,0 +1,3 @@
+from freqfleet.cli import main
+
+main()

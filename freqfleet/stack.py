@@ -1,0 +1,235 @@
+"""``freqfleet up``: the whole system on the embedded default, in the foreground.
+
+Order of start: PostgreSQL and Valkey (unless DATABASE_URL / REDIS_URL name external
+servers), migrations, the first admin, then the management server, the gateway and the
+Celery worker as supervised children. SIGINT or SIGTERM stops it all in reverse order.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from types import FrameType
+
+import httpx
+from pydantic import Field, SecretStr
+
+from freqfleet import database
+from freqfleet.embedded import EmbeddedPostgres, EmbeddedValkey
+from freqfleet.supervisor import ChildSpec, Supervisor
+from management_server.config import ManagementSettings
+from management_server.security.passwords import password_problems
+from shared.logging import get_logger
+from shared.settings import redact_url
+
+log = get_logger(__name__)
+
+DEFAULT_ADMIN_EMAIL = "admin@example.com"
+
+
+class StackSettings(ManagementSettings):
+    """What ``freqfleet up`` needs beyond the management server's own settings."""
+
+    gateway_host: str = Field(default="127.0.0.1")
+    gateway_port: int = Field(default=8001, ge=1, le=65535)
+    valkey_port: int = Field(default=6390, ge=1, le=65535, description="Port of the embedded Valkey.")
+    ready_timeout: float = Field(default=120.0, gt=0, description="Seconds `up` waits for the services.")
+
+
+@dataclass
+class Endpoints:
+    database_url: str
+    redis_url: str
+    management_url: str
+    gateway_url: str
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+class Stack:
+    def __init__(self, settings: StackSettings, env: dict[str, str] | None = None) -> None:
+        self.settings = settings
+        self.env = dict(os.environ if env is None else env)
+        self.data_dir = settings.data_dir.resolve()
+        self.postgres: EmbeddedPostgres | None = None
+        self.valkey: EmbeddedValkey | None = None
+        self.supervisor: Supervisor | None = None
+        self._stop = threading.Event()
+
+    # -- start ---------------------------------------------------------------------------
+
+    def _check_ports(self) -> None:
+        s = self.settings
+        wanted = [
+            ("FREQFLEET_MANAGEMENT_PORT", s.management_host, s.management_port),
+            ("FREQFLEET_GATEWAY_PORT", s.gateway_host, s.gateway_port),
+        ]
+        if self.valkey is None and not self._external_redis:
+            wanted.append(("FREQFLEET_VALKEY_PORT", "127.0.0.1", s.valkey_port))
+        busy = [f"{port} ({var})" for var, host, port in wanted if not _port_free(host, port)]
+        if busy:
+            raise RuntimeError(
+                "ports already in use: " + ", ".join(busy) + ". Stop what uses them or choose other ports."
+            )
+
+    @property
+    def _external_database(self) -> bool:
+        return "DATABASE_URL" in self.env or "FREQFLEET_DATABASE_URL" in self.env
+
+    @property
+    def _external_redis(self) -> bool:
+        return "REDIS_URL" in self.env or "FREQFLEET_REDIS_URL" in self.env
+
+    def start_servers(self) -> tuple[str, str]:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._check_ports()
+        if self._external_database:
+            database_url = self.settings.database_url.get_secret_value()
+        else:
+            self.postgres = EmbeddedPostgres(self.data_dir)
+            self.postgres.start()
+            database_url = self.postgres.url()
+        if self._external_redis:
+            redis_url = self.settings.redis_url.get_secret_value()
+        else:
+            self.valkey = EmbeddedValkey(self.data_dir, self.settings.valkey_port)
+            self.valkey.start()
+            redis_url = self.valkey.url
+        return database_url, redis_url
+
+    def bootstrap(self, database_url: str) -> database.AdminBootstrap:
+        database.upgrade(database_url)
+        email = str(self.settings.admin_email or DEFAULT_ADMIN_EMAIL)
+        password = self.settings.admin_password.get_secret_value() if self.settings.admin_password else None
+        if password is not None and (problems := password_problems(password)):
+            raise RuntimeError("FREQFLEET_ADMIN_PASSWORD: " + "; ".join(problems))
+        settings = self.settings.model_copy(update={"database_url": SecretStr(database_url)})
+        return database.bootstrap_admin(settings, email, password)
+
+    def child_specs(self, endpoints: Endpoints) -> list[ChildSpec]:
+        env = dict(self.env)
+        env.update(
+            {
+                "FREQFLEET_DATA_DIR": str(self.data_dir),
+                "FREQFLEET_DATABASE_URL": endpoints.database_url,
+                "FREQFLEET_REDIS_URL": endpoints.redis_url,
+                "FREQFLEET_MANAGEMENT_URL": endpoints.management_url,
+                "FREQFLEET_MANAGEMENT_HOST": self.settings.management_host,
+                "FREQFLEET_MANAGEMENT_PORT": str(self.settings.management_port),
+                "FREQFLEET_GATEWAY_HOST": self.settings.gateway_host,
+                "FREQFLEET_GATEWAY_PORT": str(self.settings.gateway_port),
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        # Children read the URLs above; the unprefixed forms would only shadow them.
+        env.pop("DATABASE_URL", None)
+        env.pop("REDIS_URL", None)
+        # The admin password is needed by nobody after bootstrap.
+        env.pop("FREQFLEET_ADMIN_PASSWORD", None)
+        python = sys.executable
+        return [
+            ChildSpec("management", [python, "-m", "freqfleet", "management"], env),
+            ChildSpec("gateway", [python, "-m", "freqfleet", "gateway"], env),
+            ChildSpec("worker", [python, "-m", "freqfleet", "worker"], env),
+        ]
+
+    def wait_ready(self, urls: list[str]) -> None:
+        deadline = time.monotonic() + self.settings.ready_timeout
+        pending = list(urls)
+        with httpx.Client(timeout=2.0) as client:
+            while pending:
+                if self._stop.is_set():
+                    return
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"services not ready after {self.settings.ready_timeout:g}s: {pending}")
+                for url in list(pending):
+                    try:
+                        if client.get(f"{url}/health/ready").status_code == 200:
+                            pending.remove(url)
+                    except httpx.HTTPError:
+                        pass
+                assert self.supervisor is not None
+                self.supervisor.check()
+                self._stop.wait(0.2)
+
+    # -- run -----------------------------------------------------------------------------
+
+    def request_stop(self, signum: int, _: FrameType | None) -> None:
+        log.info("stop requested", signal=signal.Signals(signum).name)
+        self._stop.set()
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+        try:
+            database_url, redis_url = self.start_servers()
+            if self._stop.is_set():
+                return 0
+            admin = self.bootstrap(database_url)
+            endpoints = Endpoints(
+                database_url=database_url,
+                redis_url=redis_url,
+                management_url=f"http://{self.settings.management_host}:{self.settings.management_port}",
+                gateway_url=f"http://{self.settings.gateway_host}:{self.settings.gateway_port}",
+            )
+            self.supervisor = Supervisor(self.child_specs(endpoints))
+            self.supervisor.start_all()
+            self.wait_ready([endpoints.management_url, endpoints.gateway_url])
+            if not self._stop.is_set():
+                self._print_banner(endpoints, admin)
+            while not self._stop.is_set():
+                self.supervisor.check()
+                self._stop.wait(0.5)
+            return 0
+        except Exception as exc:
+            log.error("freqfleet up failed", error=str(exc))
+            print(f"freqfleet up: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            self.shutdown()
+
+    def shutdown(self) -> None:
+        if self.supervisor is not None:
+            self.supervisor.stop_all()
+            self.supervisor = None
+        if self.valkey is not None:
+            self.valkey.stop()
+            self.valkey = None
+        if self.postgres is not None:
+            self.postgres.stop()
+            self.postgres = None
+        log.info("freqfleet stopped")
+
+    def _print_banner(self, endpoints: Endpoints, admin: database.AdminBootstrap) -> None:
+        lines = [
+            "",
+            "Freqfleet is up.",
+            f"  management server  {endpoints.management_url}   (API docs: {endpoints.management_url}/docs)",
+            f"  trading gateway    {endpoints.gateway_url}",
+            f"  database           {redact_url(endpoints.database_url)}",
+            f"  redis              {redact_url(endpoints.redis_url)}",
+            f"  data directory     {self.data_dir}",
+        ]
+        if admin.generated_password is not None:
+            lines += [
+                f"  first admin        {admin.email}",
+                f"  admin password     {admin.generated_password}   (shown once: keep it now)",
+            ]
+        elif admin.created:
+            lines.append(f"  first admin        {admin.email} (password from FREQFLEET_ADMIN_PASSWORD)")
+        lines += ["Press Ctrl-C to stop everything.", ""]
+        print("\n".join(lines), flush=True)
+

@@ -1,0 +1,1 @@
+"""The management server: users, bots (desired state), strategies, models, analytics, audit."""

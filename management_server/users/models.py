@@ -1,0 +1,32 @@
+"""Users of the management server."""
+
+from __future__ import annotations
+
+import uuid
+from enum import StrEnum
+
+from sqlalchemy import Boolean, Enum, String, Uuid
+from sqlalchemy.orm import Mapped, mapped_column
+
+from management_server.db import Base, TimestampMixin
+
+
+class Role(StrEnum):
+    user = "user"
+    admin = "admin"
+    service = "service"
+
+
+class User(TimestampMixin, Base):
+    __tablename__ = "users"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    # Stored lower-cased; the unique index makes emails case-insensitively unique.
+    email: Mapped[str] = mapped_column(String(320), unique=True, nullable=False)
+    password_hash: Mapped[str] = mapped_column(String(255), nullable=False)
+    role: Mapped[Role] = mapped_column(
+        Enum(Role, name="user_role", native_enum=False, length=16, validate_strings=True),
+        nullable=False,
+        default=Role.user,
+    )
+    is_active: Mapped[bool] = mapped_column(Boolean, nullable=False, default=True)

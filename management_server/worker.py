@@ -1,0 +1,69 @@
+"""The Celery worker of the management server (model training, strategy checks, backups).
+
+Tasks live with their domains and are registered here. The broker and the result
+backend are the same Redis as the bus.
+"""
+
+from __future__ import annotations
+
+import socket
+from datetime import UTC, datetime
+from typing import Any
+
+from celery import Celery
+from celery.signals import setup_logging
+
+from management_server.config import ManagementSettings, get_settings
+from shared.logging import configure_logging
+
+PING_TASK = "freqfleet.ping"
+
+
+def create_celery(settings: ManagementSettings | None = None) -> Celery:
+    settings = settings or get_settings()
+    url = settings.redis_url.get_secret_value()
+    app = Celery("freqfleet", broker=url, backend=url, set_as_current=False)
+    app.conf.update(
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_track_started=True,
+        result_expires=24 * 3600,
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+        enable_utc=True,
+        timezone="UTC",
+    )
+
+    @app.task(name=PING_TASK)
+    def ping() -> dict[str, Any]:
+        """Proves a worker takes tasks off the broker: who answered, and when."""
+        return {"hostname": socket.gethostname(), "at": datetime.now(UTC).isoformat()}
+
+    return app
+
+
+def run() -> None:
+    """Run a worker (``freqfleet worker``)."""
+    settings = get_settings()
+
+    @setup_logging.connect
+    def _keep_our_logging(**_: Any) -> None:
+        configure_logging("worker", settings.log_level, settings.log_format)
+
+    configure_logging("worker", settings.log_level, settings.log_format)
+    app = create_celery(settings)
+    app.worker_main(
+        [
+            "worker",
+            f"--loglevel={settings.log_level.upper()}",
+            f"--concurrency={settings.celery_concurrency}",
+            f"--hostname=freqfleet@{socket.gethostname()}",
+            "--without-gossip",
+            "--without-mingle",
+        ]
+    )

@@ -1,0 +1,1 @@
+"""What both Freqfleet services use: settings, logging, HTTP plumbing, health checks."""

@@ -1,0 +1,85 @@
+"""HTTP plumbing both FastAPI apps share: correlation ids, access log, metrics, errors."""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+
+from asgi_correlation_id import CorrelationIdMiddleware, correlation_id
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from prometheus_client import CollectorRegistry
+from prometheus_fastapi_instrumentator import Instrumentator
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from shared.logging import get_logger
+
+REQUEST_ID_HEADER = "X-Request-ID"
+_SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+access_log = get_logger("freqfleet.access")
+error_log = get_logger("freqfleet.error")
+
+
+def is_safe_request_id(value: str) -> bool:
+    """Accept caller ids that can't forge log lines or headers (no spaces, no control characters)."""
+    return bool(_SAFE_REQUEST_ID.match(value))
+
+
+class AccessLogMiddleware:
+    """One structured log line per HTTP request, with the correlation id bound."""
+
+    def __init__(self, app: ASGIApp, quiet_paths: frozenset[str] = frozenset()) -> None:
+        self.app = app
+        self.quiet_paths = quiet_paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            path = scope.get("path", "")
+            if path not in self.quiet_paths or status >= 400:
+                access_log.info(
+                    "request",
+                    method=scope.get("method"),
+                    path=path,
+                    status=status,
+                    duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                    client=(scope.get("client") or ("", 0))[0],
+                )
+
+
+async def _unhandled_error(request: Request, exc: Exception) -> JSONResponse:
+    request_id = correlation_id.get()
+    error_log.exception("unhandled error", method=request.method, path=request.url.path)
+    body: dict[str, Any] = {
+        "detail": "Internal server error. Quote the request id when reporting it.",
+        "request_id": request_id,
+    }
+    headers = {REQUEST_ID_HEADER: request_id} if request_id else None
+    return JSONResponse(status_code=500, content=body, headers=headers)
+
+
+def install_http_plumbing(app: FastAPI, registry: CollectorRegistry) -> None:
+    """Access log, correlation id (``X-Request-ID``), Prometheus ``/metrics`` and a JSON 500."""
+    Instrumentator(
+        registry=registry,
+        excluded_handlers=["/metrics"],
+        should_group_status_codes=False,
+    ).instrument(app).expose(app, endpoint="/metrics", include_in_schema=False)
+    app.add_middleware(AccessLogMiddleware, quiet_paths=frozenset({"/health/live", "/health/ready", "/metrics"}))
+    app.add_middleware(CorrelationIdMiddleware, header_name=REQUEST_ID_HEADER, validator=is_safe_request_id)
+    app.add_exception_handler(Exception, _unhandled_error)

@@ -1,0 +1,123 @@
+"""Settings common to every Freqfleet process.
+
+Values come from the environment with the ``FREQFLEET_`` prefix (``DATABASE_URL`` and
+``REDIS_URL`` are also read without it, as most hosting platforms set them that way).
+Secrets are ``SecretStr`` so they never show in a repr or a log line, and outside
+development a secret that is empty or an obvious placeholder is refused at start.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+from urllib.parse import urlsplit
+
+from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PLACEHOLDER_SECRETS = frozenset(
+    {
+        "",
+        "changeme",
+        "change-me",
+        "change_me",
+        "secret",
+        "password",
+        "admin",
+        "postgres",
+        "redis",
+        "example",
+        "placeholder",
+        "xxx",
+        "todo",
+    }
+)
+
+
+class Environment(StrEnum):
+    development = "development"
+    test = "test"
+    production = "production"
+
+
+class LogFormat(StrEnum):
+    json = "json"
+    console = "console"
+
+
+def is_placeholder(value: str) -> bool:
+    return value.strip().lower() in PLACEHOLDER_SECRETS
+
+
+def url_password(url: str) -> str | None:
+    """The password part of a URL, or None when the URL carries none."""
+    return urlsplit(url).password
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password replaced, safe for logs and messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
+
+
+EnvRedisUrl = Annotated[
+    SecretStr,
+    Field(
+        default=SecretStr("redis://127.0.0.1:6379/0"),
+        validation_alias=AliasChoices("FREQFLEET_REDIS_URL", "REDIS_URL"),
+        description="Redis (or Valkey) URL for the bus, the Celery broker, caches and rate limits.",
+    ),
+]
+
+
+class CommonSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="FREQFLEET_",
+        env_file=None,
+        extra="ignore",
+        populate_by_name=True,
+    )
+
+    env: Environment = Field(default=Environment.development, description="development, test or production.")
+    data_dir: Path = Field(default=Path(".freqfleet"), description="Where all state of the embedded default lives.")
+    log_level: str = Field(default="INFO", description="Log level of every Freqfleet process.")
+    log_format: LogFormat = Field(default=LogFormat.json, description="json (default) or console.")
+    redis_url: EnvRedisUrl
+
+    @property
+    def is_development(self) -> bool:
+        return self.env is not Environment.production
+
+    def secret_fields(self) -> dict[str, SecretStr]:
+        """Every SecretStr setting by name, subclasses' included."""
+        return {
+            name: value
+            for name in type(self).model_fields
+            if isinstance(value := getattr(self, name), SecretStr)
+        }
+
+    @model_validator(mode="after")
+    def _refuse_placeholder_secrets(self) -> CommonSettings:
+        if self.env is not Environment.production:
+            return self
+        problems: list[str] = []
+        for name, secret in self.secret_fields().items():
+            value = secret.get_secret_value()
+            if "://" in value:
+                password = url_password(value)
+                if password is not None and is_placeholder(password):
+                    problems.append(f"{name.upper()} carries a placeholder password")
+            elif is_placeholder(value):
+                problems.append(f"FREQFLEET_{name.upper()} is empty or a placeholder")
+        if problems:
+            raise ValueError(
+                "refusing to start in production with placeholder secrets: "
+                + "; ".join(problems)
+                + ". Set real values in the environment."
+            )
+        return self
+

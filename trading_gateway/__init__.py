@@ -1,0 +1,1 @@
+"""The trading gateway: runs Freqtrade processes on its host and reports what they do."""

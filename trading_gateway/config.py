@@ -1,0 +1,38 @@
+"""Settings of the trading gateway."""
+
+from __future__ import annotations
+
+import socket
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+
+from shared.settings import CommonSettings
+
+
+def _default_gateway_id() -> str:
+    return f"gw-{socket.gethostname()}"
+
+
+class GatewaySettings(CommonSettings):
+    gateway_id: str = Field(
+        default_factory=_default_gateway_id,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$",
+        description="This gateway's name on the bus (commands arrive on freqfleet:commands:{gateway_id}).",
+    )
+    gateway_host: str = Field(default="127.0.0.1", description="Address the gateway binds.")
+    gateway_port: int = Field(default=8001, ge=1, le=65535, description="Port of the gateway.")
+    management_url: str = Field(
+        default="http://127.0.0.1:8000", description="Where the gateway reaches the management server."
+    )
+
+    @property
+    def gateway_data_dir(self) -> Path:
+        """The gateway's own folder (one sub-folder per bot, its state file)."""
+        return self.data_dir / "gateway" / self.gateway_id
+
+
+@lru_cache
+def get_settings() -> GatewaySettings:
+    return GatewaySettings()
