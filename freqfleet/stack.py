@@ -24,6 +24,7 @@ from freqfleet.embedded import EmbeddedPostgres, EmbeddedValkey
 from freqfleet.supervisor import ChildSpec, Supervisor
 from management_server.config import ManagementSettings
 from management_server.security.passwords import password_problems
+from management_server.users.service import AdminBootstrap
 from shared.logging import get_logger
 from shared.settings import redact_url
 
@@ -110,7 +111,7 @@ class Stack:
             redis_url = self.valkey.url
         return database_url, redis_url
 
-    def bootstrap(self, database_url: str) -> database.AdminBootstrap:
+    def bootstrap(self, database_url: str) -> AdminBootstrap:
         database.upgrade(database_url)
         email = str(self.settings.admin_email or DEFAULT_ADMIN_EMAIL)
         password = self.settings.admin_password.get_secret_value() if self.settings.admin_password else None
@@ -213,7 +214,7 @@ class Stack:
             self.postgres = None
         log.info("freqfleet stopped")
 
-    def _print_banner(self, endpoints: Endpoints, admin: database.AdminBootstrap) -> None:
+    def _print_banner(self, endpoints: Endpoints, admin: AdminBootstrap) -> None:
         lines = [
             "",
             "Freqfleet is up.",
@@ -232,4 +233,3 @@ class Stack:
             lines.append(f"  first admin        {admin.email} (password from FREQFLEET_ADMIN_PASSWORD)")
         lines += ["Press Ctrl-C to stop everything.", ""]
         print("\n".join(lines), flush=True)
-

@@ -8,6 +8,7 @@ exponential backoff; the backoff resets once it has stayed up for a while.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
@@ -76,7 +77,7 @@ class Supervisor:
             list(child.spec.argv),
             env=dict(child.spec.env),
             start_new_session=True,
-            preexec_fn=_die_with_parent,  # noqa: PLW1509 - single-threaded supervisor
+            preexec_fn=_die_with_parent,
         )
         child.started_at = self.clock()
         child.restart_at = None
@@ -133,7 +134,5 @@ class Supervisor:
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, sig)
-    except ProcessLookupError:
-        pass

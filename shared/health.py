@@ -18,14 +18,14 @@ Check = Callable[[], Awaitable[object]]
 CHECK_TIMEOUT_SECONDS = 3.0
 
 
-async def run_checks(checks: Mapping[str, Check], timeout: float = CHECK_TIMEOUT_SECONDS) -> dict[str, str]:
+async def run_checks(checks: Mapping[str, Check], deadline: float = CHECK_TIMEOUT_SECONDS) -> dict[str, str]:
     """Run every check concurrently; ``"ok"`` or a short reason per check."""
 
     async def one(check: Check) -> str:
         try:
-            await asyncio.wait_for(check(), timeout)
+            await asyncio.wait_for(check(), deadline)
         except TimeoutError:
-            return f"unavailable: no answer within {timeout:g}s"
+            return f"unavailable: no answer within {deadline:g}s"
         except Exception as exc:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             return f"unavailable: {type(exc).__name__}{': ' + reason[:200] if reason else ''}"

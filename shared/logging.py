@@ -39,6 +39,11 @@ def redact(value: Any) -> Any:
     return value
 
 
+def _drop_color_message(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    event_dict.pop("color_message", None)  # uvicorn's ANSI-coloured duplicate of the message
+    return event_dict
+
+
 def _redact_secrets(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     for key in list(event_dict):
         if key == "event":
@@ -76,12 +81,11 @@ def configure_logging(service: str, level: str = "INFO", fmt: LogFormat = LogFor
         structlog.stdlib.add_logger_name,
         structlog.stdlib.ExtraAdder(),
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _drop_color_message,
         _redact_secrets,
     ]
     renderer: structlog.types.Processor = (
-        structlog.processors.JSONRenderer()
-        if fmt is LogFormat.json
-        else structlog.dev.ConsoleRenderer(colors=False)
+        structlog.processors.JSONRenderer() if fmt is LogFormat.json else structlog.dev.ConsoleRenderer(colors=False)
     )
     structlog.configure(
         processors=[

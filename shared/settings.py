@@ -94,11 +94,7 @@ class CommonSettings(BaseSettings):
 
     def secret_fields(self) -> dict[str, SecretStr]:
         """Every SecretStr setting by name, subclasses' included."""
-        return {
-            name: value
-            for name in type(self).model_fields
-            if isinstance(value := getattr(self, name), SecretStr)
-        }
+        return {name: value for name in type(self).model_fields if isinstance(value := getattr(self, name), SecretStr)}
 
     @model_validator(mode="after")
     def _refuse_placeholder_secrets(self) -> CommonSettings:
@@ -120,4 +116,3 @@ class CommonSettings(BaseSettings):
                 + ". Set real values in the environment."
             )
         return self
-

@@ -1,0 +1,93 @@
+"""Real servers for the suite: embedded PostgreSQL and Valkey, started once per session.
+
+Each test gets its own database, copied from a migrated template (``CREATE DATABASE ...
+TEMPLATE``), and a flushed Redis, so tests never see each other's data.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+import pytest_asyncio
+import redis.asyncio as aioredis
+from pydantic import SecretStr
+
+from freqfleet import database
+from freqfleet.embedded import EmbeddedPostgres, EmbeddedValkey
+from management_server.config import ManagementSettings
+from shared.logging import configure_logging
+from shared.settings import Environment, LogFormat
+from tests.helpers import free_port
+from trading_gateway.config import GatewaySettings
+
+TEMPLATE_DB = "freqfleet_template"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _logging() -> None:
+    configure_logging("tests", "INFO", LogFormat.console)
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
+    server = EmbeddedPostgres(tmp_path_factory.mktemp("pg"), database=TEMPLATE_DB)
+    server.start()
+    database.upgrade(server.url())
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def valkey(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedValkey]:
+    server = EmbeddedValkey(tmp_path_factory.mktemp("valkey"), free_port())
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def database_url(postgres: EmbeddedPostgres) -> AsyncIterator[str]:
+    """A fresh, migrated database for this test."""
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(host=str(postgres.socket_dir), user="postgres", database="postgres")
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{TEMPLATE_DB}"')
+        yield postgres.url(name)
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def redis_url(valkey: EmbeddedValkey) -> AsyncIterator[str]:
+    """The session's Valkey, flushed for this test."""
+    client = aioredis.Redis.from_url(valkey.url)
+    try:
+        await client.flushall()
+        yield valkey.url
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
+def management_settings(database_url: str, redis_url: str, tmp_path: Path) -> ManagementSettings:
+    return ManagementSettings(
+        env=Environment.test,
+        data_dir=tmp_path,
+        database_url=SecretStr(database_url),
+        redis_url=SecretStr(redis_url),
+    )
+
+
+@pytest.fixture
+def gateway_settings(redis_url: str, tmp_path: Path) -> GatewaySettings:
+    return GatewaySettings(
+        env=Environment.test,
+        data_dir=tmp_path,
+        redis_url=SecretStr(redis_url),
+        gateway_id="gw-test",
+    )

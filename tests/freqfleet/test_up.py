@@ -1,0 +1,227 @@
+"""``freqfleet up`` as a real subprocess: embedded servers, children, restart, clean stop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import httpx
+import psutil
+import pytest
+import redis
+from argon2 import PasswordHasher
+from pydantic import SecretStr
+
+from management_server.config import ManagementSettings
+from management_server.worker import PING_TASK, create_celery
+from shared.settings import Environment
+from tests.helpers import free_port, wait_for
+
+pytestmark = pytest.mark.slow
+
+ADMIN_EMAIL = "ops@example.com"
+
+
+@dataclass
+class Up:
+    proc: subprocess.Popen[bytes]
+    data_dir: Path
+    log: Path
+    management: str
+    gateway: str
+    valkey_port: int
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def postmaster(self) -> tuple[int, Path]:
+        lines = (self.data_dir / "postgres" / "postmaster.pid").read_text().splitlines()
+        return int(lines[0]), Path(lines[4])
+
+    def all_pids(self) -> set[int]:
+        """``up``, everything under it, and the PostgreSQL server with its backends."""
+        root = psutil.Process(self.proc.pid)
+        pids = {self.proc.pid} | {p.pid for p in root.children(recursive=True)}
+        pg_pid, _ = self.postmaster()
+        pids |= {pg_pid} | {p.pid for p in psutil.Process(pg_pid).children(recursive=True)}
+        return pids
+
+    def child(self, name: str) -> psutil.Process:
+        for proc in psutil.Process(self.proc.pid).children():
+            if proc.cmdline()[-1:] == [name]:
+                return proc
+        raise LookupError(name)
+
+    def users(self) -> list[asyncpg.Record]:
+        _, socket_dir = self.postmaster()
+
+        async def query() -> list[asyncpg.Record]:
+            conn = await asyncpg.connect(host=str(socket_dir), user="postgres", database="freqfleet")
+            try:
+                return list(await conn.fetch("SELECT id, email, role, password_hash, created_at FROM users"))
+            finally:
+                await conn.close()
+
+        return asyncio.run(query())
+
+
+def _ready(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/health/ready", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def start_up(data_dir: Path, tmp_path: Path, admin_password: str | None = None) -> Up:
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith("FREQFLEET_") and k not in ("DATABASE_URL", "REDIS_URL")
+    }
+    mport, gport, vport = free_port(), free_port(), free_port()
+    env.update(
+        {
+            "FREQFLEET_DATA_DIR": str(data_dir),
+            "FREQFLEET_MANAGEMENT_PORT": str(mport),
+            "FREQFLEET_GATEWAY_PORT": str(gport),
+            "FREQFLEET_VALKEY_PORT": str(vport),
+            "FREQFLEET_ADMIN_EMAIL": ADMIN_EMAIL,
+            "FREQFLEET_CELERY_CONCURRENCY": "1",
+        }
+    )
+    if admin_password is not None:
+        env["FREQFLEET_ADMIN_PASSWORD"] = admin_password
+    log = tmp_path / f"up-{len(list(tmp_path.glob('up-*.log')))}.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "freqfleet", "up"], env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+    up = Up(proc, data_dir, log, f"http://127.0.0.1:{mport}", f"http://127.0.0.1:{gport}", vport)
+    try:
+        wait_for(
+            lambda: proc.poll() is None and _ready(up.management) and _ready(up.gateway),
+            timeout=120,
+            what="both services ready",
+        )
+        wait_for(lambda: "Freqfleet is up." in up.output(), timeout=30, what="the banner")
+    except AssertionError:
+        stop_up(up)
+        raise AssertionError(f"freqfleet up did not come up:\n{up.output()[-5000:]}") from None
+    return up
+
+
+def stop_up(up: Up, timeout: float = 15) -> set[int]:
+    """SIGTERM ``up``; returns the pids that were still alive ``timeout`` seconds later."""
+    try:
+        pids = up.all_pids()
+    except (psutil.Error, OSError):
+        pids = {up.proc.pid}
+    up.proc.send_signal(signal.SIGTERM)
+    try:
+        up.proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        up.proc.kill()
+    with contextlib.suppress(AssertionError):
+        wait_for(lambda: not any(_alive(p) for p in pids), timeout=timeout, what="every process to exit")
+    left = {p for p in pids if _alive(p)}
+    for pid in left:
+        psutil.Process(pid).kill()
+    return left
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Iterator[Path]:
+    path = tmp_path / "data"
+    return path
+
+
+def test_up_serves_bootstraps_restarts_and_stops_cleanly(data_dir: Path, tmp_path: Path) -> None:
+    password = "a-strong-admin-password"
+    up = start_up(data_dir, tmp_path, admin_password=password)
+    try:
+        # The first admin is in the database, with an argon2id hash of the given password.
+        users = up.users()
+        assert [(u["email"], u["role"]) for u in users] == [(ADMIN_EMAIL, "admin")]
+        assert users[0]["password_hash"].startswith("$argon2id$")
+        assert PasswordHasher().verify(users[0]["password_hash"], password)
+        assert password not in up.output()
+
+        # The Celery worker takes tasks off the embedded Valkey.
+        celery = create_celery(
+            ManagementSettings(env=Environment.test, redis_url=SecretStr(f"redis://127.0.0.1:{up.valkey_port}/0"))
+        )
+        result = celery.send_task(PING_TASK).get(timeout=60)
+        assert "hostname" in result
+
+        # A gateway that dies is restarted by `up`.
+        old = up.child("gateway")
+        old.kill()
+        new = wait_for(
+            lambda: (p := up.child("gateway")).pid != old.pid and p,
+            timeout=30,
+            what="a new gateway process",
+        )
+        wait_for(lambda: _ready(up.gateway), timeout=60, what="the restarted gateway to be ready")
+        assert new.is_running()
+        assert "child exited; restarting" in up.output()
+    except BaseException:
+        stop_up(up)
+        raise
+
+    pids = up.all_pids()
+    assert len(pids) >= 8  # up, management, gateway, worker (+pool), valkey, postgres and its workers
+    left = stop_up(up)
+    assert left == set(), f"still running 15 s after SIGTERM: {[psutil.Process(p).cmdline() for p in left]}"
+    assert up.proc.returncode == 0
+
+
+def test_second_up_finds_its_data(data_dir: Path, tmp_path: Path) -> None:
+    first = start_up(data_dir, tmp_path)
+    try:
+        banner = first.output()
+        match = re.search(r"admin password\s+(\S+)", banner)
+        assert match, banner[-3000:]
+        generated = match.group(1)
+        users = first.users()
+        assert PasswordHasher().verify(users[0]["password_hash"], generated)
+        redis.Redis(port=first.valkey_port).set("freqfleet:test:marker", "kept")
+    finally:
+        assert stop_up(first) == set()
+
+    second = start_up(data_dir, tmp_path)
+    try:
+        assert second.users() == users  # same admin, same id and hash: nothing re-created
+        assert "admin password" not in second.output()  # the generated password is shown once only
+        assert redis.Redis(port=second.valkey_port).get("freqfleet:test:marker") == b"kept"
+    finally:
+        assert stop_up(second) == set()
+
+
+def test_up_refuses_a_busy_port_with_a_clear_message(data_dir: Path, tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FREQFLEET_")}
+        env.update({"FREQFLEET_DATA_DIR": str(data_dir), "FREQFLEET_MANAGEMENT_PORT": str(port)})
+        result = subprocess.run(
+            [sys.executable, "-m", "freqfleet", "up"], env=env, capture_output=True, text=True, timeout=60
+        )
+    assert result.returncode == 1
+    assert f"{port} (FREQFLEET_MANAGEMENT_PORT)" in result.stderr
