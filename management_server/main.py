@@ -5,16 +5,17 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import redis.asyncio as aioredis
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 from management_server import db
+from management_server.bus.relay import OutboxRelay
 from management_server.config import ManagementSettings, get_settings
 from management_server.security.passwords import build_hasher
 from shared.health import health_router
 from shared.http import install_http_plumbing
 from shared.logging import configure_logging, get_logger
+from shared.redis import create_redis
 
 log = get_logger(__name__)
 
@@ -26,9 +27,7 @@ def create_app(settings: ManagementSettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = db.create_engine(settings)
-        redis = aioredis.Redis.from_url(
-            settings.redis_url.get_secret_value(), socket_connect_timeout=3, socket_timeout=5
-        )
+        redis = create_redis(settings.redis_url.get_secret_value())
         app.state.settings = settings
         app.state.engine = engine
         app.state.sessionmaker = db.create_sessionmaker(engine)
@@ -39,10 +38,14 @@ def create_app(settings: ManagementSettings | None = None) -> FastAPI:
             await redis.ping()
 
         app.state.readiness_checks = {"database": lambda: db.ping(engine), "redis": redis_ping}
+        relay = OutboxRelay(engine, redis)
+        app.state.outbox_relay = relay
+        relay.start()
         log.info("management server started", env=settings.env.value)
         try:
             yield
         finally:
+            await relay.stop()
             await redis.aclose()
             await engine.dispose()
             log.info("management server stopped")

@@ -72,3 +72,14 @@ async def serve(app: FastAPI) -> AsyncIterator[str]:
     finally:
         server.should_exit = True
         await asyncio.wait_for(task, 30)
+
+
+async def until(
+    predicate: Callable[[], object], timeout: float, interval: float = 0.02, what: str = "condition"
+) -> None:
+    """Poll a plain predicate from async code, yielding to the event loop between polls."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(interval)

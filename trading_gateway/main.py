@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import redis.asyncio as aioredis
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 from shared.health import health_router
 from shared.http import install_http_plumbing
 from shared.logging import configure_logging, get_logger
+from shared.redis import create_redis
 from trading_gateway.config import GatewaySettings, get_settings
 
 log = get_logger(__name__)
@@ -24,9 +24,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.gateway_data_dir.mkdir(parents=True, exist_ok=True)
-        redis = aioredis.Redis.from_url(
-            settings.redis_url.get_secret_value(), socket_connect_timeout=3, socket_timeout=5
-        )
+        redis = create_redis(settings.redis_url.get_secret_value())
         app.state.settings = settings
         app.state.redis = redis
 

@@ -1,0 +1,158 @@
+"""The outbox relay: publishes committed outbox rows to Redis and marks them sent.
+
+It wakes on the NOTIFY that ``enqueue`` sends at commit (so a command reaches the bus
+within milliseconds) and also polls, so a missed notification or a relay that was down
+only delays messages. Rows are taken ``FOR UPDATE SKIP LOCKED``: several management
+replicas can run a relay each without publishing a row twice at the same time. If the
+relay dies after XADD but before its commit, the row is published again with the same
+``event_id``, and consumers recognise the duplicate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import redis.asyncio as aioredis
+from sqlalchemy import delete, select
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from management_server.bus.models import OutboxMessage
+from management_server.bus.service import OUTBOX_CHANNEL
+from shared.bus.publisher import Publisher, raw_entry_fields
+from shared.logging import get_logger
+
+log = get_logger(__name__)
+
+
+class OutboxRelay:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        redis: aioredis.Redis,
+        *,
+        batch: int = 200,
+        poll_interval: float = 1.0,
+        retention: timedelta = timedelta(days=7),
+    ) -> None:
+        self.engine = engine
+        self.sessionmaker = async_sessionmaker(engine, expire_on_commit=False)
+        self.publisher = Publisher(redis)
+        self.batch = batch
+        self.poll_interval = poll_interval
+        self.retention = retention
+        self.published = 0
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._last_cleanup = datetime.min.replace(tzinfo=UTC)
+
+    def start(self) -> None:
+        if self._task is None or self._task.done():
+            self._stopping.clear()
+            self._task = asyncio.create_task(self.run(), name="outbox-relay")
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        self._wake.set()
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        listener = asyncio.create_task(self._listen(), name="outbox-listener")
+        backoff = 0.1
+        try:
+            while not self._stopping.is_set():
+                self._wake.clear()
+                try:
+                    while await self.publish_pending() == self.batch:
+                        pass  # a full batch: there may be more
+                    await self._cleanup()
+                    backoff = 0.1
+                except Exception as exc:
+                    log.warning("outbox relay pass failed; retrying", error=f"{type(exc).__name__}: {exc}")
+                    await self._sleep(backoff)
+                    backoff = min(5.0, backoff * 2)
+                    continue
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+        finally:
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listener
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+
+    async def _listen(self) -> None:
+        """LISTEN on the outbox channel with a connection of its own; reconnects when it drops."""
+        while not self._stopping.is_set():
+            try:
+                async with self.engine.connect() as conn:
+                    raw: Any = (await conn.get_raw_connection()).driver_connection
+                    await raw.add_listener(OUTBOX_CHANNEL, lambda *_: self._wake.set())
+                    self._wake.set()  # catch up on anything committed while not listening
+                    while not self._stopping.is_set() and not raw.is_closed():
+                        await self._sleep(5)
+                        await raw.execute("SELECT 1")  # notice a dead connection
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.debug("outbox listener reconnecting", error=str(exc))
+                await self._sleep(1)
+
+    async def publish_pending(self) -> int:
+        """Publish up to one batch of unpublished rows in order; returns how many were published."""
+        published = 0
+        async with self.sessionmaker.begin() as session:
+            rows = await self._take_batch(session)
+            for row in rows:
+                try:
+                    await self.publisher.publish_raw(
+                        row.stream, raw_entry_fields(row.message_type, str(row.event_id), row.envelope)
+                    )
+                except Exception as exc:
+                    # Keep the order: stop here, the rest waits for the next pass.
+                    row.attempts += 1
+                    row.last_error = f"{type(exc).__name__}: {exc}"[:2000]
+                    log.warning("outbox publish failed", event_id=str(row.event_id), error=row.last_error)
+                    break
+                row.published_at = datetime.now(UTC)
+                row.attempts += 1
+                published += 1
+        self.published += published
+        return published
+
+    async def _take_batch(self, session: AsyncSession) -> list[OutboxMessage]:
+        result = await session.execute(
+            select(OutboxMessage)
+            .where(OutboxMessage.published_at.is_(None))
+            .order_by(OutboxMessage.id)
+            .limit(self.batch)
+            .with_for_update(skip_locked=True)
+        )
+        return list(result.scalars())
+
+    async def _cleanup(self) -> None:
+        now = datetime.now(UTC)
+        if now - self._last_cleanup < timedelta(minutes=10):
+            return
+        self._last_cleanup = now
+        async with self.sessionmaker.begin() as session:
+            await session.execute(delete(OutboxMessage).where(OutboxMessage.published_at < now - self.retention))
+
+    async def pending_count(self) -> int:
+        from sqlalchemy import func
+
+        async with self.sessionmaker() as session:
+            result = await session.execute(
+                select(func.count()).select_from(OutboxMessage).where(OutboxMessage.published_at.is_(None))
+            )
+            return int(result.scalar_one())

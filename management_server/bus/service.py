@@ -1,0 +1,71 @@
+"""Writing commands through the outbox, and recording applied events in the inbox."""
+
+from __future__ import annotations
+
+import uuid
+
+from sqlalchemy import select, text
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from management_server.bus.models import OutboxMessage, ProcessedEvent
+from shared.bus.messages import Envelope, encode
+from shared.bus.publisher import with_request_correlation
+
+OUTBOX_CHANNEL = "freqfleet_outbox"
+
+
+async def enqueue(session: AsyncSession, stream: str, message: Envelope) -> OutboxMessage:
+    """Add ``message`` to the outbox in the caller's transaction.
+
+    It is published only if that transaction commits, and then surely (by the relay,
+    even after a crash). The NOTIFY is delivered at commit and wakes the relay at once.
+    """
+    message = with_request_correlation(message)
+    row = OutboxMessage(event_id=message.event_id, stream=stream, message_type=message.type, envelope=encode(message))
+    session.add(row)
+    await session.flush()
+    await session.execute(text("SELECT pg_notify(:channel, '')"), {"channel": OUTBOX_CHANNEL})
+    return row
+
+
+async def claim_event(session: AsyncSession, consumer_group: str, message: Envelope) -> bool:
+    """Record that ``message`` is being applied, in the caller's transaction.
+
+    False when it was applied before: the caller skips the effect. Because the record
+    commits (or rolls back) with the effect, an event is applied exactly once even when
+    a consumer dies between its commit and its XACK.
+    """
+    result = await session.execute(
+        insert(ProcessedEvent)
+        .values(consumer_group=consumer_group, event_id=message.event_id, message_type=message.type)
+        .on_conflict_do_nothing()
+        .returning(ProcessedEvent.event_id)
+    )
+    return result.scalar_one_or_none() is not None
+
+
+async def was_processed(session: AsyncSession, consumer_group: str, event_id: uuid.UUID) -> bool:
+    result = await session.execute(
+        select(ProcessedEvent.event_id).where(
+            ProcessedEvent.consumer_group == consumer_group, ProcessedEvent.event_id == event_id
+        )
+    )
+    return result.scalar_one_or_none() is not None
+
+
+class InboxDeduplicator:
+    """The consumer's duplicate check backed by the inbox table (see ``claim_event``)."""
+
+    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], consumer_group: str) -> None:
+        self.sessionmaker = sessionmaker
+        self.consumer_group = consumer_group
+
+    async def is_processed(self, message: Envelope) -> bool:
+        async with self.sessionmaker() as session:
+            return await was_processed(session, self.consumer_group, message.event_id)
+
+    async def mark_processed(self, message: Envelope) -> None:
+        """Record handlers that had no database effect of their own (idempotent)."""
+        async with self.sessionmaker.begin() as session:
+            await claim_event(session, self.consumer_group, message)

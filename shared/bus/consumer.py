@@ -1,0 +1,376 @@
+"""A consumer-group reader with at-least-once delivery and effects applied once.
+
+What it guarantees, and how:
+
+- **Nothing is lost.** An entry is acked only after its handler returned. Entries read
+  but not finished (a crash, a shutdown) stay in the group's pending list: this
+  consumer reads its own pending entries first when it starts, and any consumer of the
+  group takes over entries idle longer than ``claim_idle_ms`` with XAUTOCLAIM.
+- **Nothing is applied twice.** Each envelope has an ``event_id``; with a deduplicator,
+  an entry whose ``event_id`` was already applied is acked without calling the handler.
+- **Nothing wedges the stream.** An entry that can't be decoded (not JSON, unknown type,
+  unsupported schema version, invalid payload) goes to the dead-letter stream at once; one
+  whose handler fails is retried after ``claim_idle_ms`` and dead-lettered after
+  ``max_deliveries`` attempts, with the last error as the reason. The dead-letter entry is
+  written before the ack.
+- **A slow handler is not stolen.** While a handler runs, the consumer refreshes its
+  claim (XCLAIM ... JUSTID, which resets the idle time without counting a delivery).
+- **Redis going away is survived.** Connection errors back off (with jitter) and retry;
+  a group that vanished (Redis restarted without persistence) is created again.
+- **Shutdown drains.** ``stop()`` lets the handler in progress finish; entries read and
+  not yet handled stay pending for the next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from asgi_correlation_id import correlation_id
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from shared.bus.dedupe import Deduplicator
+from shared.bus.messages import Envelope, UndecodableMessage, decode
+from shared.bus.publisher import ENVELOPE_FIELD
+from shared.bus.streams import DEAD_LETTER_MAXLEN, dead_letter_stream
+from shared.logging import get_logger
+from shared.redis import create_redis
+
+log = get_logger(__name__)
+
+TRANSIENT_ERRORS = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One message handed to a handler."""
+
+    stream: str
+    entry_id: str
+    message: Envelope
+    deliveries: int
+
+
+Handler = Callable[[Delivery], Awaitable[None]]
+
+
+@dataclass
+class ConsumerConfig:
+    stream: str
+    group: str
+    consumer: str
+    max_deliveries: int = 5
+    claim_idle_ms: int = 30_000
+    reclaim_interval_s: float | None = None  # default: half of claim_idle_ms
+    block_ms: int = 2_000
+    batch: int = 32
+    group_start_id: str = "0"  # a new group reads what was published before it existed
+    dead_letter_maxlen: int = DEAD_LETTER_MAXLEN
+    backoff_min_s: float = 0.1
+    backoff_max_s: float = 5.0
+
+    @property
+    def dead_letter_stream(self) -> str:
+        return dead_letter_stream(self.stream)
+
+
+@dataclass
+class ConsumerStats:
+    handled: int = 0
+    duplicates: int = 0
+    handler_errors: int = 0
+    dead_lettered: int = 0
+    trimmed_while_pending: int = 0
+    reclaimed: int = 0
+    reconnects: int = 0
+    last_error: str | None = None
+    by_type: dict[str, int] = field(default_factory=dict)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class StreamConsumer:
+    def __init__(
+        self,
+        redis_url: str,
+        config: ConsumerConfig,
+        handler: Handler,
+        deduplicator: Deduplicator | None = None,
+    ) -> None:
+        self.config = config
+        self.handler = handler
+        self.deduplicator = deduplicator
+        self.stats = ConsumerStats()
+        # Blocking reads need a socket timeout above the block time.
+        self.redis = create_redis(redis_url, socket_timeout=config.block_ms / 1000 + 10)
+        self._stopping = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+        self._errors_key = f"freqfleet:bus-errors:{config.stream}:{config.group}"
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def start(self) -> asyncio.Task[None]:
+        if self._task is None or self._task.done():
+            self._stopping.clear()
+            self._task = asyncio.create_task(self.run(), name=f"consumer:{self.config.stream}:{self.config.consumer}")
+        return self._task
+
+    async def stop(self, timeout: float = 30.0) -> None:
+        """Finish the message in hand, leave the rest pending, close the connection."""
+        self._stopping.set()
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), timeout)
+            except TimeoutError:
+                log.warning("consumer did not drain in time; cancelling", stream=self.config.stream)
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
+        await self.redis.aclose()
+
+    async def run(self) -> None:
+        cfg = self.config
+        backoff = cfg.backoff_min_s
+        while not self._stopping.is_set():
+            reclaimer: asyncio.Task[None] | None = None
+            try:
+                await self._ensure_group()
+                await self._drain_own_pending()
+                reclaimer = asyncio.create_task(self._reclaim_loop())
+                backoff = cfg.backoff_min_s
+                while not self._stopping.is_set():
+                    entries = await self._read_new()
+                    for entry_id, fields in entries:
+                        await self._process(_text(entry_id), fields, deliveries=1)
+                        if self._stopping.is_set():
+                            break  # the rest stays pending: read first at the next start
+            except TRANSIENT_ERRORS as exc:
+                self.stats.reconnects += 1
+                delay = random.uniform(backoff / 2, backoff)  # noqa: S311 - jitter, not crypto
+                log.warning(
+                    "redis unavailable; retrying", stream=cfg.stream, error=str(exc), retry_in_s=round(delay, 2)
+                )
+                backoff = min(cfg.backoff_max_s, backoff * 2)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), delay)
+            except ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                log.warning("consumer group vanished; creating it again", stream=cfg.stream, group=cfg.group)
+            finally:
+                if reclaimer is not None:
+                    reclaimer.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, *TRANSIENT_ERRORS):
+                        await reclaimer
+
+    # -- reading -----------------------------------------------------------------------
+
+    async def _ensure_group(self) -> None:
+        cfg = self.config
+        try:
+            await self.redis.xgroup_create(cfg.stream, cfg.group, id=cfg.group_start_id, mkstream=True)
+            log.info("consumer group created", stream=cfg.stream, group=cfg.group)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def _read_new(self) -> list[tuple[Any, dict[bytes, bytes]]]:
+        cfg = self.config
+        read = asyncio.ensure_future(
+            self.redis.xreadgroup(cfg.group, cfg.consumer, {cfg.stream: ">"}, count=cfg.batch, block=cfg.block_ms)
+        )
+        stop = asyncio.ensure_future(self._stopping.wait())
+        try:
+            done, _ = await asyncio.wait({read, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        if read not in done:
+            # Shutting down: whatever the server handed out meanwhile stays pending.
+            read.cancel()
+            with contextlib.suppress(asyncio.CancelledError, *TRANSIENT_ERRORS):
+                await read
+            return []
+        response: Any = read.result()  # RESP2: [[stream, [(id, fields), ...]]]
+        if not response:
+            return []
+        _, entries = response[0]
+        return list(entries)
+
+    async def _delivery_counts(self, ids: list[str]) -> dict[str, int]:
+        if not ids:
+            return {}
+        rows = await self.redis.xpending_range(
+            self.config.stream, self.config.group, min=ids[0], max=ids[-1], count=len(ids) * 2 + 10
+        )
+        return {_text(r["message_id"]): int(r["times_delivered"]) for r in rows}
+
+    async def _drain_own_pending(self) -> None:
+        """Entries this consumer read before and never acked come before anything new."""
+        cfg = self.config
+        cursor = "0"
+        while not self._stopping.is_set():
+            response: Any = await self.redis.xreadgroup(cfg.group, cfg.consumer, {cfg.stream: cursor}, count=cfg.batch)
+            entries = list(response[0][1]) if response else []
+            if not entries:
+                return
+            ids = [_text(e[0]) for e in entries]
+            counts = await self._delivery_counts(ids)
+            log.info("resuming own pending entries", stream=cfg.stream, count=len(entries))
+            for entry_id, fields in entries:
+                eid = _text(entry_id)
+                await self._process(eid, fields, deliveries=counts.get(eid, 1))
+            cursor = ids[-1]
+
+    async def _reclaim_loop(self) -> None:
+        cfg = self.config
+        interval = cfg.reclaim_interval_s or cfg.claim_idle_ms / 2000
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), interval)
+                return
+            try:
+                await self.reclaim_once()
+            except TRANSIENT_ERRORS as exc:
+                log.debug("reclaim skipped: redis unavailable", error=str(exc))
+
+    async def reclaim_once(self) -> int:
+        """Take over entries idle past the threshold (from dead or stuck consumers); returns how many."""
+        cfg = self.config
+        cursor = "0-0"
+        claimed = 0
+        while not self._stopping.is_set():
+            next_cursor, entries, deleted = await self.redis.xautoclaim(
+                cfg.stream, cfg.group, cfg.consumer, min_idle_time=cfg.claim_idle_ms, start_id=cursor, count=cfg.batch
+            )
+            for gone in deleted or []:
+                # Trimmed by MAXLEN while pending: its content is lost, so there is nothing to apply.
+                self.stats.trimmed_while_pending += 1
+                log.error("pending entry was trimmed before it was handled", stream=cfg.stream, entry_id=_text(gone))
+                await self.redis.xack(cfg.stream, cfg.group, gone)
+            if entries:
+                ids = [_text(e[0]) for e in entries]
+                counts = await self._delivery_counts(ids)
+                for entry_id, fields in entries:
+                    eid = _text(entry_id)
+                    claimed += 1
+                    self.stats.reclaimed += 1
+                    log.info("reclaimed an idle entry", stream=cfg.stream, entry_id=eid, deliveries=counts.get(eid))
+                    await self._process(eid, fields, deliveries=counts.get(eid, 1))
+            cursor = _text(next_cursor)
+            if cursor == "0-0":
+                break
+        return claimed
+
+    # -- handling ----------------------------------------------------------------------
+
+    async def _process(self, entry_id: str, fields: dict[bytes, bytes] | None, deliveries: int) -> None:
+        async with self._lock:
+            await self._process_locked(entry_id, fields, deliveries)
+
+    async def _process_locked(self, entry_id: str, fields: dict[bytes, bytes] | None, deliveries: int) -> None:
+        cfg = self.config
+        if not fields:
+            self.stats.trimmed_while_pending += 1
+            log.error("pending entry was trimmed before it was handled", stream=cfg.stream, entry_id=entry_id)
+            await self.redis.xack(cfg.stream, cfg.group, entry_id)
+            return
+        raw = fields.get(ENVELOPE_FIELD.encode())
+        try:
+            if raw is None:
+                raise UndecodableMessage(f"entry has no {ENVELOPE_FIELD!r} field")
+            message = decode(raw)
+        except UndecodableMessage as exc:
+            await self._dead_letter(entry_id, fields, str(exc), deliveries)
+            return
+        if deliveries > cfg.max_deliveries:
+            last = await self.redis.hget(self._errors_key, entry_id)
+            reason = f"handler failed {deliveries - 1} times; last error: {_text(last) if last else 'unknown'}"
+            await self._dead_letter(entry_id, fields, reason, deliveries)
+            return
+        if self.deduplicator is not None and await self.deduplicator.is_processed(message):
+            self.stats.duplicates += 1
+            log.info("duplicate delivery acked", event_id=str(message.event_id), entry_id=entry_id)
+            await self._ack(entry_id)
+            return
+        await self._handle(entry_id, message, deliveries)
+
+    async def _handle(self, entry_id: str, message: Envelope, deliveries: int) -> None:
+        cfg = self.config
+        token = correlation_id.set(message.correlation_id)
+        keepalive = asyncio.create_task(self._keep_claim(entry_id))
+        started = time.perf_counter()
+        try:
+            with structlog.contextvars.bound_contextvars(
+                correlation_id=message.correlation_id, event_id=str(message.event_id), message_type=message.type
+            ):
+                try:
+                    await self.handler(Delivery(cfg.stream, entry_id, message, deliveries))
+                except Exception as exc:
+                    self.stats.handler_errors += 1
+                    error = f"{type(exc).__name__}: {exc}"[:1000]
+                    self.stats.last_error = error
+                    log.warning("handler failed; the entry stays pending", entry_id=entry_id, error=error)
+                    with contextlib.suppress(*TRANSIENT_ERRORS):
+                        await self.redis.hset(self._errors_key, entry_id, error)
+                    return
+                if self.deduplicator is not None:
+                    await self.deduplicator.mark_processed(message)
+                await self._ack(entry_id)
+                self.stats.handled += 1
+                self.stats.by_type[message.type] = self.stats.by_type.get(message.type, 0) + 1
+                log.debug("handled", entry_id=entry_id, ms=round((time.perf_counter() - started) * 1000, 2))
+        finally:
+            keepalive.cancel()
+            correlation_id.reset(token)
+
+    async def _keep_claim(self, entry_id: str) -> None:
+        """Reset the entry's idle time while its handler runs, so no other consumer claims it."""
+        cfg = self.config
+        interval = max(cfg.claim_idle_ms / 3000, 0.01)
+        while True:
+            await asyncio.sleep(interval)
+            with contextlib.suppress(*TRANSIENT_ERRORS):
+                await self.redis.xclaim(cfg.stream, cfg.group, cfg.consumer, 0, [entry_id], justid=True)
+
+    async def _ack(self, entry_id: str) -> None:
+        cfg = self.config
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.xack(cfg.stream, cfg.group, entry_id)
+        pipe.hdel(self._errors_key, entry_id)
+        await pipe.execute()
+
+    async def _dead_letter(self, entry_id: str, fields: dict[bytes, bytes], reason: str, deliveries: int) -> None:
+        cfg = self.config
+        letter: dict[Any, Any] = {k: v for k, v in fields.items() if k != b"reason"}
+        letter.update(
+            {
+                "reason": reason,
+                "source_stream": cfg.stream,
+                "group": cfg.group,
+                "entry_id": entry_id,
+                "deliveries": str(deliveries),
+                "dead_at": datetime.now(UTC).isoformat(),
+            }
+        )
+        # Written before the ack: a crash in between leaves the entry pending, never lost.
+        await self.redis.xadd(cfg.dead_letter_stream, letter, maxlen=cfg.dead_letter_maxlen, approximate=True)
+        await self._ack(entry_id)
+        self.stats.dead_lettered += 1
+        log.error("message dead-lettered", stream=cfg.stream, entry_id=entry_id, reason=reason, deliveries=deliveries)
+
+
+def new_consumer_name(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"

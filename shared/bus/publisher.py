@@ -1,0 +1,48 @@
+"""Publishing envelopes on a stream."""
+
+from __future__ import annotations
+
+import redis.asyncio as aioredis
+from asgi_correlation_id import correlation_id
+
+from shared.bus.messages import Envelope, encode
+from shared.bus.streams import maxlen_for
+
+ENVELOPE_FIELD = "envelope"
+
+
+def entry_fields(message: Envelope) -> dict[str, str]:
+    """A stream entry: the envelope as JSON, plus type and id for people reading with XRANGE."""
+    return raw_entry_fields(message.type, str(message.event_id), encode(message))
+
+
+def raw_entry_fields(message_type: str, event_id: str, envelope_json: str) -> dict[str, str]:
+    return {"type": message_type, "event_id": event_id, ENVELOPE_FIELD: envelope_json}
+
+
+def with_request_correlation(message: Envelope) -> Envelope:
+    """The message with the current request's correlation id, unless it has one."""
+    if message.correlation_id is None and (cid := correlation_id.get()):
+        return message.model_copy(update={"correlation_id": cid})
+    return message
+
+
+class Publisher:
+    """XADD with approximate MAXLEN trimming."""
+
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self.redis = redis
+
+    async def publish(self, stream: str, message: Envelope) -> str:
+        """Append the message; returns the entry id. The same message twice gives two entries
+        with one ``event_id``, which consumers recognise as a duplicate."""
+        return await self.publish_raw(stream, entry_fields(with_request_correlation(message)))
+
+    async def publish_raw(self, stream: str, fields: dict[str, str]) -> str:
+        entry_id = await self.redis.xadd(
+            stream,
+            fields,  # type: ignore[arg-type]
+            maxlen=maxlen_for(stream),
+            approximate=True,
+        )
+        return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)

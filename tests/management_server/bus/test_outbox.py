@@ -1,0 +1,142 @@
+"""The transactional outbox and the inbox against real PostgreSQL and Valkey."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest_asyncio
+import redis.asyncio as aioredis
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from management_server.bus.models import OutboxMessage
+from management_server.bus.relay import OutboxRelay
+from management_server.bus.service import InboxDeduplicator, claim_event, enqueue
+from management_server.config import ManagementSettings
+from management_server.db import create_engine, create_sessionmaker
+from management_server.security.passwords import build_hasher
+from management_server.users.models import User
+from management_server.users.service import create_user
+from shared.bus import ConsumerConfig, Delivery, StreamConsumer
+from shared.bus.messages import StopBot, StopBotData
+from shared.bus.streams import commands_stream
+from shared.redis import create_redis
+from tests.helpers import until
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def engine(management_settings: ManagementSettings) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(management_settings)
+    yield engine
+    await engine.dispose()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    client = create_redis(redis_url)
+    yield client
+    await client.aclose()
+
+
+def command(bot: uuid.UUID | None = None) -> StopBot:
+    return StopBot(source="management", data=StopBotData(bot_id=bot or uuid.uuid4(), generation=1))
+
+
+async def test_outbox_rows_commit_or_roll_back_with_the_state_change(
+    engine: AsyncEngine, management_settings: ManagementSettings
+) -> None:
+    sessionmaker = create_sessionmaker(engine)
+    hasher = build_hasher(management_settings)
+    kept, dropped = command(), command()
+    async with sessionmaker.begin() as session:
+        await create_user(session, hasher, "kept@example.com", "a-long-password-1")
+        await enqueue(session, commands_stream("gw-1"), kept)
+    async with sessionmaker() as session:
+        await create_user(session, hasher, "dropped@example.com", "a-long-password-1")
+        await enqueue(session, commands_stream("gw-1"), dropped)
+        await session.rollback()  # the request failed: neither the user nor the command exists
+    async with sessionmaker() as session:
+        emails = set((await session.execute(select(User.email))).scalars())
+        queued = list((await session.execute(select(OutboxMessage.event_id))).scalars())
+    assert emails == {"kept@example.com"}
+    assert queued == [kept.event_id]
+
+
+async def test_crash_between_commit_and_publish_is_published_after_restart_once(
+    engine: AsyncEngine, redis: aioredis.Redis, redis_url: str
+) -> None:
+    sessionmaker = create_sessionmaker(engine)
+    stream = commands_stream("gw-crash")
+    message = command()
+    # The API committed its state change and the command, then "crashed": no relay ran.
+    async with sessionmaker.begin() as session:
+        await enqueue(session, stream, message)
+    assert await redis.xlen(stream) == 0
+
+    relay = OutboxRelay(engine, redis, poll_interval=0.05)  # the restarted process
+    relay.start()
+    try:
+        await until(lambda: relay.published == 1, timeout=10, what="the relay to publish")
+    finally:
+        await relay.stop()
+    entries = await redis.xrange(stream)
+    assert len(entries) == 1
+    assert entries[0][1][b"event_id"] == str(message.event_id).encode()
+    assert await OutboxRelay(engine, redis).publish_pending() == 0  # marked sent: never again
+
+    # A relay that died after XADD but before marking the row re-publishes the same event_id,
+    # and a consumer with the inbox applies it once.
+    async with sessionmaker.begin() as session:
+        await session.execute(update(OutboxMessage).values(published_at=None))
+    assert await OutboxRelay(engine, redis).publish_pending() == 1
+    entries = await redis.xrange(stream)
+    assert [e[1][b"event_id"] for e in entries] == [str(message.event_id).encode()] * 2
+
+    applied: list[uuid.UUID] = []
+
+    async def handler(delivery: Delivery) -> None:
+        async with sessionmaker.begin() as session:
+            if await claim_event(session, "gw-crash", delivery.message):
+                applied.append(delivery.message.event_id)
+
+    dedupe = InboxDeduplicator(sessionmaker, "gw-crash")
+    consumer = StreamConsumer(redis_url, ConsumerConfig(stream, "gw-crash", "c1"), handler, dedupe)
+    consumer.start()
+    try:
+        await until(lambda: consumer.stats.handled + consumer.stats.duplicates == 2, timeout=10, what="both")
+    finally:
+        await consumer.stop()
+    assert applied == [message.event_id]
+    assert consumer.stats.duplicates == 1
+
+
+async def test_the_relay_wakes_on_commit_and_keeps_order(engine: AsyncEngine, redis: aioredis.Redis) -> None:
+    sessionmaker = create_sessionmaker(engine)
+    stream = commands_stream("gw-order")
+    relay = OutboxRelay(engine, redis, poll_interval=30)  # only NOTIFY can wake it in time
+    relay.start()
+    try:
+        await until(lambda: relay._wake.is_set() is False, timeout=5, what="the relay to idle")
+        messages = [command() for _ in range(20)]
+        for message in messages:
+            async with sessionmaker.begin() as session:
+                await enqueue(session, stream, message)
+        await until(lambda: relay.published == 20, timeout=10, what="twenty published")
+    finally:
+        await relay.stop()
+    ids = [e[1][b"event_id"].decode() for e in await redis.xrange(stream)]
+    assert ids == [str(m.event_id) for m in messages]
+
+
+async def test_claim_event_is_once_per_group_and_rolls_back_with_the_effect(engine: AsyncEngine) -> None:
+    sessionmaker = create_sessionmaker(engine)
+    message = command()
+    async with sessionmaker() as session:
+        assert await claim_event(session, "management", message)
+        await session.rollback()  # the effect failed: the event is not recorded either
+    async with sessionmaker.begin() as session:
+        assert await claim_event(session, "management", message)
+    async with sessionmaker.begin() as session:
+        assert not await claim_event(session, "management", message)
+        assert await claim_event(session, "analytics", message)
