@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 
+from redis.asyncio.client import Pipeline
 from sqlalchemy import select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -45,15 +47,6 @@ async def claim_event(session: AsyncSession, consumer_group: str, message: Envel
     return result.scalar_one_or_none() is not None
 
 
-async def was_processed(session: AsyncSession, consumer_group: str, event_id: uuid.UUID) -> bool:
-    result = await session.execute(
-        select(ProcessedEvent.event_id).where(
-            ProcessedEvent.consumer_group == consumer_group, ProcessedEvent.event_id == event_id
-        )
-    )
-    return result.scalar_one_or_none() is not None
-
-
 class InboxDeduplicator:
     """The consumer's duplicate check backed by the inbox table (see ``claim_event``)."""
 
@@ -61,11 +54,17 @@ class InboxDeduplicator:
         self.sessionmaker = sessionmaker
         self.consumer_group = consumer_group
 
-    async def is_processed(self, message: Envelope) -> bool:
+    async def processed_among(self, messages: Sequence[Envelope]) -> set[uuid.UUID]:
         async with self.sessionmaker() as session:
-            return await was_processed(session, self.consumer_group, message.event_id)
+            result = await session.execute(
+                select(ProcessedEvent.event_id).where(
+                    ProcessedEvent.consumer_group == self.consumer_group,
+                    ProcessedEvent.event_id.in_([m.event_id for m in messages]),
+                )
+            )
+            return set(result.scalars())
 
-    async def mark_processed(self, message: Envelope) -> None:
+    async def mark_processed(self, message: Envelope, pipe: Pipeline) -> None:
         """Record handlers that had no database effect of their own (idempotent)."""
         async with self.sessionmaker.begin() as session:
             await claim_event(session, self.consumer_group, message)

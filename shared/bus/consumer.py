@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -119,6 +118,7 @@ class StreamConsumer:
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._errors_key = f"freqfleet:bus-errors:{config.stream}:{config.group}"
+        self._current: str | None = None  # the entry whose handler is running
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -149,14 +149,12 @@ class StreamConsumer:
             try:
                 await self._ensure_group()
                 await self._drain_own_pending()
-                reclaimer = asyncio.create_task(self._reclaim_loop())
+                reclaimer = asyncio.create_task(self._background())
                 backoff = cfg.backoff_min_s
                 while not self._stopping.is_set():
                     entries = await self._read_new()
-                    for entry_id, fields in entries:
-                        await self._process(_text(entry_id), fields, deliveries=1)
-                        if self._stopping.is_set():
-                            break  # the rest stays pending: read first at the next start
+                    if entries:
+                        await self._process_batch(entries, deliveries=None)
             except TRANSIENT_ERRORS as exc:
                 self.stats.reconnects += 1
                 delay = random.uniform(backoff / 2, backoff)  # noqa: S311 - jitter, not crypto
@@ -227,12 +225,18 @@ class StreamConsumer:
             if not entries:
                 return
             ids = [_text(e[0]) for e in entries]
-            counts = await self._delivery_counts(ids)
             log.info("resuming own pending entries", stream=cfg.stream, count=len(entries))
-            for entry_id, fields in entries:
-                eid = _text(entry_id)
-                await self._process(eid, fields, deliveries=counts.get(eid, 1))
+            await self._process_batch(entries, deliveries=await self._delivery_counts(ids))
             cursor = ids[-1]
+
+    async def _background(self) -> None:
+        keeper = asyncio.create_task(self._keep_claim())
+        try:
+            await self._reclaim_loop()
+        finally:
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
 
     async def _reclaim_loop(self) -> None:
         cfg = self.config
@@ -263,12 +267,10 @@ class StreamConsumer:
             if entries:
                 ids = [_text(e[0]) for e in entries]
                 counts = await self._delivery_counts(ids)
-                for entry_id, fields in entries:
-                    eid = _text(entry_id)
-                    claimed += 1
-                    self.stats.reclaimed += 1
-                    log.info("reclaimed an idle entry", stream=cfg.stream, entry_id=eid, deliveries=counts.get(eid))
-                    await self._process(eid, fields, deliveries=counts.get(eid, 1))
+                claimed += len(entries)
+                self.stats.reclaimed += len(entries)
+                log.info("reclaimed idle entries", stream=cfg.stream, entry_ids=ids, deliveries=counts)
+                await self._process_batch(entries, deliveries=counts)
             cursor = _text(next_cursor)
             if cursor == "0-0":
                 break
@@ -276,17 +278,40 @@ class StreamConsumer:
 
     # -- handling ----------------------------------------------------------------------
 
-    async def _process(self, entry_id: str, fields: dict[bytes, bytes] | None, deliveries: int) -> None:
+    async def _process_batch(self, entries: list[Any], deliveries: dict[str, int] | None) -> None:
+        """Handle entries in order: decode, dead-letter what can't be handled, skip duplicates."""
         async with self._lock:
-            await self._process_locked(entry_id, fields, deliveries)
+            admitted: list[tuple[str, Envelope, int]] = []
+            for entry_id, fields in entries:
+                eid = _text(entry_id)
+                count = deliveries.get(eid, 1) if deliveries is not None else 1
+                message = await self._admit(eid, fields, count)
+                if message is not None:
+                    admitted.append((eid, message, count))
+            if not admitted:
+                return
+            done: set[uuid.UUID] = set()
+            if self.deduplicator is not None:
+                done = await self.deduplicator.processed_among([m for _, m, _ in admitted])
+            for eid, message, count in admitted:
+                if self._stopping.is_set():
+                    return  # shutting down: the rest stays pending, read first at the next start
+                if message.event_id in done:
+                    self.stats.duplicates += 1
+                    log.info("duplicate delivery acked", event_id=str(message.event_id), entry_id=eid)
+                    await self._ack(eid)
+                    continue
+                if await self._handle(eid, message, count):
+                    done.add(message.event_id)  # the same event twice in one batch is applied once
 
-    async def _process_locked(self, entry_id: str, fields: dict[bytes, bytes] | None, deliveries: int) -> None:
+    async def _admit(self, entry_id: str, fields: dict[bytes, bytes] | None, deliveries: int) -> Envelope | None:
+        """The entry's message, or None when it was trimmed or has been dead-lettered."""
         cfg = self.config
         if not fields:
             self.stats.trimmed_while_pending += 1
             log.error("pending entry was trimmed before it was handled", stream=cfg.stream, entry_id=entry_id)
             await self.redis.xack(cfg.stream, cfg.group, entry_id)
-            return
+            return None
         raw = fields.get(ENVELOPE_FIELD.encode())
         try:
             if raw is None:
@@ -294,24 +319,19 @@ class StreamConsumer:
             message = decode(raw)
         except UndecodableMessage as exc:
             await self._dead_letter(entry_id, fields, str(exc), deliveries)
-            return
+            return None
         if deliveries > cfg.max_deliveries:
             last = await self.redis.hget(self._errors_key, entry_id)
             reason = f"handler failed {deliveries - 1} times; last error: {_text(last) if last else 'unknown'}"
             await self._dead_letter(entry_id, fields, reason, deliveries)
-            return
-        if self.deduplicator is not None and await self.deduplicator.is_processed(message):
-            self.stats.duplicates += 1
-            log.info("duplicate delivery acked", event_id=str(message.event_id), entry_id=entry_id)
-            await self._ack(entry_id)
-            return
-        await self._handle(entry_id, message, deliveries)
+            return None
+        return message
 
-    async def _handle(self, entry_id: str, message: Envelope, deliveries: int) -> None:
+    async def _handle(self, entry_id: str, message: Envelope, deliveries: int) -> bool:
+        """Run the handler; ack (with the dedupe mark) when it returns. False when it failed."""
         cfg = self.config
         token = correlation_id.set(message.correlation_id)
-        keepalive = asyncio.create_task(self._keep_claim(entry_id))
-        started = time.perf_counter()
+        self._current = entry_id
         try:
             with structlog.contextvars.bound_contextvars(
                 correlation_id=message.correlation_id, event_id=str(message.event_id), message_type=message.type
@@ -325,31 +345,39 @@ class StreamConsumer:
                     log.warning("handler failed; the entry stays pending", entry_id=entry_id, error=error)
                     with contextlib.suppress(*TRANSIENT_ERRORS):
                         await self.redis.hset(self._errors_key, entry_id, error)
-                    return
-                if self.deduplicator is not None:
-                    await self.deduplicator.mark_processed(message)
-                await self._ack(entry_id)
+                    return False
+                await self._ack(entry_id, message, deliveries)
                 self.stats.handled += 1
                 self.stats.by_type[message.type] = self.stats.by_type.get(message.type, 0) + 1
-                log.debug("handled", entry_id=entry_id, ms=round((time.perf_counter() - started) * 1000, 2))
+                return True
         finally:
-            keepalive.cancel()
+            self._current = None
             correlation_id.reset(token)
 
-    async def _keep_claim(self, entry_id: str) -> None:
-        """Reset the entry's idle time while its handler runs, so no other consumer claims it."""
+    async def _keep_claim(self) -> None:
+        """Reset the idle time of the entry in hand, so no other consumer claims it while it is handled."""
         cfg = self.config
         interval = max(cfg.claim_idle_ms / 3000, 0.01)
         while True:
             await asyncio.sleep(interval)
-            with contextlib.suppress(*TRANSIENT_ERRORS):
-                await self.redis.xclaim(cfg.stream, cfg.group, cfg.consumer, 0, [entry_id], justid=True)
+            if (entry_id := self._current) is not None:
+                with contextlib.suppress(*TRANSIENT_ERRORS):
+                    await self.redis.xclaim(cfg.stream, cfg.group, cfg.consumer, 0, [entry_id], justid=True)
 
-    async def _ack(self, entry_id: str) -> None:
+    async def _ack(self, entry_id: str, handled: Envelope | None = None, deliveries: int = 2) -> None:
+        """XACK (and forget the entry's last error); with ``handled``, record it as applied first.
+
+        One round trip: the mark precedes the XACK in the pipeline, so a crash can leave an
+        applied entry unacked (redelivered, then skipped as a duplicate) but never acked and
+        unmarked. Only a redelivered entry can have an error recorded.
+        """
         cfg = self.config
         pipe = self.redis.pipeline(transaction=False)
+        if handled is not None and self.deduplicator is not None:
+            await self.deduplicator.mark_processed(handled, pipe)
         pipe.xack(cfg.stream, cfg.group, entry_id)
-        pipe.hdel(self._errors_key, entry_id)
+        if deliveries > 1:
+            pipe.hdel(self._errors_key, entry_id)
         await pipe.execute()
 
     async def _dead_letter(self, entry_id: str, fields: dict[bytes, bytes], reason: str, deliveries: int) -> None:

@@ -17,6 +17,7 @@ that read the streams (``python -m shared.bus.schema_export``).
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -30,6 +31,7 @@ from pydantic import (
     Field,
     SecretStr,
     TypeAdapter,
+    ValidationError,
     field_serializer,
     model_validator,
 )
@@ -512,30 +514,34 @@ class UndecodableMessage(ValueError):
 
 def decode(raw: str | bytes) -> Envelope:
     """Parse one envelope; raise ``UndecodableMessage`` with a readable reason otherwise."""
-    import json
+    try:
+        message: Envelope = MESSAGE_ADAPTER.validate_json(raw)
+    except ValidationError:
+        raise UndecodableMessage(_why_undecodable(raw)) from None
+    return message
 
-    from pydantic import ValidationError
 
+def _why_undecodable(raw: str | bytes) -> str:
     try:
         obj = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise UndecodableMessage(f"not JSON: {exc}") from exc
+        return f"not JSON: {exc}"
     if not isinstance(obj, dict):
-        raise UndecodableMessage("not a JSON object")
+        return "not a JSON object"
     type_ = obj.get("type")
     if type_ not in MESSAGE_TYPES:
-        raise UndecodableMessage(f"unknown message type {type_!r}")
+        return f"unknown message type {type_!r}"
     version = obj.get("schema_version")
     if isinstance(version, int) and version not in MESSAGE_TYPES[type_].supported_versions:
-        raise UndecodableMessage(f"unsupported schema_version {version} for {type_}")
+        return f"unsupported schema_version {version} for {type_}"
     try:
-        message: Envelope = MESSAGE_ADAPTER.validate_python(obj)
+        MESSAGE_ADAPTER.validate_python(obj)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc'][1:]) or '(root)'}: {err['msg']}" for err in exc.errors()[:5]
         )
-        raise UndecodableMessage(f"invalid {type_}: {problems}") from exc
-    return message
+        return f"invalid {type_}: {problems}"
+    return "invalid message"
 
 
 def encode(message: Envelope) -> str:

@@ -1,0 +1,177 @@
+"""The bus end to end: publish -> handle -> ack, beside a bare redis-py loop on the same server.
+
+Both sides run in this process against one real Valkey (append-only file on, as under
+``freqfleet up``): a producer task appends at a fixed rate (1,000 messages/s) or as fast as
+it can, a consumer task reads with XREADGROUP, "handles" and acks. Latency is from the
+producer's timestamp to the moment the handler runs; throughput is messages acked per second
+over the whole run. The baseline is the bare XADD / XREADGROUP (COUNT, BLOCK) / XACK loop;
+ours is ``Publisher`` + ``StreamConsumer`` with envelope encoding and validation, the
+Redis deduplicator, the claim keep-alive and the log context.
+
+    python -m bench.run bus           (or: python -m bench.bus)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis.asyncio as aioredis
+
+from freqfleet.embedded import EmbeddedValkey
+from shared.bus import ConsumerConfig, Delivery, Publisher, RedisDeduplicator, StreamConsumer
+from shared.bus.messages import StopBot, StopBotData
+from shared.logging import configure_logging
+from shared.redis import create_redis
+from shared.settings import LogFormat
+
+
+@dataclass
+class Figures:
+    name: str
+    rate: str
+    count: int
+    seconds: float
+    latencies_ms: list[float]
+
+    @property
+    def throughput(self) -> float:
+        return self.count / self.seconds
+
+    def pct(self, p: float) -> float:
+        values = sorted(self.latencies_ms)
+        return values[min(len(values) - 1, int(p / 100 * len(values)))]
+
+
+async def _produce(count: int, rate: float | None, send: Callable[[int], Awaitable[None]]) -> None:
+    start = time.perf_counter()
+    for i in range(count):
+        if rate is not None:
+            due = start + i / rate
+            if (delay := due - time.perf_counter()) > 0:
+                await asyncio.sleep(delay)
+        await send(i)
+
+
+async def bare(url: str, count: int, rate: float | None) -> Figures:
+    redis = create_redis(url)
+    stream, group = f"bench:bare:{uuid.uuid4().hex[:6]}", "g"
+    await redis.xgroup_create(stream, group, id="$", mkstream=True)
+    latencies: list[float] = []
+    done = asyncio.Event()
+
+    async def consume() -> None:
+        reader = aioredis.Redis.from_url(url)
+        while len(latencies) < count:
+            response = await reader.xreadgroup(group, "c", {stream: ">"}, count=32, block=1000)
+            for _, entries in response or []:
+                for entry_id, fields in entries:
+                    latencies.append((time.perf_counter() - float(fields[b"t"])) * 1000)
+                    await reader.xack(stream, group, entry_id)
+        await reader.aclose()
+        done.set()
+
+    async def send(i: int) -> None:
+        await redis.xadd(stream, {"t": repr(time.perf_counter()), "n": i}, maxlen=100_000, approximate=True)
+
+    consumer = asyncio.create_task(consume())
+    started = time.perf_counter()
+    await _produce(count, rate, send)
+    await done.wait()
+    elapsed = time.perf_counter() - started
+    await consumer
+    await redis.aclose()
+    return Figures("bare redis-py", "1,000/s" if rate else "full speed", count, elapsed, latencies)
+
+
+async def ours(url: str, count: int, rate: float | None) -> Figures:
+    redis = create_redis(url)
+    stream, group = f"bench:ours:{uuid.uuid4().hex[:6]}", "g"
+    publisher = Publisher(redis)
+    sent: dict[uuid.UUID, float] = {}
+    latencies: list[float] = []
+    done = asyncio.Event()
+
+    async def handler(delivery: Delivery) -> None:
+        latencies.append((time.perf_counter() - sent[delivery.message.event_id]) * 1000)
+        if len(latencies) == count:
+            done.set()
+
+    consumer = StreamConsumer(
+        url, ConsumerConfig(stream, group, "c", group_start_id="$"), handler, RedisDeduplicator(redis, group)
+    )
+    await consumer.redis.xgroup_create(stream, group, id="$", mkstream=True)
+    consumer.start()
+    bot = uuid.uuid4()
+
+    async def send(i: int) -> None:
+        message = StopBot(source="management", data=StopBotData(bot_id=bot, generation=i))
+        sent[message.event_id] = time.perf_counter()
+        await publisher.publish(stream, message)
+
+    started = time.perf_counter()
+    await _produce(count, rate, send)
+    await done.wait()
+    elapsed = time.perf_counter() - started
+    await consumer.stop()
+    await redis.aclose()
+    return Figures("ours", "1,000/s" if rate else "full speed", count, elapsed, latencies)
+
+
+async def bench(url: str, quick: bool) -> list[tuple[Figures, Figures]]:
+    paced = 1500 if quick else 5000
+    flat = 2000 if quick else 10000
+    rounds = 1 if quick else 3
+    results: list[tuple[Figures, Figures]] = []
+    for rate, count in ((1000.0, paced), (None, flat)):
+        pairs = [(await bare(url, count, rate), await ours(url, count, rate)) for _ in range(rounds)]
+        # The round with the median throughput of ours, with its own baseline.
+        pairs.sort(key=lambda p: p[1].throughput)
+        results.append(pairs[len(pairs) // 2])
+    return results
+
+
+def report(results: list[tuple[Figures, Figures]]) -> str:
+    lines = [
+        f"  {'rate':<11} {'side':<14} {'msgs':>6} {'msg/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7}",
+    ]
+    for base, mine in results:
+        for f in (base, mine):
+            lines.append(
+                f"  {f.rate:<11} {f.name:<14} {f.count:>6} {f.throughput:>8.0f} {f.pct(50):>7.2f} "
+                f"{f.pct(99):>7.2f} {max(f.latencies_ms):>7.2f}"
+            )
+        lines.append(
+            f"  {'':<11} {'ours / bare':<14} {'':>6} {mine.throughput / base.throughput:>8.2f} "
+            f"{mine.pct(50) / base.pct(50):>7.2f} {mine.pct(99) / base.pct(99):>7.2f}"
+        )
+    lines.append("  producer, consumer and Valkey share this machine's 2 cores; medians of 3 rounds")
+    return "\n".join(lines)
+
+
+def run(quick: bool = False) -> None:
+    configure_logging("bench", "WARNING", LogFormat.json)
+    with tempfile.TemporaryDirectory(prefix="bench-bus-") as tmp:
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        valkey = EmbeddedValkey(Path(tmp), port)
+        valkey.start()
+        try:
+            results = asyncio.run(bench(valkey.url, quick))
+        finally:
+            valkey.stop()
+    print(report(results))
+    print(f"  median handler latency at 1,000/s: {statistics.median(results[0][1].latencies_ms):.2f} ms")
+
+
+if __name__ == "__main__":
+    run()
