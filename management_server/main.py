@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry
 from management_server import db
 from management_server.bus.relay import OutboxRelay
 from management_server.config import ManagementSettings, get_settings
+from management_server.events.dispatcher import create_event_consumer
 from management_server.security.passwords import build_hasher
 from shared.health import health_router
 from shared.http import install_http_plumbing
@@ -41,10 +42,16 @@ def create_app(settings: ManagementSettings | None = None) -> FastAPI:
         relay = OutboxRelay(engine, redis)
         app.state.outbox_relay = relay
         relay.start()
+        events = create_event_consumer(
+            settings.redis_url.get_secret_value(), redis, app.state.sessionmaker, str(settings.management_port)
+        )
+        app.state.event_consumer = events
+        events.start()
         log.info("management server started", env=settings.env.value)
         try:
             yield
         finally:
+            await events.stop()
             await relay.stop()
             await redis.aclose()
             await engine.dispose()

@@ -8,11 +8,13 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
+from shared.bus import Publisher
 from shared.health import health_router
 from shared.http import install_http_plumbing
 from shared.logging import configure_logging, get_logger
 from shared.redis import create_redis
 from trading_gateway.config import GatewaySettings, get_settings
+from trading_gateway.heartbeat.service import Heartbeat
 
 log = get_logger(__name__)
 
@@ -32,10 +34,14 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             await redis.ping()
 
         app.state.readiness_checks = {"redis": redis_ping}
+        heartbeat = Heartbeat(settings, Publisher(redis))
+        app.state.heartbeat = heartbeat
+        heartbeat.start()
         log.info("gateway started", gateway_id=settings.gateway_id, data_dir=str(settings.gateway_data_dir))
         try:
             yield
         finally:
+            await heartbeat.stop()
             await redis.aclose()
             log.info("gateway stopped", gateway_id=settings.gateway_id)
 
