@@ -36,6 +36,61 @@ class ManagementSettings(CommonSettings):
     argon2_memory_cost_kib: int = Field(default=19456, ge=19456, description="argon2id memory in KiB (>= 19 MiB).")
     argon2_parallelism: int = Field(default=1, ge=1, description="argon2id lanes.")
     celery_concurrency: int = Field(default=2, ge=1, description="Celery worker processes.")
+    # rate limits
+    rate_limit_enabled: bool = Field(
+        default=True, description="Turn the per-IP and per-user request rate limits on or off (not the login throttle)."
+    )
+    rate_limit_per_ip: str = Field(
+        default="300/minute", description="Requests one client IP may make, e.g. `300/minute` or `20 per 10 seconds`."
+    )
+    rate_limit_per_user: str = Field(
+        default="600/minute", description="Requests one signed-in user may make, from any IP, e.g. `600/minute`."
+    )
+    login_max_failures_per_account_ip: int = Field(
+        default=5, ge=1, description="Failed logins to one account from one IP before each further try must wait."
+    )
+    login_max_failures_per_ip: int = Field(
+        default=50, ge=1, description="Failed logins from one IP in an hour, over all accounts, before it must wait."
+    )
+    login_account_soft_limit: int = Field(
+        default=20,
+        ge=1,
+        description="Failed logins to one account in an hour, from any IP, before IPs that have not signed in to it "
+        "in the last 30 days must wait too (IPs it signed in from recently never do).",
+    )
+    login_max_delay_seconds: int = Field(
+        default=900, ge=1, description="Longest wait between login tries; the wait doubles with each failure up to it."
+    )
+
+    @field_validator("rate_limit_per_ip", "rate_limit_per_user")
+    @classmethod
+    def _rate_limit_string(cls, value: str) -> str:
+        from limits import parse
+
+        parse(value)  # raises ValueError on a string it can't read
+        return value
+
+    # identity
+    jwt_issuer: str = Field(default="freqfleet", description="`iss` of the tokens the management server signs.")
+    jwt_audience: str = Field(default="freqfleet", description="`aud` of those tokens; verifiers check it.")
+    jwt_private_keys: SecretStr | None = Field(
+        default=None,
+        description="Ed25519 signing keys as PEM (several: the last signs, all verify); "
+        "default: keys generated into <data dir>/keys.",
+    )
+    access_token_minutes: int = Field(default=15, ge=1, le=60, description="Lifetime of an access token.")
+    refresh_token_days: int = Field(default=7, ge=1, le=90, description="Lifetime of one refresh token.")
+    refresh_family_days: int = Field(
+        default=30, ge=1, le=365, description="Absolute lifetime of a login's chain of refresh tokens."
+    )
+    pat_max_days: int = Field(default=365, ge=1, le=3650, description="Longest lifetime of a personal access token.")
+    open_registration: bool | None = Field(
+        default=None, description="Anyone may register (default: on in development, off in production)."
+    )
+
+    @property
+    def registration_open(self) -> bool:
+        return self.is_development if self.open_registration is None else self.open_registration
 
     @field_validator("database_url", mode="after")
     @classmethod

@@ -5,18 +5,36 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry
 
 from management_server import db
+from management_server.audit.router import router as audit_router
+from management_server.audit.service import AuditLog
+from management_server.auth.router import jwks_router
+from management_server.auth.router import router as auth_router
+from management_server.auth.service import AuthService
 from management_server.bus.relay import OutboxRelay
 from management_server.config import ManagementSettings, get_settings
 from management_server.events.dispatcher import create_event_consumer
+from management_server.security.keys import KeyRing
+from management_server.security.login_throttle import LoginThrottle, LoginThrottled
 from management_server.security.passwords import build_hasher
+from management_server.security.ratelimit import (
+    RateLimiter,
+    RateLimitMiddleware,
+    enforce_user_limit,
+    too_many_requests_detail,
+)
+from management_server.users.router import router as users_router
+from shared.auth import RevocationStore, StaticKeySource, TokenVerifier
 from shared.health import health_router
 from shared.http import install_http_plumbing
 from shared.logging import configure_logging, get_logger
 from shared.redis import create_redis
+from shared.security_headers import SecurityHeadersMiddleware, install_cors
+from shared.settings import Environment
 
 log = get_logger(__name__)
 
@@ -34,6 +52,22 @@ def create_app(settings: ManagementSettings | None = None) -> FastAPI:
         app.state.sessionmaker = db.create_sessionmaker(engine)
         app.state.redis = redis
         app.state.password_hasher = build_hasher(settings)
+        keys = load_keys(settings)
+        revocations = RevocationStore(redis)
+        app.state.keys = keys
+        app.state.token_verifier = TokenVerifier(
+            StaticKeySource(keys.public_keys()),
+            issuer=settings.jwt_issuer,
+            audience=settings.jwt_audience,
+            revocations=revocations,
+        )
+        app.state.auth = AuthService(settings, keys, app.state.password_hasher, revocations)
+        app.state.login_throttle = LoginThrottle(redis, settings)
+        if settings.rate_limit_enabled:
+            app.state.rate_limiter = RateLimiter(redis, settings)
+            app.state.enforce_user_limit = enforce_user_limit
+        app.state.audit = AuditLog(app.state.sessionmaker)
+        await _sync_revocations(app)
 
         async def redis_ping() -> None:
             await redis.ping()
@@ -63,9 +97,41 @@ def create_app(settings: ManagementSettings | None = None) -> FastAPI:
         summary="Users, bots, strategies, FreqAI models, analytics and audit for fleets of Freqtrade bots.",
         lifespan=lifespan,
     )
+    app.add_middleware(RateLimitMiddleware)
+    install_cors(app, settings.cors_origins)
+    app.add_middleware(SecurityHeadersMiddleware, hsts=settings.env is Environment.production)
     install_http_plumbing(app, CollectorRegistry())
+    app.add_exception_handler(LoginThrottled, _login_throttled)
     app.include_router(health_router("management"))
+    app.include_router(jwks_router)
+    app.include_router(auth_router)
+    app.include_router(users_router)
+    app.include_router(audit_router)
     return app
+
+
+async def _login_throttled(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, LoginThrottled)
+    return JSONResponse(
+        status_code=429,
+        content={"detail": too_many_requests_detail(exc.retry_after)},
+        headers={"Retry-After": str(exc.retry_after)},
+    )
+
+
+def load_keys(settings: ManagementSettings) -> KeyRing:
+    if settings.jwt_private_keys is not None:
+        return KeyRing.from_pem(settings.jwt_private_keys.get_secret_value())
+    return KeyRing.from_directory(settings.data_dir / "keys")
+
+
+async def _sync_revocations(app: FastAPI) -> None:
+    """Redis may have restarted empty: put the database's revocations back before serving."""
+    try:
+        async with app.state.sessionmaker() as session:
+            await app.state.auth.sync_revocations(session)
+    except Exception as exc:  # the database or Redis is down: readiness says so; sync at next start
+        log.warning("could not sync token revocations to redis", error=f"{type(exc).__name__}: {exc}")
 
 
 def run() -> None:

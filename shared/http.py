@@ -14,6 +14,7 @@ from prometheus_fastapi_instrumentator import Instrumentator
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.logging import get_logger
+from shared.security_headers import security_headers
 
 REQUEST_ID_HEADER = "X-Request-ID"
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -69,7 +70,9 @@ async def _unhandled_error(request: Request, exc: Exception) -> JSONResponse:
         "detail": "Internal server error. Quote the request id when reporting it.",
         "request_id": request_id,
     }
-    headers = {REQUEST_ID_HEADER: request_id} if request_id else None
+    headers = dict(security_headers(request.url.path))  # this answer bypasses the middleware stack
+    if request_id:
+        headers[REQUEST_ID_HEADER] = request_id
     return JSONResponse(status_code=500, content=body, headers=headers)
 
 

@@ -8,13 +8,14 @@ development a secret that is empty or an obvious placeholder is refused at start
 
 from __future__ import annotations
 
+import json
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PLACEHOLDER_SECRETS = frozenset(
     {
@@ -87,6 +88,25 @@ class CommonSettings(BaseSettings):
     log_level: str = Field(default="INFO", description="Log level of every Freqfleet process.")
     log_format: LogFormat = Field(default=LogFormat.json, description="json (default) or console.")
     redis_url: EnvRedisUrl
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Browser origins allowed to call the API (CORS), as a JSON list or comma-separated; "
+        "none when empty.",
+    )
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        """Accept ``'["https://a.example"]'`` (JSON) or ``'https://a.example, https://b.example'``; browsers send
+        an origin without a trailing slash, so one given with it is trimmed."""
+        if isinstance(value, str):
+            text = value.strip()
+            value = json.loads(text) if text.startswith("[") else text.split(",")
+        if isinstance(value, list):
+            # Anything but a string is left for pydantic to refuse.
+            cleaned = [origin.strip().rstrip("/") if isinstance(origin, str) else origin for origin in value]
+            return [origin for origin in cleaned if origin != ""]
+        return value
 
     @property
     def is_development(self) -> bool:

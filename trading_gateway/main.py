@@ -13,6 +13,8 @@ from shared.health import health_router
 from shared.http import install_http_plumbing
 from shared.logging import configure_logging, get_logger
 from shared.redis import create_redis
+from shared.security_headers import SecurityHeadersMiddleware, install_cors
+from shared.settings import Environment
 from trading_gateway.config import GatewaySettings, get_settings
 from trading_gateway.heartbeat.service import Heartbeat
 
@@ -51,6 +53,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         summary="Runs Freqtrade bots on this host, reports what they do, serves MCP for AI agents.",
         lifespan=lifespan,
     )
+    install_cors(app, settings.cors_origins)
+    app.add_middleware(SecurityHeadersMiddleware, hsts=settings.env is Environment.production)
     install_http_plumbing(app, CollectorRegistry())
     app.include_router(health_router("gateway"))
     return app

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import Boolean, Enum, String, Uuid
+from sqlalchemy import Boolean, DateTime, Enum, Integer, String, Uuid
 from sqlalchemy.orm import Mapped, mapped_column
 
 from management_server.db import Base, TimestampMixin
@@ -30,3 +31,8 @@ class User(TimestampMixin, Base):
         default=Role.user,
     )
     is_active: Mapped[bool] = mapped_column(Boolean, nullable=False, default=True)
+    # Bumped to invalidate every access token (logout, password change, disabling) or every
+    # personal access token (password change, disabling) of the user at once.
+    access_token_version: Mapped[int] = mapped_column(Integer, nullable=False, default=0, server_default="0")
+    pat_version: Mapped[int] = mapped_column(Integer, nullable=False, default=0, server_default="0")
+    password_changed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

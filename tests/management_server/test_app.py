@@ -59,8 +59,8 @@ async def test_metrics_count_requests_by_route(management_settings: ManagementSe
     assert "http_request_duration_seconds_bucket" in metrics.text
 
 
-async def test_ready_turns_503_while_the_database_is_down(tmp_path: Path, redis_url: str) -> None:
-    pg = EmbeddedPostgres(tmp_path / "own-pg")
+async def test_ready_turns_503_while_the_database_is_down(tmp_path: Path, own_server_dir: Path, redis_url: str) -> None:
+    pg = EmbeddedPostgres(own_server_dir)
     pg.start()
     settings = ManagementSettings(
         env=Environment.test,

@@ -54,6 +54,13 @@ async def test_ensure_admin_promotes_an_existing_user(management_settings: Manag
 
 
 def test_password_problems_are_stated() -> None:
-    assert password_problems("short") == ["the password must have at least 12 characters"]
-    assert password_problems("x" * 129) == ["the password must have at most 128 characters"]
-    assert password_problems("twelve chars") == []
+    assert password_problems("Kx9#") == ["the password must have at least 12 characters"]
+    assert password_problems("Kx9#" * 33) == ["the password must have at most 128 characters"]
+    assert password_problems("tangerine sky over lisbon") == []
+    # From the shipped list of common passwords, whatever the case.
+    assert password_problems("1qaz2wsx3edc") == ["the password is too common: choose one that others don't use"]
+    assert password_problems("QWERTY123456") == ["the password is too common: choose one that others don't use"]
+    assert password_problems("aaaaaaaaaaaaaa") == ["the password is too common: choose one that others don't use"]
+    assert password_problems("mallory.the.trader@example.com", "Mallory.The.Trader@example.com") == [
+        "the password must not be your email address"
+    ]

@@ -1,0 +1,140 @@
+"""Who is calling: the bearer token verified, the user loaded, scopes checked, refusals audited."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import OAuth2PasswordBearer
+
+from management_server.audit.models import Outcome
+from management_server.audit.service import Actor, AuditLog
+from management_server.auth.models import PersonalAccessToken
+from management_server.auth.service import scopes_of_role, token_hash
+from management_server.db import SessionDep
+from management_server.users.models import Role, User
+from shared.auth import InvalidToken, TokenClaims, TokenType, TokenVerifier
+from shared.auth.claims import Scope
+
+oauth2_scheme = OAuth2PasswordBearer(
+    tokenUrl="/api/v1/auth/token",
+    auto_error=False,
+    scopes={"read": "Read bots, trades, models", "trade": "Control bots", "admin": "Administer users and the fleet"},
+)
+
+UNAUTHORIZED = "Not authenticated: log in and send the access token as 'Authorization: Bearer <token>'."
+INVALID = "Invalid or expired token: log in again."
+
+
+def client_ip(request: Request) -> str | None:
+    return request.client.host if request.client else None
+
+
+def pat_scopes_allowed(role: Role) -> frozenset[str]:
+    """What a personal access token of this role may carry."""
+    if role is Role.admin:
+        return frozenset({Scope.read, Scope.trade, Scope.admin})
+    return frozenset({Scope.read, Scope.trade})
+
+
+@dataclass(frozen=True)
+class Principal:
+    user: User
+    claims: TokenClaims
+    scopes: frozenset[str]
+
+    @property
+    def actor(self) -> Actor:
+        return Actor(self.user.id, self.user.email)
+
+    @property
+    def is_admin(self) -> bool:
+        return self.user.role is Role.admin and Scope.admin in self.scopes
+
+
+async def deny(request: Request, code: int, detail: str, reason: str, actor: Actor | None = None) -> HTTPException:
+    """Audit a refusal and build the error to raise."""
+    audit: AuditLog = request.app.state.audit
+    await audit.record(
+        "authz.denied",
+        Outcome.denied,
+        actor or Actor.anonymous(),
+        target_type="route",
+        target_id=f"{request.method} {request.url.path}"[:64],
+        reason=reason,
+        ip=client_ip(request),
+    )
+    headers = {"WWW-Authenticate": "Bearer"} if code == status.HTTP_401_UNAUTHORIZED else None
+    return HTTPException(code, detail, headers=headers)
+
+
+async def get_principal(
+    request: Request, session: SessionDep, token: Annotated[str | None, Depends(oauth2_scheme)]
+) -> Principal:
+    if not token:
+        raise await deny(request, 401, UNAUTHORIZED, "no bearer token")
+    verifier: TokenVerifier = request.app.state.token_verifier
+    try:
+        claims = await verifier.verify(token)
+    except InvalidToken as exc:
+        raise await deny(request, 401, INVALID, f"invalid token: {exc}") from None
+    user = await session.get(User, claims.subject)
+    if user is None or not user.is_active:
+        reason = "token of an unknown user" if user is None else "token of a disabled user"
+        raise await deny(request, 401, INVALID, reason, Actor(claims.subject, user.email if user else "unknown"))
+    actor = Actor(user.id, user.email)
+    if claims.token_type is TokenType.access:
+        if claims.version < user.access_token_version:
+            raise await deny(request, 401, INVALID, "access token issued before a logout or password change", actor)
+        scopes = scopes_of_role(user.role)
+    else:
+        pat = await session.get(PersonalAccessToken, claims.token_id)
+        now = datetime.now(UTC)
+        if (
+            pat is None
+            or pat.user_id != user.id
+            or pat.token_hash != token_hash(token)
+            or pat.revoked_at is not None
+            or pat.expires_at <= now
+            or claims.version < user.pat_version
+        ):
+            raise await deny(request, 401, INVALID, "personal access token revoked, expired or invalidated", actor)
+        if pat.last_used_at is None or now - pat.last_used_at > timedelta(minutes=1):
+            pat.last_used_at = now
+            await session.commit()
+        scopes = claims.scopes & pat_scopes_allowed(user.role)
+    limiter = getattr(request.app.state, "enforce_user_limit", None)
+    if limiter is not None:
+        await limiter(request, str(user.id))
+    return Principal(user, claims, scopes)
+
+
+CurrentPrincipal = Annotated[Principal, Depends(get_principal)]
+
+
+def require_scope(scope: Scope) -> object:
+    async def check(request: Request, principal: CurrentPrincipal) -> Principal:
+        if scope not in principal.scopes:
+            raise await deny(
+                request,
+                403,
+                f"This token lacks the '{scope.value}' scope.",
+                f"missing scope {scope.value}",
+                principal.actor,
+            )
+        return principal
+
+    return Depends(check)
+
+
+async def get_admin(request: Request, principal: CurrentPrincipal) -> Principal:
+    if not principal.is_admin:
+        raise await deny(request, 403, "Only an admin may do this.", "admin route", principal.actor)
+    return principal
+
+
+Reader = Annotated[Principal, require_scope(Scope.read)]
+Trader = Annotated[Principal, require_scope(Scope.trade)]
+AdminPrincipal = Annotated[Principal, Depends(get_admin)]

@@ -1,0 +1,153 @@
+"""Verifying Freqfleet JWTs: EdDSA only, issuer and audience checked, revocation honoured.
+
+The management server signs with Ed25519 keys and publishes the public halves at
+``/.well-known/jwks.json``. A verifier pins the algorithm (so ``alg: none`` or an HS256
+token "signed" with the public key never verifies), picks the key by ``kid``, checks
+``iss``, ``aud``, ``exp``, ``nbf``, ``iat``, the token type, and asks the revocation
+store. The gateway uses it with a ``JwksKeySource`` (fetched and cached, refetched when
+an unknown ``kid`` shows up after a rotation, at most every 30 s); the management server
+with its own keys.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import httpx
+import jwt
+from jwt.algorithms import OKPAlgorithm
+
+from shared.auth.claims import ALGORITHM, TokenClaims, TokenType
+from shared.auth.revocation import RevocationStore
+
+PublicKey = Any  # cryptography's Ed25519PublicKey
+
+
+class InvalidToken(Exception):
+    """The token is not acceptable; the message says why (for logs and audit, not for clients)."""
+
+
+class KeySource(Protocol):
+    async def key(self, kid: str) -> PublicKey | None: ...
+
+
+class StaticKeySource:
+    def __init__(self, keys: Mapping[str, PublicKey]) -> None:
+        self.keys = dict(keys)
+
+    async def key(self, kid: str) -> PublicKey | None:
+        return self.keys.get(kid)
+
+
+def keys_from_jwks(jwks: Mapping[str, Any]) -> dict[str, PublicKey]:
+    keys: dict[str, PublicKey] = {}
+    for entry in jwks.get("keys", []):
+        if entry.get("kty") == "OKP" and entry.get("crv") == "Ed25519" and entry.get("kid"):
+            keys[str(entry["kid"])] = OKPAlgorithm.from_jwk(entry)
+    return keys
+
+
+class JwksKeySource:
+    """Public keys from a JWKS URL, cached for ``ttl`` seconds."""
+
+    def __init__(self, url: str, client: httpx.AsyncClient | None = None, ttl: float = 300.0) -> None:
+        self.url = url
+        self.client = client or httpx.AsyncClient(timeout=5.0)
+        self.ttl = ttl
+        self.refetch_interval = 30.0
+        self._keys: dict[str, PublicKey] = {}
+        self._fetched_at = 0.0
+        self._lock = asyncio.Lock()
+
+    async def _fetch(self) -> None:
+        response = await self.client.get(self.url)
+        response.raise_for_status()
+        self._keys = keys_from_jwks(response.json())
+        self._fetched_at = time.monotonic()
+
+    async def key(self, kid: str) -> PublicKey | None:
+        age = time.monotonic() - self._fetched_at
+        if kid not in self._keys or age > self.ttl:
+            async with self._lock:
+                age = time.monotonic() - self._fetched_at
+                stale = age > self.ttl or (kid not in self._keys and age > self.refetch_interval)
+                if stale:
+                    try:
+                        await self._fetch()
+                    except (httpx.HTTPError, ValueError):
+                        if not self._keys:
+                            raise InvalidToken("signing keys are unavailable") from None
+        return self._keys.get(kid)
+
+
+class TokenVerifier:
+    def __init__(
+        self,
+        keys: KeySource,
+        *,
+        issuer: str,
+        audience: str,
+        revocations: RevocationStore | None = None,
+        accept: frozenset[TokenType] = frozenset({TokenType.access, TokenType.pat}),
+        leeway_seconds: int = 0,
+    ) -> None:
+        self.keys = keys
+        self.issuer = issuer
+        self.audience = audience
+        self.revocations = revocations
+        self.accept = accept
+        self.leeway_seconds = leeway_seconds
+
+    async def verify(self, token: str) -> TokenClaims:
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError as exc:
+            raise InvalidToken(f"not a JWT: {exc}") from None
+        if header.get("alg") != ALGORITHM:
+            raise InvalidToken(f"algorithm {header.get('alg')!r} is not accepted")
+        kid = header.get("kid")
+        if not isinstance(kid, str) or not kid:
+            raise InvalidToken("the token names no key (kid)")
+        key = await self.keys.key(kid)
+        if key is None:
+            raise InvalidToken(f"unknown signing key {kid!r}")
+        try:
+            payload: dict[str, Any] = jwt.decode(
+                token,
+                key,
+                algorithms=[ALGORITHM],
+                audience=self.audience,
+                issuer=self.issuer,
+                leeway=self.leeway_seconds,
+                options={"require": ["exp", "iat", "nbf", "iss", "aud", "sub", "jti", "typ"]},
+            )
+        except jwt.PyJWTError as exc:
+            raise InvalidToken(str(exc)) from None
+        claims = self._claims(payload)
+        if self.revocations is not None and (reason := await self.revocations.revocation_reason(claims)):
+            raise InvalidToken(reason)
+        return claims
+
+    def _claims(self, payload: Mapping[str, Any]) -> TokenClaims:
+        try:
+            token_type = TokenType(payload["typ"])
+            claims = TokenClaims(
+                subject=uuid.UUID(str(payload["sub"])),
+                role=str(payload.get("role", "")),
+                token_type=token_type,
+                token_id=uuid.UUID(str(payload["jti"])),
+                scopes=frozenset(str(payload.get("scope", "")).split()),
+                version=int(payload.get("ver", 0)),
+                issued_at=datetime.fromtimestamp(int(payload["iat"]), UTC),
+                expires_at=datetime.fromtimestamp(int(payload["exp"]), UTC),
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            raise InvalidToken(f"malformed claims: {exc}") from None
+        if token_type not in self.accept:
+            raise InvalidToken(f"a {token_type.value} token is not accepted here")
+        return claims
