@@ -13,8 +13,9 @@ from management_server.audit.schemas import AuditEntryOut, AuditPage
 from management_server.audit.service import AuditQuery, search
 from management_server.auth.deps import AdminPrincipal
 from management_server.db import SessionDep
+from management_server.errors import errors
 
-router = APIRouter(prefix="/api/v1/audit", tags=["audit"])
+router = APIRouter(prefix="/api/v1/audit", tags=["audit"], responses=errors(401, 403, 429))
 
 
 @router.get("", response_model=AuditPage)

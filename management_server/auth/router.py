@@ -14,12 +14,13 @@ from management_server.auth.deps import CurrentPrincipal, client_ip
 from management_server.auth.schemas import LogoutIn, RefreshIn, RegisterIn, TokenOut
 from management_server.auth.service import AuthError, AuthService, TokenPair
 from management_server.db import SessionDep
+from management_server.errors import errors
 from management_server.security.login_throttle import LoginThrottle, LoginThrottled
 from management_server.security.passwords import password_problems
 from management_server.users.schemas import UserOut
 from management_server.users.service import create_user, get_by_email
 
-router = APIRouter(prefix="/api/v1/auth", tags=["auth"])
+router = APIRouter(prefix="/api/v1/auth", tags=["auth"], responses=errors(400, 401, 429, 503))
 jwks_router = APIRouter(tags=["auth"])
 
 BAD_LOGIN = "Incorrect email or password."
@@ -49,7 +50,7 @@ async def jwks(request: Request) -> dict[str, Any]:
     "/register",
     status_code=status.HTTP_201_CREATED,
     response_model=UserOut,
-    responses={403: {"description": "Registration is closed"}, 409: {"description": "Email taken"}},
+    responses=errors(403, 409),
 )
 async def register(body: RegisterIn, request: Request, session: SessionDep) -> UserOut:
     settings = request.app.state.settings
@@ -60,7 +61,7 @@ async def register(body: RegisterIn, request: Request, session: SessionDep) -> U
         )
         raise HTTPException(403, "Registration is closed: ask an admin for an account.")
     if problems := password_problems(body.password, body.email):
-        raise HTTPException(422, "Password refused: " + "; ".join(problems) + ".")
+        raise HTTPException(400, "Password refused: " + "; ".join(problems) + ".")
     if await get_by_email(session, body.email) is not None:
         raise HTTPException(409, "An account with this email exists already: log in instead.")
     user = await create_user(session, request.app.state.password_hasher, body.email, body.password)
@@ -79,7 +80,6 @@ async def register(body: RegisterIn, request: Request, session: SessionDep) -> U
 @router.post(
     "/token",
     response_model=TokenOut,
-    responses={401: {"description": "Wrong credentials"}, 429: {"description": "Too many failed logins"}},
 )
 async def login(
     form: Annotated[OAuth2PasswordRequestForm, Depends()], request: Request, session: SessionDep
@@ -117,7 +117,7 @@ async def login(
     return _tokens(pair)
 
 
-@router.post("/refresh", response_model=TokenOut, responses={401: {"description": "Invalid refresh token"}})
+@router.post("/refresh", response_model=TokenOut)
 async def refresh(body: RefreshIn, request: Request, session: SessionDep) -> TokenOut:
     """Trade a refresh token for a new pair. Each refresh token works once."""
     audit = _audit(request)

@@ -16,12 +16,13 @@ from management_server.auth.models import PersonalAccessToken
 from management_server.auth.schemas import PatCreate, PatCreated, PatOut
 from management_server.auth.service import AuthError, AuthService
 from management_server.db import SessionDep
+from management_server.errors import errors
 from management_server.security.passwords import password_problems
 from management_server.users.models import Role, User
 from management_server.users.schemas import PasswordChange, UserCreate, UserOut, UserPage, UserUpdate
 from management_server.users.service import create_user, get_by_email
 
-router = APIRouter(prefix="/api/v1/users", tags=["users"])
+router = APIRouter(prefix="/api/v1/users", tags=["users"], responses=errors(400, 401, 403, 404, 409, 429))
 
 
 def _services(request: Request) -> tuple[AuthService, AuditLog]:
@@ -40,7 +41,7 @@ async def change_password(
     """Change your password; every token you hold (personal tokens included) stops working."""
     auth, audit = _services(request)
     if problems := password_problems(body.new_password, principal.user.email):
-        raise HTTPException(422, "Password refused: " + "; ".join(problems) + ".")
+        raise HTTPException(400, "Password refused: " + "; ".join(problems) + ".")
     try:
         await auth.change_password(session, principal.user, body.current_password, body.new_password)
     except AuthError as exc:
@@ -138,7 +139,7 @@ async def list_users(
 async def admin_create_user(body: UserCreate, request: Request, session: SessionDep, admin: AdminPrincipal) -> UserOut:
     _, audit = _services(request)
     if problems := password_problems(body.password, body.email):
-        raise HTTPException(422, "Password refused: " + "; ".join(problems) + ".")
+        raise HTTPException(400, "Password refused: " + "; ".join(problems) + ".")
     if await get_by_email(session, body.email) is not None:
         raise HTTPException(409, "An account with this email exists already.")
     user = await create_user(session, request.app.state.password_hasher, body.email, body.password, body.role)
