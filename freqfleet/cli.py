@@ -18,7 +18,8 @@ app = typer.Typer(
 
 @app.command()
 def up() -> None:
-    """Start PostgreSQL, Valkey, the management server, the gateway and a Celery worker; Ctrl-C stops all."""
+    """Start PostgreSQL, Valkey, the exchange simulator, the management server, the gateway and a Celery worker;
+    Ctrl-C stops all."""
     from freqfleet.stack import Stack, StackSettings
     from shared.logging import configure_logging
 
@@ -80,6 +81,22 @@ def gateway() -> None:
     """Serve the trading gateway (FREQFLEET_GATEWAY_HOST/PORT)."""
     from trading_gateway.main import run
 
+    run()
+
+
+@app.command()
+def simulator() -> None:
+    """Serve the exchange simulator (FREQFLEET_SIMULATOR_HOST/PORT/SEED/PAIRS)."""
+    from pydantic import ValidationError
+
+    from exchange_simulator.app import run
+    from exchange_simulator.config import get_settings
+
+    try:
+        get_settings()
+    except ValidationError as exc:
+        typer.echo(f"freqfleet simulator: invalid settings: {exc}", err=True)
+        raise typer.Exit(2) from exc
     run()
 
 

@@ -1,8 +1,9 @@
 """``freqfleet up``: the whole system on the embedded default, in the foreground.
 
 Order of start: PostgreSQL and Valkey (unless DATABASE_URL / REDIS_URL name external
-servers), migrations, the first admin, then the management server, the gateway and the
-Celery worker as supervised children. SIGINT or SIGTERM stops it all in reverse order.
+servers), migrations, the first admin, then the exchange simulator (bots need it before they
+start, so `up` waits for it), the management server, the gateway and the Celery worker as
+supervised children. SIGINT or SIGTERM stops it all in reverse order.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from types import FrameType
 import httpx
 from pydantic import Field, SecretStr
 
+from exchange_simulator.config import SimulatorSettings
 from freqfleet import database
 from freqfleet.embedded import EmbeddedPostgres, EmbeddedValkey
 from freqfleet.supervisor import ChildSpec, Supervisor
@@ -33,8 +35,8 @@ log = get_logger(__name__)
 DEFAULT_ADMIN_EMAIL = "admin@example.com"
 
 
-class StackSettings(ManagementSettings):
-    """What ``freqfleet up`` needs beyond the management server's own settings."""
+class StackSettings(ManagementSettings, SimulatorSettings):
+    """What ``freqfleet up`` needs beyond the management server's and the simulator's own settings."""
 
     gateway_host: str = Field(default="127.0.0.1")
     gateway_port: int = Field(default=8001, ge=1, le=65535)
@@ -48,6 +50,7 @@ class Endpoints:
     redis_url: str
     management_url: str
     gateway_url: str
+    simulator_url: str
 
 
 def _port_free(host: str, port: int) -> bool:
@@ -77,6 +80,7 @@ class Stack:
         wanted = [
             ("FREQFLEET_MANAGEMENT_PORT", s.management_host, s.management_port),
             ("FREQFLEET_GATEWAY_PORT", s.gateway_host, s.gateway_port),
+            ("FREQFLEET_SIMULATOR_PORT", s.simulator_host, s.simulator_port),
         ]
         if self.valkey is None and not self._external_redis:
             wanted.append(("FREQFLEET_VALKEY_PORT", "127.0.0.1", s.valkey_port))
@@ -132,6 +136,8 @@ class Stack:
                 "FREQFLEET_MANAGEMENT_PORT": str(self.settings.management_port),
                 "FREQFLEET_GATEWAY_HOST": self.settings.gateway_host,
                 "FREQFLEET_GATEWAY_PORT": str(self.settings.gateway_port),
+                "FREQFLEET_SIMULATOR_HOST": self.settings.simulator_host,
+                "FREQFLEET_SIMULATOR_PORT": str(self.settings.simulator_port),
                 "PYTHONUNBUFFERED": "1",
             }
         )
@@ -142,6 +148,7 @@ class Stack:
         env.pop("FREQFLEET_ADMIN_PASSWORD", None)
         python = sys.executable
         return [
+            ChildSpec("simulator", [python, "-m", "freqfleet", "simulator"], env),
             ChildSpec("management", [python, "-m", "freqfleet", "management"], env),
             ChildSpec("gateway", [python, "-m", "freqfleet", "gateway"], env),
             ChildSpec("worker", [python, "-m", "freqfleet", "worker"], env),
@@ -185,8 +192,14 @@ class Stack:
                 redis_url=redis_url,
                 management_url=f"http://{self.settings.management_host}:{self.settings.management_port}",
                 gateway_url=f"http://{self.settings.gateway_host}:{self.settings.gateway_port}",
+                simulator_url=self.settings.simulator_url,
             )
             self.supervisor = Supervisor(self.child_specs(endpoints))
+            # Bots need the exchange before they start: the simulator first, ready before the rest.
+            self.supervisor.start("simulator")
+            self.wait_ready([endpoints.simulator_url])
+            if self._stop.is_set():
+                return 0
             self.supervisor.start_all()
             self.wait_ready([endpoints.management_url, endpoints.gateway_url])
             if not self._stop.is_set():
@@ -220,6 +233,7 @@ class Stack:
             "Freqfleet is up.",
             f"  management server  {endpoints.management_url}   (API docs: {endpoints.management_url}/docs)",
             f"  trading gateway    {endpoints.gateway_url}",
+            f"  exchange simulator {endpoints.simulator_url}   (Binance API: /api/v3, control: /_sim/state)",
             f"  database           {redact_url(endpoints.database_url)}",
             f"  redis              {redact_url(endpoints.redis_url)}",
             f"  data directory     {self.data_dir}",

@@ -83,9 +83,21 @@ class Supervisor:
         child.restart_at = None
         log.info("child started", child=child.spec.name, pid=child.proc.pid)
 
+    def start(self, *names: str) -> None:
+        """Start the named children (in the order given)."""
+        by_name = {child.spec.name: child for child in self.children}
+        unknown = [n for n in names if n not in by_name]
+        if unknown:
+            raise KeyError(f"no such child: {', '.join(unknown)}")
+        for name in names:
+            if by_name[name].proc is None:
+                self._spawn(by_name[name])
+
     def start_all(self) -> None:
+        """Start every child not started yet, in order."""
         for child in self.children:
-            self._spawn(child)
+            if child.proc is None and child.restart_at is None:
+                self._spawn(child)
 
     def check(self) -> None:
         """Notice children that exited and (re)start the ones whose backoff has passed."""

@@ -28,6 +28,26 @@ class GatewaySettings(CommonSettings):
     management_url: str = Field(
         default="http://127.0.0.1:8000", description="Where the gateway reaches the management server."
     )
+    # bots
+    bot_port_range_start: int = Field(
+        default=18100, ge=1024, le=65535, description="First port of the range the gateway gives its bots' REST APIs."
+    )
+    bot_port_range_end: int = Field(
+        default=18299, ge=1024, le=65535, description="Last port (included) of the range for the bots' REST APIs."
+    )
+    simulator_url: str = Field(
+        default="http://127.0.0.1:8002", description="Where bots on the exchange simulator reach it."
+    )
+    bot_start_timeout: float = Field(
+        default=90, gt=0, description="Seconds a new bot has to answer on its REST API before it counts as failed."
+    )
+    bot_stop_grace: float = Field(
+        default=15, gt=0, description="Seconds a stopping bot gets after SIGTERM before it is killed."
+    )
+    status_interval: float = Field(default=5.0, gt=0, description="Seconds between reads of each bot's status.")
+    bot_process_throttle_secs: int = Field(
+        default=5, ge=1, description="Seconds between two rounds of a bot's trading loop (Freqtrade's throttle)."
+    )
 
     @property
     def gateway_data_dir(self) -> Path:

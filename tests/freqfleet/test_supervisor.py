@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import psutil
+import pytest
 
 from freqfleet.supervisor import ChildSpec, Supervisor
 from tests.helpers import wait_for
@@ -58,3 +59,22 @@ def test_stop_all_terminates_children_and_their_groups(tmp_path: Path) -> None:
 
     wait_for(lambda: all(gone(p) for p in pids), timeout=10, what="all processes gone")
     assert all(c.proc is None for c in sup.children)
+
+
+def test_children_can_be_started_in_steps() -> None:
+    """``up`` starts the exchange simulator first, then the rest: no child is started twice."""
+    sup = Supervisor([ChildSpec("first", SLEEPER, {}), ChildSpec("second", SLEEPER, {})])
+    try:
+        sup.start("first")
+        first_pid = sup.children[0].pid
+        assert first_pid is not None
+        assert sup.children[1].proc is None
+        sup.check()
+        assert sup.children[1].proc is None  # check() starts nobody who was never started
+        sup.start_all()
+        assert sup.children[0].pid == first_pid
+        assert sup.children[1].pid is not None
+        with pytest.raises(KeyError, match="no such child: third"):
+            sup.start("third")
+    finally:
+        sup.stop_all(grace=5)

@@ -38,6 +38,7 @@ class Up:
     log: Path
     management: str
     gateway: str
+    simulator: str
     valkey_port: int
 
     def output(self) -> str:
@@ -92,12 +93,13 @@ def start_up(data_dir: Path, tmp_path: Path, admin_password: str | None = None) 
     env = {
         k: v for k, v in os.environ.items() if not k.startswith("FREQFLEET_") and k not in ("DATABASE_URL", "REDIS_URL")
     }
-    mport, gport, vport = free_port(), free_port(), free_port()
+    mport, gport, sport, vport = free_port(), free_port(), free_port(), free_port()
     env.update(
         {
             "FREQFLEET_DATA_DIR": str(data_dir),
             "FREQFLEET_MANAGEMENT_PORT": str(mport),
             "FREQFLEET_GATEWAY_PORT": str(gport),
+            "FREQFLEET_SIMULATOR_PORT": str(sport),
             "FREQFLEET_VALKEY_PORT": str(vport),
             "FREQFLEET_ADMIN_EMAIL": ADMIN_EMAIL,
             "FREQFLEET_CELERY_CONCURRENCY": "1",
@@ -110,12 +112,20 @@ def start_up(data_dir: Path, tmp_path: Path, admin_password: str | None = None) 
         proc = subprocess.Popen(
             [sys.executable, "-m", "freqfleet", "up"], env=env, stdout=out, stderr=subprocess.STDOUT
         )
-    up = Up(proc, data_dir, log, f"http://127.0.0.1:{mport}", f"http://127.0.0.1:{gport}", vport)
+    up = Up(
+        proc,
+        data_dir,
+        log,
+        f"http://127.0.0.1:{mport}",
+        f"http://127.0.0.1:{gport}",
+        f"http://127.0.0.1:{sport}",
+        vport,
+    )
     try:
         wait_for(
-            lambda: proc.poll() is None and _ready(up.management) and _ready(up.gateway),
+            lambda: proc.poll() is None and _ready(up.management) and _ready(up.gateway) and _ready(up.simulator),
             timeout=120,
-            what="both services ready",
+            what="the services ready",
         )
         wait_for(lambda: "Freqfleet is up." in up.output(), timeout=30, what="the banner")
     except AssertionError:
@@ -160,6 +170,14 @@ def test_up_serves_bootstraps_restarts_and_stops_cleanly(data_dir: Path, tmp_pat
         assert PasswordHasher().verify(users[0]["password_hash"], password)
         assert password not in up.output()
 
+        # The exchange simulator answers Binance's API on its own port, and the banner names it.
+        assert httpx.get(f"{up.simulator}/api/v3/ping", timeout=5).json() == {}
+        klines = httpx.get(
+            f"{up.simulator}/api/v3/klines", params={"symbol": "BTCUSDT", "interval": "5m", "limit": 3}, timeout=5
+        ).json()
+        assert len(klines) == 3
+        assert f"exchange simulator {up.simulator}" in up.output()
+
         # The Celery worker takes tasks off the embedded Valkey.
         celery = create_celery(
             ManagementSettings(env=Environment.test, redis_url=SecretStr(f"redis://127.0.0.1:{up.valkey_port}/0"))
@@ -183,7 +201,7 @@ def test_up_serves_bootstraps_restarts_and_stops_cleanly(data_dir: Path, tmp_pat
         raise
 
     pids = up.all_pids()
-    assert len(pids) >= 8  # up, management, gateway, worker (+pool), valkey, postgres and its workers
+    assert len(pids) >= 9  # up, simulator, management, gateway, worker (+pool), valkey, postgres and its workers
     left = stop_up(up)
     assert left == set(), f"still running 15 s after SIGTERM: {[psutil.Process(p).cmdline() for p in left]}"
     assert up.proc.returncode == 0

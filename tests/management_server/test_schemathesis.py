@@ -109,6 +109,7 @@ def fuzz(server: str, token: str, report: Path, *selection: str) -> None:
         capture_output=True,
         text=True,
         timeout=600,
+        cwd=report.parent,  # it keeps a cache folder in its working directory
     )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-8000:]
