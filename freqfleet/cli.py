@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -36,12 +36,28 @@ def up() -> None:
 def migrate(
     revision: Annotated[str, typer.Argument(help="Target revision.")] = "head",
 ) -> None:
-    """Upgrade the database named by DATABASE_URL to the latest schema (or REVISION)."""
+    """Upgrade the database named by DATABASE_URL to the latest schema (or REVISION); with
+    FREQFLEET_ADMIN_EMAIL set, also create the first admin if there is none."""
     from freqfleet.database import upgrade
     from management_server.config import get_settings
+    from management_server.security.passwords import password_problems
 
-    upgrade(get_settings().database_url.get_secret_value(), revision)
+    settings = get_settings()
+    upgrade(settings.database_url.get_secret_value(), revision)
     typer.echo(f"database at revision {revision}")
+    if settings.admin_email is not None:
+        # The ops path (docker compose) has no `up`: the first admin comes with the schema.
+        from freqfleet.database import bootstrap_admin
+
+        password = settings.admin_password.get_secret_value() if settings.admin_password else None
+        if password is not None and (problems := password_problems(password, str(settings.admin_email))):
+            typer.echo("migrate: FREQFLEET_ADMIN_PASSWORD: " + "; ".join(problems), err=True)
+            raise typer.Exit(2)
+        admin = bootstrap_admin(settings, str(settings.admin_email), password)
+        if admin.generated_password is not None:
+            typer.echo(f"first admin {admin.email}, password {admin.generated_password} (shown once: keep it now)")
+        elif admin.created:
+            typer.echo(f"first admin {admin.email} created")
 
 
 @app.command("create-admin")
@@ -106,6 +122,91 @@ def worker() -> None:
     from management_server.worker import run
 
     run()
+
+
+@app.command("rotate-keys")
+def rotate_keys() -> None:
+    """Add a new token-signing key to <data dir>/keys; it signs after the next restart, old keys still verify."""
+    from management_server.config import get_settings
+    from management_server.security.keys import KeyRing, add_key
+
+    settings = get_settings()
+    if settings.jwt_private_keys is not None:
+        typer.echo(
+            "rotate-keys: keys come from FREQFLEET_JWT_PRIVATE_KEYS; append a new PEM key there instead.", err=True
+        )
+        raise typer.Exit(2)
+    directory = settings.data_dir / "keys"
+    path = add_key(directory)
+    ring = KeyRing.from_directory(directory)
+    typer.echo(f"new signing key {ring.active.kid} in {path}; {len(ring.keys)} keys published.")
+    typer.echo("Restart the management server to sign with it. Delete an old key file once no token it signed")
+    typer.echo("can still be valid (the longest personal access token lifetime).")
+
+
+bus_app = typer.Typer(help="Inspect the bus: dead letters, and replaying them once their cause is fixed.")
+app.add_typer(bus_app, name="bus")
+
+
+def _redis() -> Any:
+    from management_server.config import get_settings
+    from shared.redis import create_redis
+
+    return create_redis(get_settings().redis_url.get_secret_value())
+
+
+@bus_app.command("dead-letters")
+def dead_letters(
+    stream: Annotated[str | None, typer.Argument(help="A dead-letter stream (default: list them all).")] = None,
+    count: Annotated[int, typer.Option(help="How many to show, oldest first.")] = 20,
+) -> None:
+    """List dead-letter streams, or the dead letters of one, with why each died."""
+    import asyncio
+
+    from shared.bus.dead_letters import dead_letter_streams, list_dead_letters
+
+    async def run() -> None:
+        redis = _redis()
+        try:
+            if stream is None:
+                for name in await dead_letter_streams(redis):
+                    typer.echo(f"{name}\t{await redis.xlen(name)} dead letters")
+                return
+            for letter in await list_dead_letters(redis, stream, count):
+                typer.echo(
+                    f"{letter.entry_id}\t{letter.message_type or '?'}\tevent {letter.event_id or '?'}\t"
+                    f"from {letter.source_stream} ({letter.group}), {letter.deliveries} deliveries\t{letter.reason}"
+                )
+        finally:
+            await redis.aclose()
+
+    asyncio.run(run())
+
+
+@bus_app.command("replay")
+def replay(
+    stream: Annotated[str, typer.Argument(help="The dead-letter stream, e.g. freqfleet:events:dead.")],
+    entry_id: Annotated[str, typer.Argument(help="The dead letter's entry id (from `freqfleet bus dead-letters`).")],
+) -> None:
+    """Put a dead letter's message back on the stream it came from, to be handled again."""
+    import asyncio
+
+    from shared.bus.dead_letters import DeadLetterNotFound
+    from shared.bus.dead_letters import replay as replay_letter
+
+    async def run() -> str:
+        redis = _redis()
+        try:
+            return await replay_letter(redis, stream, entry_id)
+        finally:
+            await redis.aclose()
+
+    try:
+        new_id = asyncio.run(run())
+    except DeadLetterNotFound as exc:
+        typer.echo(f"replay: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(f"replayed as entry {new_id}")
 
 
 def main() -> None:

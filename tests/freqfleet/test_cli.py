@@ -1,0 +1,85 @@
+"""The `freqfleet` commands an operator runs by hand, as real subprocesses."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import redis.asyncio as aioredis
+
+from shared.bus import ConsumerConfig, Delivery, Publisher, StreamConsumer
+from shared.bus.messages import StopBot, StopBotData
+from tests.helpers import until
+
+
+def freqfleet(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    base = {
+        k: v for k, v in os.environ.items() if not k.startswith("FREQFLEET_") and k not in ("DATABASE_URL", "REDIS_URL")
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "freqfleet", *args], env=base | env, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_rotate_keys_adds_a_key_and_keeps_the_old_one(tmp_path: Path) -> None:
+    env = {"FREQFLEET_DATA_DIR": str(tmp_path)}
+    first = freqfleet("rotate-keys", env=env)
+    second = freqfleet("rotate-keys", env=env)
+    assert first.returncode == second.returncode == 0, first.stderr + second.stderr
+    assert "2 keys published" in second.stdout
+    keys = sorted((tmp_path / "keys").glob("*.pem"))
+    assert len(keys) == 2
+    assert all(oct(k.stat().st_mode & 0o777) == "0o600" for k in keys)
+    refused = freqfleet("rotate-keys", env=env | {"FREQFLEET_JWT_PRIVATE_KEYS": keys[0].read_text()})
+    assert refused.returncode == 2
+    assert "FREQFLEET_JWT_PRIVATE_KEYS" in refused.stderr
+
+
+async def test_migrate_creates_the_first_admin_when_asked(database_url: str) -> None:
+    env = {"FREQFLEET_DATABASE_URL": database_url, "FREQFLEET_ADMIN_EMAIL": "ops@example.com"}
+    first = freqfleet("migrate", env=env)
+    assert first.returncode == 0, first.stderr
+    assert "first admin ops@example.com, password " in first.stdout
+    again = freqfleet("migrate", env=env)
+    assert again.returncode == 0
+    assert "password" not in again.stdout
+
+
+async def test_dead_letters_are_listed_and_replayed(redis_url: str) -> None:
+    stream = f"freqfleet:test:{uuid.uuid4().hex[:6]}"
+    redis = aioredis.Redis.from_url(redis_url)
+    message = StopBot(source="management", data=StopBotData(bot_id=uuid.uuid4(), generation=1))
+    fail = True
+    handled: list[uuid.UUID] = []
+
+    async def handler(delivery: Delivery) -> None:
+        if fail:
+            raise ValueError("bot folder missing")
+        handled.append(delivery.message.event_id)
+
+    config = ConsumerConfig(stream, "g", "c", max_deliveries=1, claim_idle_ms=100, reclaim_interval_s=0.05)
+    consumer = StreamConsumer(redis_url, config, handler)
+    consumer.start()
+    try:
+        await Publisher(redis).publish(stream, message)
+        await until(lambda: consumer.stats.dead_lettered == 1, timeout=10, what="a dead letter")
+        env = {"FREQFLEET_REDIS_URL": redis_url}
+        streams = freqfleet("bus", "dead-letters", env=env)
+        assert f"{stream}:dead\t1 dead letters" in streams.stdout
+        listed = freqfleet("bus", "dead-letters", f"{stream}:dead", env=env)
+        assert "STOP_BOT" in listed.stdout
+        assert "ValueError: bot folder missing" in listed.stdout
+        entry_id = listed.stdout.split("\t", 1)[0]
+        fail = False
+        replayed = freqfleet("bus", "replay", f"{stream}:dead", entry_id, env=env)
+        assert replayed.returncode == 0, replayed.stderr
+        await until(lambda: handled == [message.event_id], timeout=10, what="the replayed message")
+        missing = freqfleet("bus", "replay", f"{stream}:dead", entry_id, env=env)
+        assert missing.returncode == 1
+        assert "no dead letter" in missing.stderr
+    finally:
+        await consumer.stop()
+        await redis.aclose()
