@@ -62,17 +62,20 @@ class Up:
                 return proc
         raise LookupError(name)
 
-    def users(self) -> list[asyncpg.Record]:
+    def query(self, sql: str) -> list[asyncpg.Record]:
         _, socket_dir = self.postmaster()
 
-        async def query() -> list[asyncpg.Record]:
+        async def run() -> list[asyncpg.Record]:
             conn = await asyncpg.connect(host=str(socket_dir), user="postgres", database="freqfleet")
             try:
-                return list(await conn.fetch("SELECT id, email, role, password_hash, created_at FROM users"))
+                return list(await conn.fetch(sql))
             finally:
                 await conn.close()
 
-        return asyncio.run(query())
+        return asyncio.run(run())
+
+    def users(self) -> list[asyncpg.Record]:
+        return self.query("SELECT id, email, role, password_hash, created_at FROM users")
 
 
 def _ready(url: str) -> bool:
@@ -177,6 +180,12 @@ def test_up_serves_bootstraps_restarts_and_stops_cleanly(data_dir: Path, tmp_pat
         ).json()
         assert len(klines) == 3
         assert f"exchange simulator {up.simulator}" in up.output()
+
+        # The gateway's heartbeats reach the management server's database over the bus.
+        gateways = wait_for(
+            lambda: up.query("SELECT gateway_id, capacity FROM gateways"), timeout=30, what="a heartbeat"
+        )
+        assert len(gateways) == 1
 
         # The Celery worker takes tasks off the embedded Valkey.
         celery = create_celery(
