@@ -1,0 +1,76 @@
+"""Fixtures for the bot process layer: one exchange simulator process per package, bot folders
+whose Freqtrade processes are always killed afterwards, a spec with the always-enter strategy."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import signal
+import uuid
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import tests.exchange_simulator
+from shared.bus.messages import BotSpec
+from tests.exchange_simulator.conftest import SimulatorProcess, start_simulator_process, stop_simulator_process
+from trading_gateway.bots.adoption import find_orphans
+from trading_gateway.bots.ports import PortPool
+
+ALWAYS_ENTER = Path(tests.exchange_simulator.__file__).parent / "strategies" / "AlwaysEnter.py"
+THROTTLE = 1  # seconds between rounds of the bots' trading loop
+START_TIMEOUT = 60.0
+GRACE = 10.0
+
+
+def make_spec(pairs: tuple[str, ...] = ("BTC/USDT",), **overrides: Any) -> BotSpec:
+    fields: dict[str, Any] = {
+        "name": "test bot",
+        "strategy_class": "AlwaysEnter",
+        "strategy_source": ALWAYS_ENTER.read_text(),
+        "pairs": list(pairs),
+        "timeframe": "1m",
+        "stake_currency": "USDT",
+        "stake_amount": Decimal(100),
+        "max_open_trades": len(pairs),
+        "dry_run_wallet": Decimal(10_000),
+        "stoploss": -0.3,
+    }
+    return BotSpec(**(fields | overrides))
+
+
+def new_bot_id() -> str:
+    return str(uuid.uuid4())
+
+
+@pytest.fixture(scope="package")
+def simulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimulatorProcess]:
+    """One ``freqfleet simulator`` process for all the bot tests."""
+    sim = start_simulator_process(tmp_path_factory.mktemp("simulator") / "simulator.log")
+    try:
+        yield sim
+    finally:
+        stop_simulator_process(sim)
+
+
+@pytest.fixture
+def bots_root(tmp_path: Path) -> Iterator[Path]:
+    """The test's bots folder; every Freqtrade process running a config in it is killed afterwards."""
+    root = tmp_path / "bots"
+    try:
+        yield root
+    finally:
+        for orphan in find_orphans(root):  # checks each process's command line: only our bots
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(orphan.pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def pool() -> PortPool:
+    """A port range of its own for the test (other test runs may share this machine)."""
+    start = random.randrange(20_000, 60_000, 100)
+    return PortPool(start, start + 49)

@@ -1,0 +1,338 @@
+"""A bot's folder and its Freqtrade config, rendered from a ``BotSpec``.
+
+Layout, under the gateway's bots folder (``<data_dir>/gateway/<gateway_id>/bots/<bot_id>/``, mode 0700)::
+
+    config.json          the rendered config (mode 0600: API password, live exchange keys)
+    strategies/<Class>.py the strategy source, the only file in its folder
+    user_data/           Freqtrade's user dir (data downloads, FreqAI models)
+    tradesv3.sqlite      the trade database (SQLite in WAL mode: -wal and -shm beside it)
+    bot.log              Freqtrade's own log, rotated by Freqtrade (10 MB x 5)
+    console.log          the process's stdout/stderr: the few lines before logging is set up, tracebacks
+
+Decisions:
+
+- The config sets ``log_config`` with a rotating file handler only, so Freqtrade's log is not also
+  written to stderr (with ``--logfile`` alone every line is duplicated there, unrotated).
+- ``entry_pricing`` / ``exit_pricing`` take the other side of the book (``price_side: other``):
+  it is required for market orders and makes limit orders cross the spread, so dry-run fills are
+  immediate and deterministic. Order types stay the strategy's.
+- Exchange keys go into the config only for a live bot (``dry_run`` false); a dry-run bot never gets
+  keys on disk. A live bot on the exchange simulator is refused (it has no private API).
+- Everything is checked before anything is spawned, and a wrong spec raises :class:`BotConfigError`
+  with a reason a person can act on: the strategy class must be defined in the source (a cheap AST
+  check; the management server validates strategies fully), the timeframe must exist (the
+  simulator's Binance intervals for the simulator), every pair must be quoted in the stake currency.
+- Files are written atomically (temporary file, fsync, ``os.replace``), so a bot never reads half a
+  config and a crash never leaves one.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from exchange_simulator.timeframes import INTERVALS as SIMULATOR_TIMEFRAMES
+from shared.bus.messages import BotSpec
+from shared.exchange import (
+    SIMULATOR,
+    ExchangeCredentials,
+    offline_config,
+    redact_exchange_section,
+    render_exchange_section,
+)
+from trading_gateway.bots.credentials import ApiCredentials
+
+BOT_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_TIMEFRAME = re.compile(r"^([1-9][0-9]{0,2})([smhdwM])$")
+LOG_FORMAT = "%(asctime)s - %(name)s - %(levelname)s - %(message)s"
+LOG_MAX_BYTES = 10 * 1024 * 1024
+LOG_BACKUPS = 5
+DIR_MODE = 0o700
+SECRET_FILE_MODE = 0o600
+
+
+class BotConfigError(ValueError):
+    """A bot's spec can't be turned into a working Freqtrade config; the message says why."""
+
+
+def atomic_write(path: Path, data: bytes, mode: int = SECRET_FILE_MODE) -> None:
+    """Write ``data`` to ``path`` so a reader sees the old file or the new one, never a mix.
+
+    The temporary file is created with ``mode`` before any byte is written (secrets never sit in a
+    world-readable file), fsynced, renamed over ``path``, and the folder is fsynced.
+    """
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+@dataclass(frozen=True)
+class BotFiles:
+    """The paths of one bot's folder (nothing is created until :meth:`prepare`)."""
+
+    root: Path
+    bot_id: str
+
+    def __post_init__(self) -> None:
+        if not BOT_ID_PATTERN.match(self.bot_id) or self.bot_id in (".", ".."):
+            raise ValueError(f"not a usable bot id for a folder name: {self.bot_id!r}")
+        object.__setattr__(self, "root", Path(self.root).absolute())
+
+    @property
+    def folder(self) -> Path:
+        return self.root / self.bot_id
+
+    @property
+    def config(self) -> Path:
+        return self.folder / "config.json"
+
+    @property
+    def strategies(self) -> Path:
+        return self.folder / "strategies"
+
+    def strategy_file(self, strategy_class: str) -> Path:
+        return self.strategies / f"{strategy_class}.py"
+
+    @property
+    def user_data(self) -> Path:
+        return self.folder / "user_data"
+
+    @property
+    def db(self) -> Path:
+        return self.folder / "tradesv3.sqlite"
+
+    @property
+    def db_url(self) -> str:
+        """SQLAlchemy URL of the trade database: ``sqlite:////abs/path`` (never relative to a cwd)."""
+        return f"sqlite:///{self.db}"
+
+    @property
+    def log(self) -> Path:
+        return self.folder / "bot.log"
+
+    @property
+    def console_log(self) -> Path:
+        return self.folder / "console.log"
+
+    def prepare(self) -> None:
+        """Create the folder tree, private to the gateway's user."""
+        for folder in (self.root, self.folder, self.strategies, self.user_data):
+            folder.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+        for folder in (self.folder, self.strategies, self.user_data):
+            folder.chmod(DIR_MODE)
+
+    def write(self, config: BotConfig, strategy_source: str) -> None:
+        """Write the strategy and the config (atomically, 0600); drop other strategy files.
+
+        Freqtrade imports every ``.py`` file of the strategy folder while looking for the class, so
+        a strategy of an earlier generation must not stay there.
+        """
+        if config.bot_id != self.bot_id:
+            raise ValueError(f"config of bot {config.bot_id} written to the folder of bot {self.bot_id}")
+        self.prepare()
+        target = self.strategy_file(config.strategy_class)
+        atomic_write(target, strategy_source.encode())
+        for stale in self.strategies.glob("*.py"):
+            if stale != target:
+                stale.unlink()
+        atomic_write(self.config, json.dumps(config.data, indent=2).encode())
+
+    def read_config(self) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads(self.config.read_text())
+        return data
+
+
+@dataclass(frozen=True)
+class BotConfig:
+    """A rendered Freqtrade config (``data``) and the facts the process layer needs from it."""
+
+    bot_id: str
+    strategy_class: str
+    port: int
+    credentials: ApiCredentials = field(repr=False)
+    db_url: str
+    dry_run: bool
+    data: dict[str, Any] = field(repr=False)
+
+    def redacted(self) -> dict[str, Any]:
+        """A copy fit for logs: API and exchange secrets masked."""
+        copy = json.loads(json.dumps(self.data))
+        api = copy.get("api_server", {})
+        for key in ("password", "jwt_secret_key", "ws_token"):
+            if key in api:
+                api[key] = "***"
+        if "exchange" in copy:
+            copy["exchange"] = redact_exchange_section(copy["exchange"])
+        redacted: dict[str, Any] = copy
+        return redacted
+
+
+def _number(value: Decimal) -> int | float:
+    return int(value) if value == value.to_integral_value() else float(value)
+
+
+def validate_spec(spec: BotSpec) -> None:
+    """Raise :class:`BotConfigError` with a readable reason when ``spec`` can't run."""
+    try:
+        tree = ast.parse(spec.strategy_source, filename=f"{spec.strategy_class}.py")
+    except SyntaxError as exc:
+        raise BotConfigError(f"the strategy source does not parse: line {exc.lineno}: {exc.msg}") from None
+    classes = [node.name for node in tree.body if isinstance(node, ast.ClassDef)]
+    if spec.strategy_class not in classes:
+        found = ", ".join(classes) if classes else "none"
+        raise BotConfigError(
+            f"the strategy source does not define class {spec.strategy_class} at its top level (classes: {found})"
+        )
+
+    match = _TIMEFRAME.match(spec.timeframe)
+    if match is None:
+        raise BotConfigError(f"unknown timeframe {spec.timeframe!r} (e.g. 1m, 5m, 1h, 1d)")
+    if spec.exchange == SIMULATOR and spec.timeframe not in SIMULATOR_TIMEFRAMES:
+        raise BotConfigError(
+            f"the exchange simulator has no timeframe {spec.timeframe!r}; it has {', '.join(SIMULATOR_TIMEFRAMES)}"
+        )
+
+    wrong = [p for p in spec.pairs if p.split(":")[0].split("/")[1] != spec.stake_currency]
+    if wrong:
+        raise BotConfigError(f"pairs not quoted in the stake currency {spec.stake_currency}: {', '.join(wrong)}")
+    twice = sorted({p for p in spec.pairs if spec.pairs.count(p) > 1})
+    if twice:
+        raise BotConfigError(f"pairs listed twice: {', '.join(twice)}")
+    if spec.stake_amount != "unlimited" and spec.stake_amount <= 0:
+        raise BotConfigError(f"stake_amount must be positive or 'unlimited', not {spec.stake_amount}")
+    if not spec.dry_run and spec.exchange == SIMULATOR:
+        raise BotConfigError("a live bot can't trade on the exchange simulator (it has no private API): use dry_run")
+
+
+def _exchange_credentials(spec: BotSpec) -> ExchangeCredentials | None:
+    if spec.dry_run or spec.credentials is None:
+        return None  # a dry-run bot never gets keys on disk
+    creds = spec.credentials
+    return ExchangeCredentials(
+        key=creds.key.get_secret_value(),
+        secret=creds.secret.get_secret_value(),
+        password=None if creds.password is None else creds.password.get_secret_value(),
+    )
+
+
+def render_config(
+    spec: BotSpec,
+    files: BotFiles,
+    *,
+    port: int,
+    credentials: ApiCredentials,
+    simulator_url: str | None = None,
+    process_throttle_secs: int = 5,
+) -> BotConfig:
+    """The Freqtrade config of bot ``files.bot_id`` from its spec (validated first).
+
+    :param port: the bot's REST API port on 127.0.0.1 (from the :class:`PortPool`).
+    :param credentials: the bot's fresh API credentials.
+    :param simulator_url: the exchange simulator's base URL; needed when ``spec.exchange`` is ``simulator``.
+    :param process_throttle_secs: seconds between two rounds of the bot's trading loop (Freqtrade wants
+        a whole number).
+    """
+    validate_spec(spec)
+    if not 1024 <= port <= 65535:
+        raise BotConfigError(f"Freqtrade's API port must be in 1024-65535, not {port}")
+    if process_throttle_secs < 1:
+        raise BotConfigError(
+            f"process_throttle_secs must be a whole number of seconds >= 1, not {process_throttle_secs}"
+        )
+    if len(credentials.jwt_secret) < 32:
+        raise BotConfigError("Freqtrade wants a jwt secret of at least 32 characters")
+    try:
+        exchange = render_exchange_section(
+            spec.exchange,
+            spec.pairs,
+            simulator_url=simulator_url if spec.exchange == SIMULATOR else None,
+            credentials=_exchange_credentials(spec),
+        )
+    except ValueError as exc:
+        raise BotConfigError(f"exchange {spec.exchange!r}: {exc}") from None
+
+    data: dict[str, Any] = {
+        "bot_name": files.bot_id,
+        "strategy": spec.strategy_class,
+        "initial_state": "running",
+        "dry_run": spec.dry_run,
+        "trading_mode": "spot",
+        "margin_mode": "",
+        "stake_currency": spec.stake_currency,
+        "stake_amount": "unlimited" if spec.stake_amount == "unlimited" else _number(spec.stake_amount),
+        "max_open_trades": spec.max_open_trades,
+        "timeframe": spec.timeframe,
+        "exchange": exchange,
+        "pairlists": [{"method": "StaticPairList"}],
+        "entry_pricing": {"price_side": "other", "use_order_book": True, "order_book_top": 1},
+        "exit_pricing": {"price_side": "other", "use_order_book": True, "order_book_top": 1},
+        "force_entry_enable": True,
+        "db_url": files.db_url,
+        "internals": {"process_throttle_secs": process_throttle_secs},
+        "api_server": {
+            "enabled": True,
+            "listen_ip_address": "127.0.0.1",
+            "listen_port": port,
+            "username": credentials.username,
+            "password": credentials.password,
+            "jwt_secret_key": credentials.jwt_secret,
+            "ws_token": credentials.ws_token,
+            "CORS_origins": [],
+            "enable_openapi": False,
+            "verbosity": "error",
+        },
+        "log_config": {
+            "version": 1,
+            "disable_existing_loggers": False,
+            "formatters": {"standard": {"format": LOG_FORMAT}},
+            "handlers": {
+                "file": {
+                    "class": "logging.handlers.RotatingFileHandler",
+                    "formatter": "standard",
+                    "filename": str(files.log),
+                    "maxBytes": LOG_MAX_BYTES,
+                    "backupCount": LOG_BACKUPS,
+                }
+            },
+            "root": {"handlers": ["file"], "level": "INFO"},
+        },
+        **offline_config(),
+    }
+    if spec.dry_run_wallet is not None:
+        data["dry_run_wallet"] = _number(spec.dry_run_wallet)
+    if spec.stoploss is not None:
+        data["stoploss"] = spec.stoploss
+    if spec.freqai is not None:
+        data["freqai"] = dict(spec.freqai)
+    data.pop("fiat_display_currency", None)  # it would make Freqtrade call CoinGecko
+    return BotConfig(
+        bot_id=files.bot_id,
+        strategy_class=spec.strategy_class,
+        port=port,
+        credentials=credentials,
+        db_url=files.db_url,
+        dry_run=spec.dry_run,
+        data=data,
+    )
