@@ -16,9 +16,8 @@ from management_server.auth.service import AuthError, AuthService, TokenPair
 from management_server.db import SessionDep
 from management_server.errors import errors
 from management_server.security.login_throttle import LoginThrottle, LoginThrottled
-from management_server.security.passwords import password_problems
 from management_server.users.schemas import UserOut
-from management_server.users.service import create_user, get_by_email
+from management_server.users.service import AccountRefused, open_account
 
 router = APIRouter(prefix="/api/v1/auth", tags=["auth"], responses=errors(400, 401, 429, 503))
 jwks_router = APIRouter(tags=["auth"])
@@ -60,11 +59,10 @@ async def register(body: RegisterIn, request: Request, session: SessionDep) -> U
             "user.register", Outcome.denied, Actor.anonymous(), reason="registration closed", ip=client_ip(request)
         )
         raise HTTPException(403, "Registration is closed: ask an admin for an account.")
-    if problems := password_problems(body.password, body.email):
-        raise HTTPException(400, "Password refused: " + "; ".join(problems) + ".")
-    if await get_by_email(session, body.email) is not None:
-        raise HTTPException(409, "An account with this email exists already: log in instead.")
-    user = await create_user(session, request.app.state.password_hasher, body.email, body.password)
+    try:
+        user = await open_account(session, request.app.state.password_hasher, body.email, body.password)
+    except AccountRefused as exc:
+        raise HTTPException(exc.status, str(exc)) from None
     await session.commit()
     await audit.record(
         "user.register",

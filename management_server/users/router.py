@@ -20,7 +20,7 @@ from management_server.errors import errors
 from management_server.security.passwords import password_problems
 from management_server.users.models import Role, User
 from management_server.users.schemas import PasswordChange, UserCreate, UserOut, UserPage, UserUpdate
-from management_server.users.service import create_user, get_by_email
+from management_server.users.service import AccountRefused, open_account
 
 router = APIRouter(prefix="/api/v1/users", tags=["users"], responses=errors(400, 401, 403, 404, 409, 429))
 
@@ -138,11 +138,10 @@ async def list_users(
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=UserOut)
 async def admin_create_user(body: UserCreate, request: Request, session: SessionDep, admin: AdminPrincipal) -> UserOut:
     _, audit = _services(request)
-    if problems := password_problems(body.password, body.email):
-        raise HTTPException(400, "Password refused: " + "; ".join(problems) + ".")
-    if await get_by_email(session, body.email) is not None:
-        raise HTTPException(409, "An account with this email exists already.")
-    user = await create_user(session, request.app.state.password_hasher, body.email, body.password, body.role)
+    try:
+        user = await open_account(session, request.app.state.password_hasher, body.email, body.password, body.role)
+    except AccountRefused as exc:
+        raise HTTPException(exc.status, str(exc)) from None
     await session.commit()
     await audit.record(
         "user.create",

@@ -9,6 +9,7 @@ from argon2 import PasswordHasher
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from management_server.security.passwords import password_problems
 from management_server.users.models import Role, User
 
 
@@ -40,6 +41,25 @@ async def create_user(
     session.add(user)
     await session.flush()
     return user
+
+
+class AccountRefused(Exception):
+    """A new account can't be made as asked; ``status`` and the message are for the client."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+async def open_account(
+    session: AsyncSession, hasher: PasswordHasher, email: str, password: str, role: Role = Role.user
+) -> User:
+    """A new user after the password policy and the email's uniqueness are checked."""
+    if problems := password_problems(password, email):
+        raise AccountRefused(400, "Password refused: " + "; ".join(problems) + ".")
+    if await get_by_email(session, email) is not None:
+        raise AccountRefused(409, "An account with this email exists already.")
+    return await create_user(session, hasher, email, password, role)
 
 
 async def ensure_admin(
