@@ -15,6 +15,7 @@ from exchange_simulator import api, binance, control
 from exchange_simulator.config import SimulatorSettings, get_settings
 from exchange_simulator.market import Market
 from shared.health import health_router
+from shared.http import serve
 from shared.logging import configure_logging, get_logger
 
 log = get_logger(__name__)
@@ -83,15 +84,6 @@ def create_app(settings: SimulatorSettings | None = None, clock: Callable[[], fl
 
 def run() -> None:
     """Serve the simulator with uvicorn (``freqfleet simulator``)."""
-    import uvicorn
-
     settings = get_settings()
     configure_logging("simulator", settings.log_level, settings.log_format)
-    uvicorn.run(
-        create_app(settings),
-        host=settings.simulator_host,
-        port=settings.simulator_port,
-        log_config=None,
-        access_log=False,
-        proxy_headers=False,
-    )
+    serve(create_app(settings), settings.simulator_host, settings.simulator_port)

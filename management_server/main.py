@@ -30,7 +30,7 @@ from management_server.security.ratelimit import (
 from management_server.users.router import router as users_router
 from shared.auth import RevocationStore, StaticKeySource, TokenVerifier
 from shared.health import health_router
-from shared.http import install_http_plumbing
+from shared.http import install_http_plumbing, serve
 from shared.logging import configure_logging, get_logger
 from shared.redis import create_redis
 from shared.security_headers import SecurityHeadersMiddleware, install_cors
@@ -136,15 +136,6 @@ async def _sync_revocations(app: FastAPI) -> None:
 
 def run() -> None:
     """Serve the app with uvicorn (``freqfleet management``)."""
-    import uvicorn
-
     settings = get_settings()
     configure_logging("management", settings.log_level, settings.log_format)
-    uvicorn.run(
-        create_app(settings),
-        host=settings.management_host,
-        port=settings.management_port,
-        log_config=None,
-        access_log=False,
-        proxy_headers=False,
-    )
+    serve(create_app(settings), settings.management_host, settings.management_port)
