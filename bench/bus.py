@@ -21,6 +21,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import redis.asyncio as aioredis
 
@@ -69,7 +70,7 @@ async def bare(url: str, count: int, rate: float | None) -> Figures:
     async def consume() -> None:
         reader = aioredis.Redis.from_url(url)
         while len(latencies) < count:
-            response = await reader.xreadgroup(group, "c", {stream: ">"}, count=32, block=1000)
+            response: Any = await reader.xreadgroup(group, "c", {stream: ">"}, count=32, block=1000)
             for _, entries in response or []:
                 for entry_id, fields in entries:
                     latencies.append((time.perf_counter() - float(fields[b"t"])) * 1000)

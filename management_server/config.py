@@ -88,6 +88,16 @@ class ManagementSettings(CommonSettings):
         default=None, description="Anyone may register (default: on in development, off in production)."
     )
 
+    # strategies, credentials, bots
+    master_keys: SecretStr | None = Field(
+        default=None,
+        description="AES-256 keys that encrypt exchange credentials (and models) at rest: `kid:base64` pairs, "
+        "comma-separated, the last encrypts; default: generated into <data dir>/master.keys.",
+    )
+    strategy_review: bool = Field(
+        default=True, description="A non-admin's strategy waits for an admin's approval before it can run."
+    )
+
     @property
     def registration_open(self) -> bool:
         return self.is_development if self.open_registration is None else self.open_registration

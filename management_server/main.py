@@ -15,9 +15,12 @@ from management_server.audit.service import AuditLog
 from management_server.auth.router import jwks_router
 from management_server.auth.router import router as auth_router
 from management_server.auth.service import AuthService
+from management_server.bots.router import router as bots_router
 from management_server.bus.relay import OutboxRelay
 from management_server.config import ManagementSettings, get_settings
+from management_server.credentials.router import router as credentials_router
 from management_server.events.dispatcher import create_event_consumer
+from management_server.security.crypto import MasterKeys
 from management_server.security.keys import KeyRing
 from management_server.security.login_throttle import LoginThrottle, LoginThrottled
 from management_server.security.passwords import build_hasher
@@ -27,6 +30,7 @@ from management_server.security.ratelimit import (
     enforce_user_limit,
     too_many_requests_detail,
 )
+from management_server.strategies.router import router as strategies_router
 from management_server.users.router import router as users_router
 from shared.auth import RevocationStore, StaticKeySource, TokenVerifier
 from shared.health import health_router
@@ -55,11 +59,10 @@ def create_app(settings: ManagementSettings | None = None) -> FastAPI:
         keys = load_keys(settings)
         revocations = RevocationStore(redis)
         app.state.keys = keys
+        # No revocation store here: the management server checks every token against the database
+        # (the user's token versions, the personal token's row), which is the source of truth.
         app.state.token_verifier = TokenVerifier(
-            StaticKeySource(keys.public_keys()),
-            issuer=settings.jwt_issuer,
-            audience=settings.jwt_audience,
-            revocations=revocations,
+            StaticKeySource(keys.public_keys()), issuer=settings.jwt_issuer, audience=settings.jwt_audience
         )
         app.state.auth = AuthService(settings, keys, app.state.password_hasher, revocations)
         app.state.login_throttle = LoginThrottle(redis, settings)
@@ -67,6 +70,11 @@ def create_app(settings: ManagementSettings | None = None) -> FastAPI:
             app.state.rate_limiter = RateLimiter(redis, settings)
             app.state.enforce_user_limit = enforce_user_limit
         app.state.audit = AuditLog(app.state.sessionmaker)
+        app.state.master_keys = (
+            MasterKeys.parse(settings.master_keys.get_secret_value())
+            if settings.master_keys is not None
+            else MasterKeys.from_file(settings.data_dir / "master.keys")
+        )
         await _sync_revocations(app)
 
         async def redis_ping() -> None:
@@ -107,6 +115,9 @@ def create_app(settings: ManagementSettings | None = None) -> FastAPI:
     app.include_router(auth_router)
     app.include_router(users_router)
     app.include_router(audit_router)
+    app.include_router(strategies_router)
+    app.include_router(credentials_router)
+    app.include_router(bots_router)
     return app
 
 

@@ -2,18 +2,25 @@
 
 from management_server.audit.models import AuditEntry
 from management_server.auth.models import PersonalAccessToken, RefreshToken
+from management_server.bots.models import Bot, Trade
 from management_server.bus.models import OutboxMessage, ProcessedEvent
+from management_server.credentials.models import ExchangeCredential
 from management_server.db import Base
 from management_server.gateways.models import Gateway
+from management_server.strategies.models import Strategy
 from management_server.users.models import User
 
 __all__ = [
     "AuditEntry",
     "Base",
+    "Bot",
+    "ExchangeCredential",
     "Gateway",
     "OutboxMessage",
     "PersonalAccessToken",
     "ProcessedEvent",
     "RefreshToken",
+    "Strategy",
+    "Trade",
     "User",
 ]

@@ -87,7 +87,9 @@ async def get_principal(
     actor = Actor(user.id, user.email)
     if claims.token_type is TokenType.access:
         if claims.version < user.access_token_version:
-            raise await deny(request, 401, INVALID, "access token issued before a logout or password change", actor)
+            raise await deny(
+                request, 401, INVALID, "access token invalidated (logout, password change or account change)", actor
+            )
         scopes = scopes_of_role(user.role)
     else:
         pat = await session.get(PersonalAccessToken, claims.token_id)
@@ -100,7 +102,13 @@ async def get_principal(
             or pat.expires_at <= now
             or claims.version < user.pat_version
         ):
-            raise await deny(request, 401, INVALID, "personal access token revoked, expired or invalidated", actor)
+            raise await deny(
+                request,
+                401,
+                INVALID,
+                "personal access token revoked, expired or invalidated (password change or account change)",
+                actor,
+            )
         if pat.last_used_at is None or now - pat.last_used_at > timedelta(minutes=1):
             pat.last_used_at = now
             await session.commit()

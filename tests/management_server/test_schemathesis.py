@@ -114,5 +114,3 @@ def fuzz(server: str, token: str, report: Path, *selection: str) -> None:
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-8000:]
     assert "Failures:" not in output, output[-3000:]
-    # The run got past authentication: most operations answered something other than 401/403.
-    assert "operations returned only 401/403" not in output, output[-3000:]

@@ -9,7 +9,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from management_server.users.models import Role
-from shared.auth import InvalidToken, JwksKeySource, TokenVerifier
+from shared.auth import InvalidToken, JwksKeySource, RevocationStore, TokenVerifier
 from tests.management_server.conftest import PASSWORD, Management, bearer
 
 
@@ -111,7 +111,7 @@ async def test_the_gateway_side_verifier_uses_the_published_keys(management: Man
         JwksKeySource(f"{management.url}/.well-known/jwks.json"),
         issuer=management.settings.jwt_issuer,
         audience=management.settings.jwt_audience,
-        revocations=management.app.state.token_verifier.revocations,
+        revocations=RevocationStore(management.app.state.redis),
     )
     claims = await verifier.verify(tokens["access_token"])
     assert claims.role == "user"

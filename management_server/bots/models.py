@@ -1,0 +1,109 @@
+"""Bots (desired state, set by people; actual state, reported by gateways) and their trades."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from decimal import Decimal
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Identity,
+    Index,
+    Integer,
+    Numeric,
+    String,
+    Text,
+    UniqueConstraint,
+    Uuid,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import Mapped, mapped_column
+
+from management_server.db import Base, TimestampMixin
+
+
+class DesiredState(StrEnum):
+    running = "running"
+    paused = "paused"
+    stopped = "stopped"
+    halted = "halted"
+
+
+class ActualState(StrEnum):
+    stopped = "stopped"
+    starting = "starting"
+    running = "running"
+    paused = "paused"
+    stopping = "stopping"
+    failed = "failed"
+    halted = "halted"
+
+
+class Bot(TimestampMixin, Base):
+    __tablename__ = "bots"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    owner_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("users.id", ondelete="CASCADE"), nullable=False)
+    name: Mapped[str] = mapped_column(String(100), nullable=False)
+    strategy_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("strategies.id"), nullable=False)
+    exchange: Mapped[str] = mapped_column(String(50), nullable=False)
+    pairs: Mapped[list[str]] = mapped_column(JSONB, nullable=False)
+    timeframe: Mapped[str] = mapped_column(String(8), nullable=False)
+    stake_currency: Mapped[str] = mapped_column(String(20), nullable=False)
+    stake_amount: Mapped[Decimal | None] = mapped_column(Numeric(24, 8), nullable=True)  # None: "unlimited"
+    max_open_trades: Mapped[int] = mapped_column(Integer, nullable=False)
+    dry_run: Mapped[bool] = mapped_column(Boolean, nullable=False, default=True)
+    dry_run_wallet: Mapped[Decimal | None] = mapped_column(Numeric(24, 8), nullable=True)
+    stoploss: Mapped[float | None] = mapped_column(Float, nullable=True)
+    credentials_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, ForeignKey("exchange_credentials.id"), nullable=True)
+    freqai: Mapped[dict[str, Any] | None] = mapped_column(JSONB, nullable=True)
+    model_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, nullable=True)
+
+    desired_state: Mapped[str] = mapped_column(String(16), nullable=False, default=DesiredState.stopped.value)
+    actual_state: Mapped[str] = mapped_column(String(16), nullable=False, default=ActualState.stopped.value)
+    generation: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    gateway_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    last_status: Mapped[dict[str, Any] | None] = mapped_column(JSONB, nullable=True)
+    last_status_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+    __table_args__ = (
+        UniqueConstraint("owner_id", "name", name="uq_bots_owner_id_name"),
+        Index("ix_bots_owner_id", "owner_id"),
+    )
+
+
+class Trade(Base):
+    """A trade as the gateway reported it; (bot, trade id) is unique, so a repeated event changes nothing."""
+
+    __tablename__ = "trades"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    bot_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("bots.id", ondelete="CASCADE"), nullable=False)
+    trade_id: Mapped[int] = mapped_column(Integer, nullable=False)
+    pair: Mapped[str] = mapped_column(String(50), nullable=False)
+    is_short: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    is_open: Mapped[bool] = mapped_column(Boolean, nullable=False, default=True)
+    open_date: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    close_date: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    open_rate: Mapped[float] = mapped_column(Float, nullable=False)
+    close_rate: Mapped[float | None] = mapped_column(Float, nullable=True)
+    amount: Mapped[float] = mapped_column(Float, nullable=False)
+    stake_amount: Mapped[float] = mapped_column(Float, nullable=False)
+    profit_abs: Mapped[float | None] = mapped_column(Float, nullable=True)
+    profit_ratio: Mapped[float | None] = mapped_column(Float, nullable=True)
+    enter_tag: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    exit_reason: Mapped[str | None] = mapped_column(String(100), nullable=True)
+
+    __table_args__ = (
+        UniqueConstraint("bot_id", "trade_id", name="uq_trades_bot_id_trade_id"),
+        Index("ix_trades_bot_id_open_date", "bot_id", "open_date"),
+    )

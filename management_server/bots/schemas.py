@@ -1,0 +1,95 @@
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from shared.bus.messages import PairName, Timeframe
+
+FREQTRADE_TIMEFRAMES = ("1m", "3m", "5m", "15m", "30m", "1h", "2h", "4h", "6h", "8h", "12h", "1d", "3d", "1w", "1M")
+
+
+class BotFields(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    @field_validator("timeframe", check_fields=False)
+    @classmethod
+    def _known_timeframe(cls, value: str | None) -> str | None:
+        if value is not None and value not in FREQTRADE_TIMEFRAMES:
+            raise ValueError(f"unknown timeframe: use one of {', '.join(FREQTRADE_TIMEFRAMES)}")
+        return value
+
+    @field_validator("pairs", check_fields=False)
+    @classmethod
+    def _distinct_pairs(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and len(set(value)) != len(value):
+            raise ValueError("a pair is listed twice")
+        return value
+
+
+class BotCreate(BotFields):
+    name: str = Field(min_length=1, max_length=100, pattern=r"^[\w .-]+$")
+    strategy_id: uuid.UUID
+    exchange: str = Field(default="simulator", pattern=r"^[a-z][a-z0-9_]{1,40}$")
+    pairs: list[PairName] = Field(min_length=1, max_length=200)
+    timeframe: Timeframe = "5m"
+    stake_currency: str = Field(default="USDT", pattern=r"^[A-Z0-9]{1,20}$")
+    stake_amount: Decimal | Literal["unlimited"] = Field(default=Decimal("10"))
+    max_open_trades: int = Field(default=3, ge=-1, le=1000)
+    dry_run: bool = True
+    dry_run_wallet: Decimal | None = Field(default=None, gt=0, le=Decimal("1e12"))
+    stoploss: float | None = Field(default=None, lt=0, ge=-1)
+    credentials_id: uuid.UUID | None = None
+    freqai: dict[str, Any] | None = None
+    model_id: uuid.UUID | None = None
+
+    @field_validator("stake_amount")
+    @classmethod
+    def _positive_stake(cls, value: Decimal | str) -> Decimal | str:
+        if isinstance(value, Decimal) and not (Decimal(0) < value <= Decimal("1e12")):
+            raise ValueError("stake_amount must be above 0, or 'unlimited'")
+        return value
+
+
+class BotUpdate(BotFields):
+    name: str | None = Field(default=None, min_length=1, max_length=100, pattern=r"^[\w .-]+$")
+    pairs: list[PairName] | None = Field(default=None, min_length=1, max_length=200)
+    timeframe: Timeframe | None = None
+    stake_amount: Decimal | Literal["unlimited"] | None = None
+    max_open_trades: int | None = Field(default=None, ge=-1, le=1000)
+    stoploss: float | None = Field(default=None, lt=0, ge=-1)
+
+
+class BotOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    id: uuid.UUID
+    owner_id: uuid.UUID
+    name: str
+    strategy_id: uuid.UUID
+    exchange: str
+    pairs: list[str]
+    timeframe: str
+    stake_currency: str
+    stake_amount: Decimal | Literal["unlimited"]
+    max_open_trades: int
+    dry_run: bool
+    dry_run_wallet: Decimal | None
+    stoploss: float | None
+    credentials_id: uuid.UUID | None
+    freqai: dict[str, Any] | None
+    model_id: uuid.UUID | None
+    desired_state: str
+    actual_state: str
+    generation: int
+    gateway_id: str | None
+    last_error: str | None
+    created_at: datetime
+    updated_at: datetime
+
+    @field_validator("stake_amount", mode="before")
+    @classmethod
+    def _unlimited(cls, value: object) -> object:
+        return "unlimited" if value is None else value

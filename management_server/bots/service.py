@@ -1,0 +1,105 @@
+"""Creating and changing bots: every rule a bot's settings must follow, with reasons a person can act on."""
+
+from __future__ import annotations
+
+import uuid
+from decimal import Decimal
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from management_server.bots.models import ActualState, Bot, DesiredState
+from management_server.bots.schemas import BotCreate, BotUpdate
+from management_server.credentials.models import ExchangeCredential
+from management_server.strategies import service as strategies
+from management_server.users.models import Role, User
+
+SIMULATOR = "simulator"
+
+
+class BotRefused(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+async def visible(session: AsyncSession, user: User, bot_id: uuid.UUID) -> Bot | None:
+    """The bot if this user may see it: their own, or any for an admin. Otherwise as if it did not exist."""
+    bot = await session.get(Bot, bot_id)
+    if bot is None or (user.role is not Role.admin and bot.owner_id != user.id):
+        return None
+    return bot
+
+
+def _check_pairs(pairs: list[str], stake_currency: str) -> None:
+    wrong = [p for p in pairs if p.split(":")[0].split("/")[1] != stake_currency]
+    if wrong:
+        raise BotRefused(400, f"pairs {', '.join(wrong)} are not quoted in the stake currency {stake_currency}")
+
+
+async def create(session: AsyncSession, owner: User, body: BotCreate) -> Bot:
+    strategy = await strategies.visible(session, owner, body.strategy_id)
+    if strategy is None:
+        raise BotRefused(404, "No such strategy.")
+    _check_pairs(list(body.pairs), body.stake_currency)
+    if not body.dry_run:
+        if owner.role is not Role.admin:
+            raise BotRefused(403, "Only an admin may create a live (dry_run: false) bot.")
+        if body.exchange == SIMULATOR:
+            raise BotRefused(400, "The exchange simulator has no private API: a live bot needs a real exchange.")
+        if body.credentials_id is None:
+            raise BotRefused(400, "A live bot needs credentials_id: store the exchange's API keys first.")
+    if body.credentials_id is not None:
+        credential = await session.get(ExchangeCredential, body.credentials_id)
+        if credential is None or credential.owner_id != owner.id:
+            raise BotRefused(404, "No such credentials.")
+        if credential.exchange != body.exchange:
+            raise BotRefused(400, f"These credentials are for {credential.exchange}, not {body.exchange}.")
+    bot = Bot(
+        owner_id=owner.id,
+        name=body.name,
+        strategy_id=body.strategy_id,
+        exchange=body.exchange,
+        pairs=list(body.pairs),
+        timeframe=body.timeframe,
+        stake_currency=body.stake_currency,
+        stake_amount=None if body.stake_amount == "unlimited" else Decimal(body.stake_amount),
+        max_open_trades=body.max_open_trades,
+        dry_run=body.dry_run,
+        dry_run_wallet=body.dry_run_wallet,
+        stoploss=body.stoploss,
+        credentials_id=body.credentials_id,
+        freqai=body.freqai,
+        model_id=body.model_id,
+        desired_state=DesiredState.stopped.value,
+        actual_state=ActualState.stopped.value,
+        generation=0,
+    )
+    session.add(bot)
+    await session.flush()
+    return bot
+
+
+def is_stopped(bot: Bot) -> bool:
+    return bot.desired_state in (DesiredState.stopped, DesiredState.halted) and bot.actual_state in (
+        ActualState.stopped,
+        ActualState.failed,
+        ActualState.halted,
+    )
+
+
+def update(bot: Bot, body: BotUpdate) -> dict[str, object]:
+    """Apply the changes; the changed fields, for the audit log."""
+    changes = body.model_dump(exclude_unset=True)
+    if not changes:
+        return {}
+    if not is_stopped(bot):
+        raise BotRefused(409, "Stop the bot before changing its settings.")
+    if "pairs" in changes and changes["pairs"] is not None:
+        _check_pairs(list(changes["pairs"]), bot.stake_currency)
+    for field, value in changes.items():
+        if value is None and field != "stoploss":
+            continue
+        if field == "stake_amount":
+            value = None if value == "unlimited" else Decimal(value)
+        setattr(bot, field, value)
+    return {k: str(v) for k, v in changes.items()}

@@ -1,0 +1,46 @@
+"""Storing exchange credentials sealed with the master key, and opening them for a live START_BOT."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from management_server.credentials.models import ExchangeCredential
+from management_server.security.crypto import MasterKeys, Sealed
+from shared.bus.messages import ExchangeCredentials
+
+
+def _associated(credential_id: uuid.UUID, owner_id: uuid.UUID) -> bytes:
+    return f"exchange-credential:{credential_id}:{owner_id}".encode()
+
+
+async def store(
+    session: AsyncSession,
+    keys: MasterKeys,
+    owner_id: uuid.UUID,
+    exchange: str,
+    label: str,
+    secrets: ExchangeCredentials,
+) -> ExchangeCredential:
+    credential_id = uuid.uuid4()
+    plaintext = json.dumps(secrets.model_dump(mode="json")).encode()
+    sealed = keys.seal(plaintext, _associated(credential_id, owner_id))
+    row = ExchangeCredential(
+        id=credential_id,
+        owner_id=owner_id,
+        exchange=exchange,
+        label=label,
+        key_id=sealed.key_id,
+        ciphertext=sealed.blob,
+    )
+    session.add(row)
+    await session.flush()
+    return row
+
+
+def reveal(keys: MasterKeys, row: ExchangeCredential) -> ExchangeCredentials:
+    """The keys, for the START_BOT of a live bot only."""
+    plaintext = keys.open(Sealed(row.key_id, row.ciphertext), _associated(row.id, row.owner_id))
+    return ExchangeCredentials.model_validate(json.loads(plaintext))

@@ -1,0 +1,166 @@
+"""Strategies, credentials and bots through the real management server: ownership, review, validation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import text
+
+from management_server.users.models import Role
+from tests.management_server.conftest import Management, bearer
+
+SOURCE = (Path(__file__).parents[2] / "exchange_simulator" / "strategies" / "AlwaysEnter.py").read_text()
+
+
+async def session_of(management: Management, email: str, role: Role = Role.user) -> dict[str, str]:
+    await management.create_user(email, role=role)
+    return bearer((await management.login(email))["access_token"])
+
+
+async def upload(management: Management, headers: dict[str, str], name: str = "always", source: str = SOURCE) -> Any:
+    return await management.client.post("/api/v1/strategies", json={"name": name, "source": source}, headers=headers)
+
+
+def bot_body(strategy_id: str, **changes: Any) -> dict[str, Any]:
+    return {
+        "name": "bot-1",
+        "strategy_id": strategy_id,
+        "pairs": ["BTC/USDT", "ETH/USDT"],
+        "timeframe": "1m",
+        "stake_amount": "10",
+        "max_open_trades": 2,
+    } | changes
+
+
+async def test_a_users_strategy_waits_for_review_and_an_admins_does_not(management: Management) -> None:
+    alice = await session_of(management, "alice@example.com")
+    admin = await session_of(management, "root@example.com", Role.admin)
+    mine = await upload(management, alice)
+    assert mine.status_code == 201, mine.text
+    assert mine.json()["status"] == "pending_review"
+    assert mine.json()["class_name"] == "AlwaysEnter"
+    assert (await upload(management, admin)).json()["status"] == "approved"
+
+    listed = await management.client.get("/api/v1/strategies?status=pending_review", headers=admin)
+    assert [s["id"] for s in listed.json()] == [mine.json()["id"]]
+    not_yours = await management.client.post(f"/api/v1/strategies/{mine.json()['id']}/approve", headers=alice)
+    assert not_yours.status_code == 403
+    approved = await management.client.post(f"/api/v1/strategies/{mine.json()['id']}/approve", headers=admin)
+    assert approved.json()["status"] == "approved"
+    rejected = await management.client.post(
+        f"/api/v1/strategies/{mine.json()['id']}/reject", json={"note": "too risky"}, headers=admin
+    )
+    assert rejected.json()["status"] == "rejected"
+    assert rejected.json()["errors"] == [{"line": 0, "message": "too risky"}]
+    assert {r.action for r in await management.audit() if r.action.startswith("strategy.")} == {
+        "strategy.upload",
+        "strategy.approve",
+        "strategy.reject",
+    }
+
+
+async def test_a_bad_strategy_is_refused_with_its_line(management: Management) -> None:
+    alice = await session_of(management, "alice@example.com")
+    response = await upload(management, alice, source="import os\n" + SOURCE)
+    assert response.status_code == 400
+    assert response.json()["errors"] == [{"line": 1, "message": "importing 'os' is not allowed in a strategy"}]
+    assert response.json()["detail"] == "The strategy is refused: line 1: importing 'os' is not allowed in a strategy."
+    broken = await upload(management, alice, source=SOURCE + "\ndef x(:\n")
+    assert broken.json()["errors"][0]["message"].startswith("syntax error")
+    assert (await management.client.get("/api/v1/strategies", headers=alice)).json() == []
+
+
+async def test_users_see_only_their_own_strategies_and_bots(management: Management) -> None:
+    alice = await session_of(management, "alice@example.com")
+    bob = await session_of(management, "bob@example.com")
+    admin = await session_of(management, "root@example.com", Role.admin)
+    strategy = (await upload(management, alice)).json()
+    await management.client.post(f"/api/v1/strategies/{strategy['id']}/approve", headers=admin)
+    bot = await management.client.post("/api/v1/bots", json=bot_body(strategy["id"]), headers=alice)
+    assert bot.status_code == 201, bot.text
+    body = bot.json()
+    assert (body["desired_state"], body["actual_state"], body["generation"]) == ("stopped", "stopped", 0)
+    assert body["exchange"] == "simulator"
+    assert body["dry_run"] is True
+
+    for path in (f"/api/v1/strategies/{strategy['id']}", f"/api/v1/bots/{body['id']}"):
+        assert (await management.client.get(path, headers=bob)).status_code == 404
+        assert (await management.client.get(path, headers=admin)).status_code == 200
+    assert (await management.client.get("/api/v1/bots", headers=bob)).json() == []
+    assert len((await management.client.get("/api/v1/bots", headers=admin)).json()) == 1
+    stolen = await management.client.post("/api/v1/bots", json=bot_body(strategy["id"], name="b"), headers=bob)
+    assert stolen.status_code == 404
+    assert (await management.client.delete(f"/api/v1/bots/{body['id']}", headers=bob)).status_code == 404
+    assert (
+        await management.client.patch(f"/api/v1/bots/{body['id']}", json={"max_open_trades": 1}, headers=bob)
+    ).status_code == 404
+
+
+async def test_bot_settings_are_validated(management: Management) -> None:
+    alice = await session_of(management, "alice@example.com")
+    admin = await session_of(management, "root@example.com", Role.admin)
+    strategy = (await upload(management, alice)).json()["id"]  # pending review: a bot can be made, not started
+    cases = [
+        (bot_body(strategy, pairs=["BTC/EUR"]), 400, "not quoted in the stake currency USDT"),
+        (bot_body(strategy, timeframe="7m"), 422, "unknown timeframe"),
+        (bot_body(strategy, stake_amount="0"), 422, "stake_amount must be above 0"),
+        (bot_body(strategy, pairs=["BTC/USDT", "BTC/USDT"]), 422, "a pair is listed twice"),
+        (bot_body(strategy, dry_run=False), 403, "Only an admin may create a live"),
+    ]
+    for body, code, message in cases:
+        response = await management.client.post("/api/v1/bots", json=body, headers=alice)
+        assert response.status_code == code, (body, response.text)
+        assert message in response.text
+    strategy = (await upload(management, admin)).json()["id"]
+    live = await management.client.post(
+        "/api/v1/bots", json=bot_body(strategy, dry_run=False, exchange="binance"), headers=admin
+    )
+    assert live.status_code == 400
+    assert "needs credentials_id" in live.json()["detail"]
+    ok = await management.client.post("/api/v1/bots", json=bot_body(strategy), headers=admin)
+    again = await management.client.post("/api/v1/bots", json=bot_body(strategy), headers=admin)
+    assert again.status_code == 409
+    changed = await management.client.patch(
+        f"/api/v1/bots/{ok.json()['id']}", json={"pairs": ["SOL/USDT"], "stake_amount": "unlimited"}, headers=admin
+    )
+    assert changed.json()["pairs"] == ["SOL/USDT"]
+    assert changed.json()["stake_amount"] == "unlimited"
+
+
+async def test_credentials_are_stored_encrypted_and_never_returned(management: Management) -> None:
+    admin = await session_of(management, "root@example.com", Role.admin)
+    created = await management.client.post(
+        "/api/v1/credentials",
+        json={"exchange": "binance", "label": "main", "key": "api-key-AAAA1111", "secret": "api-secret-BBBB2222"},
+        headers=admin,
+    )
+    assert created.status_code == 201
+    assert set(created.json()) == {"id", "exchange", "label", "created_at"}
+    listed = await management.client.get("/api/v1/credentials", headers=admin)
+    for response in (created, listed):
+        assert "AAAA1111" not in response.text
+        assert "BBBB2222" not in response.text
+    async with management.app.state.sessionmaker() as session:
+        blob = (await session.execute(text("SELECT ciphertext FROM exchange_credentials"))).scalar_one()
+    assert b"AAAA1111" not in blob
+    assert b"BBBB2222" not in blob
+    from management_server.credentials.models import ExchangeCredential
+    from management_server.credentials.service import reveal
+
+    async with management.app.state.sessionmaker() as session:
+        row = await session.get(ExchangeCredential, created.json()["id"])
+        assert row is not None
+        assert reveal(management.app.state.master_keys, row).secret.get_secret_value() == "api-secret-BBBB2222"
+    strategy = (await upload(management, admin)).json()["id"]
+    live = await management.client.post(
+        "/api/v1/bots",
+        json=bot_body(strategy, dry_run=False, exchange="binance", credentials_id=created.json()["id"]),
+        headers=admin,
+    )
+    assert live.status_code == 201, live.text
+    in_use = await management.client.delete(f"/api/v1/credentials/{created.json()['id']}", headers=admin)
+    assert in_use.status_code == 409
+    audit = "\n".join(repr((r.details, r.reason)) for r in await management.audit())
+    assert "AAAA1111" not in audit
+    assert "BBBB2222" not in audit

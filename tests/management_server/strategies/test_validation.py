@@ -1,0 +1,67 @@
+"""The static checks of a strategy's source, with the line of each problem."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from management_server.strategies.validation import validate_strategy
+
+ALWAYS_ENTER = (Path(__file__).parents[2] / "exchange_simulator" / "strategies" / "AlwaysEnter.py").read_text()
+SAMPLE = Path(__file__).parents[3] / ".venv/lib/python3.11/site-packages/freqtrade/templates/sample_strategy.py"
+
+
+def test_real_strategies_pass() -> None:
+    assert validate_strategy(ALWAYS_ENTER).ok
+    if SAMPLE.exists():  # freqtrade's own sample strategy, as shipped with the pinned version
+        result = validate_strategy(SAMPLE.read_text())
+        assert result.ok, result.problems
+        assert result.class_name == "SampleStrategy"
+
+
+@pytest.mark.parametrize(
+    ("change", "line", "message"),
+    [
+        (lambda s: "import os\n" + s, 1, "importing 'os' is not allowed in a strategy"),
+        (lambda s: "from subprocess import run\n" + s, 1, "importing from 'subprocess' is not allowed"),
+        (lambda s: "import importlib.util\n" + s, 1, "importing 'importlib.util' is not allowed"),
+        (lambda s: s + "\nX = eval('1')\n", None, "calling eval() is not allowed"),
+        (lambda s: s + "\nopen('/etc/passwd')\n", None, "calling open() is not allowed"),
+        (lambda s: s + "\nf = __import__\n", None, "using '__import__' is not allowed"),
+        (lambda s: s + "\ny = ().__class__.__bases__\n", None, "accessing .__bases__ is not allowed"),
+        (lambda s: s.replace("INTERFACE_VERSION = 3", "INTERFACE_VERSION = 2"), None, "needs INTERFACE_VERSION = 3"),
+        (lambda s: s.replace("def populate_exit_trend", "def other"), None, "must define populate_exit_trend()"),
+        (lambda s: s.replace("(IStrategy)", "(object)"), 1, "no strategy class"),
+        (lambda s: s + "\nclass Second(IStrategy):\n    pass\n", None, "one IStrategy subclass per file"),
+        (lambda s: s + "\ndef broken(:\n", None, "syntax error"),
+    ],
+)
+def test_problems_are_found_with_their_line(change: object, line: int | None, message: str) -> None:
+    source = change(ALWAYS_ENTER)  # type: ignore[operator]
+    result = validate_strategy(source)
+    assert not result.ok
+    problem = next(p for p in result.problems if message in p.message)
+    expected_line = line or next(i for i, text in enumerate(source.splitlines(), 1) if _marker(message) in text)
+    assert problem.line == expected_line
+
+
+def _marker(message: str) -> str:
+    for key, marker in {
+        "eval": "eval(",
+        "open()": "open(",
+        "__import__": "__import__",
+        "__bases__": "__bases__",
+        "INTERFACE_VERSION": "class AlwaysEnter",
+        "populate_exit_trend": "class AlwaysEnter",
+        "one IStrategy": "class Second",
+        "syntax": "def broken",
+    }.items():
+        if key in message:
+            return marker
+    raise AssertionError(message)
+
+
+def test_an_oversized_source_is_refused() -> None:
+    result = validate_strategy(ALWAYS_ENTER + "#" * 300_000)
+    assert [p.message for p in result.problems] == ["the source is larger than 256 KiB"]
