@@ -44,10 +44,7 @@ class Principal:
     user: User
     claims: TokenClaims
     scopes: frozenset[str]
-
-    @property
-    def actor(self) -> Actor:
-        return Actor(self.user.id, self.user.email)
+    actor: Actor  # taken at authentication: still usable after the request's session rolled back
 
     @property
     def is_admin(self) -> bool:
@@ -116,7 +113,7 @@ async def get_principal(
     limiter = getattr(request.app.state, "enforce_user_limit", None)
     if limiter is not None:
         await limiter(request, str(user.id))
-    return Principal(user, claims, scopes)
+    return Principal(user, claims, scopes, actor)
 
 
 CurrentPrincipal = Annotated[Principal, Depends(get_principal)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response, status
@@ -10,10 +11,19 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from management_server.audit.models import Outcome
-from management_server.auth.deps import Reader, Trader, client_ip
+from management_server.auth.deps import Principal, Reader, Trader, client_ip
 from management_server.bots import service
-from management_server.bots.models import Bot
-from management_server.bots.schemas import BotCreate, BotOut, BotUpdate
+from management_server.bots.lifecycle import Action, ActionRefused, act
+from management_server.bots.models import Bot, Trade
+from management_server.bots.schemas import (
+    BotActionOut,
+    BotCreate,
+    BotOut,
+    BotUpdate,
+    ForceExitIn,
+    LiveStatusOut,
+    TradeOut,
+)
 from management_server.db import SessionDep
 from management_server.errors import errors
 from management_server.users.models import Role
@@ -106,3 +116,121 @@ async def delete_bot(bot_id: uuid.UUID, request: Request, session: SessionDep, p
         "bot.delete", Outcome.success, principal.actor, target_type="bot", target_id=bot_id, ip=client_ip(request)
     )
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+async def _act(
+    bot_id: uuid.UUID,
+    action: Action,
+    request: Request,
+    session: SessionDep,
+    principal: Principal,
+    trade_id: int | str | None = None,
+) -> BotActionOut:
+    bot = await service.visible(session, principal.user, bot_id)
+    if bot is None:
+        raise HTTPException(404, NOT_FOUND)
+    audit = request.app.state.audit
+    try:
+        result = await act(session, bot, action, request.app.state.master_keys, trade_id)
+        await session.commit()
+    except ActionRefused as exc:
+        await session.rollback()
+        await audit.record(
+            f"bot.{action.value}",
+            Outcome.failure,
+            principal.actor,
+            target_type="bot",
+            target_id=bot_id,
+            reason=str(exc),
+            ip=client_ip(request),
+        )
+        raise HTTPException(exc.status, str(exc)) from None
+    await audit.record(
+        f"bot.{action.value}",
+        Outcome.success,
+        principal.actor,
+        target_type="bot",
+        target_id=bot_id,
+        ip=client_ip(request),
+        details={"generation": result.bot.generation, "gateway_id": result.gateway_id, "trade_id": trade_id},
+    )
+    request.app.state.outbox_relay.wake()
+    out = BotActionOut.model_validate(
+        {
+            **BotOut.model_validate(result.bot).model_dump(),
+            "command_id": result.command.event_id,
+            "notice": result.notice,
+        }
+    )
+    return out
+
+
+@router.post("/{bot_id}/start", response_model=BotActionOut, responses=errors(503))
+async def start_bot(bot_id: uuid.UUID, request: Request, session: SessionDep, principal: Trader) -> BotActionOut:
+    """Start the bot on a gateway (its strategy must be approved)."""
+    return await _act(bot_id, Action.start, request, session, principal)
+
+
+@router.post("/{bot_id}/stop", response_model=BotActionOut)
+async def stop_bot(bot_id: uuid.UUID, request: Request, session: SessionDep, principal: Trader) -> BotActionOut:
+    """Stop the bot; its open trades stay open in its database."""
+    return await _act(bot_id, Action.stop, request, session, principal)
+
+
+@router.post("/{bot_id}/restart", response_model=BotActionOut)
+async def restart_bot(bot_id: uuid.UUID, request: Request, session: SessionDep, principal: Trader) -> BotActionOut:
+    return await _act(bot_id, Action.restart, request, session, principal)
+
+
+@router.post("/{bot_id}/pause", response_model=BotActionOut)
+async def pause_bot(bot_id: uuid.UUID, request: Request, session: SessionDep, principal: Trader) -> BotActionOut:
+    """No new entries; open trades are still managed (Freqtrade's stopentry)."""
+    return await _act(bot_id, Action.pause, request, session, principal)
+
+
+@router.post("/{bot_id}/resume", response_model=BotActionOut)
+async def resume_bot(bot_id: uuid.UUID, request: Request, session: SessionDep, principal: Trader) -> BotActionOut:
+    return await _act(bot_id, Action.resume, request, session, principal)
+
+
+@router.post("/{bot_id}/forceexit", response_model=BotActionOut)
+async def forceexit_bot(
+    bot_id: uuid.UUID, body: ForceExitIn, request: Request, session: SessionDep, principal: Trader
+) -> BotActionOut:
+    """Close one open trade, or all of them, at market."""
+    return await _act(bot_id, Action.forceexit, request, session, principal, body.trade_id)
+
+
+@router.get("/{bot_id}/trades", response_model=list[TradeOut])
+async def bot_trades(
+    bot_id: uuid.UUID,
+    session: SessionDep,
+    principal: Reader,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 500,
+    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+) -> list[TradeOut]:
+    """The bot's trades as its gateway reported them, newest first."""
+    if await service.visible(session, principal.user, bot_id) is None:
+        raise HTTPException(404, NOT_FOUND)
+    rows = await session.execute(
+        select(Trade).where(Trade.bot_id == bot_id).order_by(Trade.open_date.desc()).limit(limit).offset(offset)
+    )
+    return [TradeOut.model_validate(t) for t in rows.scalars()]
+
+
+@router.get("/{bot_id}/status", response_model=LiveStatusOut)
+async def bot_status(bot_id: uuid.UUID, session: SessionDep, principal: Reader) -> LiveStatusOut:
+    """The latest live status the gateway reported (every few seconds), with its age."""
+    bot = await service.visible(session, principal.user, bot_id)
+    if bot is None:
+        raise HTTPException(404, NOT_FOUND)
+    status_ = bot.last_status or {}
+    age = (datetime.now(UTC) - bot.last_status_at).total_seconds() if bot.last_status_at else None
+    return LiveStatusOut(
+        state=status_.get("state"),
+        actual_state=bot.actual_state,
+        open_trades=status_.get("open_trades", []),
+        profit=status_.get("profit", {}),
+        updated_at=bot.last_status_at,
+        age_seconds=age,
+    )

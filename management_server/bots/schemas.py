@@ -93,3 +93,47 @@ class BotOut(BaseModel):
     @classmethod
     def _unlimited(cls, value: object) -> object:
         return "unlimited" if value is None else value
+
+
+class BotActionOut(BotOut):
+    command_id: uuid.UUID = Field(description="event_id of the command sent to the gateway.")
+    notice: str | None = Field(default=None, description="Set when the gateway is not answering right now.")
+
+
+class ForceExitIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    trade_id: int | Literal["all"] = Field(description="A trade id of the bot, or all of its open trades.")
+
+    @field_validator("trade_id")
+    @classmethod
+    def _positive(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and not 0 <= value <= 2**31:
+            raise ValueError("trade_id must be a trade's id or 'all'")
+        return value
+
+
+class TradeOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    trade_id: int
+    pair: str
+    is_short: bool
+    is_open: bool
+    open_date: datetime
+    close_date: datetime | None
+    open_rate: float
+    close_rate: float | None
+    amount: float
+    stake_amount: float
+    profit_abs: float | None
+    profit_ratio: float | None
+    enter_tag: str | None
+    exit_reason: str | None
+
+
+class LiveStatusOut(BaseModel):
+    state: str | None = Field(description="Freqtrade's state as last reported, or null before any report.")
+    actual_state: str
+    open_trades: list[dict[str, Any]]
+    profit: dict[str, Any]
+    updated_at: datetime | None
+    age_seconds: float | None

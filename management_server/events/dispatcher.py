@@ -1,8 +1,10 @@
 """The management server's consumer of ``freqfleet:events`` (group ``management``).
 
-Each event type has a handler; handlers that change the database record the event in the
-inbox (``claim_event``) in the same transaction, so an event is applied once however often
-it is delivered. Types without a handler yet are acked and counted.
+Each event type has a handler. Their effects are idempotent by design (upserts keyed by
+the event's subject, states set rather than toggled, older reports dropped), and the Redis
+deduplicator skips redeliveries; a handler whose effect could not be made idempotent would
+record the event in the inbox (``claim_event``) in its own transaction. Types without a
+handler (COMMAND_ACCEPTED, MODEL_LOADED ...) are acked and counted.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from collections.abc import Awaitable, Callable
 import redis.asyncio as aioredis
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from management_server.bots import events as bot_events
 from management_server.gateways.service import record_heartbeat
 from shared.bus import ConsumerConfig, Delivery, RedisDeduplicator, StreamConsumer
 from shared.bus.messages import Envelope, GatewayHeartbeat
@@ -22,12 +25,24 @@ from shared.logging import get_logger
 log = get_logger(__name__)
 
 EventHandler = Callable[[Envelope], Awaitable[None]]
+BOT_EVENTS = (
+    "COMMAND_REJECTED",
+    "BOT_STARTED",
+    "BOT_STOPPED",
+    "BOT_FAILED",
+    "BOT_STATUS",
+    "TRADE_OPENED",
+    "TRADE_CLOSED",
+    "EMERGENCY_STOP_COMPLETED",
+)
 
 
 class EventDispatcher:
     def __init__(self, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
         self.sessionmaker = sessionmaker
         self.handlers: dict[str, EventHandler] = {"GATEWAY_HEARTBEAT": self.on_heartbeat}
+        for event_type in BOT_EVENTS:
+            self.handlers[event_type] = self.on_bot_event
         self.unhandled: dict[str, int] = {}
 
     async def __call__(self, delivery: Delivery) -> None:
@@ -43,6 +58,10 @@ class EventDispatcher:
         # An upsert guarded by the heartbeat's time: applying it twice changes nothing.
         async with self.sessionmaker.begin() as session:
             await record_heartbeat(session, message)
+
+    async def on_bot_event(self, message: Envelope) -> None:
+        async with self.sessionmaker.begin() as session:
+            await bot_events.apply(session, message)
 
 
 def create_event_consumer(

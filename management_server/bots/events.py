@@ -1,0 +1,136 @@
+"""What gateways report, applied to bots and trades.
+
+Every effect here is idempotent, so a redelivered event changes nothing: trades are keyed by
+(bot, trade id), states are set (not toggled), and a status older than the one recorded is
+dropped. Events of an older generation than the bot's don't change its state (a late report
+from before the latest command), but their trades are still recorded.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from management_server.bots.models import ActualState, Bot, DesiredState, Trade
+from shared.bus.messages import (
+    BotFailed,
+    BotStarted,
+    BotStatus,
+    BotStopped,
+    CommandRejected,
+    EmergencyStopCompleted,
+    Envelope,
+    TradeClosed,
+    TradeOpened,
+)
+from shared.logging import get_logger
+
+log = get_logger(__name__)
+
+FREQTRADE_STATES = {"running": ActualState.running, "paused": ActualState.paused, "stopped": ActualState.stopped}
+
+
+async def _current(session: AsyncSession, message: Envelope, generation: int | None) -> Bot | None:
+    """The bot, locked, if this event may change its state."""
+    bot_id = getattr(message.data, "bot_id", None)
+    if bot_id is None:
+        return None
+    bot = await session.get(Bot, bot_id, with_for_update=True)
+    if bot is None:
+        log.info("event for an unknown bot", bot_id=str(bot_id), message_type=message.type)
+        return None
+    if generation is not None and generation < bot.generation:
+        log.info(
+            "event of an older generation: state left as is",
+            bot_id=str(bot_id),
+            generation=generation,
+            current=bot.generation,
+        )
+        return None
+    return bot
+
+
+async def apply(session: AsyncSession, message: Envelope) -> None:
+    if isinstance(message, TradeOpened | TradeClosed):
+        await _record_trade(session, message)
+        return
+    if isinstance(message, EmergencyStopCompleted):
+        for outcome in message.data.results:
+            bot = await session.get(Bot, outcome.bot_id, with_for_update=True)
+            if bot is not None and outcome.outcome in ("halted", "not_running"):
+                bot.actual_state = ActualState.halted.value
+                bot.last_error = outcome.detail
+        return
+    if isinstance(message, CommandRejected):
+        bot = await _current(session, message, None)
+        if bot is not None:
+            bot.last_error = f"{message.data.command_type} refused by the gateway: {message.data.reason}"
+            if message.data.command_type in ("START_BOT", "RESTART_BOT") and bot.actual_state == ActualState.starting:
+                bot.actual_state = ActualState.failed.value
+        return
+    generation: int | None = getattr(message.data, "generation", None)
+    bot = await _current(session, message, generation)
+    if bot is None:
+        return
+    if isinstance(message, BotStarted):
+        bot.actual_state = ActualState.running.value
+        bot.started_at = message.data.started_at
+        bot.gateway_id = message.source.removeprefix("gateway:") or bot.gateway_id
+        bot.last_error = None
+    elif isinstance(message, BotStopped):
+        halted = bot.desired_state == DesiredState.halted
+        bot.actual_state = (ActualState.halted if halted else ActualState.stopped).value
+    elif isinstance(message, BotFailed):
+        bot.actual_state = ActualState.failed.value
+        bot.last_error = message.data.reason
+    elif isinstance(message, BotStatus):
+        if bot.last_status_at is not None and message.occurred_at <= bot.last_status_at:
+            return
+        bot.last_status = {
+            "state": message.data.state,
+            "open_trades": message.data.open_trades,
+            "profit": message.data.profit,
+        }
+        bot.last_status_at = message.occurred_at
+        if (state := FREQTRADE_STATES.get(message.data.state)) is not None and bot.actual_state not in (
+            ActualState.stopping,
+            ActualState.halted,
+        ):
+            bot.actual_state = state.value
+
+
+async def _record_trade(session: AsyncSession, message: TradeOpened | TradeClosed) -> None:
+    data = message.data
+    values: dict[str, Any] = {
+        "bot_id": data.bot_id,
+        "trade_id": data.trade_id,
+        "pair": data.pair,
+        "is_short": data.is_short,
+        "is_open": isinstance(message, TradeOpened),
+        "open_date": data.open_date,
+        "open_rate": data.open_rate,
+        "amount": data.amount,
+        "stake_amount": data.stake_amount,
+        "enter_tag": data.enter_tag,
+    }
+    if isinstance(message, TradeClosed):
+        closed = message.data
+        values |= {
+            "close_date": closed.close_date,
+            "close_rate": closed.close_rate,
+            "profit_abs": closed.profit_abs,
+            "profit_ratio": closed.profit_ratio,
+            "exit_reason": closed.exit_reason,
+        }
+    if await session.get(Bot, data.bot_id) is None:
+        log.info("trade of an unknown bot", bot_id=str(data.bot_id))
+        return
+    statement = insert(Trade).values(**values)
+    if isinstance(message, TradeClosed):
+        update = {k: statement.excluded[k] for k in values if k not in ("bot_id", "trade_id")}
+        await session.execute(statement.on_conflict_do_update(constraint="uq_trades_bot_id_trade_id", set_=update))
+    else:
+        # An "opened" that arrives after its "closed" must not reopen the trade.
+        await session.execute(statement.on_conflict_do_nothing(constraint="uq_trades_bot_id_trade_id"))

@@ -1,0 +1,185 @@
+"""Changing what a bot should be doing: desired state, generation, placement, and the command.
+
+Every action sets the desired state, bumps the bot's generation and writes the command to
+the outbox in the same transaction, so the database and the bus never disagree. A start
+places the bot on the live gateway with the most free capacity (from heartbeats); a bot
+keeps its gateway afterwards. If that gateway is not answering, the command waits in its
+stream and runs when it is back; the answer says so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from management_server.bots.models import ActualState, Bot, DesiredState
+from management_server.bus.service import enqueue
+from management_server.credentials import service as credentials
+from management_server.credentials.models import ExchangeCredential
+from management_server.gateways.models import Gateway
+from management_server.gateways.service import LIVE_WINDOW, live_gateways
+from management_server.security.crypto import MasterKeys
+from management_server.strategies.models import Strategy, StrategyStatus
+from shared.bus.messages import (
+    BotSpec,
+    Envelope,
+    ForceExit,
+    ForceExitData,
+    PauseBot,
+    PauseBotData,
+    RestartBot,
+    RestartBotData,
+    ResumeBot,
+    ResumeBotData,
+    StartBot,
+    StartBotData,
+    StopBot,
+    StopBotData,
+)
+from shared.bus.streams import commands_stream
+
+SOURCE = "management"
+
+
+class Action(StrEnum):
+    start = "start"
+    stop = "stop"
+    restart = "restart"
+    pause = "pause"
+    resume = "resume"
+    forceexit = "forceexit"
+
+
+class ActionRefused(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class ActionResult:
+    bot: Bot
+    command: Envelope
+    gateway_id: str
+    notice: str | None
+
+
+async def bot_spec(session: AsyncSession, bot: Bot, keys: MasterKeys) -> BotSpec:
+    strategy = await session.get(Strategy, bot.strategy_id)
+    if strategy is None:
+        raise ActionRefused(409, "The bot's strategy no longer exists: give the bot another one.")
+    if strategy.status != StrategyStatus.approved:
+        raise ActionRefused(
+            409, f"The strategy {strategy.name!r} is {strategy.status.replace('_', ' ')}: an admin must approve it."
+        )
+    secrets = None
+    if not bot.dry_run:
+        row = await session.get(ExchangeCredential, bot.credentials_id) if bot.credentials_id else None
+        if row is None:
+            raise ActionRefused(409, "A live bot needs its exchange credentials: they were deleted.")
+        secrets = credentials.reveal(keys, row)
+    return BotSpec(
+        name=bot.name,
+        strategy_class=strategy.class_name,
+        strategy_source=strategy.source,
+        exchange=bot.exchange,
+        pairs=list(bot.pairs),
+        timeframe=bot.timeframe,
+        stake_currency=bot.stake_currency,
+        stake_amount="unlimited" if bot.stake_amount is None else bot.stake_amount,
+        max_open_trades=bot.max_open_trades,
+        dry_run=bot.dry_run,
+        dry_run_wallet=bot.dry_run_wallet,
+        stoploss=bot.stoploss,
+        freqai=bot.freqai,
+        credentials=secrets,
+    )
+
+
+async def _placement(session: AsyncSession, bot: Bot) -> tuple[str, str | None]:
+    """The gateway for a start, and a notice when it is not answering."""
+    now = datetime.now(UTC)
+    live = await live_gateways(session, now)
+    if bot.gateway_id is not None:
+        if any(g.gateway_id == bot.gateway_id for g in live):
+            return bot.gateway_id, None
+        if bot.actual_state in (ActualState.running, ActualState.paused, ActualState.starting) or not live:
+            # Its process may still run there: the command waits for that gateway.
+            return bot.gateway_id, _waiting(bot.gateway_id)
+    if live:
+        return live[0].gateway_id, None
+    last = (await session.execute(select(Gateway).order_by(Gateway.last_seen_at.desc()).limit(1))).scalar_one_or_none()
+    if last is None:
+        raise ActionRefused(503, "No trading gateway has ever reported: start one (freqfleet gateway).")
+    return last.gateway_id, _waiting(last.gateway_id)
+
+
+def _waiting(gateway_id: str) -> str:
+    return (
+        f"Gateway {gateway_id} has not reported for over {int(LIVE_WINDOW.total_seconds())} s: "
+        "the command is queued and runs when it is back."
+    )
+
+
+def _command(action: Action, bot: Bot, spec: BotSpec | None, trade_id: int | str | None) -> Envelope:
+    g = bot.generation
+    if action is Action.start:
+        assert spec is not None
+        return StartBot(source=SOURCE, data=StartBotData(bot_id=bot.id, generation=g, spec=spec))
+    if action is Action.stop:
+        return StopBot(source=SOURCE, data=StopBotData(bot_id=bot.id, generation=g))
+    if action is Action.restart:
+        return RestartBot(source=SOURCE, data=RestartBotData(bot_id=bot.id, generation=g))
+    if action is Action.pause:
+        return PauseBot(source=SOURCE, data=PauseBotData(bot_id=bot.id, generation=g))
+    if action is Action.resume:
+        return ResumeBot(source=SOURCE, data=ResumeBotData(bot_id=bot.id, generation=g))
+    return ForceExit(
+        source=SOURCE,
+        data=ForceExitData(bot_id=bot.id, generation=g, trade_id=trade_id),
+    )
+
+
+DESIRED = {
+    Action.start: DesiredState.running,
+    Action.restart: DesiredState.running,
+    Action.resume: DesiredState.running,
+    Action.pause: DesiredState.paused,
+    Action.stop: DesiredState.stopped,
+}
+
+
+async def act(
+    session: AsyncSession, bot: Bot, action: Action, keys: MasterKeys, trade_id: int | str | None = None
+) -> ActionResult:
+    """Apply ``action`` to ``bot`` in the session's transaction (the caller commits)."""
+    active = bot.desired_state in (DesiredState.running, DesiredState.paused)
+    spec = None
+    if action is Action.start:
+        spec = await bot_spec(session, bot, keys)
+        gateway_id, notice = await _placement(session, bot)
+        bot.gateway_id = gateway_id
+        bot.last_error = None
+        if bot.actual_state in (ActualState.stopped, ActualState.failed, ActualState.halted):
+            bot.actual_state = ActualState.starting.value
+    elif not active or bot.gateway_id is None:
+        raise ActionRefused(409, "The bot is not running: start it first.")
+    else:
+        gateway_id = bot.gateway_id
+        live = {g.gateway_id for g in await live_gateways(session)}
+        notice = None if gateway_id in live else _waiting(gateway_id)
+        if action is Action.restart:
+            await bot_spec(session, bot, keys)  # the same checks as a start
+    if action in DESIRED:
+        bot.desired_state = DESIRED[action].value
+    if action is Action.stop and bot.actual_state in (ActualState.running, ActualState.paused, ActualState.starting):
+        bot.actual_state = ActualState.stopping.value
+    bot.generation += 1
+    bot.updated_at = datetime.now(UTC)
+    command = _command(action, bot, spec, trade_id)
+    await enqueue(session, commands_stream(gateway_id), command)
+    return ActionResult(bot, command, gateway_id, notice)

@@ -1,0 +1,201 @@
+"""Bot lifecycle through the real management server and the real bus (gateway played by the test)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from management_server.gateways.service import record_heartbeat
+from management_server.users.models import Role
+from shared.bus import Publisher
+from shared.bus.messages import (
+    BotStarted,
+    BotStartedData,
+    BotStatus,
+    BotStatusData,
+    CommandRejected,
+    CommandRejectedData,
+    GatewayHeartbeat,
+    GatewayHeartbeatData,
+    TradeClosed,
+    TradeClosedData,
+    TradeOpened,
+    TradeOpenedData,
+)
+from shared.bus.streams import EVENTS_STREAM, commands_stream
+from tests.helpers import async_wait_for
+from tests.management_server.bots.test_bots_api import bot_body, session_of, upload
+from tests.management_server.conftest import Management
+
+GATEWAY = "gw-test"
+
+
+async def heartbeat(management: Management, gateway_id: str = GATEWAY, age: timedelta = timedelta(0)) -> None:
+    at = datetime.now(UTC) - age
+    beat = GatewayHeartbeat(
+        source=f"gateway:{gateway_id}",
+        occurred_at=at,
+        data=GatewayHeartbeatData(
+            gateway_id=gateway_id, host="h", version="t", started_at=at, bots_running=0, capacity=10
+        ),
+    )
+    async with management.app.state.sessionmaker.begin() as session:
+        await record_heartbeat(session, beat)
+
+
+async def commands(redis: aioredis.Redis, gateway_id: str = GATEWAY) -> list[dict[str, Any]]:
+    entries = await redis.xrange(commands_stream(gateway_id))
+    return [json.loads(fields[b"envelope"]) for _, fields in entries]
+
+
+async def admin_bot(management: Management) -> tuple[dict[str, str], str]:
+    admin = await session_of(management, "root@example.com", Role.admin)
+    strategy = (await upload(management, admin)).json()["id"]
+    bot = await management.client.post("/api/v1/bots", json=bot_body(strategy), headers=admin)
+    return admin, bot.json()["id"]
+
+
+async def test_start_goes_through_the_outbox_and_events_come_back(management: Management, redis_url: str) -> None:
+    redis = aioredis.Redis.from_url(redis_url)
+    admin, bot_id = await admin_bot(management)
+    await heartbeat(management)
+    started = await management.client.post(
+        f"/api/v1/bots/{bot_id}/start", headers=admin | {"X-Request-ID": "req-start-1"}
+    )
+    assert started.status_code == 200, started.text
+    body = started.json()
+    assert (body["desired_state"], body["actual_state"], body["generation"]) == ("running", "starting", 1)
+    assert body["gateway_id"] == GATEWAY
+    assert body["notice"] is None
+
+    [command] = await async_wait_for(lambda: commands(redis), timeout=10, what="START_BOT on the gateway's stream")
+    assert command["type"] == "START_BOT"
+    assert command["event_id"] == body["command_id"]
+    assert command["correlation_id"] == "req-start-1"
+    assert command["data"]["generation"] == 1
+    assert command["data"]["spec"]["strategy_class"] == "AlwaysEnter"
+    assert "class AlwaysEnter" in command["data"]["spec"]["strategy_source"]
+
+    publisher = Publisher(redis)
+    uid = uuid.UUID(bot_id)
+    now = datetime.now(UTC)
+    src = f"gateway:{GATEWAY}"
+    opened = TradeOpenedData(
+        bot_id=uid, trade_id=1, pair="BTC/USDT", open_date=now, open_rate=100.0, amount=0.1, stake_amount=10.0
+    )
+    events = [
+        BotStarted(
+            source=src,
+            data=BotStartedData(
+                bot_id=uid, generation=1, pid=123, port=18100, freqtrade_version="2026.9", started_at=now
+            ),
+        ),
+        BotStatus(
+            source=src,
+            data=BotStatusData(
+                bot_id=uid,
+                generation=1,
+                state="running",
+                open_trades=[{"trade_id": 1, "pair": "BTC/USDT"}],
+                profit={"profit_all_coin": 0.0},
+            ),
+        ),
+        TradeOpened(source=src, data=opened),
+        TradeClosed(
+            source=src,
+            data=TradeClosedData(
+                **opened.model_dump(),
+                close_date=now,
+                close_rate=101.0,
+                profit_abs=0.09,
+                profit_ratio=0.009,
+                exit_reason="force_exit",
+            ),
+        ),
+    ]
+    for event in events + events:  # every event twice: effects once
+        await publisher.publish(EVENTS_STREAM, event)
+
+    async def running() -> bool:
+        bot = (await management.client.get(f"/api/v1/bots/{bot_id}", headers=admin)).json()
+        trades = (await management.client.get(f"/api/v1/bots/{bot_id}/trades", headers=admin)).json()
+        return bot["actual_state"] == "running" and len(trades) == 1 and not trades[0]["is_open"]
+
+    await async_wait_for(running, timeout=15, what="the bot to read running with its closed trade")
+    status = (await management.client.get(f"/api/v1/bots/{bot_id}/status", headers=admin)).json()
+    assert status["state"] == "running"
+    assert status["open_trades"] == [{"trade_id": 1, "pair": "BTC/USDT"}]
+    assert 0 <= status["age_seconds"] < 60
+    [trade] = (await management.client.get(f"/api/v1/bots/{bot_id}/trades", headers=admin)).json()
+    assert (trade["profit_abs"], trade["exit_reason"]) == (0.09, "force_exit")
+
+    paused = await management.client.post(f"/api/v1/bots/{bot_id}/pause", headers=admin)
+    assert (paused.json()["desired_state"], paused.json()["generation"]) == ("paused", 2)
+    # A late status of the previous generation does not overwrite what the pause asked for.
+    await publisher.publish(
+        EVENTS_STREAM, BotStatus(source=src, data=BotStatusData(bot_id=uid, generation=1, state="stopped"))
+    )
+    forceexit = await management.client.post(
+        f"/api/v1/bots/{bot_id}/forceexit", json={"trade_id": "all"}, headers=admin
+    )
+    assert forceexit.status_code == 200
+    stopped = await management.client.post(f"/api/v1/bots/{bot_id}/stop", headers=admin)
+    assert (stopped.json()["desired_state"], stopped.json()["actual_state"]) == ("stopped", "stopping")
+    types = [c["type"] for c in await async_wait_for(lambda: _at_least(redis, 4), timeout=10, what="four commands")]
+    assert types == ["START_BOT", "PAUSE_BOT", "FORCE_EXIT", "STOP_BOT"]
+    actions = [r.action for r in await management.audit() if r.action.startswith("bot.")]
+    assert actions == ["bot.create", "bot.start", "bot.pause", "bot.forceexit", "bot.stop"]
+    await redis.aclose()
+
+
+async def _at_least(redis: aioredis.Redis, count: int) -> list[dict[str, Any]]:
+    found = await commands(redis)
+    return found if len(found) >= count else []
+
+
+async def test_what_cannot_start_says_why(management: Management, redis_url: str) -> None:
+    alice = await session_of(management, "alice@example.com")
+    strategy = (await upload(management, alice)).json()["id"]
+    bot_id = (await management.client.post("/api/v1/bots", json=bot_body(strategy), headers=alice)).json()["id"]
+    no_gateway = await management.client.post(f"/api/v1/bots/{bot_id}/start", headers=alice)
+    assert no_gateway.status_code == 409  # the strategy is checked first
+    assert "pending review: an admin must approve it" in no_gateway.json()["detail"]
+    admin = await session_of(management, "root@example.com", Role.admin)
+    await management.client.post(f"/api/v1/strategies/{strategy}/approve", headers=admin)
+    nowhere = await management.client.post(f"/api/v1/bots/{bot_id}/start", headers=alice)
+    assert nowhere.status_code == 503
+    assert "No trading gateway" in nowhere.json()["detail"]
+    pause = await management.client.post(f"/api/v1/bots/{bot_id}/pause", headers=alice)
+    assert pause.status_code == 409
+    assert pause.json()["detail"] == "The bot is not running: start it first."
+
+    await heartbeat(management, "gw-old", age=timedelta(minutes=5))
+    queued = await management.client.post(f"/api/v1/bots/{bot_id}/start", headers=alice)
+    assert queued.status_code == 200
+    assert queued.json()["notice"].startswith("Gateway gw-old has not reported")
+    bob = await session_of(management, "bob@example.com")
+    assert (await management.client.post(f"/api/v1/bots/{bot_id}/stop", headers=bob)).status_code == 404
+
+    rejected = CommandRejected(
+        source="gateway:gw-old",
+        data=CommandRejectedData(
+            command_id=uuid.UUID(queued.json()["command_id"]),
+            command_type="START_BOT",
+            bot_id=uuid.UUID(bot_id),
+            reason="no free port in 18100-18299",
+        ),
+    )
+    redis = aioredis.Redis.from_url(redis_url)
+    await Publisher(redis).publish(EVENTS_STREAM, rejected)
+    await redis.aclose()
+
+    async def failed() -> dict[str, Any] | None:
+        bot: dict[str, Any] = (await management.client.get(f"/api/v1/bots/{bot_id}", headers=alice)).json()
+        return bot if bot["actual_state"] == "failed" else None
+
+    bot = await async_wait_for(failed, timeout=15, what="the rejection to show on the bot")
+    assert bot["last_error"] == "START_BOT refused by the gateway: no free port in 18100-18299"
