@@ -94,6 +94,9 @@ class ManagementSettings(CommonSettings):
         description="AES-256 keys that encrypt exchange credentials (and models) at rest: `kid:base64` pairs, "
         "comma-separated, the last encrypts; default: generated into <data dir>/master.keys.",
     )
+    emergency_wait_seconds: float = Field(
+        default=10.0, ge=0, le=60, description="How long an emergency stop request waits for the gateways' reports."
+    )
     strategy_review: bool = Field(
         default=True, description="A non-admin's strategy waits for an admin's approval before it can run."
     )

@@ -15,6 +15,7 @@ from management_server.audit.service import AuditLog
 from management_server.auth.router import jwks_router
 from management_server.auth.router import router as auth_router
 from management_server.auth.service import AuthService
+from management_server.bots.emergency_router import router as emergency_router
 from management_server.bots.router import router as bots_router
 from management_server.bus.relay import OutboxRelay
 from management_server.config import ManagementSettings, get_settings
@@ -118,6 +119,7 @@ def create_app(settings: ManagementSettings | None = None) -> FastAPI:
     app.include_router(strategies_router)
     app.include_router(credentials_router)
     app.include_router(bots_router)
+    app.include_router(emergency_router)
     return app
 
 

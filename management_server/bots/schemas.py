@@ -5,7 +5,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from shared.bus.messages import PairName, Timeframe
 
@@ -137,3 +137,30 @@ class LiveStatusOut(BaseModel):
     profit: dict[str, Any]
     updated_at: datetime | None
     age_seconds: float | None
+
+
+class EmergencyIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    bot_ids: list[uuid.UUID] | None = Field(default=None, min_length=1, max_length=1000)
+    scope: Literal["mine", "all"] | None = Field(default=None, description="'all' is for admins.")
+    reason: str | None = Field(default=None, max_length=500)
+
+    @model_validator(mode="after")
+    def _one_target(self) -> EmergencyIn:
+        if (self.bot_ids is None) == (self.scope is None):
+            raise ValueError("give either bot_ids or scope ('mine' or 'all')")
+        return self
+
+
+class EmergencyOutcomeOut(BaseModel):
+    bot_id: uuid.UUID
+    outcome: Literal["halted", "failed", "pending"]
+    actual_state: str
+    detail: str | None
+
+
+class EmergencyOut(BaseModel):
+    completed: bool = Field(description="False when some gateways had not reported within the wait.")
+    seconds: float
+    command_ids: list[uuid.UUID]
+    results: list[EmergencyOutcomeOut]
