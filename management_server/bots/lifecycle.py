@@ -39,6 +39,8 @@ from shared.bus.messages import (
     StartBotData,
     StopBot,
     StopBotData,
+    UpdateConfig,
+    UpdateConfigData,
 )
 from shared.bus.streams import commands_stream
 
@@ -183,3 +185,15 @@ async def act(
     command = _command(action, bot, spec, trade_id)
     await enqueue(session, commands_stream(gateway_id), command)
     return ActionResult(bot, command, gateway_id, notice)
+
+
+async def update_live(session: AsyncSession, bot: Bot, keys: MasterKeys) -> ActionResult | None:
+    """Send a running bot its changed settings (UPDATE_CONFIG); None when the bot is not running."""
+    if bot.desired_state not in (DesiredState.running, DesiredState.paused) or bot.gateway_id is None:
+        return None
+    spec = await bot_spec(session, bot, keys)
+    bot.generation += 1
+    command = UpdateConfig(source=SOURCE, data=UpdateConfigData(bot_id=bot.id, generation=bot.generation, spec=spec))
+    await enqueue(session, commands_stream(bot.gateway_id), command)
+    live = {g.gateway_id for g in await live_gateways(session)}
+    return ActionResult(bot, command, bot.gateway_id, None if bot.gateway_id in live else _waiting(bot.gateway_id))

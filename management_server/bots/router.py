@@ -13,7 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from management_server.audit.models import Outcome
 from management_server.auth.deps import Principal, Reader, Trader, client_ip
 from management_server.bots import service
-from management_server.bots.lifecycle import Action, ActionRefused, act
+from management_server.bots.lifecycle import Action, ActionRefused, act, update_live
 from management_server.bots.models import Bot, Trade
 from management_server.bots.schemas import (
     BotActionOut,
@@ -86,11 +86,14 @@ async def update_bot(
         raise HTTPException(404, NOT_FOUND)
     try:
         changes = service.update(bot, body)
+        live = await update_live(session, bot, request.app.state.master_keys) if changes else None
         await session.commit()
-    except service.BotRefused as exc:
+    except (service.BotRefused, ActionRefused) as exc:
         raise HTTPException(exc.status, str(exc)) from None
     except IntegrityError:
         raise HTTPException(409, "You have a bot with that name already: choose another name.") from None
+    if live is not None:
+        request.app.state.outbox_relay.wake()
     await request.app.state.audit.record(
         "bot.update",
         Outcome.success,
@@ -98,7 +101,7 @@ async def update_bot(
         target_type="bot",
         target_id=bot.id,
         ip=client_ip(request),
-        details=changes,
+        details=changes | ({"live": True, "generation": bot.generation} if live else {}),
     )
     return BotOut.model_validate(bot)
 

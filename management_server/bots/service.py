@@ -87,13 +87,24 @@ def is_stopped(bot: Bot) -> bool:
     )
 
 
+LIVE_FIELDS = frozenset({"pairs", "stake_amount", "max_open_trades"})
+
+
 def update(bot: Bot, body: BotUpdate) -> dict[str, object]:
-    """Apply the changes; the changed fields, for the audit log."""
+    """Apply the changes; the changed fields, for the audit log.
+
+    A running bot takes new pairs, stake and max open trades live (the caller sends
+    UPDATE_CONFIG); anything else needs the bot stopped first."""
     changes = body.model_dump(exclude_unset=True)
     if not changes:
         return {}
-    if not is_stopped(bot):
-        raise BotRefused(409, "Stop the bot before changing its settings.")
+    if not is_stopped(bot) and not set(changes) <= LIVE_FIELDS:
+        others = ", ".join(sorted(set(changes) - LIVE_FIELDS))
+        raise BotRefused(
+            409,
+            f"Stop the bot before changing {others}: a running bot takes only pairs, "
+            "stake_amount and max_open_trades live.",
+        )
     if "pairs" in changes and changes["pairs"] is not None:
         _check_pairs(list(changes["pairs"]), bot.stake_currency)
     for field, value in changes.items():

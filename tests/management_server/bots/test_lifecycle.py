@@ -199,3 +199,24 @@ async def test_what_cannot_start_says_why(management: Management, redis_url: str
 
     bot = await async_wait_for(failed, timeout=15, what="the rejection to show on the bot")
     assert bot["last_error"] == "START_BOT refused by the gateway: no free port in 18100-18299"
+
+
+async def test_a_running_bot_takes_pairs_and_stake_live(management: Management, redis_url: str) -> None:
+    redis = aioredis.Redis.from_url(redis_url)
+    admin, bot_id = await admin_bot(management)
+    await heartbeat(management)
+    await management.client.post(f"/api/v1/bots/{bot_id}/start", headers=admin)
+    changed = await management.client.patch(
+        f"/api/v1/bots/{bot_id}", json={"pairs": ["SOL/USDT"], "max_open_trades": 1}, headers=admin
+    )
+    assert changed.status_code == 200, changed.text
+    assert changed.json()["generation"] == 2
+    refused = await management.client.patch(f"/api/v1/bots/{bot_id}", json={"timeframe": "1h"}, headers=admin)
+    assert refused.status_code == 409
+    assert "Stop the bot before changing timeframe" in refused.json()["detail"]
+    found = await async_wait_for(lambda: _at_least(redis, 2), timeout=10, what="the UPDATE_CONFIG")
+    update = found[1]
+    assert update["type"] == "UPDATE_CONFIG"
+    assert (update["data"]["generation"], update["data"]["spec"]["pairs"]) == (2, ["SOL/USDT"])
+    assert update["data"]["spec"]["max_open_trades"] == 1
+    await redis.aclose()
