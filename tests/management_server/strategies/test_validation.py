@@ -65,3 +65,10 @@ def _marker(message: str) -> str:
 def test_an_oversized_source_is_refused() -> None:
     result = validate_strategy(ALWAYS_ENTER + "#" * 300_000)
     assert [p.message for p in result.problems] == ["the source is larger than 256 KiB"]
+
+
+def test_the_example_strategy_shipped_for_the_readme_passes() -> None:
+    example = Path(__file__).parents[3] / "examples" / "strategies" / "GreenCandle.py"
+    result = validate_strategy(example.read_text())
+    assert result.ok, result.problems
+    assert result.class_name == "GreenCandle"
