@@ -138,6 +138,7 @@ class Stack:
                 "FREQFLEET_GATEWAY_PORT": str(self.settings.gateway_port),
                 "FREQFLEET_SIMULATOR_HOST": self.settings.simulator_host,
                 "FREQFLEET_SIMULATOR_PORT": str(self.settings.simulator_port),
+                "FREQFLEET_SIMULATOR_URL": endpoints.simulator_url,
                 "PYTHONUNBUFFERED": "1",
             }
         )
@@ -150,7 +151,9 @@ class Stack:
         return [
             ChildSpec("simulator", [python, "-m", "freqfleet", "simulator"], env),
             ChildSpec("management", [python, "-m", "freqfleet", "management"], env),
-            ChildSpec("gateway", [python, "-m", "freqfleet", "gateway"], env),
+            ChildSpec(
+                "gateway", [python, "-m", "freqfleet", "gateway"], env | {"FREQFLEET_STOP_BOTS_ON_SHUTDOWN": "true"}
+            ),
             ChildSpec("worker", [python, "-m", "freqfleet", "worker"], env),
         ]
 

@@ -100,6 +100,13 @@ class ManagementSettings(CommonSettings):
     strategy_review: bool = Field(
         default=True, description="A non-admin's strategy waits for an admin's approval before it can run."
     )
+    # Not named `simulator_url`: StackSettings inherits this and SimulatorSettings, whose property of that name
+    # (the URL of the simulator `up` starts) would shadow the field.
+    check_simulator_url: str = Field(
+        default="http://127.0.0.1:8002",
+        validation_alias=AliasChoices("FREQFLEET_SIMULATOR_URL"),
+        description="The exchange simulator the worker's strategy checks backtest against (`freqfleet up` sets it).",
+    )
 
     @property
     def registration_open(self) -> bool:

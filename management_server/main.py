@@ -32,7 +32,9 @@ from management_server.security.ratelimit import (
     too_many_requests_detail,
 )
 from management_server.strategies.router import router as strategies_router
+from management_server.strategies.tasks import CheckQueue
 from management_server.users.router import router as users_router
+from management_server.worker import create_celery
 from shared.auth import RevocationStore, StaticKeySource, TokenVerifier
 from shared.health import health_router
 from shared.http import install_http_plumbing, serve
@@ -90,10 +92,14 @@ def create_app(settings: ManagementSettings | None = None) -> FastAPI:
         )
         app.state.event_consumer = events
         events.start()
+        # Strategy checks go to the Celery workers through the same Redis; this app only sends tasks.
+        app.state.celery = create_celery(settings, results=False)
+        app.state.check_queue = CheckQueue(app.state.celery)
         log.info("management server started", env=settings.env.value)
         try:
             yield
         finally:
+            app.state.check_queue.close()
             await events.stop()
             await relay.stop()
             await redis.aclose()

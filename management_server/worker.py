@@ -14,15 +14,19 @@ from celery import Celery
 from celery.signals import setup_logging
 
 from management_server.config import ManagementSettings, get_settings
+from management_server.strategies.tasks import register_check_task
 from shared.logging import configure_logging
 
 PING_TASK = "freqfleet.ping"
 
 
-def create_celery(settings: ManagementSettings | None = None) -> Celery:
+def create_celery(settings: ManagementSettings | None = None, *, results: bool = True) -> Celery:
+    """The Celery app with our tasks. ``results=False`` for a process that only sends tasks: Celery's Redis
+    result backend subscribes to the result channel of every task sent through it, which a sender that
+    never waits for a result would accumulate (workers store states and results either way)."""
     settings = settings or get_settings()
     url = settings.redis_url.get_secret_value()
-    app = Celery("freqfleet", broker=url, backend=url, set_as_current=False)
+    app = Celery("freqfleet", broker=url, backend=url if results else None, set_as_current=False)
     app.conf.update(
         task_serializer="json",
         result_serializer="json",
@@ -39,11 +43,12 @@ def create_celery(settings: ManagementSettings | None = None) -> Celery:
         timezone="UTC",
     )
 
-    @app.task(name=PING_TASK)
+    @app.task(name=PING_TASK, shared=False)
     def ping() -> dict[str, Any]:
         """Proves a worker takes tasks off the broker: who answered, and when."""
         return {"hostname": socket.gethostname(), "at": datetime.now(UTC).isoformat()}
 
+    register_check_task(app, settings)
     return app
 
 

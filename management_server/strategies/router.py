@@ -1,9 +1,10 @@
-"""/api/v1/strategies: upload (statically checked), list, read, delete; admins approve or reject."""
+"""/api/v1/strategies: upload (statically checked, then a backtest queued), list, read, delete, check again;
+admins approve or reject."""
 
 from __future__ import annotations
 
 import uuid
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from fastapi.responses import JSONResponse
@@ -16,7 +17,7 @@ from management_server.auth.deps import AdminPrincipal, Reader, Trader, client_i
 from management_server.db import SessionDep
 from management_server.errors import errors
 from management_server.strategies import service
-from management_server.strategies.models import Strategy, StrategyStatus
+from management_server.strategies.models import CheckStatus, Strategy, StrategyStatus
 from management_server.strategies.schemas import (
     ProblemOut,
     ReviewIn,
@@ -25,11 +26,20 @@ from management_server.strategies.schemas import (
     StrategyInvalid,
     StrategyOut,
 )
+from management_server.strategies.tasks import CheckQueue
 from management_server.users.models import Role
 
 router = APIRouter(prefix="/api/v1/strategies", tags=["strategies"], responses=errors(401, 403, 404, 409, 429))
 
 NOT_FOUND = "No such strategy."
+NOT_APPROVED = "An admin must approve the strategy before it is checked: the check runs its code."
+CHECK_UNAVAILABLE = "The check could not be queued: the task broker did not answer. Try again in a moment."
+
+
+def _check_queue(request: Request) -> CheckQueue | None:
+    """Where checks are sent; None when this app has no Celery broker."""
+    queue: CheckQueue | None = getattr(request.app.state, "check_queue", None)
+    return queue
 
 
 def _out(strategy: Strategy, model: type[StrategyOut] = StrategyOut) -> StrategyOut:
@@ -47,7 +57,9 @@ def _out(strategy: Strategy, model: type[StrategyOut] = StrategyOut) -> Strategy
 )
 async def upload_strategy(body: StrategyCreate, request: Request, session: SessionDep, principal: Trader) -> Response:
     """Upload a strategy's source. It is checked without being run; an admin's is approved at once,
-    anyone else's waits for an admin's review."""
+    anyone else's waits for an admin's review. An approved strategy then gets a short backtest on the
+    exchange simulator (`check_status: queued`; `not_run` when the task broker did not take it); one under
+    review is checked once approved, since the check runs its code."""
     audit: AuditLog = request.app.state.audit
     try:
         strategy = await service.upload(
@@ -61,7 +73,13 @@ async def upload_strategy(body: StrategyCreate, request: Request, session: Sessi
         return JSONResponse(status_code=400, content=body_out.model_dump())
     except service.NameTaken as exc:
         raise HTTPException(409, str(exc)) from None
+    # The check runs the strategy's code: only once it is approved (an admin's upload is).
+    queue = _check_queue(request) if strategy.status == StrategyStatus.approved else None
+    if queue is not None:
+        strategy.check_status = CheckStatus.queued.value
     await session.commit()
+    if queue is not None and await queue.send(strategy.id, strategy.sha256) is None:
+        await service.unqueue_check(session, strategy, CheckStatus.not_run.value)  # the upload stands
     await audit.record(
         "strategy.upload",
         Outcome.success,
@@ -69,7 +87,12 @@ async def upload_strategy(body: StrategyCreate, request: Request, session: Sessi
         target_type="strategy",
         target_id=strategy.id,
         ip=client_ip(request),
-        details={"name": strategy.name, "class_name": strategy.class_name, "status": strategy.status},
+        details={
+            "name": strategy.name,
+            "class_name": strategy.class_name,
+            "status": strategy.status,
+            "check_status": strategy.check_status,
+        },
     )
     return JSONResponse(status_code=201, content=_out(strategy).model_dump(mode="json"))
 
@@ -98,6 +121,57 @@ async def get_strategy(strategy_id: uuid.UUID, session: SessionDep, principal: R
     if strategy is None:
         raise HTTPException(404, NOT_FOUND)
     return _out(strategy, StrategyDetail)
+
+
+@router.post(
+    "/{strategy_id}/check",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=StrategyOut,
+    responses={503: {"description": "The task broker did not take the check"}},
+)
+async def check_strategy(strategy_id: uuid.UUID, request: Request, session: SessionDep, principal: Trader) -> Response:
+    """Queue the deeper check: a short backtest on the exchange simulator, run by a worker. It runs the
+    strategy's code, so its owner may ask for it once the strategy is approved; an admin may also check a
+    strategy under review, to decide. The outcome lands in `check_status` (`passed`/`failed`) and
+    `check_result`; the review status never changes with it. 409 while a check is queued or running."""
+    audit: AuditLog = request.app.state.audit
+    queue = _check_queue(request)
+    if queue is None:
+        raise HTTPException(503, "Strategy checks are not available: this server has no task broker.")
+    strategy = await service.visible(session, principal.user, strategy_id, for_update=True)
+    if strategy is None:
+        raise HTTPException(404, NOT_FOUND)
+
+    async def record(outcome: Outcome, reason: str | None = None, details: dict[str, Any] | None = None) -> None:
+        await audit.record(
+            "strategy.check",
+            outcome,
+            principal.actor,
+            target_type="strategy",
+            target_id=strategy_id,
+            reason=reason,
+            ip=client_ip(request),
+            details=details,
+        )
+
+    if strategy.status != StrategyStatus.approved and principal.user.role is not Role.admin:
+        await session.rollback()
+        await record(Outcome.failure, reason=NOT_APPROVED)
+        raise HTTPException(409, NOT_APPROVED)
+    try:
+        previous = service.queue_check(strategy)
+    except service.CheckInProgress as exc:
+        await session.rollback()
+        await record(Outcome.failure, reason=str(exc))
+        raise HTTPException(409, str(exc)) from None
+    await session.commit()
+    task_id = await queue.send(strategy.id, strategy.sha256)
+    if task_id is None:
+        await service.unqueue_check(session, strategy, previous)
+        await record(Outcome.failure, reason=CHECK_UNAVAILABLE)
+        raise HTTPException(503, CHECK_UNAVAILABLE)
+    await record(Outcome.success, details={"sha256": strategy.sha256, "task_id": task_id, "previous": previous})
+    return JSONResponse(status_code=202, content=_out(strategy).model_dump(mode="json"))
 
 
 @router.delete("/{strategy_id}", status_code=status.HTTP_204_NO_CONTENT)
@@ -133,7 +207,13 @@ async def _review(
     if strategy is None:
         raise HTTPException(404, NOT_FOUND)
     service.review(strategy, admin.user, decision, body.note if body else None)
+    queue = _check_queue(request) if decision is StrategyStatus.approved else None
+    previous = None
+    if queue is not None and strategy.check_status in (CheckStatus.not_run, CheckStatus.failed):
+        previous = service.queue_check(strategy)  # approved now: its code may be run by a check
     await session.commit()
+    if queue is not None and previous is not None and await queue.send(strategy.id, strategy.sha256) is None:
+        await service.unqueue_check(session, strategy, previous)
     await request.app.state.audit.record(
         f"strategy.{'approve' if decision is StrategyStatus.approved else 'reject'}",
         Outcome.success,

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from management_server.strategies.models import Strategy, StrategyStatus
+from management_server.strategies.models import CheckStatus, Strategy, StrategyStatus
 from management_server.strategies.validation import Problem, validate_strategy
 from management_server.users.models import Role, User
 
@@ -23,6 +23,15 @@ class StrategyInvalid(Exception):
 
 class NameTaken(Exception):
     pass
+
+
+class CheckInProgress(Exception):
+    pass
+
+
+# A check queued or running for longer than this was lost (no worker, or one killed past its retries): a new
+# one may be queued. A check takes seconds to minutes; a worker that dies mid-check hands it to another.
+CHECK_STALE_AFTER = timedelta(hours=1)
 
 
 async def upload(session: AsyncSession, owner: User, name: str, source: str, review: bool) -> Strategy:
@@ -49,9 +58,11 @@ async def upload(session: AsyncSession, owner: User, name: str, source: str, rev
     return strategy
 
 
-async def visible(session: AsyncSession, user: User, strategy_id: uuid.UUID) -> Strategy | None:
-    """The strategy if this user may see it (their own, or any for an admin)."""
-    strategy = await session.get(Strategy, strategy_id)
+async def visible(
+    session: AsyncSession, user: User, strategy_id: uuid.UUID, *, for_update: bool = False
+) -> Strategy | None:
+    """The strategy if this user may see it (their own, or any for an admin); ``for_update`` locks its row."""
+    strategy = await session.get(Strategy, strategy_id, with_for_update=for_update)
     if strategy is None or (user.role is not Role.admin and strategy.owner_id != user.id):
         return None
     return strategy
@@ -62,3 +73,28 @@ def review(strategy: Strategy, reviewer: User, status: StrategyStatus, note: str
     strategy.review_note = note
     strategy.reviewed_by = reviewer.id
     strategy.reviewed_at = datetime.now(UTC)
+
+
+def queue_check(strategy: Strategy, now: datetime | None = None) -> str:
+    """Mark the strategy's deeper check queued (hold its row lock); the check status it had before.
+
+    :raises CheckInProgress: a check is queued or running already (and not lost: see ``CHECK_STALE_AFTER``).
+    """
+    now = now or datetime.now(UTC)
+    busy = strategy.check_status in (CheckStatus.queued, CheckStatus.running)
+    if busy and now - strategy.updated_at < CHECK_STALE_AFTER:
+        raise CheckInProgress(f"A check of this strategy is {strategy.check_status} already: wait for its result.")
+    previous = strategy.check_status
+    strategy.check_status = CheckStatus.queued.value
+    return previous
+
+
+async def unqueue_check(session: AsyncSession, strategy: Strategy, previous: str) -> None:
+    """Put the check status back when its task could not be sent (unless a worker took it after all), and commit."""
+    await session.execute(
+        update(Strategy)
+        .where(Strategy.id == strategy.id, Strategy.check_status == CheckStatus.queued.value)
+        .values(check_status=previous)
+    )
+    await session.commit()
+    await session.refresh(strategy)
