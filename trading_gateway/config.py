@@ -48,6 +48,33 @@ class GatewaySettings(CommonSettings):
     bot_process_throttle_secs: int = Field(
         default=5, ge=1, description="Seconds between two rounds of a bot's trading loop (Freqtrade's throttle)."
     )
+    bot_restart_backoff_initial: float = Field(
+        default=1.0, gt=0, description="Seconds before a crashed bot's first restart (doubled per crash, jittered)."
+    )
+    bot_restart_backoff_max: float = Field(default=60.0, gt=0, description="Longest wait before restarting a bot.")
+    bot_restart_backoff_reset: float = Field(
+        default=60.0, gt=0, description="Seconds of good health after which a bot's restart backoff starts over."
+    )
+    bot_crash_loop_max: int = Field(
+        default=5, ge=0, description="More crashes than this within the crash-loop window mark a bot failed."
+    )
+    bot_crash_loop_window: float = Field(default=600.0, gt=0, description="Seconds of the crash-loop window.")
+    bot_unresponsive_timeout: float = Field(
+        default=60.0, gt=0, description="Seconds a running bot's API may stay silent before the bot is restarted."
+    )
+    bot_stall_timeout: float = Field(
+        default=300.0,
+        gt=0,
+        description="Seconds a running bot's trading loop may go without a round (Freqtrade's /health) before "
+        "the bot is restarted.",
+    )
+    stop_bots_on_shutdown: bool = Field(
+        default=False,
+        description="Stop the bots when the gateway shuts down. `freqfleet up` sets it true so the embedded default "
+        "stops its bots; a gateway that dies or is upgraded leaves its bots trading for the next gateway to adopt.",
+    )
+    jwt_issuer: str = Field(default="freqfleet", description="`iss` the management server's tokens must carry.")
+    jwt_audience: str = Field(default="freqfleet", description="`aud` the management server's tokens must carry.")
 
     @property
     def gateway_data_dir(self) -> Path:

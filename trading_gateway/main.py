@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
-from shared.bus import Publisher
+from shared.auth import RevocationStore, TokenVerifier
+from shared.bus import ConsumerConfig, GenerationTracker, Publisher, RedisDeduplicator, StreamConsumer
+from shared.bus.streams import commands_stream, gateway_group
 from shared.health import health_router
 from shared.http import install_http_plumbing
 from shared.logging import configure_logging, get_logger
@@ -16,6 +19,11 @@ from shared.redis import create_redis
 from shared.security_headers import SecurityHeadersMiddleware, install_cors
 from shared.settings import Environment
 from trading_gateway.config import GatewaySettings, get_settings
+from trading_gateway.fleet.commands import CommandHandler
+from trading_gateway.fleet.deps import JWKS_CACHE, CachedJwksKeySource, GatewayAuth
+from trading_gateway.fleet.events import OUTBOX_FILE, EventPublisher
+from trading_gateway.fleet.router import router as fleet_router
+from trading_gateway.fleet.service import Fleet
 from trading_gateway.heartbeat.service import Heartbeat
 
 log = get_logger(__name__)
@@ -27,25 +35,73 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        settings.gateway_data_dir.mkdir(parents=True, exist_ok=True)
-        redis = create_redis(settings.redis_url.get_secret_value())
-        app.state.settings = settings
-        app.state.redis = redis
+        data_dir = settings.gateway_data_dir
+        data_dir.mkdir(parents=True, exist_ok=True)
+        redis_url = settings.redis_url.get_secret_value()
+        async with AsyncExitStack() as stack:
+            redis = create_redis(redis_url)
+            stack.push_async_callback(redis.aclose)
+            # Events and token checks get clients of their own that give up fast: with Redis away, events
+            # go to the outbox and the local kill switch still answers.
+            events_redis = create_redis(redis_url, socket_timeout=3.0, retries=1)
+            stack.push_async_callback(events_redis.aclose)
+            auth_redis = create_redis(redis_url, socket_timeout=2.0, retries=0)
+            stack.push_async_callback(auth_redis.aclose)
+            app.state.settings = settings
+            app.state.redis = redis
 
-        async def redis_ping() -> None:
-            await redis.ping()
+            async def redis_ping() -> None:
+                await redis.ping()
 
-        app.state.readiness_checks = {"redis": redis_ping}
-        heartbeat = Heartbeat(settings, Publisher(redis))
-        app.state.heartbeat = heartbeat
-        heartbeat.start()
-        log.info("gateway started", gateway_id=settings.gateway_id, data_dir=str(settings.gateway_data_dir))
-        try:
-            yield
-        finally:
-            await heartbeat.stop()
-            await redis.aclose()
-            log.info("gateway stopped", gateway_id=settings.gateway_id)
+            app.state.readiness_checks = {"redis": redis_ping}
+
+            keys = CachedJwksKeySource(settings.management_url + "/.well-known/jwks.json", data_dir / JWKS_CACHE)
+            stack.push_async_callback(keys.client.aclose)
+            prefetch = asyncio.create_task(keys.refresh())  # fills the on-disk copy; not waited for
+            stack.callback(prefetch.cancel)
+            iss, aud = settings.jwt_issuer, settings.jwt_audience
+            app.state.gateway_auth = GatewayAuth(
+                verifier=TokenVerifier(keys, issuer=iss, audience=aud, revocations=RevocationStore(auth_redis)),
+                offline=TokenVerifier(keys, issuer=iss, audience=aud),
+                keys=keys,
+            )
+
+            events = EventPublisher(Publisher(events_redis), data_dir / OUTBOX_FILE)
+            events.start()
+            stack.push_async_callback(events.stop)
+            fleet = Fleet(settings, events)
+            app.state.fleet = fleet
+            await fleet.start()
+            stack.push_async_callback(lambda: fleet.stop(stop_bots=settings.stop_bots_on_shutdown))
+
+            heartbeat = Heartbeat(settings, Publisher(redis), bots_running=fleet.bots_running, capacity=fleet.capacity)
+            app.state.heartbeat = heartbeat
+            heartbeat.start()
+            stack.push_async_callback(heartbeat.stop)
+
+            consumer_config = ConsumerConfig(
+                stream=commands_stream(settings.gateway_id),
+                group=gateway_group(settings.gateway_id),
+                consumer=settings.gateway_id,  # stable: a restarted gateway resumes its own pending commands
+            )
+            handler = CommandHandler(
+                fleet,
+                events,
+                GenerationTracker(redis, settings.gateway_id),
+                max_deliveries=consumer_config.max_deliveries,
+            )
+            consumer = StreamConsumer(
+                redis_url, consumer_config, handler, RedisDeduplicator(redis, gateway_group(settings.gateway_id))
+            )
+            app.state.command_consumer = consumer
+            consumer.start()
+            stack.push_async_callback(consumer.stop)  # first to stop: no command is taken during shutdown
+            log.info("gateway started", gateway_id=settings.gateway_id, data_dir=str(data_dir))
+            try:
+                yield
+            finally:
+                log.info("gateway stopping", gateway_id=settings.gateway_id)
+        log.info("gateway stopped", gateway_id=settings.gateway_id)
 
     app = FastAPI(
         title="Freqfleet trading gateway",
@@ -57,6 +113,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.add_middleware(SecurityHeadersMiddleware, hsts=settings.env is Environment.production)
     install_http_plumbing(app, CollectorRegistry())
     app.include_router(health_router("gateway"))
+    app.include_router(fleet_router)
     return app
 
 

@@ -37,7 +37,7 @@ import tempfile
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from exchange_simulator.timeframes import INTERVALS as SIMULATOR_TIMEFRAMES
 from shared.bus.messages import BotSpec
@@ -245,6 +245,7 @@ def render_config(
     credentials: ApiCredentials,
     simulator_url: str | None = None,
     process_throttle_secs: int = 5,
+    initial_state: Literal["running", "paused", "stopped"] = "running",
 ) -> BotConfig:
     """The Freqtrade config of bot ``files.bot_id`` from its spec (validated first).
 
@@ -253,6 +254,8 @@ def render_config(
     :param simulator_url: the exchange simulator's base URL; needed when ``spec.exchange`` is ``simulator``.
     :param process_throttle_secs: seconds between two rounds of the bot's trading loop (Freqtrade wants
         a whole number).
+    :param initial_state: Freqtrade's state once it has started (and after a ``reload_config``): ``paused``
+        for a bot that must not enter trades.
     """
     validate_spec(spec)
     if not 1024 <= port <= 65535:
@@ -276,7 +279,7 @@ def render_config(
     data: dict[str, Any] = {
         "bot_name": files.bot_id,
         "strategy": spec.strategy_class,
-        "initial_state": "running",
+        "initial_state": initial_state,
         "dry_run": spec.dry_run,
         "trading_mode": "spot",
         "margin_mode": "",

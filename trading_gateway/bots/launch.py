@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from shared.bus.messages import BotSpec
 from shared.logging import get_logger
@@ -47,6 +48,7 @@ async def launch_bot(
     simulator_url: str | None,
     start_timeout: float,
     process_throttle_secs: int = 5,
+    initial_state: Literal["running", "paused", "stopped"] = "running",
     state: StateFile | None = None,
     generation: int = 0,
     desired: Desired = Desired.running,
@@ -74,6 +76,7 @@ async def launch_bot(
                 credentials=credentials,
                 simulator_url=simulator_url,
                 process_throttle_secs=process_throttle_secs,
+                initial_state=initial_state,
             )
             files.write(config, spec.strategy_source)
             process = BotProcess.spawn(files, config, executable=executable)

@@ -21,11 +21,16 @@ VERSION = "0.1.0"
 
 class Heartbeat:
     def __init__(
-        self, settings: GatewaySettings, publisher: Publisher, bots_running: Callable[[], int] = lambda: 0
+        self,
+        settings: GatewaySettings,
+        publisher: Publisher,
+        bots_running: Callable[[], int] = lambda: 0,
+        capacity: Callable[[], int] | None = None,
     ) -> None:
         self.settings = settings
         self.publisher = publisher
         self.bots_running = bots_running
+        self.capacity = capacity  # default: max_bots minus the bots running
         self.started_at = datetime.now(UTC)
         self.sent = 0
         self._stopping = asyncio.Event()
@@ -41,7 +46,7 @@ class Heartbeat:
                 version=VERSION,
                 started_at=self.started_at,
                 bots_running=running,
-                capacity=max(0, self.settings.max_bots - running),
+                capacity=max(0, self.capacity() if self.capacity else self.settings.max_bots - running),
             ),
         )
 

@@ -32,10 +32,12 @@ def db_trades(db: Path) -> list[tuple[int, int, str | None]]:
 
 
 async def wait_open_trades(bot: BotProcess, count: int) -> None:
+    """``count`` open trades whose entries have filled (``forceexit`` deletes a trade whose entry has not)."""
     async with bot.client() as api:
 
         async def enough() -> bool:
-            return len(await api.status()) == count
+            trades = await api.status()
+            return len(trades) == count and all(t["nr_of_successful_entries"] > 0 for t in trades)
 
         await async_wait_for(enough, timeout=30, interval=0.2, what=f"{count} open trades of bot {bot.bot_id}")
 

@@ -1,0 +1,192 @@
+"""The gateway's handler of ``freqfleet:commands:{gateway_id}``: every command answered, none applied twice.
+
+Each command gets COMMAND_ACCEPTED or COMMAND_REJECTED (with a reason a person can act on), never
+silence; the answer's ``event_id`` is derived from the command's, so a command delivered again (a
+crash between the effect and the ack) answers with the same id and the management server sees one
+answer. What happens next is reported by the fleet's own events (BOT_STARTED, BOT_STOPPED,
+BOT_STATUS, BOT_FAILED, EMERGENCY_STOP_COMPLETED).
+
+Generations:
+
+- Commands that set a bot's desired state (START, STOP, RESTART, PAUSE, RESUME, UPDATE_CONFIG) apply
+  only if their generation is at least the newest one seen for the bot, in the gateway's Redis
+  (:class:`~shared.bus.generations.GenerationTracker`, atomic) and in its state file (which survives
+  a Redis that lost its data). An older one is answered COMMAND_REJECTED ("stale"), not applied.
+- FORCE_EXIT sets no desired state (the management server does not bump the generation for it):
+  it is applied whatever its generation, and records none.
+- EMERGENCY_STOP carries a generation per bot in ``bots``. It is never skipped: stopping is always
+  safe, and a kill switch that a generation race could swallow is not one. Its generations are
+  recorded (they only move forward) after the bots are stopped, so older commands still in flight
+  cannot start them again.
+
+A handler error leaves the entry pending (the consumer retries it); on the last delivery before the
+dead-letter stream, COMMAND_REJECTED says so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+
+from redis.exceptions import RedisError
+
+from shared.bus import Delivery, GenerationTracker
+from shared.bus.messages import (
+    BotCommand,
+    CommandAccepted,
+    CommandAcceptedData,
+    CommandRejected,
+    CommandRejectedData,
+    EmergencyScope,
+    EmergencyStop,
+    Envelope,
+    ForceExit,
+    PauseBot,
+    RestartBot,
+    ResumeBot,
+    RollbackModel,
+    StartBot,
+    StopBot,
+    UpdateConfig,
+    UpdateModel,
+)
+from shared.logging import get_logger
+from trading_gateway.fleet.events import EventPublisher
+from trading_gateway.fleet.service import CommandRefused, Fleet, describe_error
+
+log = get_logger(__name__)
+
+ANSWERS = uuid.UUID("a3f1c2d4-5e6f-4a7b-8c9d-0e1f2a3b4c5d")  # namespace of the answers' ids
+
+
+def answer_id(command_id: uuid.UUID, kind: str) -> uuid.UUID:
+    return uuid.uuid5(ANSWERS, f"{command_id}:{kind}")
+
+
+class CommandHandler:
+    def __init__(
+        self, fleet: Fleet, events: EventPublisher, tracker: GenerationTracker, *, max_deliveries: int = 5
+    ) -> None:
+        self.fleet = fleet
+        self.events = events
+        self.tracker = tracker
+        self.max_deliveries = max_deliveries
+        self.source = fleet.source
+
+    async def __call__(self, delivery: Delivery) -> None:
+        message = delivery.message
+        try:
+            await self.handle(message)
+        except Exception as exc:
+            if delivery.deliveries >= self.max_deliveries:
+                await self._reject(
+                    message,
+                    f"the gateway failed to apply it {delivery.deliveries} times (last error: "
+                    f"{type(exc).__name__}: {describe_error(exc)}); it goes to the dead-letter stream, from where it "
+                    "can be replayed",
+                )
+            raise
+
+    async def handle(self, message: Envelope) -> None:
+        if isinstance(message, EmergencyStop):
+            await self._emergency_stop(message)
+            return
+        if isinstance(message, UpdateModel | RollbackModel):
+            await self._reject(message, f"{message.type} is not supported by this gateway version yet")
+            return
+        data = message.data
+        if not isinstance(data, BotCommand):
+            await self._reject(message, f"{message.type} is not a command a gateway handles")
+            return
+        if not isinstance(message, ForceExit) and (why := await self._stale(data)) is not None:
+            log.info("stale command ignored", bot_id=str(data.bot_id), generation=data.generation, reason=why)
+            await self._reject(message, why)
+            return
+        try:
+            await self._apply(message, data)
+        except CommandRefused as exc:
+            log.info("command rejected", bot_id=str(data.bot_id), reason=str(exc))
+            await self._reject(message, str(exc))
+            return
+        await self._accept(message)
+
+    async def _apply(self, message: Envelope, data: BotCommand) -> None:
+        fleet, cid = self.fleet, message.correlation_id
+        if isinstance(message, StartBot):
+            if message.data.freqai_model is not None:
+                raise CommandRefused("starting a bot with a FreqAI model is not supported by this gateway version yet")
+            await fleet.start_bot(data.bot_id, data.generation, message.data.spec, correlation_id=cid)
+        elif isinstance(message, StopBot):
+            known = await fleet.stop_bot(data.bot_id, data.generation, reason=message.data.reason, correlation_id=cid)
+            if not known:
+                log.info("stop of a bot this gateway does not run: nothing to do", bot_id=str(data.bot_id))
+        elif isinstance(message, RestartBot):
+            await fleet.restart_bot(data.bot_id, data.generation, correlation_id=cid)
+        elif isinstance(message, PauseBot | ResumeBot):
+            paused = isinstance(message, PauseBot)
+            await fleet.pause_bot(data.bot_id, data.generation, paused=paused, correlation_id=cid)
+        elif isinstance(message, ForceExit):
+            answer = await fleet.force_exit(data.bot_id, message.data.trade_id)
+            log.info("force exit", bot_id=str(data.bot_id), trade_id=message.data.trade_id, answer=answer)
+        elif isinstance(message, UpdateConfig):
+            await fleet.update_config(data.bot_id, data.generation, message.data.spec, correlation_id=cid)
+        else:
+            raise CommandRefused(f"{message.type} is not supported by this gateway version")
+
+    async def _stale(self, data: BotCommand) -> str | None:
+        """Why the command is stale, or None when it may be applied (then its generation is recorded)."""
+        local = self.fleet.generation_of(data.bot_id)
+        if local is not None and data.generation < local:
+            newest = local
+        elif await self.tracker.accept(data.bot_id, data.generation):
+            return None
+        else:
+            newest = await self.tracker.current(data.bot_id) or 0
+        return (
+            f"stale: generation {data.generation} of bot {data.bot_id} is older than generation {newest} "
+            "already applied on this gateway; ignored"
+        )
+
+    async def _emergency_stop(self, message: EmergencyStop) -> None:
+        data = message.data
+        await self._accept(message)
+        refs = [ref.bot_id for ref in data.bots]
+        every = [uuid.UUID(b) for b in self.fleet.bots] if data.scope is EmergencyScope.all else []
+        targets = every + refs
+        await self.fleet.emergency_stop(
+            targets,
+            command_id=message.event_id,
+            generations={ref.bot_id: ref.generation for ref in data.bots},
+            requested_by=data.requested_by,
+            reason=data.reason,
+        )
+        for ref in data.bots:  # after the stop: Redis trouble here must not delay it
+            with contextlib.suppress(RedisError, OSError):
+                await self.tracker.accept(ref.bot_id, ref.generation)
+
+    async def _accept(self, message: Envelope) -> None:
+        await self.events.publish(
+            CommandAccepted(
+                event_id=answer_id(message.event_id, "accepted"),
+                source=self.source,
+                correlation_id=message.correlation_id,
+                data=CommandAcceptedData(
+                    command_id=message.event_id, command_type=message.type, bot_id=getattr(message.data, "bot_id", None)
+                ),
+            )
+        )
+
+    async def _reject(self, message: Envelope, reason: str) -> None:
+        await self.events.publish(
+            CommandRejected(
+                event_id=answer_id(message.event_id, "rejected"),
+                source=self.source,
+                correlation_id=message.correlation_id,
+                data=CommandRejectedData(
+                    command_id=message.event_id,
+                    command_type=message.type,
+                    bot_id=getattr(message.data, "bot_id", None),
+                    reason=reason[:2000] or "rejected",
+                ),
+            )
+        )

@@ -1,0 +1,193 @@
+"""Publishing the gateway's events, with a local outbox for when Redis does not answer.
+
+Every event the gateway reports goes through :class:`EventPublisher`. It XADDs to
+``freqfleet:events``; when Redis does not answer, the entry is appended to a JSONL file in the
+gateway's data folder (``outbox.jsonl``: one stream entry per line, exactly the fields that would
+have been XADDed) and a background task flushes the file, in order, as soon as Redis answers again.
+
+Decisions:
+
+- **Order is kept.** While the outbox holds anything, new events are appended behind it instead of
+  overtaking it, and one lock serialises publishing and flushing.
+- **Facts are kept, snapshots are not.** ``BOT_STATUS`` and ``GATEWAY_HEARTBEAT`` are superseded by
+  the next one a few seconds later; queueing them during a long outage would only grow the file and
+  replay stale pictures, so they are dropped while Redis is away. Everything else (command answers,
+  starts, stops, failures, trades, emergency stops) is queued.
+- **At least once.** A flush that dies between XADD and rewriting the file sends those entries again
+  with the same ``event_id``, which the management server's dedupe recognises. Lines are appended with
+  ``fsync``; a torn last line (a crash mid-write) is logged and skipped.
+- Events are encoded once, when published (the correlation id of the request or command that caused
+  them is captured then), so a flushed event is byte for byte what would have been sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+from pathlib import Path
+
+from redis.exceptions import RedisError
+
+from shared.bus import Publisher
+from shared.bus.messages import Envelope
+from shared.bus.publisher import ENVELOPE_FIELD, entry_fields, with_request_correlation
+from shared.bus.streams import EVENTS_STREAM
+from shared.logging import get_logger
+from trading_gateway.bots.files import atomic_write
+
+log = get_logger(__name__)
+
+OUTBOX_FILE = "outbox.jsonl"
+DROPPABLE = frozenset({"BOT_STATUS", "GATEWAY_HEARTBEAT"})
+UNAVAILABLE = (RedisError, OSError)
+_FIELDS = ("type", "event_id", ENVELOPE_FIELD)
+
+
+class EventPublisher:
+    """Publishes events on ``freqfleet:events``; queues them locally while Redis is away."""
+
+    def __init__(
+        self, publisher: Publisher, outbox: Path, *, flush_interval: float = 1.0, send_timeout: float = 3.0
+    ) -> None:
+        self.publisher = publisher
+        self.outbox = Path(outbox)
+        self.flush_interval = flush_interval
+        self.send_timeout = send_timeout
+        self.published = 0
+        self.queued = 0
+        self.dropped = 0
+        self._lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._pending = len(self._read_lines())
+
+    @property
+    def pending(self) -> int:
+        """Events in the outbox, waiting for Redis."""
+        return self._pending
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        if self._task is None or self._task.done():
+            self._stopping.clear()
+            self._task = asyncio.create_task(self._flush_loop(), name="gateway-outbox")
+            if self._pending:
+                self._wake.set()
+
+    async def stop(self) -> None:
+        """Stop the flusher after one last attempt; what is still queued stays in the file."""
+        self._stopping.set()
+        self._wake.set()
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._pending:
+            with contextlib.suppress(*UNAVAILABLE):
+                await self.flush()
+        if self._pending:
+            log.warning("events left in the outbox for the next start", count=self._pending, path=str(self.outbox))
+
+    # ------------------------------------------------------------------ publishing
+
+    async def publish(self, message: Envelope) -> bool:
+        """Publish ``message``; True when it is on the stream, False when it was queued (or dropped)."""
+        fields = entry_fields(with_request_correlation(message))
+        async with self._lock:
+            if self._pending == 0:
+                try:
+                    await self._send(fields)
+                except UNAVAILABLE as exc:
+                    log.warning(
+                        "event not published: redis unavailable",
+                        message_type=message.type,
+                        error=f"{type(exc).__name__}: {exc}",
+                    )
+                else:
+                    self.published += 1
+                    return True
+            if message.type in DROPPABLE:
+                self.dropped += 1
+                return False
+            self._append(fields)
+            self._pending += 1
+            self.queued += 1
+            self._wake.set()
+            log.info("event queued in the outbox", message_type=message.type, event_id=fields["event_id"])
+            return False
+
+    async def flush(self) -> int:
+        """Send the outbox in order until it is empty or Redis fails; returns how many were sent."""
+        async with self._lock:
+            lines = self._read_lines()
+            sent = 0
+            done = 0
+            for line in lines:
+                try:
+                    fields = json.loads(line)
+                    if not isinstance(fields, dict) or any(not isinstance(fields.get(k), str) for k in _FIELDS):
+                        raise ValueError("not an outbox entry")
+                except ValueError:
+                    log.error("unreadable outbox line skipped", path=str(self.outbox), line=line[:200])
+                    done += 1
+                    continue
+                try:
+                    await self._send({k: fields[k] for k in _FIELDS})
+                except UNAVAILABLE:
+                    break
+                done += 1
+                sent += 1
+            if done:
+                self._rewrite(lines[done:])
+            self._pending = len(lines) - done
+            self.published += sent
+            if sent:
+                log.info("outbox flushed", sent=sent, left=self._pending)
+            return sent
+
+    async def _send(self, fields: dict[str, str]) -> None:
+        """XADD, bounded in time: a Redis that hangs counts as away (an XADD that lands late is a duplicate
+        the consumers skip)."""
+        try:
+            await asyncio.wait_for(self.publisher.publish_raw(EVENTS_STREAM, fields), self.send_timeout)
+        except TimeoutError:
+            raise OSError(f"no answer from redis within {self.send_timeout:g} s") from None
+
+    async def _flush_loop(self) -> None:
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.flush_interval)
+            self._wake.clear()
+            if self._pending and not self._stopping.is_set():
+                try:
+                    await self.flush()
+                except Exception:  # a bug here must not end the flusher
+                    log.exception("outbox flush failed")
+
+    # ------------------------------------------------------------------ the file
+
+    def _read_lines(self) -> list[str]:
+        try:
+            text = self.outbox.read_text(errors="replace")
+        except FileNotFoundError:
+            return []
+        return [line for line in text.splitlines() if line.strip()]
+
+    def _append(self, fields: dict[str, str]) -> None:
+        self.outbox.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.outbox, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            os.write(fd, (json.dumps(fields, separators=(",", ":")) + "\n").encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _rewrite(self, lines: list[str]) -> None:
+        if lines:
+            atomic_write(self.outbox, "".join(line + "\n" for line in lines).encode())
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                self.outbox.unlink()

@@ -1,0 +1,58 @@
+"""``GET /api/v1/bots`` (actual state) and ``POST /api/v1/emergency-stop`` (the local kill switch)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from shared.logging import get_logger
+from trading_gateway.fleet.deps import EmergencyOperator, Reader
+from trading_gateway.fleet.schemas import BotOut, BotsOut, EmergencyStopIn, EmergencyStopOut, ErrorOut
+from trading_gateway.fleet.service import Fleet
+
+log = get_logger(__name__)
+
+router = APIRouter(prefix="/api/v1", tags=["fleet"])
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    descriptions = {
+        401: "Not authenticated, or the token is invalid or expired",
+        403: "Not an admin or service token, or the token lacks the scope",
+        422: "The body is not acceptable; the detail says why",
+        503: "Signing keys or the token store are unavailable; try again shortly",
+    }
+    return {code: {"model": ErrorOut, "description": descriptions[code]} for code in codes}
+
+
+def _fleet(request: Request) -> Fleet:
+    fleet: Fleet = request.app.state.fleet
+    return fleet
+
+
+@router.get("/bots", summary="The bots this gateway runs, as they are", responses=_errors(401, 403, 503))
+async def list_bots(request: Request, principal: Reader) -> BotsOut:
+    fleet = _fleet(request)
+    return BotsOut(
+        gateway_id=fleet.settings.gateway_id,
+        bots=[BotOut.model_validate(dataclasses.asdict(view)) for view in fleet.views()],
+    )
+
+
+@router.post(
+    "/emergency-stop",
+    summary="Halt bots now: stop entries, exit every open trade, stop, terminate (works without Redis)",
+    responses=_errors(401, 403, 503),
+)
+async def emergency_stop(body: EmergencyStopIn, request: Request, principal: EmergencyOperator) -> EmergencyStopOut:
+    fleet = _fleet(request)
+    requested_by = f"{principal.role}:{principal.subject}"
+    log.warning("local emergency stop requested", requested_by=requested_by, bot_ids=body.bot_ids, scope=body.scope)
+    data = await fleet.emergency_stop(
+        None if body.scope == "all" else body.bot_ids,
+        requested_by=requested_by,
+        reason="local emergency stop (POST /api/v1/emergency-stop)",
+    )
+    return EmergencyStopOut(gateway_id=data.gateway_id, seconds=data.seconds, results=data.results)

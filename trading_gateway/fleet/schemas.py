@@ -1,0 +1,60 @@
+"""Bodies of the gateway's fleet routes."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from shared.bus.messages import EmergencyOutcome
+
+
+class ErrorOut(BaseModel):
+    detail: str
+
+
+class BotOut(BaseModel):
+    """A bot as this gateway runs it (no credential ever appears here)."""
+
+    bot_id: uuid.UUID
+    generation: int = Field(description="The newest generation applied for the bot.")
+    desired: Literal["running", "paused", "stopped", "halted"]
+    actual: Literal["stopped", "starting", "running", "paused", "stopping", "failed", "halted"]
+    freqtrade_state: str | None = Field(description="Freqtrade's own state at the last status read.")
+    pid: int | None
+    port: int | None
+    started_at: datetime | None
+    freqtrade_version: str | None
+    last_status_at: datetime | None
+    last_status_age_seconds: float | None
+    open_trades: int
+    crash_count: int = Field(description="Crashes within the crash-loop window.")
+    last_error: str | None
+
+
+class BotsOut(BaseModel):
+    gateway_id: str
+    bots: list[BotOut]
+
+
+class EmergencyStopIn(BaseModel):
+    """Either ``{"bot_ids": [...]}`` or ``{"scope": "all"}`` (every bot of this gateway)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    bot_ids: list[uuid.UUID] | None = Field(default=None, min_length=1, max_length=10_000)
+    scope: Literal["all"] | None = None
+
+    @model_validator(mode="after")
+    def _one_target(self) -> EmergencyStopIn:
+        if (self.bot_ids is None) == (self.scope is None):
+            raise ValueError('give either "bot_ids" (a list of bot ids) or "scope": "all"')
+        return self
+
+
+class EmergencyStopOut(BaseModel):
+    gateway_id: str
+    seconds: float
+    results: list[EmergencyOutcome]
