@@ -48,14 +48,27 @@ def test_claim_marks_an_adopted_bots_port_without_binding(pool: PortPool) -> Non
     assert pool.holder(pool.start) is None
 
 
+def _free_port_beside_a_squatted_one() -> tuple[int, socket.socket]:
+    """A free port whose next port another program (the returned socket) listens on."""
+    for _ in range(100):
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", 0))
+        start = int(probe.getsockname()[1])
+        try:
+            squatter = _squat(start + 1, listen=True)
+        except OSError:
+            continue  # the next port is taken by someone else: try another pair
+        finally:
+            probe.close()
+        return start, squatter
+    raise AssertionError("no free pair of adjacent ports on this machine")
+
+
 def test_an_exhausted_pool_says_what_to_do() -> None:
-    probe = socket.socket()
-    probe.bind(("127.0.0.1", 0))
-    start = probe.getsockname()[1]
-    probe.close()
+    start, squatter = _free_port_beside_a_squatted_one()
     pool = PortPool(start, start + 1)
     pool.acquire("bot-a")
-    with _squat(start + 1, listen=True), pytest.raises(NoFreePort) as caught:
+    with squatter, pytest.raises(NoFreePort) as caught:
         pool.acquire("bot-b")
     message = str(caught.value)
     assert f"no free port for bot bot-b in {start}-{start + 1}" in message
