@@ -27,6 +27,17 @@ START_TIMEOUT = 60.0
 GRACE = 10.0
 
 
+# AlwaysEnter with market orders: a dry-run limit order waits while the price has moved away from it,
+# and forceexit deletes a trade whose entry has not filled. Market orders fill at once.
+ALWAYS_ENTER_MARKET = ALWAYS_ENTER.read_text().replace(
+    "    can_short = False\n",
+    "    can_short = False\n"
+    '    order_types: ClassVar[dict[str, object]] = {"entry": "market", "exit": "market", "stoploss": "market", '
+    '"stoploss_on_exchange": False}\n',
+)
+assert "order_types" in ALWAYS_ENTER_MARKET
+
+
 def make_spec(pairs: tuple[str, ...] = ("BTC/USDT",), **overrides: Any) -> BotSpec:
     fields: dict[str, Any] = {
         "name": "test bot",

@@ -14,7 +14,7 @@ import pytest
 from shared.bus.messages import EmergencyOutcome
 from tests.exchange_simulator.conftest import SimulatorProcess
 from tests.helpers import async_wait_for
-from tests.trading_gateway.bots.conftest import START_TIMEOUT, THROTTLE, make_spec, new_bot_id
+from tests.trading_gateway.bots.conftest import ALWAYS_ENTER_MARKET, START_TIMEOUT, THROTTLE, make_spec, new_bot_id
 from trading_gateway.bots.credentials import ApiCredentials
 from trading_gateway.bots.emergency import emergency_stop_all
 from trading_gateway.bots.files import BotFiles
@@ -45,7 +45,7 @@ async def wait_open_trades(bot: BotProcess, count: int) -> None:
 async def test_emergency_stop_closes_trades_and_ends_every_bot(
     simulator: SimulatorProcess, bots_root: Path, pool: PortPool, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    spec = make_spec(PAIRS)
+    spec = make_spec(PAIRS, strategy_source=ALWAYS_ENTER_MARKET)  # market entries fill at once, even under load
     launched = await asyncio.gather(
         *(
             launch_bot(

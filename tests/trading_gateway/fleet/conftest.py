@@ -55,7 +55,7 @@ from shared.bus.streams import EVENTS_STREAM, commands_stream
 from shared.settings import Environment
 from tests.exchange_simulator.conftest import SimulatorProcess, start_simulator_process, stop_simulator_process
 from tests.helpers import async_wait_for, serve
-from tests.trading_gateway.bots.conftest import ALWAYS_ENTER, make_spec
+from tests.trading_gateway.bots.conftest import ALWAYS_ENTER_MARKET, make_spec
 from trading_gateway.bots.adoption import find_orphans
 from trading_gateway.config import GatewaySettings
 from trading_gateway.main import create_app
@@ -72,17 +72,6 @@ raise RuntimeError("CrashAtStart fails on purpose when it is imported")
 class CrashAtStart(IStrategy):
     timeframe = "1m"
 '''
-
-
-# AlwaysEnter with market orders: a dry-run limit order waits while the price has moved away from it,
-# and forceexit deletes a trade whose entry has not filled. Market orders fill at once.
-ALWAYS_ENTER_MARKET = ALWAYS_ENTER.read_text().replace(
-    "    can_short = False\n",
-    "    can_short = False\n"
-    '    order_types: ClassVar[dict[str, object]] = {"entry": "market", "exit": "market", "stoploss": "market", '
-    '"stoploss_on_exchange": False}\n',
-)
-assert "order_types" in ALWAYS_ENTER_MARKET
 
 
 def spec_for(pairs: tuple[str, ...] = ("BTC/USDT",), **overrides: Any) -> BotSpec:
