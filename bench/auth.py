@@ -51,19 +51,19 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_asyn
 
 from bench._auth_server import BARE_BODY, BARE_PATH
 from bench.http_overhead import (
-    PHASE_TIMEOUT,
     REQUEST_TIMEOUT,
     ROOT,
     BenchError,
-    Connection,
     Server,
     _close,
     _exchange,
     _loop_factory,
     _open,
     _server_stack,
+    drive,
     free_port,
     percentile,
+    raw_get,
 )
 from freqfleet import database
 from freqfleet.embedded import EmbeddedPostgres, EmbeddedValkey
@@ -384,37 +384,6 @@ def our_cpu(servers: Sequence[Server], backends: Backends) -> float:
     return float(own.user + own.system) + sum(s.cpu_seconds() for s in servers) + sum(backends.snapshot().values())
 
 
-def raw_get(port: int, path: str, token: str | None) -> bytes:
-    auth = f"Authorization: Bearer {token}\r\n" if token else ""
-    return f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: freqfleet-bench\r\n{auth}\r\n".encode("ascii")
-
-
-async def drive(port: int, raw: bytes, expect: int, total: int, concurrency: int) -> tuple[float, list[float]]:
-    """``total`` requests over ``concurrency`` keep-alive connections; the wall time (s) and each latency (ms)."""
-    conns: list[Connection] = await _open(port, concurrency)
-    remaining = total
-    latencies: list[float] = []
-
-    async def worker(conn: Connection) -> None:
-        nonlocal remaining
-        while remaining > 0:
-            remaining -= 1
-            started = time.perf_counter()
-            status, body = await _exchange(conn, raw)
-            latencies.append((time.perf_counter() - started) * 1000)
-            if status != expect:
-                raise BenchError(f"answered {status} where {expect} was expected: {body[:200]!r}")
-
-    try:
-        started = time.perf_counter()
-        async with asyncio.timeout(PHASE_TIMEOUT):
-            await asyncio.gather(*(worker(c) for c in conns))
-        elapsed = time.perf_counter() - started
-    finally:
-        await _close(conns)
-    return elapsed, latencies
-
-
 @dataclass
 class Round:
     rps: float
@@ -587,7 +556,7 @@ def report_http(results: list[Result], outside: Outside, profile: Profile, setti
     lines += [
         "",
         f"  /users/me minus /health/live on the same server: {auth_cost:.0f} us of server CPU per request",
-        "  (token verification, revocation round trip, user loaded from PostgreSQL, response model, and one",
+        "  (token verification, user and token version loaded from PostgreSQL, response model, and one",
         "  JSON access-log line: /health/live is a quiet path of the access log).",
         "  The bad token is refused after the signature check: a 401, one audit row written in its own",
         "  transaction, an 'audit' and an access-log line.",

@@ -103,8 +103,10 @@ def free_port() -> int:
 Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
 
-def _raw_request(port: int, path: str) -> bytes:
-    return f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: freqfleet-bench\r\n\r\n".encode("ascii")
+def raw_get(port: int, path: str, token: str | None = None) -> bytes:
+    """One keep-alive GET as bytes, with a bearer token when given."""
+    auth = f"Authorization: Bearer {token}\r\n" if token else ""
+    return f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: freqfleet-bench\r\n{auth}\r\n".encode("ascii")
 
 
 async def _exchange(conn: Connection, raw: bytes) -> tuple[int, bytes]:
@@ -136,9 +138,8 @@ async def _close(conns: Sequence[Connection]) -> None:
             await writer.wait_closed()
 
 
-async def drive(port: int, path: str, total: int, concurrency: int) -> tuple[float, list[float]]:
-    """``total`` GETs over ``concurrency`` connections; the wall time (s) and each latency (ms)."""
-    raw = _raw_request(port, path)
+async def drive(port: int, raw: bytes, expect: int, total: int, concurrency: int) -> tuple[float, list[float]]:
+    """``total`` requests over ``concurrency`` keep-alive connections; the wall time (s) and each latency (ms)."""
     conns = await _open(port, concurrency)
     remaining = total
     latencies: list[float] = []
@@ -150,8 +151,8 @@ async def drive(port: int, path: str, total: int, concurrency: int) -> tuple[flo
             started = time.perf_counter()
             status, body = await _exchange(conn, raw)
             latencies.append((time.perf_counter() - started) * 1000)
-            if status != 200:
-                raise BenchError(f"GET {path} answered {status}: {body[:200]!r}")
+            if status != expect:
+                raise BenchError(f"answered {status} where {expect} was expected: {body[:200]!r}")
 
     try:
         started = time.perf_counter()
@@ -167,7 +168,7 @@ async def fetch_json(port: int, path: str) -> tuple[int, dict[str, Any]]:
     conns = await _open(port, 1)
     try:
         async with asyncio.timeout(REQUEST_TIMEOUT):
-            status, body = await _exchange(conns[0], _raw_request(port, path))
+            status, body = await _exchange(conns[0], raw_get(port, path))
     finally:
         await _close(conns)
     data = json.loads(body)
@@ -263,9 +264,9 @@ class Result:
 
 
 async def measure(target: Target, server: Server, profile: Profile) -> Round:
-    await drive(server.port, target.path, profile.warmup, CONCURRENCY)
+    await drive(server.port, raw_get(server.port, target.path), 200, profile.warmup, CONCURRENCY)
     cpu_before, log_before = server.cpu_seconds(), server.log_size()
-    elapsed, latencies = await drive(server.port, target.path, profile.requests, CONCURRENCY)
+    elapsed, latencies = await drive(server.port, raw_get(server.port, target.path), 200, profile.requests, CONCURRENCY)
     cpu = server.cpu_seconds() - cpu_before
     with server.log_path.open("rb") as log:
         log.seek(log_before)
@@ -294,7 +295,8 @@ async def bench(profile: Profile, workdir: Path, redis_url: str) -> list[Result]
             status, body = await fetch_json(servers[target.server].port, target.path)
             if status != 200 or not target.check(body):
                 raise BenchError(f"{target.label.split()[-1]} answered {status} {body}: not what we measure")
-            await drive(servers[target.server].port, target.path, profile.first_warmup, CONCURRENCY)
+            port = servers[target.server].port
+            await drive(port, raw_get(port, target.path), 200, profile.first_warmup, CONCURRENCY)
         results = [Result(t) for t in TARGETS]
         for i in range(profile.rounds):
             shift = i % len(results)
