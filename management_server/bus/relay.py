@@ -147,12 +147,3 @@ class OutboxRelay:
         self._last_cleanup = now
         async with self.sessionmaker.begin() as session:
             await session.execute(delete(OutboxMessage).where(OutboxMessage.published_at < now - self.retention))
-
-    async def pending_count(self) -> int:
-        from sqlalchemy import func
-
-        async with self.sessionmaker() as session:
-            result = await session.execute(
-                select(func.count()).select_from(OutboxMessage).where(OutboxMessage.published_at.is_(None))
-            )
-            return int(result.scalar_one())
