@@ -63,6 +63,8 @@ class EmergencyResult:
             trades_closed=self.trades_closed,
             trades_left_open=self.trades_left_open,
             detail=None if self.detail is None else self.detail[:2000],
+            paused_after_seconds=None if self.paused_after is None else round(self.paused_after, 3),
+            exited_after_seconds=None if self.exited_after is None else round(self.exited_after, 3),
         )
 
 
@@ -205,10 +207,13 @@ async def emergency_stop_bot(
 
 
 async def emergency_stop_all(
-    processes: Sequence[BotProcess], *, grace: float, exit_wait: float = 10.0
+    processes: Sequence[BotProcess], *, grace: float, exit_wait: float = 10.0, started: float | None = None
 ) -> FleetEmergencyResult:
-    """Emergency-stop every bot at once; one outcome per bot, in the order given."""
-    t0 = time.monotonic()
+    """Emergency-stop every bot at once; one outcome per bot, in the order given.
+
+    :param started: ``time.monotonic()`` at which the emergency began (default: now); timings count from it.
+    """
+    t0 = time.monotonic() if started is None else started
 
     async def one(process: BotProcess) -> EmergencyResult:
         try:

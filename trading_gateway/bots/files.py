@@ -48,6 +48,8 @@ from shared.exchange import (
     redact_exchange_section,
     render_exchange_section,
 )
+from shared.freqai.catalog import DEFAULT_MODEL, FREQAIMODELS_DIR, freqfleet_class
+from shared.freqai.live import ModelRuntime, live_freqai_section
 from trading_gateway.bots.credentials import ApiCredentials
 
 BOT_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -246,6 +248,7 @@ def render_config(
     simulator_url: str | None = None,
     process_throttle_secs: int = 5,
     initial_state: Literal["running", "paused", "stopped"] = "running",
+    freqai_model: ModelRuntime | None = None,
 ) -> BotConfig:
     """The Freqtrade config of bot ``files.bot_id`` from its spec (validated first).
 
@@ -256,6 +259,10 @@ def render_config(
         a whole number).
     :param initial_state: Freqtrade's state once it has started (and after a ``reload_config``): ``paused``
         for a bot that must not enter trades.
+    :param freqai_model: the FreqAI model installed for the bot (``trading_gateway/models``), if any. A bot
+        with a ``freqai`` section or a model runs FreqAI as a receiving bot: the Freqfleet variant of the
+        model's class (``LightGBMRegressor`` until a model arrives), the model's feature parameters, never
+        training (:func:`shared.freqai.live.live_freqai_section`).
     """
     validate_spec(spec)
     if not 1024 <= port <= 65535:
@@ -327,8 +334,11 @@ def render_config(
         data["dry_run_wallet"] = _number(spec.dry_run_wallet)
     if spec.stoploss is not None:
         data["stoploss"] = spec.stoploss
-    if spec.freqai is not None:
-        data["freqai"] = dict(spec.freqai)
+    if spec.freqai is not None or freqai_model is not None:
+        model_section = None if freqai_model is None else freqai_model.freqai
+        data["freqai"] = live_freqai_section(spec.freqai, model_section, timeframe=spec.timeframe)
+        data["freqaimodel"] = freqfleet_class(DEFAULT_MODEL if freqai_model is None else freqai_model.freqai_model)
+        data["freqaimodel_path"] = str(FREQAIMODELS_DIR)
     data.pop("fiat_display_currency", None)  # it would make Freqtrade call CoinGecko
     return BotConfig(
         bot_id=files.bot_id,

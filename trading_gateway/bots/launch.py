@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 from shared.bus.messages import BotSpec
+from shared.freqai.live import ModelRuntime
 from shared.logging import get_logger
 from trading_gateway.bots.credentials import ApiCredentials
 from trading_gateway.bots.files import BotConfig, BotFiles, render_config
@@ -54,6 +55,7 @@ async def launch_bot(
     desired: Desired = Desired.running,
     port_attempts: int = 3,
     executable: Path | None = None,
+    freqai_model: ModelRuntime | None = None,
 ) -> LaunchedBot:
     """Start ``spec`` as bot ``files.bot_id`` and wait until it is ready and proven to be ours.
 
@@ -77,6 +79,7 @@ async def launch_bot(
                 simulator_url=simulator_url,
                 process_throttle_secs=process_throttle_secs,
                 initial_state=initial_state,
+                freqai_model=freqai_model,
             )
             files.write(config, spec.strategy_source)
             process = BotProcess.spawn(files, config, executable=executable)

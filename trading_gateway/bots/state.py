@@ -2,7 +2,8 @@
 
 One JSON file (``{"version": 1, "bots": [...]}``) holds a :class:`BotRecord` per bot: the desired
 state the gateway was told, the process it runs (pid *and* process start time: a pid alone may have
-been reused by an unrelated program), its port and API credentials, crash times.
+been reused by an unrelated program), its port and API credentials, crash times, and whether a
+restart was asked for and not yet done.
 
 Decisions:
 
@@ -65,6 +66,11 @@ class BotRecord(BaseModel):
     crash_times: list[datetime] = Field(default_factory=list)
     last_exit_code: int | None = None
     last_error: str | None = Field(default=None, max_length=2000)
+    restart_pending: bool = Field(
+        default=False,
+        description="A restart was asked for (RESTART_BOT, a new spec) and its process not yet replaced: a gateway "
+        "that adopts the process restarts it. Cleared once the process is gone.",
+    )
 
     @field_serializer("password", "jwt_secret", "ws_token")
     def _reveal_for_the_file(self, value: SecretStr | None, info: SerializationInfo) -> str | None:
@@ -125,6 +131,7 @@ class BotRecord(BaseModel):
             "jwt_secret": None,
             "ws_token": None,
             "last_exit_code": exit_code,
+            "restart_pending": False,  # the next process starts from the newest spec: a pending restart is done
         }
         if error is not None:
             update["last_error"] = error[:2000]
@@ -211,6 +218,13 @@ class StateFile:
         """Add or replace ``record`` and write the file."""
         with self._lock:
             self._records[record.bot_id] = record
+            self._write()
+
+    def put_many(self, records: list[BotRecord]) -> None:
+        """Add or replace every record and write the file once (an emergency stop records all its bots at once)."""
+        with self._lock:
+            for record in records:
+                self._records[record.bot_id] = record
             self._write()
 
     def remove(self, bot_id: str) -> None:

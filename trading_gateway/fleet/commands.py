@@ -4,14 +4,16 @@ Each command gets COMMAND_ACCEPTED or COMMAND_REJECTED (with a reason a person c
 silence; the answer's ``event_id`` is derived from the command's, so a command delivered again (a
 crash between the effect and the ack) answers with the same id and the management server sees one
 answer. What happens next is reported by the fleet's own events (BOT_STARTED, BOT_STOPPED,
-BOT_STATUS, BOT_FAILED, EMERGENCY_STOP_COMPLETED).
+BOT_STATUS, BOT_FAILED, EMERGENCY_STOP_COMPLETED, MODEL_LOADED). A FreqAI model that is refused (START_BOT
+with ``freqai_model``, UPDATE_MODEL) gets MODEL_REJECTED with the reason besides COMMAND_REJECTED.
 
 Generations:
 
-- Commands that set a bot's desired state (START, STOP, RESTART, PAUSE, RESUME, UPDATE_CONFIG) apply
-  only if their generation is at least the newest one seen for the bot, in the gateway's Redis
-  (:class:`~shared.bus.generations.GenerationTracker`, atomic) and in its state file (which survives
-  a Redis that lost its data). An older one is answered COMMAND_REJECTED ("stale"), not applied.
+- Commands that set a bot's desired state (START, STOP, RESTART, PAUSE, RESUME, UPDATE_CONFIG) or its
+  model (UPDATE_MODEL, ROLLBACK_MODEL) apply only if their generation is at least the newest one seen
+  for the bot, in the gateway's Redis (:class:`~shared.bus.generations.GenerationTracker`, atomic) and
+  in its state file (which survives a Redis that lost its data). An older one is answered
+  COMMAND_REJECTED ("stale"), not applied.
 - FORCE_EXIT sets no desired state (the management server does not bump the generation for it):
   it is applied whatever its generation, and records none.
 - EMERGENCY_STOP carries a generation per bot in ``bots``. It is never skipped: stopping is always
@@ -53,6 +55,7 @@ from shared.bus.messages import (
 from shared.logging import get_logger
 from trading_gateway.fleet.events import EventPublisher
 from trading_gateway.fleet.service import CommandRefused, Fleet, describe_error
+from trading_gateway.models.service import ModelRefused
 
 log = get_logger(__name__)
 
@@ -91,9 +94,6 @@ class CommandHandler:
         if isinstance(message, EmergencyStop):
             await self._emergency_stop(message)
             return
-        if isinstance(message, UpdateModel | RollbackModel):
-            await self._reject(message, f"{message.type} is not supported by this gateway version yet")
-            return
         data = message.data
         if not isinstance(data, BotCommand):
             await self._reject(message, f"{message.type} is not a command a gateway handles")
@@ -104,7 +104,7 @@ class CommandHandler:
             return
         try:
             await self._apply(message, data)
-        except CommandRefused as exc:
+        except (CommandRefused, ModelRefused) as exc:
             log.info("command rejected", bot_id=str(data.bot_id), reason=str(exc))
             await self._reject(message, str(exc))
             return
@@ -113,9 +113,12 @@ class CommandHandler:
     async def _apply(self, message: Envelope, data: BotCommand) -> None:
         fleet, cid = self.fleet, message.correlation_id
         if isinstance(message, StartBot):
-            if message.data.freqai_model is not None:
-                raise CommandRefused("starting a bot with a FreqAI model is not supported by this gateway version yet")
-            await fleet.start_bot(data.bot_id, data.generation, message.data.spec, correlation_id=cid)
+            model = None
+            if message.data.freqai_model is not None:  # verified and stored before anything starts
+                model = await fleet.models.receive(
+                    data.bot_id, message.data.freqai_model, message.data.spec, correlation_id=cid
+                )
+            await fleet.start_bot(data.bot_id, data.generation, message.data.spec, correlation_id=cid, model=model)
         elif isinstance(message, StopBot):
             known = await fleet.stop_bot(data.bot_id, data.generation, reason=message.data.reason, correlation_id=cid)
             if not known:
@@ -130,6 +133,12 @@ class CommandHandler:
             log.info("force exit", bot_id=str(data.bot_id), trade_id=message.data.trade_id, answer=answer)
         elif isinstance(message, UpdateConfig):
             await fleet.update_config(data.bot_id, data.generation, message.data.spec, correlation_id=cid)
+        elif isinstance(message, UpdateModel):
+            how = await fleet.models.update(fleet, message.data, correlation_id=cid)
+            log.info("model update", bot_id=str(data.bot_id), model_id=str(message.data.model.model_id), how=how)
+        elif isinstance(message, RollbackModel):
+            how = await fleet.models.rollback(fleet, message.data, correlation_id=cid)
+            log.info("model rollback", bot_id=str(data.bot_id), how=how)
         else:
             raise CommandRefused(f"{message.type} is not supported by this gateway version")
 
@@ -165,6 +174,8 @@ class CommandHandler:
                 await self.tracker.accept(ref.bot_id, ref.generation)
 
     async def _accept(self, message: Envelope) -> None:
+        # Written under the command's correlation id (bound by the consumer), like what it makes the fleet do.
+        log.info("command accepted", command_type=message.type, bot_id=str(getattr(message.data, "bot_id", None)))
         await self.events.publish(
             CommandAccepted(
                 event_id=answer_id(message.event_id, "accepted"),

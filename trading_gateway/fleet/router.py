@@ -1,15 +1,18 @@
-"""``GET /api/v1/bots`` (actual state) and ``POST /api/v1/emergency-stop`` (the local kill switch)."""
+"""``GET /api/v1/bots`` (actual state), ``GET /api/v1/bots/{bot_id}/trades`` (a bot's closed trades) and
+``POST /api/v1/emergency-stop`` (the local kill switch)."""
 
 from __future__ import annotations
 
 import dataclasses
+import uuid
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, HTTPException, Request
 
 from shared.logging import get_logger
 from trading_gateway.fleet.deps import EmergencyOperator, Reader
-from trading_gateway.fleet.schemas import BotOut, BotsOut, EmergencyStopIn, EmergencyStopOut, ErrorOut
+from trading_gateway.fleet.history import closed_trades
+from trading_gateway.fleet.schemas import BotOut, BotsOut, BotTradesOut, EmergencyStopIn, EmergencyStopOut, ErrorOut
 from trading_gateway.fleet.service import Fleet
 
 log = get_logger(__name__)
@@ -21,6 +24,7 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     descriptions = {
         401: "Not authenticated, or the token is invalid or expired",
         403: "Not an admin or service token, or the token lacks the scope",
+        404: "This gateway has no such bot",
         422: "The body is not acceptable; the detail says why",
         503: "Signing keys or the token store are unavailable; try again shortly",
     }
@@ -41,6 +45,20 @@ async def list_bots(request: Request, principal: Reader) -> BotsOut:
     )
 
 
+@router.get(
+    "/bots/{bot_id}/trades",
+    summary="A bot's closed trades, from its API or its database (the management server fills gaps with them)",
+    responses=_errors(401, 403, 404, 503),
+)
+async def bot_trades(bot_id: uuid.UUID, request: Request, principal: Reader) -> BotTradesOut:
+    fleet = _fleet(request)
+    found = await closed_trades(fleet, bot_id)
+    if found is None:
+        raise HTTPException(404, f"This gateway ({fleet.settings.gateway_id}) has no bot {bot_id}.")
+    source, trades = found
+    return BotTradesOut(gateway_id=fleet.settings.gateway_id, bot_id=bot_id, source=source, trades=trades)
+
+
 @router.post(
     "/emergency-stop",
     summary="Halt bots now: stop entries, exit every open trade, stop, terminate (works without Redis)",
@@ -55,4 +73,10 @@ async def emergency_stop(body: EmergencyStopIn, request: Request, principal: Eme
         requested_by=requested_by,
         reason="local emergency stop (POST /api/v1/emergency-stop)",
     )
-    return EmergencyStopOut(gateway_id=data.gateway_id, seconds=data.seconds, results=data.results)
+    return EmergencyStopOut(
+        gateway_id=data.gateway_id,
+        seconds=data.seconds,
+        seconds_to_all_paused=data.seconds_to_all_paused,
+        seconds_to_all_exited=data.seconds_to_all_exited,
+        results=data.results,
+    )

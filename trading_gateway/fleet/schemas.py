@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from shared.bus.messages import EmergencyOutcome
+from shared.bus.messages import EmergencyOutcome, TradeClosedData
 
 
 class ErrorOut(BaseModel):
@@ -57,4 +57,21 @@ class EmergencyStopIn(BaseModel):
 class EmergencyStopOut(BaseModel):
     gateway_id: str
     seconds: float
+    seconds_to_all_paused: float | None = Field(
+        default=None, description="Seconds until every bot with a process took no new entries (None: one never did)."
+    )
+    seconds_to_all_exited: float | None = Field(
+        default=None, description="Seconds until every bot with a process was gone (None: one could not be ended)."
+    )
     results: list[EmergencyOutcome]
+
+
+class BotTradesOut(BaseModel):
+    """A bot's closed trades, each as in TRADE_CLOSED."""
+
+    gateway_id: str
+    bot_id: uuid.UUID
+    source: Literal["api", "database", "none"] = Field(
+        description="Read from the bot's REST API (it runs), its database (it does not), or nowhere (no database)."
+    )
+    trades: list[TradeClosedData]

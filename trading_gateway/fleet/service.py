@@ -13,7 +13,10 @@ Decisions:
 - **Commands record intent, supervisors act.** A command handler validates (spec rendered in full,
   capacity, a port free), writes the new desired state and generation (and the spec) to disk and
   returns, so the entry is acked after its intent is durable and one slow bot start never holds up
-  the command stream. A gateway that dies after the ack finds the intent on disk at its next start.
+  the command stream. A gateway that dies after the ack finds the intent on disk at its next start,
+  a restart asked for (RESTART_BOT, a new spec for a running bot) included: ``restart_pending`` in
+  the bot's record, cleared once its process is gone, makes the next gateway restart the process it
+  adopts.
   FORCE_EXIT and UPDATE_CONFIG act on the running bot directly (REST, under the bot's lock).
 - **Crashes and the restart policy.** A process that ends without being asked to, a bot whose API
   stays silent for ``bot_unresponsive_timeout`` or whose trading loop has not run for
@@ -24,8 +27,10 @@ Decisions:
   More than ``bot_crash_loop_max`` crashes within ``bot_crash_loop_window`` make the bot **failed**
   (BOT_FAILED with its last log lines): it stays down until a new START or RESTART. A crash is
   reported as BOT_STOPPED with the reason and the delay before the next try.
-- **Emergency stop** first records ``halted`` for every targeted bot (so nothing restarts them),
-  takes the bots from their supervisors (a start in progress is cancelled and its process ended),
+- **Emergency stop** first records ``halted`` for every targeted bot (so nothing restarts them; one
+  write of the state file for all), takes the bots from their supervisors (a start in progress is
+  cancelled and its process ended; until the stop is over no watchdog or wake-up gives a bot a new
+  supervisor, which would stop the same process a second time and report its trades twice),
   then runs ``stopentry → forceexit all → stop → terminate`` on all of them at once
   (:func:`~trading_gateway.bots.emergency.emergency_stop_all`). Only a newer START leaves ``halted``.
   It works without Redis: EMERGENCY_STOP_COMPLETED waits in the outbox.
@@ -78,11 +83,12 @@ from shared.bus.messages import (
     Envelope,
 )
 from shared.logging import get_logger
+from shared.metrics import BOT_FAILURES, BOT_RESTARTS, EMERGENCY_STOPS
 from trading_gateway.bots import BOTS_DIR, STATE_FILE
 from trading_gateway.bots.adoption import AdoptionReport, adopt
 from trading_gateway.bots.client import BotApiError, FreqtradeClient
 from trading_gateway.bots.credentials import ApiCredentials
-from trading_gateway.bots.emergency import EmergencyResult, emergency_stop_all
+from trading_gateway.bots.emergency import EmergencyResult, FleetEmergencyResult, emergency_stop_all
 from trading_gateway.bots.files import BotConfigError, BotFiles, atomic_write, render_config
 from trading_gateway.bots.launch import launch_bot
 from trading_gateway.bots.ports import NoFreePort, PortPool
@@ -91,6 +97,7 @@ from trading_gateway.bots.state import BotRecord, Desired, StateFile
 from trading_gateway.config import GatewaySettings
 from trading_gateway.fleet.events import EventPublisher
 from trading_gateway.fleet.trades import TradeReporter, closed_trades_from_api, closed_trades_from_db
+from trading_gateway.models.service import ModelDelivery, ModelService
 
 log = get_logger(__name__)
 
@@ -147,6 +154,7 @@ class ManagedBot:
     healthy_since: float | None = None
     unanswered_since: float | None = None
     correlation_id: str | None = None
+    in_emergency: bool = False  # being emergency-stopped: no supervisor may be (re)started for it meanwhile
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     task: asyncio.Task[None] | None = None
@@ -208,7 +216,14 @@ def storable(spec: BotSpec) -> BotSpec:
 
 
 class Fleet:
-    def __init__(self, settings: GatewaySettings, events: EventPublisher, *, executable: Path | None = None) -> None:
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        events: EventPublisher,
+        *,
+        executable: Path | None = None,
+        models: ModelService | None = None,
+    ) -> None:
         self.settings = settings
         self.events = events
         self.executable = executable
@@ -222,6 +237,7 @@ class Fleet:
         self._mutex = asyncio.Lock()  # commands that change intent, and emergency stops, one at a time
         self._watchdog: asyncio.Task[None] | None = None
         self._stopping = False
+        self.models = models or ModelService(settings, events)  # FreqAI models: without keys it refuses them
 
     # ================================================================== lifecycle
 
@@ -251,6 +267,7 @@ class Fleet:
             live.freqtrade_state = adopted.state
             live.actual = Actual.paused if adopted.state == "paused" else Actual.running
             live.healthy_since = time.monotonic()
+            live.restart_requested = adopted.record.restart_pending  # accepted before the last gateway ended
             await self._publish_started(live, process, adopted.record.freqtrade_version or "unknown")
         for unresponsive in report.unresponsive:
             if (silent := self.bots.get(unresponsive.record.bot_id)) is None:
@@ -294,6 +311,7 @@ class Fleet:
         else:
             for bot in live:
                 await self._close_api(bot)
+        await self.models.stop()
         log.info("fleet stopped", stopped_bots=stop_bots, bots_with_a_process=len(live))
 
     async def _stop_at_shutdown(self, bot: ManagedBot, grace: float) -> None:
@@ -337,6 +355,13 @@ class Fleet:
     def bots_running(self) -> int:
         """Bots with a live process."""
         return sum(1 for b in self.bots.values() if b.process is not None and b.process.is_alive())
+
+    def bots_by_state(self) -> dict[str, int]:
+        """How many bots are in each actual state (every state, zeros included)."""
+        counts = dict.fromkeys((state.value for state in Actual), 0)
+        for bot in self.bots.values():
+            counts[bot.actual.value] += 1
+        return counts
 
     def _active(self, exclude: str | None = None) -> int:
         return sum(
@@ -386,7 +411,13 @@ class Fleet:
     # ================================================================== commands
 
     async def start_bot(
-        self, bot_id: uuid.UUID, generation: int, spec: BotSpec, *, correlation_id: str | None = None
+        self,
+        bot_id: uuid.UUID,
+        generation: int,
+        spec: BotSpec,
+        *,
+        correlation_id: str | None = None,
+        model: ModelDelivery | None = None,
     ) -> None:
         spec = storable(spec)
         async with self._mutex:
@@ -405,9 +436,15 @@ class Fleet:
                 files.prepare()
                 bot = self._new_bot(bot_id, Desired.running, generation, files)
             elif not idle and bot.spec != spec:
-                bot.restart_requested = True  # a new spec for a running (or starting) bot: start it again with it
+                self._request_restart(bot)  # a new spec for a running (or starting) bot: start it again with it
             self._save_spec(bot, spec)
             bot.spec = spec
+            installed = None
+            if model is not None:  # before the process starts, so it predicts without training
+                before = self.models.runtime(bot)
+                installed = self.models.install(bot, model, reason="start")
+                if not idle and installed is not None and self.models.runtime(bot) != before:
+                    self._request_restart(bot)  # another model class or other features: a new process
             if bot.failed_reason is not None or bot.desired is Desired.halted:
                 self._clear_failure(bot)
             bot.attempt = 0
@@ -416,6 +453,8 @@ class Fleet:
             bot.correlation_id = correlation_id
             self._set_intent(bot, Desired.running, generation)
             self._wake(bot)
+            if installed is not None:
+                self.models.watch(self, bot, installed)
 
     async def stop_bot(
         self, bot_id: uuid.UUID, generation: int, *, reason: str | None = None, correlation_id: str | None = None
@@ -454,7 +493,7 @@ class Fleet:
             bot.next_start_at = 0.0
             bot.correlation_id = correlation_id
             if bot.process is not None or bot.launching:
-                bot.restart_requested = True
+                self._request_restart(bot)
             self._set_intent(bot, bot.desired, generation)
             self._wake(bot)
 
@@ -499,13 +538,13 @@ class Fleet:
             process, api = bot.process, bot.api
             reload = False
             if bot.launching:
-                bot.restart_requested = True
+                self._request_restart(bot)
                 how = "the bot was starting: it starts again with the new config"
             elif process is None or api is None or not process.is_alive():
                 how = "stored: the bot is not running; it uses the new config when it starts"
             elif old is None or old.strategy_class != spec.strategy_class:
                 # Freqtrade was started with --strategy <class>: a new class needs a new process.
-                bot.restart_requested = True
+                self._request_restart(bot)
                 how = "the strategy class changed: the bot restarts with the new config"
             else:
                 reload = True
@@ -518,7 +557,7 @@ class Fleet:
     async def _reload(self, bot: ManagedBot, process: BotProcess, api: FreqtradeClient, spec: BotSpec) -> str:
         async with bot.lock:
             if bot.process is not process or not process.is_alive():
-                bot.restart_requested = True
+                self._request_restart(bot)
                 return "the bot's process changed meanwhile: it starts again with the new config"
             config = render_config(
                 spec,
@@ -528,13 +567,14 @@ class Fleet:
                 simulator_url=self.settings.simulator_url,
                 process_throttle_secs=self.settings.bot_process_throttle_secs,
                 initial_state="paused" if bot.desired is Desired.paused else "running",
+                freqai_model=self.models.runtime(bot),
             )
             bot.files.write(config, spec.strategy_source)
             try:
                 await api.reload_config()
             except BotApiError as exc:
                 log.warning("reload_config failed; restarting the bot instead", bot_id=bot.bot_id, error=str(exc))
-                bot.restart_requested = True
+                self._request_restart(bot)
                 return f"reload_config failed ({exc.message}): the bot restarts with the new config"
         return "applied with reload_config (same process)"
 
@@ -582,6 +622,7 @@ class Fleet:
     ) -> EmergencyStopCompletedData:
         """Halt ``bot_ids`` (every bot of this gateway when None) in parallel; publish and return the outcomes."""
         t0 = time.monotonic()
+        EMERGENCY_STOPS.labels(via="local" if command_id is None else "bus").inc()
         async with self._mutex:
             wanted = list(self.bots) if bot_ids is None else list(dict.fromkeys(str(b) for b in bot_ids))
             known = [self.bots[b] for b in wanted if b in self.bots]
@@ -589,39 +630,20 @@ class Fleet:
             log.warning(
                 "emergency stop", bots=len(wanted), requested_by=requested_by, reason=reason, command_id=command_id
             )
-            # 1. Intent first, so that nothing restarts them.
+            # 1. Intent first, so that nothing restarts them (one write of the state file for all of them).
             for bot in known:
-                generation = max(bot.generation, (generations or {}).get(bot.uuid, 0))
                 bot.restart_requested = False
                 bot.kill_reason = None
-                self._set_intent(bot, Desired.halted, generation)
-            # 2. Take the bots from their supervisors (a start in progress ends with its process).
-            tasks = [bot.task for bot in known if bot.task is not None and not bot.task.done()]
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            # 3. All at once: stopentry, forceexit all, stop, terminate.
-            running = [bot for bot in known if bot.process is not None]
-            fleet = await emergency_stop_all(
-                [bot.process for bot in running if bot.process is not None], grace=self.settings.bot_stop_grace
-            )
-            results: dict[str, EmergencyResult] = {r.bot_id: r for r in fleet.results}
-            outcomes: list[EmergencyOutcome] = []
-            for bot in known:
-                result = results.get(bot.bot_id)
-                process = bot.process
-                if result is None:
-                    result = EmergencyResult(bot.bot_id, "not_running", detail=f"it had no process ({bot.actual})")
-                if process is not None and result.outcome != "failed":
-                    await self._drop_process(bot)
-                    self._put(self._record(bot).without_process(exit_code=process.exit_code))
-                if result.outcome == "failed":
-                    bot.last_error = f"emergency stop failed: {result.detail}"
-                else:
-                    self._clear_failure(bot)
-                    bot.actual = Actual.halted
-                outcomes.append(result.to_message())
-                await self._sweep_trades(bot)
+                bot.desired = Desired.halted
+                bot.generation = max(bot.generation, (generations or {}).get(bot.uuid, 0))
+            self.state.put_many([self._intent_record(bot) for bot in known])
+            for bot in known:  # until the end, nothing (the watchdog, a wake) gives them a supervisor again
+                bot.in_emergency = True
+            try:
+                outcomes, fleet = await self._halt(known, t0)
+            finally:
+                for bot in known:
+                    bot.in_emergency = False
             outcomes += [
                 EmergencyOutcome(bot_id=uuid.UUID(b), outcome="not_running", detail="this gateway has no such bot")
                 for b in unknown
@@ -633,9 +655,44 @@ class Fleet:
                 gateway_id=self.settings.gateway_id,
                 results=outcomes,
                 seconds=round(time.monotonic() - t0, 3),
+                seconds_to_all_paused=_rounded(fleet.seconds_to_all_paused),
+                seconds_to_all_exited=_rounded(fleet.seconds_to_all_exited),
             )
         await self._publish(EmergencyStopCompleted(source=self.source, data=data))
         return data
+
+    async def _halt(self, known: list[ManagedBot], t0: float) -> tuple[list[EmergencyOutcome], FleetEmergencyResult]:
+        """Steps 2 and 3 of an emergency stop (the caller holds the mutex and has recorded the intent)."""
+        # 2. Take the bots from their supervisors (a start in progress ends with its process).
+        tasks = [bot.task for bot in known if bot.task is not None and not bot.task.done()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        # 3. All at once: stopentry, forceexit all, stop, terminate.
+        running = [bot for bot in known if bot.process is not None]
+        fleet = await emergency_stop_all(
+            [bot.process for bot in running if bot.process is not None],
+            grace=self.settings.bot_stop_grace,
+            started=t0,  # timings count from the request, supervisors' hand-over included
+        )
+        results: dict[str, EmergencyResult] = {r.bot_id: r for r in fleet.results}
+        outcomes: list[EmergencyOutcome] = []
+        for bot in known:
+            result = results.get(bot.bot_id)
+            process = bot.process
+            if result is None:
+                result = EmergencyResult(bot.bot_id, "not_running", detail=f"it had no process ({bot.actual})")
+            if process is not None and result.outcome != "failed":
+                await self._drop_process(bot)
+                self._put(self._record(bot).without_process(exit_code=process.exit_code))
+            if result.outcome == "failed":
+                bot.last_error = f"emergency stop failed: {result.detail}"
+            else:
+                self._clear_failure(bot)
+                bot.actual = Actual.halted
+            outcomes.append(result.to_message())
+            await self._sweep_trades(bot)
+        return outcomes, fleet
 
     # ================================================================== supervision
 
@@ -650,7 +707,7 @@ class Fleet:
         bot.wake.set()
 
     def _ensure_supervisor(self, bot: ManagedBot) -> None:
-        if self._stopping:
+        if self._stopping or bot.in_emergency:
             return
         if bot.task is None or bot.task.done():
             # A context of its own: the correlation id of the request that created it must not stick.
@@ -688,6 +745,7 @@ class Fleet:
 
     async def _step(self, bot: ManagedBot) -> None:
         """One move of the bot's actual state toward its desired state."""
+        structlog.contextvars.unbind_contextvars("correlation_id")  # bound again by a start or stop (_caused_by)
         process = bot.process
         if process is not None and not process.is_alive():
             await self._on_exit(bot, process)
@@ -716,6 +774,7 @@ class Fleet:
             return
         if bot.restart_requested:
             bot.restart_requested = False
+            BOT_RESTARTS.labels(reason="requested").inc()
             await self._stop(bot, process, "restart requested")
             if bot.desired in RUNNING_STATES and bot.failed_reason is None:
                 await self._launch(bot)
@@ -723,6 +782,7 @@ class Fleet:
         await self._poll(bot, process)
 
     async def _launch(self, bot: ManagedBot) -> None:
+        _caused_by(bot)
         spec = bot.spec
         if spec is None:
             await self._fail(bot, "this gateway does not have the bot's spec: send START_BOT again", [])
@@ -740,6 +800,7 @@ class Fleet:
                     start_timeout=self.settings.bot_start_timeout,
                     process_throttle_secs=self.settings.bot_process_throttle_secs,
                     initial_state="paused" if bot.desired is Desired.paused else "running",
+                    freqai_model=self.models.runtime(bot),
                     state=self.state,
                     generation=bot.generation,
                     desired=bot.desired,
@@ -814,7 +875,10 @@ class Fleet:
             last = health.last_process or health.bot_startup
             if last is not None and last.tzinfo is None:
                 last = last.replace(tzinfo=UTC)
-            if last is not None and datetime.now(UTC) - last > timedelta(seconds=self.settings.bot_stall_timeout):
+            limit = self.settings.bot_stall_timeout
+            if health.last_process is None and self.models.runs_freqai(bot):
+                limit = max(limit, self.settings.freqai_start_timeout)  # its first round loads and predicts all pairs
+            if last is not None and datetime.now(UTC) - last > timedelta(seconds=limit):
                 await self._kill_as_crash(bot, process, f"its trading loop has not run since {last.isoformat()}")
                 return
         state = snapshot.state
@@ -830,6 +894,7 @@ class Fleet:
             log.warning("could not put the bot in its desired state", desired=bot.desired.value, error=str(exc))
             bot.last_error = f"could not make it {bot.desired.value}: {exc}"[:2000]
         bot.freqtrade_state = state
+        await self.models.settle(self, bot)  # MODEL_LOADED once the bot uses a new model
         bot.actual = Actual.paused if state == "paused" else Actual.running
         bot.last_status_at = snapshot.read_at
         bot.open_trades = len(snapshot.open_trades)
@@ -858,6 +923,7 @@ class Fleet:
 
     async def _stop(self, bot: ManagedBot, process: BotProcess, reason: str) -> None:
         """Stop a bot we want stopped (REST stop, SIGTERM, SIGKILL after the grace period)."""
+        _caused_by(bot)
         bot.actual = Actual.stopping
         async with bot.lock:
             result = await process.stop(self.settings.bot_stop_grace)
@@ -937,6 +1003,7 @@ class Fleet:
             )
             return
         bot.attempt += 1
+        BOT_RESTARTS.labels(reason="crash").inc()
         delay = self._backoff(bot.attempt)
         bot.next_start_at = time.monotonic() + delay
         bot.actual = Actual.starting
@@ -967,6 +1034,7 @@ class Fleet:
         bot.actual = Actual.failed
         bot.last_error = bot.failed_reason
         log.error("bot failed", reason=reason)
+        BOT_FAILURES.inc()
         secrets = self._secrets_of(bot)
         await self._publish(
             BotFailed(
@@ -1054,9 +1122,21 @@ class Fleet:
         bot.generation = max(bot.generation, generation)
         self._sync_intent(bot)
 
+    def _intent_record(self, bot: ManagedBot) -> BotRecord:
+        """The bot's record (read fresh: the process fields stay) with its desired state, generation and pending
+        restart as they are in memory."""
+        update = {"desired": bot.desired, "generation": bot.generation, "restart_pending": bot.restart_requested}
+        return self._record(bot).model_copy(update=update)
+
     def _sync_intent(self, bot: ManagedBot) -> None:
-        """Write the bot's desired state and generation into its record (read fresh: the process fields stay)."""
-        self._put(self._record(bot).model_copy(update={"desired": bot.desired, "generation": bot.generation}))
+        """Write the bot's intent into its record."""
+        self._put(self._intent_record(bot))
+
+    def _request_restart(self, bot: ManagedBot) -> None:
+        """Ask for a new process (it takes the newest spec), durably: a gateway that dies before the supervisor
+        acts finds ``restart_pending`` in the state file and restarts the process it adopts."""
+        bot.restart_requested = True
+        self._sync_intent(bot)
 
     def _save_spec(self, bot: ManagedBot, spec: BotSpec) -> None:
         bot.files.prepare()
@@ -1088,6 +1168,17 @@ class Fleet:
 
     async def _publish(self, message: Envelope) -> None:
         await self.events.publish(message)
+
+
+def _rounded(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds, 3)
+
+
+def _caused_by(bot: ManagedBot) -> None:
+    """Log what the supervisor does now (a start, a stop) under the correlation id of the command that asked
+    for it; ``_step`` unbinds it, so the polls that follow are not attributed to that request."""
+    if bot.correlation_id:
+        structlog.contextvars.bind_contextvars(correlation_id=bot.correlation_id)
 
 
 def _scrub(line: str, secrets: Sequence[str]) -> str:

@@ -1,12 +1,21 @@
-"""The gateway's heartbeat: who it is, how loaded, every few seconds on ``freqfleet:events``."""
+"""The gateway's heartbeat: who it is, how loaded, every few seconds on ``freqfleet:events``.
+
+Each GATEWAY_HEARTBEAT carries the gateway's id, host and version, its free capacity, its bots by
+actual state, and the host's CPU and memory use (psutil). The CPU figure is the host's use since the
+previous heartbeat (``psutil.cpu_percent`` without an interval: nothing blocks), primed when the
+heartbeat is made so that even the first figure covers a real interval.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
+
+import psutil
 
 from shared.bus import Publisher
 from shared.bus.messages import GatewayHeartbeat, GatewayHeartbeatData
@@ -19,6 +28,28 @@ log = get_logger(__name__)
 VERSION = "0.1.0"
 
 
+@dataclass(frozen=True)
+class HostLoad:
+    cpu_percent: float
+    cpu_count: int | None
+    memory_used_bytes: int
+    memory_total_bytes: int
+    memory_percent: float
+
+
+def host_load() -> HostLoad:
+    """The host's CPU use since the previous call (any caller's) and its memory use now."""
+    memory = psutil.virtual_memory()
+    used = max(0, memory.total - memory.available)
+    return HostLoad(
+        cpu_percent=min(100.0, max(0.0, float(psutil.cpu_percent(interval=None)))),
+        cpu_count=psutil.cpu_count(logical=True),
+        memory_used_bytes=used,
+        memory_total_bytes=memory.total,
+        memory_percent=round(100.0 * used / memory.total, 1) if memory.total else 0.0,
+    )
+
+
 class Heartbeat:
     def __init__(
         self,
@@ -26,18 +57,22 @@ class Heartbeat:
         publisher: Publisher,
         bots_running: Callable[[], int] = lambda: 0,
         capacity: Callable[[], int] | None = None,
+        bots_by_state: Callable[[], Mapping[str, int]] = dict,
     ) -> None:
         self.settings = settings
         self.publisher = publisher
         self.bots_running = bots_running
         self.capacity = capacity  # default: max_bots minus the bots running
+        self.bots_by_state = bots_by_state
         self.started_at = datetime.now(UTC)
         self.sent = 0
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        psutil.cpu_percent(interval=None)  # primes the CPU counter: the first beat measures from here
 
     def message(self) -> GatewayHeartbeat:
         running = self.bots_running()
+        load = host_load()
         return GatewayHeartbeat(
             source=f"gateway:{self.settings.gateway_id}",
             data=GatewayHeartbeatData(
@@ -47,6 +82,13 @@ class Heartbeat:
                 started_at=self.started_at,
                 bots_running=running,
                 capacity=max(0, self.capacity() if self.capacity else self.settings.max_bots - running),
+                bots_by_state=dict(self.bots_by_state()),
+                cpu_percent=load.cpu_percent,
+                cpu_count=load.cpu_count,
+                memory_used_bytes=load.memory_used_bytes,
+                memory_total_bytes=load.memory_total_bytes,
+                memory_percent=load.memory_percent,
+                api_url=self.settings.api_url,
             ),
         )
 

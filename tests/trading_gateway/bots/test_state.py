@@ -59,6 +59,22 @@ def test_without_process_drops_credentials_and_counts_a_crash() -> None:
     assert dead.generation == 3
 
 
+def test_a_pending_restart_survives_a_reload_and_ends_with_the_process(tmp_path: Path) -> None:
+    path = tmp_path / "bots-state.json"
+    StateFile(path).put(_record(process=True).model_copy(update={"restart_pending": True}))
+    pending = StateFile(path).get("bot-a")
+    assert pending is not None
+    assert pending.restart_pending
+    assert not pending.without_process(exit_code=0).restart_pending
+    # A file written before the field existed loads with no restart pending.
+    doc = json.loads(path.read_text())
+    del doc["bots"][0]["restart_pending"]
+    path.write_text(json.dumps(doc))
+    older = StateFile(path).get("bot-a")
+    assert older is not None
+    assert (older.pid, older.restart_pending) == (4242, False)
+
+
 def test_a_missing_file_is_an_empty_state(tmp_path: Path) -> None:
     assert StateFile(tmp_path / "nope.json").records() == []
 

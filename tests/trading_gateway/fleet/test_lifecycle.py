@@ -109,8 +109,11 @@ async def test_a_bot_driven_over_the_bus(
         assert view["crash_count"] == 0
         assert view["last_status_age_seconds"] is not None
         assert view["last_status_age_seconds"] < 5
-        beat = await bus.wait(GatewayHeartbeat, lambda e: e.data.bots_running == 1)
-        assert beat.data.capacity == settings.max_bots - 1
+        beat = await bus.wait(GatewayHeartbeat, lambda e: e.data.bots_by_state.get("running") == 1)
+        assert (beat.data.bots_running, beat.data.capacity) == (1, settings.max_bots - 1)
+        assert sum(beat.data.bots_by_state.values()) == 1
+        assert beat.data.cpu_percent is not None
+        assert beat.data.memory_used_bytes is not None
 
         # UPDATE_CONFIG: two trades at a time, applied by reload_config in the same process.
         t_update = time.time()
@@ -134,6 +137,11 @@ async def test_a_bot_driven_over_the_bus(
             BotStatus, lambda e: e.data.state == "paused" and e.occurred_at.timestamp() > t_pause, bot_id=bot_id
         )
         assert (await gw.http.get("/api/v1/bots", headers=admin)).json()["bots"][0]["actual"] == "paused"
+        await bus.wait(
+            GatewayHeartbeat,
+            lambda e: e.data.bots_by_state.get("paused") == 1 and e.occurred_at.timestamp() > t_pause,
+            what="a heartbeat counting the bot as paused",
+        )
         t_resume = time.time()
         assert isinstance(await bus.answer(await bus.send(resume(bot_id, 6))), CommandAccepted)
         await bus.wait(

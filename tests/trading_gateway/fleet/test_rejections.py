@@ -91,7 +91,7 @@ async def test_bad_commands_are_rejected_with_reasons_and_spawn_nothing(
             assert exchange_key not in " ".join(e.model_dump_json() for e in await bus.events())
             assert reasons[pause_unknown.event_id] == f"this gateway has no bot {ghost}: send START_BOT first"
             assert reasons[exit_unknown.event_id] == f"this gateway has no bot {ghost}"
-            assert "UPDATE_MODEL is not supported" in reasons[model.event_id]
+            assert reasons[model.event_id] == f"this gateway has no bot {ghost}: send START_BOT with the model first"
 
             assert await bus.of(BotStarted) == []
             assert find_orphans(bots_root(settings)) == []

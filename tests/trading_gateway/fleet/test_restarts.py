@@ -27,6 +27,7 @@ from tests.trading_gateway.fleet.conftest import (
     settings_for,
     start,
 )
+from tests.trading_gateway.fleet.test_monitoring import samples, value
 from trading_gateway.bots.adoption import find_orphans
 from trading_gateway.config import GatewaySettings
 
@@ -56,6 +57,7 @@ async def test_killed_silent_and_stalled_bots_restart_and_a_crash_loop_fails(
     bus = bus_factory(settings.gateway_id)
     healthy, crashing, hanging = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
     async with running_gateway(settings) as gw:
+        counted_before = await samples(gw)
         t0 = time.monotonic()
         for command in (start(healthy, 1), start(crashing, 1, crashing_spec()), start(hanging, 1, hanging_spec())):
             assert isinstance(await bus.answer(await bus.send(command)), CommandAccepted)
@@ -116,6 +118,16 @@ async def test_killed_silent_and_stalled_bots_restart_and_a_crash_loop_fails(
         await _statuses_beyond(bus, healthy, statuses + 4)
         assert len(await bus.of(BotFailed, crashing)) == 1
         assert str(crashing) not in [o.bot_id for o in find_orphans(bots_root(settings))]
+
+        # /metrics counts them (process-wide counters: at least this test's): the healthy bot twice, the
+        # hanging one at least once, the crashing one twice, then its failure.
+        counted = await samples(gw)
+        crash = {"reason": "crash"}
+        restarts = value(counted, "freqfleet_bot_restarts_total", **crash)
+        assert restarts - value(counted_before, "freqfleet_bot_restarts_total", **crash) >= 5
+        failures = value(counted, "freqfleet_bot_failures_total")
+        assert failures - value(counted_before, "freqfleet_bot_failures_total") >= 1
+        assert value(counted, "freqfleet_gateway_bots", gateway=settings.gateway_id, state="failed") >= 1
     with capfd.disabled():
         print(f"\nkill -9 to BOT_STARTED again {back_in:.2f} s; crash loop to BOT_FAILED {to_failed:.2f} s")
 
