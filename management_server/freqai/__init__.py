@@ -1,0 +1,1 @@
+"""FreqAI models: training, the encrypted registry, signing, deploying to bots, rollback, predictions."""

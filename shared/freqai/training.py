@@ -1,0 +1,527 @@
+"""Training FreqAI models offline: Freqtrade's own training, run as a backtest, against an exchange.
+
+:func:`train_model` runs, in a work folder, ``freqtrade download-data`` (the candles of the training window,
+from the exchange simulator or any ccxt exchange) and then ``freqtrade backtesting --freqaimodel
+Freqfleet<Model>`` with ``save_backtest_models: true``. FreqAI trains one model per pair on the
+``days`` before ``end`` and predicts the *holdout* window after ``end`` (``holdout_hours``; FreqAI needs one,
+and it gives the out-of-sample backtest). Running FreqAI's own backtest is what the notes found most
+reliable: the models are exactly what a live bot loads (same data kitchen, same pipelines, same files).
+
+The model class is Freqtrade's (from :data:`shared.freqai.catalog.ALLOWED_MODELS`, LightGBMRegressor by
+default) behind the Freqfleet mixin, which adds metrics on FreqAI's test split
+(:mod:`shared.freqai.hotswap`) without changing the training.
+
+- **Subprocesses** get an allow-listed environment (no ``FREQFLEET_*`` settings, no database or Redis URL,
+  no ``PYTEST_*``, in whose presence Freqtrade sets up no logging), their own process group (killed as a
+  whole on time-out or when the caller is interrupted), and a log file.
+- **Progress** comes from the log as it is written: Freqtrade logs ``Training <pair>, i/n pairs`` and
+  ``Done training <pair>``; the callback gets a :class:`TrainingProgress` after the download and after each pair.
+- **Failure** is a :class:`TrainingFailed` whose message says why (the exception of a pair's training,
+  Freqtrade's last error, a time-out) followed by the last lines of the log. Freqtrade's exit code alone
+  proves nothing (FreqAI logs a failed pair and goes on), so a pair without a model file fails the run.
+- **This is not a sandbox**: the strategy's code runs with the caller's rights. Run it only for strategies
+  someone approved.
+
+The result (:class:`TrainingResult`) points into ``workdir``; pack it (:meth:`TrainingResult.pack`) before
+the caller removes the folder.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Literal
+
+from shared.exchange import SIMULATOR, offline_config, render_exchange_section
+from shared.freqai.bundle import PackedBundle, pack_bundle
+from shared.freqai.catalog import DEFAULT_MODEL, FREQAIMODELS_DIR, check_model, freqfleet_class
+
+IDENTIFIER = "freqfleet-train"
+METRICS_FILE = "freqfleet_metrics.json"  # written by the mixin beside each model
+LOG_TAIL_LINES = 30
+ENV_ALLOWED = ("PATH", "HOME", "LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "LD_LIBRARY_PATH")
+POLL = 0.25
+MAX_METRICS_BYTES = 1024 * 1024
+
+_CLASS_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,99}")
+_PAIR = re.compile(r"[A-Z0-9]{1,20}/[A-Z0-9]{1,20}")
+_TIMEFRAME = re.compile(r"([1-9][0-9]{0,2})([mhdw])")
+_TF_SECONDS = {"m": 60, "h": 3600, "d": 86400, "w": 604800}
+_LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ - (?P<logger>[\w.]+) - (?P<level>[A-Z]+) - (?P<msg>.*)$")
+_TRAINING = re.compile(r"Training (?P<pair>\S+), (?P<i>\d+)/(?P<n>\d+) pairs")
+_DONE = re.compile(r"Done training (?P<pair>\S+) \((?P<secs>[\d.]+) secs\)")
+_PAIR_FAILED = re.compile(r"Training (?P<pair>\S+) raised exception (?P<exc>\w+)\. Message: (?P<msg>.*), skipping\.$")
+_VERSION = re.compile(r" - freqtrade - INFO - freqtrade (?P<version>\S+)$")
+
+# What a training run always sets in the freqai section (the rest is the caller's, over DEFAULT_FREQAI).
+DEFAULT_FREQAI: dict[str, Any] = {
+    "feature_parameters": {
+        "include_corr_pairlist": [],
+        "label_period_candles": 12,
+        "include_shifted_candles": 0,
+        "DI_threshold": 0,
+        "indicator_periods_candles": [10, 20],
+    },
+    "data_split_parameters": {"test_size": 0.25, "random_state": 1, "shuffle": False},
+    "model_training_parameters": {"n_estimators": 100},
+}
+
+
+class TrainingFailed(Exception):
+    """The training did not produce a model for every pair; the message says why, then the log's last lines."""
+
+    def __init__(self, message: str, log_tail: Sequence[str] = ()) -> None:
+        tail = "\n".join(log_tail)
+        super().__init__(f"{message}\n\nThe last lines of freqtrade's log:\n{tail}" if tail else message)
+        self.reason = message
+        self.log_tail = list(log_tail)
+
+
+@dataclass(frozen=True)
+class TrainingRequest:
+    """What to train: a FreqAI strategy, its pairs and timeframe, the window, FreqAI's parameters.
+
+    :param strategy_source: the strategy's Python source; it defines ``strategy_class`` (a FreqAI strategy:
+        ``feature_engineering_*`` and ``set_freqai_targets``).
+    :param end: the end of the training window (timezone-aware); the model learns from the ``days`` before it.
+    :param holdout_hours: the window after ``end`` that FreqAI predicts (out of sample); it must have ended.
+    :param freqai: the caller's ``freqai`` section (``feature_parameters``, ``data_split_parameters``,
+        ``model_training_parameters``, ...), merged over :data:`DEFAULT_FREQAI`; the keys that decide what is
+        trained and where (identifier, windows, saving, retraining) are set by the run.
+    """
+
+    strategy_source: str
+    strategy_class: str
+    pairs: Sequence[str]
+    timeframe: str
+    end: datetime
+    days: int
+    freqai: Mapping[str, Any] = field(default_factory=dict)
+    freqai_model: str = DEFAULT_MODEL
+    holdout_hours: float = 6.0
+
+    @property
+    def start(self) -> datetime:
+        return self.end - timedelta(days=self.days)
+
+
+@dataclass(frozen=True)
+class TrainingProgress:
+    """Where a training run is: ``step`` ``download`` / ``train`` / ``done``, and pairs trained of the total."""
+
+    step: Literal["download", "train", "done"]
+    pairs_done: int
+    pairs_total: int
+    pair: str | None = None
+
+    @property
+    def fraction(self) -> float:
+        if self.step == "download":
+            return 0.0
+        if self.step == "done":
+            return 1.0
+        return self.pairs_done / self.pairs_total if self.pairs_total else 0.0
+
+
+@dataclass(frozen=True)
+class TrainingResult:
+    """A finished training: the model folder (inside the work folder) and what describes it."""
+
+    model_dir: Path
+    freqai_model: str
+    timeframe: str
+    pairs: list[str]
+    features: dict[str, list[str]]
+    labels: list[str]
+    trained_from: datetime
+    trained_to: datetime
+    metrics: dict[str, Any]
+    freqai: dict[str, Any]
+    freqtrade_version: str
+    seconds: float
+    log_tail: list[str]
+
+    def pack(self, dest: Path) -> PackedBundle:
+        """The live bundle of this training (see :func:`shared.freqai.bundle.pack_bundle`)."""
+        return pack_bundle(
+            self.model_dir,
+            dest,
+            freqai_model=self.freqai_model,
+            timeframe=self.timeframe,
+            freqai=self.freqai,
+            trained_from=self.trained_from,
+            trained_to=self.trained_to,
+            metrics=self.metrics,
+            pairs=self.pairs,
+        )
+
+
+ProgressCallback = Callable[[TrainingProgress], None]
+
+
+def training_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of the freqtrade subprocesses: only the allowed variables of ``environ``."""
+    source = os.environ if environ is None else environ
+    return {name: source[name] for name in ENV_ALLOWED if name in source}
+
+
+def _merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def training_freqai_section(request: TrainingRequest) -> dict[str, Any]:
+    """The ``freqai`` section a training run uses: the caller's over the defaults, the run's keys forced."""
+    section = _merge(DEFAULT_FREQAI, json.loads(json.dumps(dict(request.freqai))))
+    features = dict(section.get("feature_parameters") or {})
+    features.setdefault("include_timeframes", [request.timeframe])
+    section["feature_parameters"] = features
+    section.update(
+        {
+            "enabled": True,
+            "identifier": IDENTIFIER,
+            "train_period_days": request.days,
+            "backtest_period_days": request.holdout_hours / 24,
+            "live_retrain_hours": 0,
+            "save_backtest_models": True,
+            "purge_old_models": 0,
+            "continual_learning": False,
+            "activate_tensorboard": False,
+            "write_metrics_to_disk": False,
+            "expiration_hours": 0,
+        }
+    )
+    return section
+
+
+def _timeframe_seconds(timeframe: str) -> int:
+    match = _TIMEFRAME.fullmatch(timeframe)
+    if match is None:
+        raise ValueError(f"not a timeframe: {timeframe!r} (e.g. 5m, 1h)")
+    return int(match[1]) * _TF_SECONDS[match[2]]
+
+
+def validate_request(request: TrainingRequest, now: datetime | None = None) -> None:
+    """Raise ``ValueError`` with a readable reason when ``request`` can't be trained."""
+    if not _CLASS_NAME.fullmatch(request.strategy_class):
+        raise ValueError(f"not a class name: {request.strategy_class!r}")
+    if f"class {request.strategy_class}" not in request.strategy_source:
+        raise ValueError(f"the strategy source does not define class {request.strategy_class}")
+    pairs = list(request.pairs)
+    if isinstance(request.pairs, str) or not pairs:
+        raise ValueError("at least one pair is needed, as a list")
+    bad = [p for p in pairs if not _PAIR.fullmatch(p)]
+    if bad:
+        raise ValueError(f"not BASE/QUOTE pairs: {bad}")
+    if len(set(pairs)) != len(pairs):
+        raise ValueError("a pair is listed twice")
+    if len({p.split("/")[1] for p in pairs}) != 1:
+        raise ValueError("all pairs must be quoted in one (the stake) currency")
+    check_model(request.freqai_model)
+    tf = _timeframe_seconds(request.timeframe)
+    if not isinstance(request.days, int) or not 1 <= request.days <= 365:
+        raise ValueError("days must be a whole number from 1 to 365 (FreqAI trains on whole days)")
+    if request.end.tzinfo is None:
+        raise ValueError("end must carry a time zone (UTC)")
+    if not (math.isfinite(request.holdout_hours) and request.holdout_hours * 3600 >= 2 * tf):
+        raise ValueError("holdout_hours must cover at least two candles")
+    if request.holdout_hours > 24 * 30:
+        raise ValueError("holdout_hours must be at most 720 (30 days)")
+    now = now or datetime.now(UTC)
+    if request.end + timedelta(hours=request.holdout_hours) > now:
+        latest = now - timedelta(hours=request.holdout_hours)
+        raise ValueError(
+            f"the training window must end {request.holdout_hours:g} h before now, so that FreqAI can predict the "
+            f"holdout after it: end at {latest.strftime('%Y-%m-%d %H:%M')} UTC or earlier"
+        )
+
+
+def train_model(
+    request: TrainingRequest,
+    *,
+    workdir: Path,
+    exchange: str = SIMULATOR,
+    simulator_url: str | None = None,
+    timeout: float = 1800,
+    progress: ProgressCallback | None = None,
+    freqtrade: Path | None = None,
+) -> TrainingResult:
+    """Train ``request`` in ``workdir`` (created; the caller removes it after packing the result).
+
+    :param exchange: ``"simulator"`` (with ``simulator_url``) or a ccxt exchange id (public candles only).
+    :param timeout: seconds for the download and the training together; a freqtrade still running then is killed.
+    :raises ValueError: a request that can't be trained (the message says why; nothing ran).
+    :raises TrainingFailed: the run did not give a model for every pair.
+    """
+    validate_request(request)
+    started = time.monotonic()
+    deadline = started + timeout
+    program = freqtrade or Path(sys.executable).with_name("freqtrade")
+    if not program.is_file():
+        raise TrainingFailed(f"the training could not run: there is no freqtrade at {program}")
+    run = _Run(workdir, program, deadline, timeout)
+    section = training_freqai_section(request)
+    config = run.write_inputs(request, section, exchange, simulator_url)
+    total = len(request.pairs)
+    _notify(progress, TrainingProgress("download", 0, total))
+    run.download(config, request, section)
+    _notify(progress, TrainingProgress("train", 0, total))
+    log = run.train(config, request, progress)
+    result = run.collect(request, section, log, round(time.monotonic() - started, 1))
+    _notify(progress, TrainingProgress("done", total, total))
+    return result
+
+
+def _notify(progress: ProgressCallback | None, state: TrainingProgress) -> None:
+    if progress is not None:
+        progress(state)
+
+
+class _Run:
+    """One training's folder and its freqtrade subprocesses."""
+
+    def __init__(self, home: Path, freqtrade: Path, deadline: float, timeout: float) -> None:
+        self.home = home
+        self.freqtrade = freqtrade
+        self.deadline = deadline
+        self.timeout = timeout
+        self.userdir = home / "user_data"
+        self.strategies = home / "strategies"
+        self.env = training_env()
+
+    @property
+    def model_dir(self) -> Path:
+        return self.userdir / "models" / IDENTIFIER
+
+    def write_inputs(
+        self, request: TrainingRequest, section: Mapping[str, Any], exchange: str, simulator_url: str | None
+    ) -> Path:
+        for folder in (self.home, self.userdir, self.strategies):
+            folder.mkdir(parents=True, exist_ok=True)
+        (self.strategies / f"{request.strategy_class}.py").write_text(request.strategy_source, encoding="utf-8")
+        pairs = list(request.pairs)
+        config = {
+            "bot_name": "freqfleet-training",
+            "dry_run": True,
+            "dry_run_wallet": 1000,
+            "trading_mode": "spot",
+            "stake_currency": pairs[0].split("/")[1],
+            "stake_amount": "unlimited",
+            "max_open_trades": len(pairs),
+            "timeframe": request.timeframe,
+            "exchange": render_exchange_section(
+                exchange, pairs, simulator_url=simulator_url if exchange == SIMULATOR else None
+            ),
+            "pairlists": [{"method": "StaticPairList"}],
+            "entry_pricing": {"price_side": "other", "use_order_book": True, "order_book_top": 1},
+            "exit_pricing": {"price_side": "other", "use_order_book": True, "order_book_top": 1},
+            "freqai": dict(section),
+            "freqaimodel": freqfleet_class(request.freqai_model),
+            "freqaimodel_path": str(FREQAIMODELS_DIR),
+            **offline_config(),
+        }
+        path = self.home / "config.json"
+        path.write_text(json.dumps(config, indent=2), encoding="utf-8")
+        return path
+
+    def download(self, config: Path, request: TrainingRequest, section: Mapping[str, Any]) -> None:
+        features = section.get("feature_parameters") or {}
+        timeframes = sorted({request.timeframe, *features.get("include_timeframes", [])}, key=_timeframe_seconds)
+        pairs = list(dict.fromkeys([*request.pairs, *features.get("include_corr_pairlist", [])]))
+        longest = max(_timeframe_seconds(t) for t in timeframes)
+        margin = timedelta(seconds=max(86400, 300 * longest))  # the strategy's start-up candles
+        start = int((request.start - margin).timestamp())
+        stop = int((request.end + timedelta(hours=request.holdout_hours)).timestamp())
+        argv = ["download-data", "--config", str(config), "--userdir", str(self.userdir)]
+        argv += ["--pairs", *pairs, "--timeframes", *timeframes, "--timerange", f"{start}-{stop}"]
+        code, log = self._freqtrade("download-data", argv)
+        if code is None:
+            raise TrainingFailed(
+                f"downloading the candles did not finish within {self.timeout:g} s", log[-LOG_TAIL_LINES:]
+            )
+        missing = [
+            f"{p} {t}"
+            for p in pairs
+            for t in timeframes
+            if not any(self.userdir.glob(f"data/*/{p.replace('/', '_')}-{t}.*"))
+        ]
+        if code != 0 or missing:
+            why = _last_error(log) or (f"no candles came for {', '.join(missing)}" if missing else f"exit code {code}")
+            raise TrainingFailed(f"downloading the candles failed: {why}", log[-LOG_TAIL_LINES:])
+
+    def train(self, config: Path, request: TrainingRequest, progress: ProgressCallback | None) -> list[str]:
+        start = int(request.end.timestamp())
+        stop = int((request.end + timedelta(hours=request.holdout_hours)).timestamp())
+        argv = ["backtesting", "--config", str(config), "--userdir", str(self.userdir)]
+        argv += ["--strategy", request.strategy_class, "--strategy-path", str(self.strategies)]
+        argv += ["--timerange", f"{start}-{stop}", "--export", "none", "--cache", "none"]
+        total = len(request.pairs)
+        done: list[str] = []
+
+        def on_line(line: str) -> None:
+            if (m := _DONE.search(line)) and m["pair"] not in done:
+                done.append(m["pair"])
+                _notify(progress, TrainingProgress("train", len(done), total, m["pair"]))
+
+        code, log = self._freqtrade("backtesting", argv, on_line=on_line)
+        if code is None:
+            raise TrainingFailed(
+                f"the training did not finish within {self.timeout:g} s and was stopped "
+                f"({len(done)} of {total} pairs trained)",
+                log[-LOG_TAIL_LINES:],
+            )
+        if code != 0:
+            raise TrainingFailed(
+                f"the training failed: {_last_error(log) or f'exit code {code}'}", log[-LOG_TAIL_LINES:]
+            )
+        return log
+
+    def collect(
+        self, request: TrainingRequest, section: Mapping[str, Any], log: list[str], seconds: float
+    ) -> TrainingResult:
+        try:
+            index: Any = json.loads((self.model_dir / "pair_dictionary.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            index = {}
+        failures = {m["pair"]: f"{m['exc']}: {m['msg']}" for line in log if (m := _PAIR_FAILED.search(line))}
+        features: dict[str, list[str]] = {}
+        labels: list[str] = []
+        metrics: dict[str, Any] = {}
+        missing = []
+        for pair in request.pairs:
+            info = index.get(pair) if isinstance(index, dict) else None
+            folder = self.model_dir / Path(str(info.get("data_path", ""))).name if isinstance(info, dict) else None
+            name = str(info.get("model_filename", "")) if isinstance(info, dict) else ""
+            if folder is None or not name or not (folder / f"{name}_model.joblib").is_file():
+                missing.append(pair)
+                continue
+            meta = json.loads((folder / f"{name}_metadata.json").read_text(encoding="utf-8"))
+            features[pair] = [str(f) for f in meta.get("training_features_list", [])]
+            labels = [str(label) for label in meta.get("label_list", [])]
+            metrics_file = folder / METRICS_FILE
+            if metrics_file.is_file() and metrics_file.stat().st_size <= MAX_METRICS_BYTES:
+                metrics[pair] = json.loads(metrics_file.read_text(encoding="utf-8"))
+        if missing:
+            why = "; ".join(f"{p}: {failures[p]}" for p in missing if p in failures) or _last_error(log)
+            detail = f" ({why})" if why else " (FreqAI found too little data for it?)"
+            raise TrainingFailed(f"no model was trained for {', '.join(missing)}{detail}", log[-LOG_TAIL_LINES:])
+        versions = [m["version"] for line in log if (m := _VERSION.search(line))]
+        return TrainingResult(
+            model_dir=self.model_dir,
+            freqai_model=request.freqai_model,
+            timeframe=request.timeframe,
+            pairs=list(request.pairs),
+            features=features,
+            labels=labels,
+            trained_from=request.start.astimezone(UTC),
+            trained_to=request.end.astimezone(UTC),
+            metrics=metrics,
+            freqai=dict(section),
+            freqtrade_version=versions[-1] if versions else metadata.version("freqtrade"),
+            seconds=seconds,
+            log_tail=log[-LOG_TAIL_LINES:],
+        )
+
+    # -- subprocesses ----------------------------------------------------------------------------
+
+    def _freqtrade(
+        self, step: str, args: list[str], on_line: Callable[[str], None] | None = None
+    ) -> tuple[int | None, list[str]]:
+        """Run one freqtrade command; its exit code (None when it ran out of time) and its log lines."""
+        logfile = self.home / f"{step}.log"
+        output = self.home / f"{step}.output"
+        argv = [str(self.freqtrade), *args, "--logfile", str(logfile)]
+        offset = 0
+        pending = b""
+
+        def follow() -> None:
+            nonlocal offset, pending
+            if on_line is None:
+                return
+            try:
+                with logfile.open("rb") as f:
+                    f.seek(offset)
+                    data = f.read()
+            except FileNotFoundError:
+                return
+            offset += len(data)
+            *lines, pending = (pending + data).split(b"\n")
+            for line in lines:
+                on_line(line.decode("utf-8", errors="replace"))
+
+        with output.open("wb") as out:
+            proc = subprocess.Popen(
+                argv,
+                cwd=self.home,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+            code: int | None = None
+            try:
+                while True:
+                    try:
+                        code = proc.wait(timeout=POLL)
+                        break
+                    except subprocess.TimeoutExpired:
+                        follow()
+                        if time.monotonic() >= self.deadline:
+                            _kill_group(proc)
+                            code = None
+                            break
+            except BaseException:  # a time limit or a shutdown of the caller: leave no freqtrade behind
+                _kill_group(proc)
+                raise
+        follow()
+        chosen = logfile if logfile.is_file() and logfile.stat().st_size > 0 else output
+        lines = chosen.read_text(encoding="utf-8", errors="replace").splitlines()
+        return code, self._clean(lines)
+
+    def _clean(self, lines: list[str]) -> list[str]:
+        """Without progress bars and blank lines, and without the work folder in the paths."""
+        home = str(self.home) + os.sep
+        return [line.replace(home, "") for line in lines if line.strip() and "━" not in line]
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(wait)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    if proc.poll() is None:
+        proc.wait(5)
+
+
+def _last_error(log: Sequence[str]) -> str | None:
+    """Freqtrade's last ERROR line, else the last line of a traceback."""
+    errors = [m["msg"].strip() for line in log if (m := _LOG_LINE.match(line)) and m["level"] in ("ERROR", "CRITICAL")]
+    if errors:
+        return errors[-1]
+    plain = [line for line in log if not _LOG_LINE.match(line) and not line.startswith((" ", "\t"))]
+    if any(line.startswith("Traceback") for line in plain):
+        return plain[-1].strip()
+    return None
