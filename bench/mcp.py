@@ -1,0 +1,593 @@
+"""MCP tool calls on the gateway over WebSocket and Streamable HTTP, beside a bare GET on the same server.
+
+Everything is real and local: an embedded PostgreSQL (migrated to head) and Valkey in a temporary
+folder, the management server (``bench._auth_server management``) and the trading gateway
+(``bench._mcp_server``), each under uvicorn in its own process with production settings and JSON logs
+to a file. An admin is created in the database; over HTTP it logs in, uploads a strategy and creates a
+few bots (no bot runs: no Freqtrade process is needed). The tool measured is ``list_bots``, a read-only
+tool that does what most tools do: the gateway verifies the token (signature, claims, revocation in
+Valkey), asks the management server for the caller's bots with the caller's token (``GET
+/api/v1/bots``: token verification, user and bots loaded from PostgreSQL), merges this gateway's live
+view, answers, and publishes the call's ``MCP_CALL`` audit event, which the management server's
+consumer writes to the audit log.
+
+Targets, on the same gateway process and in the same run (alternated, order rotated each round):
+
+- **baseline**: ``GET /health/live`` on the gateway (raw HTTP/1.1 keep-alive, ``bench.http_overhead``'s
+  load generator);
+- **reference**: ``GET /api/v1/bots`` on the management server with the same token: the REST round trip
+  inside ``list_bots``;
+- **WebSocket**: ``tools/call list_bots`` over ``/mcp/ws`` (subprotocol ``mcp``), one connection per
+  client, each initialized once (protocol 2025-11-25), then one call at a time per connection;
+  the ``websockets`` client with its defaults (permessage-deflate on);
+- **Streamable HTTP, 2026-07-28**: self-contained ``POST /mcp`` requests, as the SDK's client sends them
+  by default, raw HTTP/1.1 keep-alive;
+- **Streamable HTTP, 2025-11-25 session**: ``POST /mcp`` with an ``Mcp-Session-Id`` per connection (the
+  ``initialize`` handshake made once per connection), raw HTTP/1.1 keep-alive.
+
+A fixed number of calls per round after a warm-up over a fixed number of connections; the latency of
+each call and the calls per second; the CPU time the gateway, the management server and
+PostgreSQL+Valkey spent per call (from the kernel, via psutil). Rate limits are off on the management
+server (they would cap the load). After the rounds, the audit log is checked to hold one successful
+``mcp.list_bots`` row per call made.
+
+    python -m bench.run mcp          (or: python -m bench.mcp [--quick])
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+from sqlalchemy import func, select
+from websockets.asyncio.client import ClientConnection, connect
+
+from bench.auth import AuthServer, Backends, Outside, machine_cpu, our_cpu, server_env
+from bench.http_overhead import (
+    PHASE_TIMEOUT,
+    REQUEST_TIMEOUT,
+    ROOT,
+    BenchError,
+    Connection,
+    Server,
+    _close,
+    _exchange,
+    _loop_factory,
+    _open,
+    _server_stack,
+    drive,
+    free_port,
+    percentile,
+    raw_get,
+)
+from freqfleet import database
+from freqfleet.embedded import EmbeddedPostgres, EmbeddedValkey
+from management_server import db
+from management_server.audit.models import AuditEntry
+from management_server.config import ManagementSettings
+from management_server.security.passwords import build_hasher
+from management_server.users.models import Role
+from management_server.users.service import create_user
+from shared.logging import configure_logging
+from shared.settings import Environment, LogFormat
+
+EMAIL = "bench-admin@example.com"
+PASSWORD = "bench admin password 1"  # noqa: S105 - a throwaway account in a temporary database
+GATEWAY_ID = "gw-bench"
+BOTS = 5
+AUDIT_WAIT = 300.0  # seconds the report waits for the audit rows of every call
+# Connections of the load. Within the management server's database pool (10): more requests in flight
+# than that would make SQLAlchemy open and close overflow connections, another measurement.
+CONCURRENCY = 8
+META = {
+    "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+    "io.modelcontextprotocol/clientInfo": {"name": "freqfleet-bench", "version": "1"},
+    "io.modelcontextprotocol/clientCapabilities": {},
+}
+INITIALIZE = {
+    "jsonrpc": "2.0",
+    "id": 0,
+    "method": "initialize",
+    "params": {
+        "protocolVersion": "2025-11-25",
+        "capabilities": {},
+        "clientInfo": {"name": "freqfleet-bench", "version": "1"},
+    },
+}
+INITIALIZED = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+STRATEGY = (ROOT / "tests" / "exchange_simulator" / "strategies" / "AlwaysEnter.py").read_text()
+
+
+@dataclass(frozen=True)
+class Profile:
+    rounds: int
+    calls: int
+    warmup: int
+    first_warmup: int
+
+
+FULL = Profile(rounds=3, calls=600, warmup=60, first_warmup=120)
+QUICK = Profile(rounds=1, calls=200, warmup=50, first_warmup=100)
+
+
+@dataclass(frozen=True)
+class Target:
+    key: str
+    label: str
+    tool_call: bool  # counts in the audit log
+
+
+TARGETS = (
+    Target("baseline", "baseline   gateway GET /health/live", False),
+    Target("rest", "reference  management GET /api/v1/bots", False),
+    Target("ws", "MCP        WebSocket list_bots", True),
+    Target("http", "MCP        HTTP 2026-07-28 list_bots", True),
+    Target("session", "MCP        HTTP session list_bots", True),
+)
+
+
+class GatewayServer(Server):
+    """A ``bench._mcp_server`` process with its own environment."""
+
+    def __init__(self, workdir: Path, env: Mapping[str, str]) -> None:
+        super().__init__("gateway", "", workdir)
+        self.env = dict(env)
+
+    def start(self) -> None:
+        self._log = self.log_path.open("wb")
+        cmd = [sys.executable, "-m", "bench._mcp_server", "--port", str(self.port)]
+        self._proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=self.env, stdin=subprocess.DEVNULL, stdout=self._log, stderr=self._log
+        )
+        self._ps = psutil.Process(self._proc.pid)
+
+
+# --- requests ---------------------------------------------------------------------------------------
+
+
+def tools_call(request_id: int, *, modern: bool) -> dict[str, Any]:
+    params: dict[str, Any] = {"name": "list_bots", "arguments": {}}
+    if modern:
+        params["_meta"] = META
+    return {"jsonrpc": "2.0", "id": request_id, "method": "tools/call", "params": params}
+
+
+def raw_post(port: int, body: dict[str, Any], headers: Mapping[str, str]) -> bytes:
+    payload = json.dumps(body, separators=(",", ":")).encode()
+    head = [
+        f"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: freqfleet-bench",
+        "Accept: application/json, text/event-stream",
+        "Content-Type: application/json",
+        f"Content-Length: {len(payload)}",
+        *(f"{k}: {v}" for k, v in headers.items()),
+    ]
+    return ("\r\n".join(head) + "\r\n\r\n").encode("ascii") + payload
+
+
+def modern_request(port: int, token: str) -> bytes:
+    headers = {
+        "Authorization": f"Bearer {token}",
+        "MCP-Protocol-Version": "2026-07-28",
+        "Mcp-Method": "tools/call",
+        "Mcp-Name": "list_bots",
+    }
+    return raw_post(port, tools_call(1, modern=True), headers)
+
+
+async def open_session(port: int, token: str) -> str:
+    """An initialized 2025-11-25 Streamable HTTP session; its id."""
+    headers = {"Authorization": f"Bearer {token}", "Accept": "application/json, text/event-stream"}
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=REQUEST_TIMEOUT) as client:
+        opened = await client.post("/mcp", json=INITIALIZE, headers=headers)
+        session = str(opened.headers.get("mcp-session-id", ""))
+        if opened.status_code != 200 or not session:
+            raise BenchError(f"initialize answered {opened.status_code}: {opened.text[:200]}")
+        headers |= {"Mcp-Session-Id": session, "MCP-Protocol-Version": "2025-11-25"}
+        done = await client.post("/mcp", json=INITIALIZED, headers=headers)
+        if done.status_code != 202:
+            raise BenchError(f"notifications/initialized answered {done.status_code}: {done.text[:200]}")
+    return session
+
+
+def session_request(port: int, token: str, session: str) -> bytes:
+    headers = {"Authorization": f"Bearer {token}", "Mcp-Session-Id": session, "MCP-Protocol-Version": "2025-11-25"}
+    return raw_post(port, tools_call(1, modern=False), headers)
+
+
+def check_call(body: bytes | str) -> None:
+    """A successful list_bots result listing the bench's bots."""
+    answer = json.loads(body)
+    result = answer.get("result") if isinstance(answer, dict) else None
+    if not isinstance(result, dict) or result.get("isError") is not False:
+        raise BenchError(f"list_bots did not succeed: {str(body)[:300]}")
+    if result["structuredContent"]["count"] != BOTS:
+        raise BenchError(f"list_bots listed {result['structuredContent']['count']} bots, not {BOTS}")
+
+
+# --- load generators --------------------------------------------------------------------------------
+
+
+async def drive_each(port: int, raws: Sequence[bytes], total: int) -> tuple[float, list[float]]:
+    """Like ``bench.http_overhead.drive``, but each keep-alive connection sends its own request."""
+    conns = await _open(port, len(raws))
+    remaining = total
+    latencies: list[float] = []
+
+    async def worker(conn: Connection, raw: bytes) -> None:
+        nonlocal remaining
+        while remaining > 0:
+            remaining -= 1
+            started = time.perf_counter()
+            status, body = await _exchange(conn, raw)
+            latencies.append((time.perf_counter() - started) * 1000)
+            if status != 200:
+                raise BenchError(f"answered {status}: {body[:200]!r}")
+
+    try:
+        started = time.perf_counter()
+        async with asyncio.timeout(PHASE_TIMEOUT):
+            await asyncio.gather(*(worker(c, r) for c, r in zip(conns, raws, strict=True)))
+        elapsed = time.perf_counter() - started
+    finally:
+        await _close(conns)
+    return elapsed, latencies
+
+
+async def open_websockets(url: str, token: str, count: int) -> list[ClientConnection]:
+    sockets = []
+    for _ in range(count):
+        ws = await connect(url, subprotocols=["mcp"], additional_headers={"Authorization": f"Bearer {token}"})  # type: ignore[list-item]
+        await ws.send(json.dumps(INITIALIZE))
+        if '"protocolVersion":"2025-11-25"' not in str(await ws.recv()):
+            raise BenchError("the WebSocket's initialize did not answer 2025-11-25")
+        await ws.send(json.dumps(INITIALIZED))
+        sockets.append(ws)
+    return sockets
+
+
+async def drive_websockets(url: str, token: str, total: int, concurrency: int) -> tuple[float, list[float]]:
+    sockets = await open_websockets(url, token, concurrency)
+    remaining = total
+    latencies: list[float] = []
+    ids = itertools.count(1)
+
+    async def worker(ws: ClientConnection) -> None:
+        nonlocal remaining
+        while remaining > 0:
+            remaining -= 1
+            request_id = next(ids)
+            payload = json.dumps(tools_call(request_id, modern=False), separators=(",", ":"))
+            started = time.perf_counter()
+            await ws.send(payload)
+            answer = str(await ws.recv())
+            latencies.append((time.perf_counter() - started) * 1000)
+            if f'"id":{request_id},' not in answer or '"isError":false' not in answer:
+                raise BenchError(f"unexpected answer: {answer[:200]}")
+
+    try:
+        started = time.perf_counter()
+        async with asyncio.timeout(PHASE_TIMEOUT):
+            await asyncio.gather(*(worker(ws) for ws in sockets))
+        elapsed = time.perf_counter() - started
+    finally:
+        for ws in sockets:
+            with contextlib.suppress(Exception):
+                await ws.close()
+    return elapsed, latencies
+
+
+# --- measurement ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Round:
+    rps: float
+    p50: float
+    p95: float
+    p99: float
+    gateway_us: float
+    management_us: float
+    backend_us: float
+
+
+@dataclass
+class Result:
+    target: Target
+    rounds: list[Round] = field(default_factory=list)
+    calls: int = 0
+
+    def median(self, name: str) -> float:
+        return statistics.median(float(getattr(r, name)) for r in self.rounds)
+
+
+@dataclass
+class Stack:
+    gateway: GatewayServer
+    management: AuthServer
+    backends: Backends
+    token: str
+    loads: dict[str, Callable[[int], Awaitable[tuple[float, list[float]]]]] = field(default_factory=dict)
+
+
+def build_loads(stack: Stack, sessions: Sequence[str]) -> None:
+    gw, mg, token = stack.gateway.port, stack.management.port, stack.token
+    ws_url = f"ws://127.0.0.1:{gw}/mcp/ws"
+    stack.loads = {
+        "baseline": lambda n: drive(gw, raw_get(gw, "/health/live"), 200, n, CONCURRENCY),
+        "rest": lambda n: drive(mg, raw_get(mg, "/api/v1/bots", token), 200, n, CONCURRENCY),
+        "ws": lambda n: drive_websockets(ws_url, token, n, CONCURRENCY),
+        "http": lambda n: drive(gw, modern_request(gw, token), 200, n, CONCURRENCY),
+        "session": lambda n: drive_each(gw, [session_request(gw, token, s) for s in sessions], n),
+    }
+
+
+async def measure(result: Result, stack: Stack, profile: Profile) -> None:
+    load = stack.loads[result.target.key]
+    await load(profile.warmup)
+    before = stack.gateway.cpu_seconds(), stack.management.cpu_seconds(), stack.backends.snapshot()
+    elapsed, latencies = await load(profile.calls)
+    gateway_cpu = stack.gateway.cpu_seconds() - before[0]
+    management_cpu = stack.management.cpu_seconds() - before[1]
+    backend_cpu, _ = Backends.spent(before[2], stack.backends.snapshot())
+    latencies.sort()
+    n = len(latencies)
+    result.calls += profile.warmup + n
+    result.rounds.append(
+        Round(
+            rps=n / elapsed,
+            p50=percentile(latencies, 50),
+            p95=percentile(latencies, 95),
+            p99=percentile(latencies, 99),
+            gateway_us=gateway_cpu / n * 1e6,
+            management_us=management_cpu / n * 1e6,
+            backend_us=backend_cpu / n * 1e6,
+        )
+    )
+
+
+async def check_targets(stack: Stack, sessions: Sequence[str]) -> int:
+    """One request of each kind, checked; how many tool calls that made."""
+    gw, mg = stack.gateway.port, stack.management.port
+    async with httpx.AsyncClient(timeout=REQUEST_TIMEOUT) as client:
+        live = await client.get(f"http://127.0.0.1:{gw}/health/live")
+        if live.status_code != 200:
+            raise BenchError(f"/health/live answered {live.status_code}")
+        bots = await client.get(
+            f"http://127.0.0.1:{mg}/api/v1/bots", headers={"Authorization": f"Bearer {stack.token}"}
+        )
+        if bots.status_code != 200 or len(bots.json()) != BOTS:
+            raise BenchError(f"GET /api/v1/bots answered {bots.status_code}: {bots.text[:200]}")
+    conns = await _open(gw, 2)
+    try:
+        async with asyncio.timeout(REQUEST_TIMEOUT):
+            for conn, raw in zip(
+                conns, (modern_request(gw, stack.token), session_request(gw, stack.token, sessions[0])), strict=True
+            ):
+                status, body = await _exchange(conn, raw)
+                if status != 200:
+                    raise BenchError(f"POST /mcp answered {status}: {body[:200]!r}")
+                check_call(body)
+    finally:
+        await _close(conns)
+    [ws] = await open_websockets(f"ws://127.0.0.1:{gw}/mcp/ws", stack.token, 1)
+    try:
+        await ws.send(json.dumps(tools_call(1, modern=False)))
+        check_call(await ws.recv())
+    finally:
+        await ws.close()
+    return 3
+
+
+# --- setup ------------------------------------------------------------------------------------------
+
+
+async def create_admin(workdir: Path, pg_url: str, redis_url: str) -> None:
+    settings = ManagementSettings(
+        env=Environment.test, data_dir=workdir / "data", database_url=pg_url, redis_url=redis_url
+    )
+    engine = db.create_engine(settings)
+    try:
+        async with db.create_sessionmaker(engine).begin() as session:
+            await create_user(session, build_hasher(settings), EMAIL, PASSWORD, Role.admin)
+    finally:
+        await engine.dispose()
+
+
+async def populate(port: int) -> str:
+    """Log in, upload a strategy, create the bots; the access token."""
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}/api/v1", timeout=REQUEST_TIMEOUT) as client:
+        login = await client.post("/auth/token", data={"username": EMAIL, "password": PASSWORD})
+        if login.status_code != 200:
+            raise BenchError(f"login answered {login.status_code}: {login.text[:200]}")
+        token: str = login.json()["access_token"]
+        headers = {"Authorization": f"Bearer {token}"}
+        strategy = await client.post("/strategies", json={"name": "always", "source": STRATEGY}, headers=headers)
+        if strategy.status_code != 201:
+            raise BenchError(f"strategy upload answered {strategy.status_code}: {strategy.text[:200]}")
+        for i in range(BOTS):
+            body = {
+                "name": f"bench-{i}",
+                "strategy_id": strategy.json()["id"],
+                "pairs": ["BTC/USDT"],
+                "timeframe": "5m",
+                "stake_amount": "10",
+                "max_open_trades": 1,
+            }
+            bot = await client.post("/bots", json=body, headers=headers)
+            if bot.status_code != 201:
+                raise BenchError(f"bot creation answered {bot.status_code}: {bot.text[:200]}")
+    return token
+
+
+async def audited(pg_url: str, redis_url: str, workdir: Path, expected: int) -> tuple[int, dict[str, int], float]:
+    """Successful mcp.list_bots rows, the other MCP rows by action, outcome and reason, and the seconds waited for
+    the management server's consumer to write them all (at most AUDIT_WAIT)."""
+    settings = ManagementSettings(
+        env=Environment.test, data_dir=workdir / "data", database_url=pg_url, redis_url=redis_url
+    )
+    engine = db.create_engine(settings)
+    started = time.monotonic()
+    try:
+        while True:
+            async with db.create_sessionmaker(engine)() as session:
+                grouped = await session.execute(
+                    select(AuditEntry.action, AuditEntry.outcome, AuditEntry.reason, func.count())
+                    .where(AuditEntry.via == "mcp")
+                    .group_by(AuditEntry.action, AuditEntry.outcome, AuditEntry.reason)
+                )
+            ok, other = 0, dict[str, int]()
+            for action, outcome, reason, count in grouped.all():
+                if (action, outcome) == ("mcp.list_bots", "success"):
+                    ok += int(count)
+                else:
+                    other[f"{action} {outcome}: {reason}"] = int(count)
+            if ok + sum(other.values()) >= expected or time.monotonic() - started > AUDIT_WAIT:
+                return ok, other, time.monotonic() - started
+            await asyncio.sleep(0.5)
+    finally:
+        await engine.dispose()
+
+
+# --- orchestration ----------------------------------------------------------------------------------
+
+
+async def bench(profile: Profile, workdir: Path, pg: EmbeddedPostgres, valkey: EmbeddedValkey) -> str:
+    await create_admin(workdir, pg.url(), valkey.url)
+    env = server_env(workdir, pg.url(), valkey.url)
+    management = AuthServer("management", workdir, env)
+    backends = Backends([pid for pid in (pg.pid, valkey.pid) if pid is not None])
+    gateway: GatewayServer | None = None
+    try:
+        management.start()
+        await management.wait_started()
+        token = await populate(management.port)
+        gateway_env = env | {
+            "FREQFLEET_GATEWAY_ID": GATEWAY_ID,
+            "FREQFLEET_MANAGEMENT_URL": f"http://127.0.0.1:{management.port}",
+        }
+        gateway = GatewayServer(workdir, gateway_env)
+        gateway.start()
+        await gateway.wait_started()
+        stack = Stack(gateway, management, backends, token)
+        sessions = [await open_session(gateway.port, token) for _ in range(CONCURRENCY)]
+        build_loads(stack, sessions)
+        calls = await check_targets(stack, sessions)
+        results = [Result(t) for t in TARGETS]
+        for result in results:
+            await stack.loads[result.target.key](profile.first_warmup)
+            if result.target.tool_call:
+                calls += profile.first_warmup
+        started, (busy, steal), ours = time.monotonic(), machine_cpu(), our_cpu([gateway, management], backends)
+        for i in range(profile.rounds):
+            shift = i % len(results)
+            for result in results[shift:] + results[:shift]:
+                await measure(result, stack, profile)
+        (busy_after, steal_after), ours_after = machine_cpu(), our_cpu([gateway, management], backends)
+        outside = Outside(time.monotonic() - started, (busy_after - busy) - (ours_after - ours), steal_after - steal)
+        calls += sum(r.calls for r in results if r.target.tool_call)
+        ok, other, waited = await audited(pg.url(), valkey.url, workdir, calls)
+        return report(results, outside, profile, calls, ok, other, waited)
+    finally:
+        if gateway is not None:
+            gateway.stop()
+        management.stop()
+
+
+def report(
+    results: list[Result],
+    outside: Outside,
+    profile: Profile,
+    calls: int,
+    ok: int,
+    other: dict[str, int],
+    waited: float,
+) -> str:
+    by_key = {r.target.key: r for r in results}
+    base, rest = by_key["baseline"], by_key["rest"]
+    lines = [
+        "MCP tool calls on the gateway: list_bots over WebSocket and Streamable HTTP, beside GET /health/live",
+        f"  {profile.calls} calls per round after {profile.warmup} warm-up, {CONCURRENCY} connections (one call at a"
+        f" time each), {profile.rounds} round(s), targets alternated; medians over rounds",
+        f"  servers: {_server_stack()}, one process each; env=production, JSON logs to files",
+        f"  list_bots lists {BOTS} bots: token verified (EdDSA + revocation in Valkey), GET /api/v1/bots on the"
+        " management server with the caller's token, the call's MCP_CALL audit event published",
+        "  management server: rate limits OFF; its events consumer writes the audit rows meanwhile",
+        "  CPU us/call from the kernel: gw = gateway process, mgmt = management server, db = PostgreSQL + Valkey",
+        "",
+        f"  {'target':<42} {'calls/s':>7} {'(min-max)':>11} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7}"
+        f" {'gw CPU':>7} {'mgmt CPU':>8} {'db CPU':>7}",
+    ]
+    for r in results:
+        rps = [x.rps for x in r.rounds]
+        spread = f"({min(rps):.0f}-{max(rps):.0f})"
+        lines.append(
+            f"  {r.target.label:<42} {r.median('rps'):>7.0f} {spread:>11} {r.median('p50'):>7.2f}"
+            f" {r.median('p95'):>7.2f} {r.median('p99'):>7.2f} {r.median('gateway_us'):>7.0f}"
+            f" {r.median('management_us'):>8.0f} {r.median('backend_us'):>7.0f}"
+        )
+    lines += ["", f"  {'MCP target':<42} {'calls/s':>7} {'p50':>7} {'p99':>7}   ratios to baseline | to reference"]
+    for r in results[2:]:
+        lines.append(
+            f"  {r.target.label:<42} {r.median('rps') / base.median('rps'):>7.2f}"
+            f" {r.median('p50') / base.median('p50'):>7.2f} {r.median('p99') / base.median('p99'):>7.2f}   |"
+            f" {r.median('rps') / rest.median('rps'):>5.2f} {r.median('p50') / rest.median('p50'):>5.2f}"
+            f" {r.median('p99') / rest.median('p99'):>5.2f}"
+        )
+    mcp_gw = {r.target.key: r.median("gateway_us") - base.median("gateway_us") for r in results[2:]}
+    lines += [
+        "",
+        "  gateway CPU per call above /health/live's: "
+        + ", ".join(f"{by_key[k].target.label.split(None, 1)[1].strip()} {v:.0f} us" for k, v in mcp_gw.items()),
+        f"  audit log: {ok} successful mcp.list_bots rows for {calls} calls made ({sum(other.values())} other MCP"
+        f" rows); the consumer had written them {waited:.1f} s after the last call",
+        f"  while the rounds ran ({outside.elapsed:.0f} s), other processes on this machine used"
+        f" {max(0.0, outside.others):.1f} CPU-s ({max(0.0, outside.others) / outside.elapsed * 100:.0f}% of a core),"
+        f" steal {outside.steal:.1f} s",
+    ]
+    if ok < calls:
+        lines.append(f"  WARNING: {calls - ok} calls have no successful audit row")
+    for what, count in sorted(other.items()):
+        lines.append(f"    {count} x {what}"[:200])
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def run(quick: bool = False) -> None:
+    """Run the benchmark and print its table (``bench.run`` calls this)."""
+    profile = QUICK if quick else FULL
+    configure_logging("bench", "WARNING", LogFormat.json)
+    # Not under pytest's temporary tree, and traversable: PostgreSQL may run as another user (see tests/conftest.py).
+    workdir = Path(tempfile.mkdtemp(prefix="freqfleet-bench-mcp-"))
+    try:
+        valkey = EmbeddedValkey(workdir, free_port())
+        valkey.start()
+        try:
+            pg = EmbeddedPostgres(workdir)
+            pg.start()
+            try:
+                database.upgrade(pg.url())
+                with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+                    print(runner.run(bench(profile, workdir, pg, valkey)), flush=True)
+            finally:
+                pg.stop()
+        finally:
+            valkey.stop()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    run(quick="--quick" in sys.argv[1:])

@@ -1,0 +1,66 @@
+"""Audit rows that arrive on the bus: the gateways' MCP tool calls (``MCP_CALL``).
+
+A gateway serves MCP to AI agents and publishes one ``MCP_CALL`` per tool call or resource read
+(who, which tool, the arguments with secrets masked, the outcome). The gateway has no database and
+no credentials of its own to write here, and the bus is the one channel between the services that
+only they can write to; it is also durable (the gateway's outbox keeps the event while Redis is
+away, the consumer retries while PostgreSQL is). The row is written with ``via = "mcp"``, the time
+of the call and the call's correlation id, which the management server's own rows for the REST
+calls the tool made on the caller's behalf carry too.
+
+The audit log is append-only, so a redelivered event can't be made harmless by an upsert: the
+event is claimed in the inbox (``claim_event``) in the transaction that inserts the row.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from management_server.audit.models import AuditEntry
+from management_server.bus.service import claim_event
+from management_server.users.models import User
+from shared.bus.messages import McpCall
+from shared.bus.streams import MANAGEMENT_GROUP
+from shared.logging import redact
+
+
+def mcp_action(message: McpCall) -> str:
+    """``mcp.<tool>`` for a tool call, ``mcp.read_resource`` for a resource read."""
+    data = message.data
+    return "mcp.read_resource" if data.kind == "resource" else f"mcp.{data.name}"[:64]
+
+
+async def record_mcp_call(session: AsyncSession, message: McpCall) -> bool:
+    """Add the call's audit row in the caller's transaction; False when it was recorded before."""
+    if not await claim_event(session, MANAGEMENT_GROUP, message):
+        return False
+    data = message.data
+    user = await session.get(User, data.actor_id)
+    details = {
+        "tool" if data.kind == "tool" else "uri": data.name,
+        "arguments": data.arguments,
+        "gateway_id": data.gateway_id,
+        "transport": data.transport,
+        "role": data.role,
+        # Named so that the log redaction (which masks keys naming a token) keeps them: they are no secret.
+        "auth_type": data.token_type,
+        "auth_id": str(data.token_id),
+        "duration_ms": data.duration_ms,
+    }
+    session.add(
+        AuditEntry(
+            occurred_at=message.occurred_at,
+            actor_id=data.actor_id,
+            actor=(user.email if user is not None else f"unknown user {data.actor_id}")[:320],
+            via="mcp",
+            action=mcp_action(message),
+            target_type=data.target_type,
+            target_id=data.target_id,
+            outcome=data.outcome,
+            reason=data.reason,
+            ip=data.client_ip,
+            correlation_id=message.correlation_id,
+            details=redact(details),
+        )
+    )
+    return True

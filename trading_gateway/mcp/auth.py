@@ -1,0 +1,149 @@
+"""Who may talk MCP to this gateway: checked before a connection is accepted, on both transports.
+
+- **Token.** An access token or a personal access token of the management server, verified as the
+  gateway's REST routes verify them (:class:`shared.auth.TokenVerifier` with the management server's
+  JWKS and the revocation store in Redis: pinned EdDSA, issuer, **audience**, expiry, type, revoked).
+  It comes in ``Authorization: Bearer <token>``; WebSocket clients that can't set headers (browsers)
+  may put it in ``?token=`` instead. Streamable HTTP takes the header only: a URL ends up in logs
+  and proxies. Any role may connect; what a caller may do is decided per tool (scopes ``read`` and
+  ``trade``, and ownership, which the management server knows).
+- **Origin.** A browser sends ``Origin`` on every cross-site request and WebSocket handshake; one
+  that is not in ``mcp_allowed_origins`` is refused, so a web page can't drive the fleet through a
+  user's browser (DNS rebinding included: the page's origin is still its own). No ``Origin`` means a
+  non-browser client (an agent, a script), which is allowed.
+- **Refusals** are plain HTTP answers with ``{"detail": ...}`` before anything MCP happens: 401
+  (with ``WWW-Authenticate: Bearer``) for a missing, invalid or expired token, 403 for a foreign
+  origin, 503 when the signing keys or the revocation store can't be reached. They are logged with
+  the reason; the token never is.
+- A WebSocket lives longer than its token: the token is verified again before every tool call, so
+  a token that expired or was revoked stops working on an open connection too.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from redis.exceptions import RedisError
+
+from shared.auth import InvalidToken, TokenClaims
+from shared.auth.claims import Scope
+from shared.logging import get_logger
+from trading_gateway.fleet.deps import INVALID, KEYS_UNAVAILABLE, REVOCATION_UNAVAILABLE, GatewayAuth, KeysUnavailable
+
+log = get_logger(__name__)
+
+Transport = Literal["websocket", "streamable_http"]
+
+NOT_AUTHENTICATED = (
+    "Not authenticated: send an access token or a personal access token of the management server as "
+    "'Authorization: Bearer <token>' (WebSocket clients may use '?token=<token>' instead)."
+)
+FOREIGN_ORIGIN = (
+    "This origin may not use the gateway's MCP endpoints: an operator can allow it with FREQFLEET_MCP_ALLOWED_ORIGINS."
+)
+
+
+class Refused(Exception):
+    """A connection (or call) refused before any MCP exchange; ``detail`` says why, for the client."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": "Bearer"} if self.status == 401 else {}
+
+
+@dataclass(frozen=True)
+class Caller:
+    """An authenticated MCP client: its token's claims and the token itself (to call the management
+    server on its behalf; never logged, never in a repr)."""
+
+    claims: TokenClaims
+    token: str = field(repr=False)
+    transport: Transport
+    client_ip: str | None = None
+
+    @property
+    def subject(self) -> uuid.UUID:
+        return self.claims.subject
+
+    @property
+    def role(self) -> str:
+        return self.claims.role
+
+    @property
+    def is_admin(self) -> bool:
+        return self.claims.role == "admin"
+
+    def has_scope(self, scope: Scope) -> bool:
+        return self.claims.has_scope(scope.value)
+
+    @property
+    def label(self) -> str:
+        """Who, for log lines and ``requested_by`` fields: role and user id, no secret."""
+        return f"{self.claims.role}:{self.claims.subject}"
+
+
+def bearer_token(headers: Mapping[str, str], query: Mapping[str, str] | None = None) -> str | None:
+    """The token from ``Authorization: Bearer``, else (when ``query`` is given) from ``?token=``."""
+    header = headers.get("authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    if query is not None and (token := query.get("token", "").strip()):
+        return token
+    return None
+
+
+class McpAuth:
+    def __init__(self, gateway_auth: GatewayAuth, allowed_origins: Sequence[str]) -> None:
+        self.gateway_auth = gateway_auth
+        self.allowed_origins = frozenset(origin.rstrip("/") for origin in allowed_origins)
+
+    def check_origin(self, headers: Mapping[str, str], transport: Transport) -> None:
+        origin = headers.get("origin")
+        if origin is None:
+            return
+        if origin.rstrip("/") not in self.allowed_origins:
+            log.info("mcp connection refused: foreign origin", origin=origin[:200], transport=transport)
+            raise Refused(403, FOREIGN_ORIGIN)
+
+    async def authenticate(
+        self,
+        headers: Mapping[str, str],
+        *,
+        transport: Transport,
+        client_ip: str | None,
+        query: Mapping[str, str] | None = None,
+    ) -> Caller:
+        """The caller, or :class:`Refused` (origin first: a foreign page learns nothing about tokens)."""
+        self.check_origin(headers, transport)
+        token = bearer_token(headers, query if transport == "websocket" else None)
+        if token is None:
+            log.info("mcp connection refused: no token", transport=transport, client_ip=client_ip)
+            raise Refused(401, NOT_AUTHENTICATED)
+        claims = await self._verify(token, transport=transport, client_ip=client_ip)
+        return Caller(claims=claims, token=token, transport=transport, client_ip=client_ip)
+
+    async def recheck(self, caller: Caller) -> Caller:
+        """Verify the caller's token again (expiry, revocation) before a call on a long-lived connection."""
+        claims = await self._verify(caller.token, transport=caller.transport, client_ip=caller.client_ip)
+        return Caller(claims=claims, token=caller.token, transport=caller.transport, client_ip=caller.client_ip)
+
+    async def _verify(self, token: str, *, transport: Transport, client_ip: str | None) -> TokenClaims:
+        try:
+            return await self.gateway_auth.verifier.verify(token)
+        except KeysUnavailable:
+            raise Refused(503, KEYS_UNAVAILABLE) from None
+        except InvalidToken as exc:
+            log.info("mcp token refused", reason=str(exc), transport=transport, client_ip=client_ip)
+            raise Refused(401, INVALID) from None
+        except (RedisError, OSError) as exc:
+            log.warning("mcp token not checked: redis unavailable", error=f"{type(exc).__name__}: {exc}")
+            raise Refused(503, REVOCATION_UNAVAILABLE) from None
