@@ -20,3 +20,5 @@ class Gateway(Base):
     last_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
     bots_running: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     capacity: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    # Where the management server reaches the gateway's REST API (from its heartbeat; None before it said).
+    api_url: Mapped[str | None] = mapped_column(String(255), nullable=True)

@@ -26,6 +26,7 @@ async def record_heartbeat(session: AsyncSession, beat: GatewayHeartbeat) -> Non
         "last_seen_at": beat.occurred_at,
         "bots_running": data.bots_running,
         "capacity": data.capacity,
+        "api_url": data.api_url,
     }
     statement = insert(Gateway).values(**values)
     await session.execute(
