@@ -2,7 +2,8 @@
 
 ``python -m bench._auth_server KIND --port N`` where KIND is
 
-- ``bare``: a bare ``FastAPI()`` with one ``GET /bench/bare`` returning a small JSON object;
+- ``bare``: a bare ``FastAPI()`` with ``GET /bench/bare`` returning a small JSON object, and ``POST /bench/bare``
+  returning the same (the baseline of POST routes);
 - ``management``: the management server exactly as ``management_server.main.run`` builds it: settings
   from the ``FREQFLEET_*`` environment (the benchmark sets the database, Redis, data folder and turns
   the request rate limits off), JSON logging configured first, then ``create_app``.
@@ -27,6 +28,10 @@ def bare_app() -> FastAPI:
 
     @app.get(BARE_PATH)
     async def bare() -> dict[str, str]:
+        return dict(BARE_BODY)
+
+    @app.post(BARE_PATH)
+    async def bare_post() -> dict[str, str]:
         return dict(BARE_BODY)
 
     return app

@@ -109,6 +109,17 @@ def raw_get(port: int, path: str, token: str | None = None) -> bytes:
     return f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: freqfleet-bench\r\n{auth}\r\n".encode("ascii")
 
 
+def raw_post(port: int, path: str, token: str | None = None, body: bytes = b"") -> bytes:
+    """One keep-alive POST as bytes (a JSON body when given), with a bearer token when given."""
+    auth = f"Authorization: Bearer {token}\r\n" if token else ""
+    kind = "Content-Type: application/json\r\n" if body else ""
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: freqfleet-bench\r\n{auth}{kind}"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode("ascii") + body
+
+
 async def _exchange(conn: Connection, raw: bytes) -> tuple[int, bytes]:
     """Send one request on a keep-alive connection; the status and the body of the answer."""
     reader, writer = conn
@@ -138,8 +149,13 @@ async def _close(conns: Sequence[Connection]) -> None:
             await writer.wait_closed()
 
 
-async def drive(port: int, raw: bytes, expect: int, total: int, concurrency: int) -> tuple[float, list[float]]:
-    """``total`` requests over ``concurrency`` keep-alive connections; the wall time (s) and each latency (ms)."""
+async def drive(
+    port: int, raw: bytes | Sequence[bytes], expect: int, total: int, concurrency: int
+) -> tuple[float, list[float]]:
+    """``total`` requests over ``concurrency`` keep-alive connections; the wall time (s) and each latency (ms).
+
+    ``raw`` is one request, or several sent in turn (cycling through them, each as often as the others)."""
+    requests = [raw] if isinstance(raw, bytes) else list(raw)
     conns = await _open(port, concurrency)
     remaining = total
     latencies: list[float] = []
@@ -148,8 +164,9 @@ async def drive(port: int, raw: bytes, expect: int, total: int, concurrency: int
         nonlocal remaining
         while remaining > 0:
             remaining -= 1
+            request = requests[remaining % len(requests)]
             started = time.perf_counter()
-            status, body = await _exchange(conn, raw)
+            status, body = await _exchange(conn, request)
             latencies.append((time.perf_counter() - started) * 1000)
             if status != expect:
                 raise BenchError(f"answered {status} where {expect} was expected: {body[:200]!r}")

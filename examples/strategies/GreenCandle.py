@@ -2,7 +2,8 @@
 
 It buys after a green candle that closes above its 10-candle average, and sells at +1 %, after
 30 minutes at break-even, or at a -5 % stoploss. On 1m candles it trades within minutes, which is
-what a demo needs.
+what a demo needs. It trades with market orders: a dry-run limit order fills only once the price
+comes back to it, so a demo trade could wait unfilled, and a forced exit would cancel it unseen.
 """
 
 from freqtrade.strategy import IStrategy
@@ -15,6 +16,7 @@ class GreenCandle(IStrategy):
     can_short = False
     minimal_roi = {"0": 0.01, "30": 0.0}  # noqa: RUF012 - Freqtrade reads these class attributes
     stoploss = -0.05
+    order_types = {"entry": "market", "exit": "market", "stoploss": "market", "stoploss_on_exchange": False}  # noqa: RUF012
     process_only_new_candles = True
     startup_candle_count = 10
 

@@ -8,13 +8,14 @@ from fastapi import APIRouter, HTTPException, Request
 from sqlalchemy import select
 
 from management_server.audit.models import Outcome
-from management_server.auth.deps import Trader, client_ip
+from management_server.auth.deps import Trader, client_ip, deny
 from management_server.bots import emergency
 from management_server.bots.models import ActualState, Bot
 from management_server.bots.schemas import EmergencyIn, EmergencyOut, EmergencyOutcomeOut
 from management_server.db import SessionDep
 from management_server.errors import errors
 from management_server.users.models import Role
+from shared.metrics import EMERGENCY_STOPS
 
 router = APIRouter(prefix="/api/v1", tags=["bots"], responses=errors(401, 403, 404, 429))
 
@@ -29,8 +30,9 @@ async def emergency_stop(body: EmergencyIn, request: Request, session: SessionDe
     user = principal.user
     query = select(Bot).with_for_update()
     if body.scope == "all":
-        if user.role is not Role.admin:
-            raise HTTPException(403, "Only an admin may halt the whole fleet: use scope 'mine'.")
+        if not principal.is_admin:  # the role and, for a personal access token, its admin scope
+            detail = "Only an admin may halt the whole fleet: use scope 'mine'."
+            raise await deny(request, 403, detail, "emergency stop of all bots by a non-admin", principal.actor)
     elif body.scope == "mine":
         query = query.where(Bot.owner_id == user.id)
     else:
@@ -45,6 +47,7 @@ async def emergency_stop(body: EmergencyIn, request: Request, session: SessionDe
     halt = await emergency.halt(session, bots, actor.label, body.reason)
     await session.commit()
     request.app.state.outbox_relay.wake()
+    EMERGENCY_STOPS.labels(via="api").inc()
     await request.app.state.audit.record(
         "bot.emergency_stop",
         Outcome.success,

@@ -16,6 +16,7 @@ from enum import StrEnum
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from management_server.analytics.rearm import rearm
 from management_server.bots.models import ActualState, Bot, DesiredState
 from management_server.bus.service import enqueue
 from management_server.credentials import service as credentials
@@ -29,6 +30,7 @@ from shared.bus.messages import (
     Envelope,
     ForceExit,
     ForceExitData,
+    ModelBundle,
     PauseBot,
     PauseBotData,
     RestartBot,
@@ -127,11 +129,19 @@ def _waiting(gateway_id: str) -> str:
     )
 
 
-def _command(action: Action, bot: Bot, spec: BotSpec | None, trade_id: int | str | None) -> Envelope:
+def _command(
+    action: Action,
+    bot: Bot,
+    spec: BotSpec | None,
+    trade_id: int | str | None,
+    freqai_model: ModelBundle | None = None,
+) -> Envelope:
     g = bot.generation
     if action is Action.start:
         assert spec is not None
-        return StartBot(source=SOURCE, data=StartBotData(bot_id=bot.id, generation=g, spec=spec))
+        return StartBot(
+            source=SOURCE, data=StartBotData(bot_id=bot.id, generation=g, spec=spec, freqai_model=freqai_model)
+        )
     if action is Action.stop:
         return StopBot(source=SOURCE, data=StopBotData(bot_id=bot.id, generation=g))
     if action is Action.restart:
@@ -156,9 +166,15 @@ DESIRED = {
 
 
 async def act(
-    session: AsyncSession, bot: Bot, action: Action, keys: MasterKeys, trade_id: int | str | None = None
+    session: AsyncSession,
+    bot: Bot,
+    action: Action,
+    keys: MasterKeys,
+    trade_id: int | str | None = None,
+    freqai_model: ModelBundle | None = None,
 ) -> ActionResult:
-    """Apply ``action`` to ``bot`` in the session's transaction (the caller commits)."""
+    """Apply ``action`` to ``bot`` in the session's transaction (the caller commits). A start of a FreqAI bot
+    carries its model (``freqai_model``, from ``management_server.freqai.deploy.start_bundle``)."""
     active = bot.desired_state in (DesiredState.running, DesiredState.paused)
     spec = None
     if action is Action.start:
@@ -176,13 +192,18 @@ async def act(
         notice = None if gateway_id in live else _waiting(gateway_id)
         if action is Action.restart:
             await bot_spec(session, bot, keys)  # the same checks as a start
+    if action in (Action.start, Action.resume):
+        await rearm(session, bot)  # a trader trading again after a risk pause: the guard starts over from now
     if action in DESIRED:
         bot.desired_state = DESIRED[action].value
     if action is Action.stop and bot.actual_state in (ActualState.running, ActualState.paused, ActualState.starting):
         bot.actual_state = ActualState.stopping.value
-    bot.generation += 1
+    if action is not Action.forceexit:
+        # FORCE_EXIT changes no desired state, and the gateway records no generation for it: bumping the
+        # generation here would make every later report of the bot look older than it and be dropped.
+        bot.generation += 1
     bot.updated_at = datetime.now(UTC)
-    command = _command(action, bot, spec, trade_id)
+    command = _command(action, bot, spec, trade_id, freqai_model)
     await enqueue(session, commands_stream(gateway_id), command)
     return ActionResult(bot, command, gateway_id, notice)
 

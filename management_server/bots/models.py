@@ -65,6 +65,10 @@ class Bot(TimestampMixin, Base):
     credentials_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, ForeignKey("exchange_credentials.id"), nullable=True)
     freqai: Mapped[dict[str, Any] | None] = mapped_column(JSONB, nullable=True)
     model_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, nullable=True)
+    # FreqAI models (management_server/freqai): the state of the latest deployment (pending, loaded,
+    # rejected) and the model the bot last reported predicting with.
+    model_state: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    model_loaded_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, nullable=True)
 
     desired_state: Mapped[str] = mapped_column(String(16), nullable=False, default=DesiredState.stopped.value)
     actual_state: Mapped[str] = mapped_column(String(16), nullable=False, default=ActualState.stopped.value)
@@ -74,6 +78,12 @@ class Bot(TimestampMixin, Base):
     last_status: Mapped[dict[str, Any] | None] = mapped_column(JSONB, nullable=True)
     last_status_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # risk guard (management_server/analytics/risk.py): the bot's own drawdown limit (None: the setting's
+    # default), why and when the guard last paused it, and the moment its high-water mark starts from.
+    max_drawdown_ratio: Mapped[float | None] = mapped_column(Float, nullable=True)
+    risk_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    risk_paused_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    risk_baseline_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
     __table_args__ = (
         UniqueConstraint("owner_id", "name", name="uq_bots_owner_id_name"),

@@ -26,6 +26,8 @@ from management_server.bots.schemas import (
 )
 from management_server.db import SessionDep
 from management_server.errors import errors
+from management_server.freqai.deploy import start_bundle
+from management_server.freqai.service import ModelRefused
 from management_server.users.models import Role
 
 router = APIRouter(prefix="/api/v1/bots", tags=["bots"], responses=errors(400, 401, 403, 404, 409, 429))
@@ -86,7 +88,11 @@ async def update_bot(
         raise HTTPException(404, NOT_FOUND)
     try:
         changes = service.update(bot, body)
-        live = await update_live(session, bot, request.app.state.master_keys) if changes else None
+        live = (
+            await update_live(session, bot, request.app.state.master_keys)
+            if set(changes) - service.MANAGEMENT_FIELDS
+            else None
+        )
         await session.commit()
     except (service.BotRefused, ActionRefused) as exc:
         raise HTTPException(exc.status, str(exc)) from None
@@ -134,9 +140,11 @@ async def _act(
         raise HTTPException(404, NOT_FOUND)
     audit = request.app.state.audit
     try:
-        result = await act(session, bot, action, request.app.state.master_keys, trade_id)
+        # A FreqAI bot's start carries its model (management_server/freqai).
+        bundle = await start_bundle(session, request.app.state.model_registry, bot) if action is Action.start else None
+        result = await act(session, bot, action, request.app.state.master_keys, trade_id, bundle)
         await session.commit()
-    except ActionRefused as exc:
+    except (ActionRefused, ModelRefused) as exc:
         await session.rollback()
         await audit.record(
             f"bot.{action.value}",
@@ -223,17 +231,19 @@ async def bot_trades(
 
 @router.get("/{bot_id}/status", response_model=LiveStatusOut)
 async def bot_status(bot_id: uuid.UUID, session: SessionDep, principal: Reader) -> LiveStatusOut:
-    """The latest live status the gateway reported (every few seconds), with its age."""
+    """The latest live status the gateway reported (every few seconds), with its age. While no process of the
+    bot runs (stopped, halted, failed, starting), `state` is null and `open_trades` empty; `profit` and the
+    time are those of the last report."""
     bot = await service.visible(session, principal.user, bot_id)
     if bot is None:
         raise HTTPException(404, NOT_FOUND)
-    status_ = bot.last_status or {}
+    live = service.live_status(bot) or {}
     age = (datetime.now(UTC) - bot.last_status_at).total_seconds() if bot.last_status_at else None
     return LiveStatusOut(
-        state=status_.get("state"),
+        state=live.get("state"),
         actual_state=bot.actual_state,
-        open_trades=status_.get("open_trades", []),
-        profit=status_.get("profit", {}),
+        open_trades=live.get("open_trades", []),
+        profit=(bot.last_status or {}).get("profit", {}),
         updated_at=bot.last_status_at,
         age_seconds=age,
     )

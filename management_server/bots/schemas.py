@@ -45,6 +45,13 @@ class BotCreate(BotFields):
     credentials_id: uuid.UUID | None = None
     freqai: dict[str, Any] | None = None
     model_id: uuid.UUID | None = None
+    max_drawdown_ratio: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description="Pause the bot when its drawdown reaches this share of its balance (default: the server's "
+        "FREQFLEET_RISK_MAX_DRAWDOWN_BOT).",
+    )
 
     @field_validator("stake_amount")
     @classmethod
@@ -61,6 +68,9 @@ class BotUpdate(BotFields):
     stake_amount: Decimal | Literal["unlimited"] | None = None
     max_open_trades: int | None = Field(default=None, ge=-1, le=1000)
     stoploss: float | None = Field(default=None, lt=0, ge=-1)
+    max_drawdown_ratio: float | None = Field(
+        default=None, gt=0, le=1, description="The bot's drawdown limit; null: the server's default. Changes live."
+    )
 
 
 class BotOut(BaseModel):
@@ -81,11 +91,18 @@ class BotOut(BaseModel):
     credentials_id: uuid.UUID | None
     freqai: dict[str, Any] | None
     model_id: uuid.UUID | None
+    model_state: str | None = Field(
+        default=None, description="FreqAI: state of the latest model deployment (pending, loaded, rejected)."
+    )
+    model_loaded_id: uuid.UUID | None = Field(default=None, description="FreqAI: the model the bot predicts with.")
     desired_state: str
     actual_state: str
     generation: int
     gateway_id: str | None
     last_error: str | None
+    max_drawdown_ratio: float | None = Field(default=None, description="The bot's own drawdown limit (null: default).")
+    risk_reason: str | None = Field(default=None, description="Why the risk guard paused it (until it trades again).")
+    risk_paused_at: datetime | None = Field(default=None, description="When the risk guard last paused it.")
     created_at: datetime
     updated_at: datetime
 
@@ -131,9 +148,12 @@ class TradeOut(BaseModel):
 
 
 class LiveStatusOut(BaseModel):
-    state: str | None = Field(description="Freqtrade's state as last reported, or null before any report.")
+    state: str | None = Field(
+        description="Freqtrade's state as the bot's running process last reported it; null while no process runs "
+        "(stopped, halted, failed, starting) or before its first report."
+    )
     actual_state: str
-    open_trades: list[dict[str, Any]]
+    open_trades: list[dict[str, Any]] = Field(description="The running process's open trades; empty while none runs.")
     profit: dict[str, Any]
     updated_at: datetime | None
     age_seconds: float | None

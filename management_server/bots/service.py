@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import uuid
 from decimal import Decimal
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from management_server.bots.models import ActualState, Bot, DesiredState
 from management_server.bots.schemas import BotCreate, BotUpdate
 from management_server.credentials.models import ExchangeCredential
+from management_server.freqai import service as models
 from management_server.strategies import service as strategies
 from management_server.users.models import Role, User
 
@@ -54,6 +56,17 @@ async def create(session: AsyncSession, owner: User, body: BotCreate) -> Bot:
             raise BotRefused(404, "No such credentials.")
         if credential.exchange != body.exchange:
             raise BotRefused(400, f"These credentials are for {credential.exchange}, not {body.exchange}.")
+    freqai = body.freqai
+    if body.model_id is not None:  # a FreqAI bot that receives this model (management_server/freqai)
+        model = await models.visible(session, owner, body.model_id)
+        if model is None:
+            raise BotRefused(404, "No such model.")
+        problem = models.fit_problem(
+            model, timeframe=body.timeframe, pairs=list(body.pairs), strategy_class=strategy.class_name
+        )
+        if problem is not None:
+            raise BotRefused(409, f"This model can't serve the bot: {problem}.")
+        freqai = {} if freqai is None else freqai
     bot = Bot(
         owner_id=owner.id,
         name=body.name,
@@ -68,8 +81,9 @@ async def create(session: AsyncSession, owner: User, body: BotCreate) -> Bot:
         dry_run_wallet=body.dry_run_wallet,
         stoploss=body.stoploss,
         credentials_id=body.credentials_id,
-        freqai=body.freqai,
+        freqai=freqai,
         model_id=body.model_id,
+        max_drawdown_ratio=body.max_drawdown_ratio,
         desired_state=DesiredState.stopped.value,
         actual_state=ActualState.stopped.value,
         generation=0,
@@ -88,6 +102,8 @@ def is_stopped(bot: Bot) -> bool:
 
 
 LIVE_FIELDS = frozenset({"pairs", "stake_amount", "max_open_trades"})
+MANAGEMENT_FIELDS = frozenset({"max_drawdown_ratio"})  # the gateway never sees them: changed at any time
+NULLABLE_FIELDS = frozenset({"stoploss", "max_drawdown_ratio"})  # null means "the default"
 
 
 def update(bot: Bot, body: BotUpdate) -> dict[str, object]:
@@ -98,8 +114,8 @@ def update(bot: Bot, body: BotUpdate) -> dict[str, object]:
     changes = body.model_dump(exclude_unset=True)
     if not changes:
         return {}
-    if not is_stopped(bot) and not set(changes) <= LIVE_FIELDS:
-        others = ", ".join(sorted(set(changes) - LIVE_FIELDS))
+    if not is_stopped(bot) and not set(changes) <= LIVE_FIELDS | MANAGEMENT_FIELDS:
+        others = ", ".join(sorted(set(changes) - LIVE_FIELDS - MANAGEMENT_FIELDS))
         raise BotRefused(
             409,
             f"Stop the bot before changing {others}: a running bot takes only pairs, "
@@ -108,9 +124,25 @@ def update(bot: Bot, body: BotUpdate) -> dict[str, object]:
     if "pairs" in changes and changes["pairs"] is not None:
         _check_pairs(list(changes["pairs"]), bot.stake_currency)
     for field, value in changes.items():
-        if value is None and field != "stoploss":
+        if value is None and field not in NULLABLE_FIELDS:
             continue
         if field == "stake_amount":
             value = None if value == "unlimited" else Decimal(value)
         setattr(bot, field, value)
     return {k: str(v) for k, v in changes.items()}
+
+
+PROCESS_STATES = (ActualState.running, ActualState.paused, ActualState.stopping)
+
+
+def live_status(bot: Bot) -> dict[str, Any] | None:
+    """The last status report if it describes the bot's current process; None when no process runs (stopped,
+    halted, failed, or a start not confirmed yet) or the report came from an earlier process.
+
+    The report itself stays on the bot (its profit figures remain true of the bot's trades); only what
+    it says of a process that has ended (its state, its open trades) must not read as live."""
+    if bot.last_status is None or bot.last_status_at is None or bot.actual_state not in PROCESS_STATES:
+        return None
+    if bot.started_at is not None and bot.last_status_at < bot.started_at:
+        return None
+    return bot.last_status

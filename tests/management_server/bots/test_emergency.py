@@ -144,3 +144,22 @@ async def test_mine_halts_only_mine_and_all_is_for_admins(management: Management
     # Only a new start leaves "halted".
     restarted = await management.client.post(f"/api/v1/bots/{bob_bot}/start", headers=bob)
     assert restarted.json()["desired_state"] == "running"
+
+
+async def test_all_needs_an_admin_token_with_the_admin_scope_and_a_refusal_is_audited(management: Management) -> None:
+    admin = await session_of(management, "root@example.com", Role.admin)
+    minted = await management.client.post(
+        "/api/v1/users/me/tokens", json={"name": "trading-agent", "scopes": ["read", "trade"]}, headers=admin
+    )
+    assert minted.status_code == 201, minted.text
+    agent = {"Authorization": f"Bearer {minted.json()['token']}"}
+
+    refused = await management.client.post("/api/v1/emergency-stop", json={"scope": "all"}, headers=agent)
+    assert refused.status_code == 403, refused.text
+    assert refused.json() == {"detail": "Only an admin may halt the whole fleet: use scope 'mine'."}
+    mine = await management.client.post("/api/v1/emergency-stop", json={"scope": "mine"}, headers=agent)
+    assert mine.status_code == 200, mine.text
+
+    denied = [(e.actor, e.target_id, e.reason) for e in await management.audit("authz.denied")]
+    assert denied == [("root@example.com", "POST /api/v1/emergency-stop", "emergency stop of all bots by a non-admin")]
+    assert [e.target_id for e in await management.audit("bot.emergency_stop")] == ["mine"]

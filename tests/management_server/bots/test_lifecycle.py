@@ -17,6 +17,8 @@ from shared.bus.messages import (
     BotStartedData,
     BotStatus,
     BotStatusData,
+    BotStopped,
+    BotStoppedData,
     CommandRejected,
     CommandRejectedData,
     GatewayHeartbeat,
@@ -220,3 +222,91 @@ async def test_a_running_bot_takes_pairs_and_stake_live(management: Management, 
     assert (update["data"]["generation"], update["data"]["spec"]["pairs"]) == (2, ["SOL/USDT"])
     assert update["data"]["spec"]["max_open_trades"] == 1
     await redis.aclose()
+
+
+async def test_the_status_of_an_ended_process_does_not_read_as_live(management: Management, redis_url: str) -> None:
+    redis = aioredis.Redis.from_url(redis_url)
+    publisher = Publisher(redis)
+    admin, bot_id = await admin_bot(management)
+    await heartbeat(management)
+    uid, src = uuid.UUID(bot_id), f"gateway:{GATEWAY}"
+
+    async def status() -> dict[str, Any]:
+        body: dict[str, Any] = (await management.client.get(f"/api/v1/bots/{bot_id}/status", headers=admin)).json()
+        return body
+
+    async def reads(actual_state: str) -> bool:
+        bot = (await management.client.get(f"/api/v1/bots/{bot_id}", headers=admin)).json()
+        return bool(bot["actual_state"] == actual_state)
+
+    async def act(action: str) -> int:
+        response = await management.client.post(f"/api/v1/bots/{bot_id}/{action}", headers=admin)
+        assert response.status_code == 200, response.text
+        generation: int = response.json()["generation"]
+        return generation
+
+    first = datetime.now(UTC) - timedelta(seconds=30)
+    generation = await act("start")
+    for event in (
+        BotStarted(
+            source=src,
+            data=BotStartedData(
+                bot_id=uid, generation=generation, pid=11, port=18100, freqtrade_version="2026.9", started_at=first
+            ),
+        ),
+        BotStatus(
+            source=src,
+            occurred_at=first + timedelta(seconds=5),
+            data=BotStatusData(
+                bot_id=uid,
+                generation=generation,
+                state="running",
+                open_trades=[{"trade_id": 1, "pair": "BTC/USDT"}],
+                profit={"profit_all_coin": 1.5},
+            ),
+        ),
+    ):
+        await publisher.publish(EVENTS_STREAM, event)
+    await async_wait_for(lambda: _state_is(status, "running"), timeout=10, what="the live status")
+    assert (await status())["open_trades"] == [{"trade_id": 1, "pair": "BTC/USDT"}]
+
+    # Stopped: no process, so no live state nor open trades; the last report's profit and time stay.
+    generation = await act("stop")
+    await publisher.publish(
+        EVENTS_STREAM, BotStopped(source=src, data=BotStoppedData(bot_id=uid, generation=generation, exit_code=0))
+    )
+    await async_wait_for(lambda: reads("stopped"), timeout=10, what="the bot stopped")
+    stopped = await status()
+    assert (stopped["state"], stopped["actual_state"], stopped["open_trades"]) == (None, "stopped", [])
+    assert stopped["profit"] == {"profit_all_coin": 1.5}
+    assert stopped["age_seconds"] >= 25
+
+    # Started again: what the previous process reported is not the new one's status.
+    generation = await act("start")
+    await publisher.publish(
+        EVENTS_STREAM,
+        BotStarted(
+            source=src,
+            data=BotStartedData(
+                bot_id=uid,
+                generation=generation,
+                pid=12,
+                port=18101,
+                freqtrade_version="2026.9",
+                started_at=datetime.now(UTC),
+            ),
+        ),
+    )
+    await async_wait_for(lambda: reads("running"), timeout=10, what="the bot running again")
+    assert ((await status())["state"], (await status())["open_trades"]) == (None, [])
+    await publisher.publish(
+        EVENTS_STREAM,
+        BotStatus(source=src, data=BotStatusData(bot_id=uid, generation=generation, state="running")),
+    )
+    await async_wait_for(lambda: _state_is(status, "running"), timeout=10, what="the new process's status")
+    assert (await status())["open_trades"] == []
+    await redis.aclose()
+
+
+async def _state_is(status: Any, state: str) -> bool:
+    return bool((await status())["state"] == state)

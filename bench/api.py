@@ -1,0 +1,478 @@
+"""The bots API under load: ``GET /api/v1/bots`` with 100 bots and ``POST /api/v1/bots/{id}/pause``, beside bare
+FastAPI routes, in the same run.
+
+Everything is real: an embedded PostgreSQL (migrated to head) and Valkey in a temporary folder, and two uvicorn
+processes started by ``bench._auth_server`` with the same settings: a bare ``FastAPI()`` (``GET`` and ``POST
+/bench/bare``, a small JSON object) and the management server exactly as ``freqfleet management`` builds it
+(env=production, JSON logs to a file, request rate limits off: they would cap the load).
+
+Set-up, as a user would do it: one user (``bench.auth.setup``) with one approved strategy, a gateway that has sent
+one heartbeat (``record_heartbeat``, so starts are placed), then over HTTP: log in, create 100 bots, start each.
+No gateway consumes the commands: they stay on its stream, where the benchmark counts them at the end.
+
+Targets (raw HTTP/1.1 over keep-alive connections, ``bench.http_overhead.drive``; fixed concurrency, fixed
+request count after a warm-up, targets alternated, medians over rounds):
+
+- baseline: the bare ``GET /bench/bare`` and ``POST /bench/bare``;
+- reference: ``GET /api/v1/users/me`` with the same token (plumbing, token check, user load: what every
+  authenticated route pays before its own work);
+- ``GET /api/v1/bots``: the user's 100 bots (the default page), each a full ``BotOut``;
+- ``POST /api/v1/bots/{id}/pause``: the 100 bots in turn. Each pause loads the bot, sets its desired state,
+  bumps its generation, writes a PAUSE_BOT to the transactional outbox and commits, writes an audit row in a
+  transaction of its own, and wakes the outbox relay, which publishes the command to the gateway's stream
+  in the same server process (its CPU is in the figures).
+
+Then, in this process, ``GET /bots``'s own steps on the same 100 bots, CPU time per request: loading the rows as
+ORM objects (the route's query in a fresh session, the server's engine settings), ``BotOut.model_validate`` of each,
+and dumping the list as JSON.
+
+    python -m bench.run api          (or: python -m bench.api [--quick])
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+from pydantic import TypeAdapter
+from sqlalchemy import select
+
+from bench._auth_server import BARE_BODY, BARE_PATH
+from bench.auth import (
+    EMAIL,
+    AuthServer,
+    Backends,
+    Context,
+    Outside,
+    login_over_http,
+    machine_cpu,
+    our_cpu,
+    server_env,
+    setup,
+)
+from bench.http_overhead import (
+    REQUEST_TIMEOUT,
+    BenchError,
+    Server,
+    _close,
+    _exchange,
+    _loop_factory,
+    _open,
+    _server_stack,
+    drive,
+    free_port,
+    percentile,
+    raw_get,
+    raw_post,
+)
+from freqfleet import database
+from freqfleet.embedded import EmbeddedPostgres, EmbeddedValkey
+from management_server.bots.models import Bot
+from management_server.bots.schemas import BotOut
+from management_server.gateways.service import record_heartbeat
+from management_server.strategies import service as strategies
+from shared.bus.messages import GatewayHeartbeat, GatewayHeartbeatData
+from shared.bus.streams import commands_stream
+from shared.logging import configure_logging
+from shared.redis import create_redis
+from shared.settings import LogFormat
+
+BOTS = 100
+GATEWAY = "gw-bench"
+# Keep-alive connections of the load, as in bench.auth: within the server's database pool (10), so no request
+# waits for or opens an overflow connection (a pause commits its own transaction before the audit's).
+CONCURRENCY = 8
+STRATEGY = '''"""Enters on every candle (never run here: the benchmark has no gateway)."""
+
+from freqtrade.strategy import IStrategy
+from pandas import DataFrame
+
+
+class BenchEnter(IStrategy):
+    INTERFACE_VERSION = 3
+    timeframe = "5m"
+    minimal_roi = {"0": 1.0}
+    stoploss = -0.1
+
+    def populate_indicators(self, dataframe: DataFrame, metadata: dict) -> DataFrame:
+        return dataframe
+
+    def populate_entry_trend(self, dataframe: DataFrame, metadata: dict) -> DataFrame:
+        dataframe["enter_long"] = 1
+        return dataframe
+
+    def populate_exit_trend(self, dataframe: DataFrame, metadata: dict) -> DataFrame:
+        dataframe["exit_long"] = 0
+        return dataframe
+'''
+
+
+@dataclass(frozen=True)
+class Profile:
+    rounds: int
+    requests: int
+    warmup: int
+    first_warmup: int
+
+
+FULL = Profile(rounds=3, requests=600, warmup=60, first_warmup=120)
+QUICK = Profile(rounds=1, requests=200, warmup=30, first_warmup=30)
+
+
+@dataclass(frozen=True)
+class Target:
+    key: str
+    label: str
+    server: str
+    baseline: str  # the key of the bare route it is compared with
+
+
+TARGETS = (
+    Target("bare_get", "baseline  bare FastAPI  GET /bench/bare", "bare", "bare_get"),
+    Target("bare_post", "baseline  bare FastAPI  POST /bench/bare", "bare", "bare_post"),
+    Target("me", "reference management  GET /users/me", "management", "bare_get"),
+    Target("bots", f"ours      management  GET /bots ({BOTS})", "management", "bare_get"),
+    Target("pause", "ours      management  POST /bots/{id}/pause", "management", "bare_post"),
+)
+
+
+@dataclass
+class Round:
+    rps: float
+    p50: float
+    p95: float
+    p99: float
+    cpu_us: float
+    backend_us: float
+    new_backend_procs: int
+    log_bytes: float
+    bytes_per_answer: float
+
+
+@dataclass
+class Result:
+    target: Target
+    rounds: list[Round] = field(default_factory=list)
+
+    def median(self, name: str) -> float:
+        return statistics.median(float(getattr(r, name)) for r in self.rounds)
+
+
+# --- set-up -----------------------------------------------------------------------------------------
+
+
+async def prepare(ctx: Context) -> str:
+    """The user's approved strategy and a gateway's heartbeat, in the database; the strategy's id."""
+    async with ctx.sessionmaker.begin() as session:
+        strategy = await strategies.upload(session, ctx.user, "bench-enter", STRATEGY, review=False)
+        now = datetime.now(UTC)
+        beat = GatewayHeartbeat(
+            source=f"gateway:{GATEWAY}",
+            occurred_at=now,
+            data=GatewayHeartbeatData(
+                gateway_id=GATEWAY, host="bench", version="bench", started_at=now, bots_running=0, capacity=BOTS
+            ),
+        )
+        await record_heartbeat(session, beat)
+        return str(strategy.id)
+
+
+async def create_bots(port: int, token: str, strategy_id: str) -> list[str]:
+    """100 bots created and started over HTTP, as a user would; their ids."""
+    headers = {"Authorization": f"Bearer {token}"}
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=REQUEST_TIMEOUT) as client:
+        ids: list[str] = []
+        for i in range(BOTS):
+            body = {
+                "name": f"bench-{i:03d}",
+                "strategy_id": strategy_id,
+                "pairs": ["BTC/USDT", "ETH/USDT"],
+                "timeframe": "5m",
+                "stake_amount": "50",
+                "max_open_trades": 2,
+            }
+            created = await client.post("/api/v1/bots", json=body, headers=headers)
+            if created.status_code != 201:
+                raise BenchError(f"creating a bot answered {created.status_code}: {created.text[:200]}")
+            ids.append(created.json()["id"])
+        for bot_id in ids:
+            started = await client.post(f"/api/v1/bots/{bot_id}/start", headers=headers)
+            if started.status_code != 200 or started.json()["desired_state"] != "running":
+                raise BenchError(f"starting a bot answered {started.status_code}: {started.text[:200]}")
+    return ids
+
+
+def requests_for(target: Target, port: int, token: str, bot_ids: list[str]) -> list[bytes]:
+    if target.key == "bare_get":
+        return [raw_get(port, BARE_PATH)]
+    if target.key == "bare_post":
+        return [raw_post(port, BARE_PATH)]
+    if target.key == "me":
+        return [raw_get(port, "/api/v1/users/me", token)]
+    if target.key == "bots":
+        return [raw_get(port, "/api/v1/bots", token)]
+    return [raw_post(port, f"/api/v1/bots/{bot_id}/pause", token) for bot_id in bot_ids]
+
+
+async def check(port: int, raw: bytes, target: Target, bot_ids: list[str]) -> None:
+    """One request of the target, answered with what we mean to measure."""
+    conns = await _open(port, 1)
+    try:
+        async with asyncio.timeout(REQUEST_TIMEOUT):
+            status, body = await _exchange(conns[0], raw)
+    finally:
+        await _close(conns)
+    data: Any = json.loads(body)
+    good = (
+        status == 200
+        and {
+            "bare_get": lambda: data == BARE_BODY,
+            "bare_post": lambda: data == BARE_BODY,
+            "me": lambda: isinstance(data, dict) and data.get("email") == EMAIL,
+            "bots": lambda: isinstance(data, list) and sorted(b["id"] for b in data) == sorted(bot_ids),
+            "pause": lambda: isinstance(data, dict) and data.get("desired_state") == "paused" and "command_id" in data,
+        }[target.key]()
+    )
+    if not good:
+        raise BenchError(f"{target.label.split(None, 2)[-1]} answered {status} {body[:200]!r}: not what we measure")
+
+
+# --- where GET /bots goes, in this process ------------------------------------------------------------
+
+PIECES = ("load", "validate", "dump")
+
+
+async def bench_pieces(ctx: Context, rounds: int) -> dict[str, float]:
+    """CPU µs of this process per request for each step of ``list_bots`` on the 100 bots: load the rows as ORM
+    objects (the route's query, a fresh session), validate them into ``BotOut``, dump the list as JSON; medians."""
+    query = select(Bot).where(Bot.owner_id == ctx.user.id).order_by(Bot.created_at, Bot.id).limit(BOTS)
+    adapter = TypeAdapter(list[BotOut])
+    times: dict[str, list[float]] = {name: [] for name in PIECES}
+    for i in range(rounds + 3):  # the first rounds warm up (statement cache, pool)
+        started = time.process_time()
+        async with ctx.sessionmaker() as session:
+            bots = list((await session.execute(query)).scalars())
+        loaded = time.process_time()
+        outs = [BotOut.model_validate(b) for b in bots]
+        validated = time.process_time()
+        body = adapter.dump_json(outs)
+        dumped = time.process_time()
+        if len(bots) != BOTS or not body:
+            raise BenchError(f"the route's query found {len(bots)} bots, not {BOTS}")
+        if i >= 3:
+            for name, spent in zip(PIECES, (loaded - started, validated - loaded, dumped - validated), strict=True):
+                times[name].append(spent * 1e6)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+# --- measurement ------------------------------------------------------------------------------------
+
+
+async def measure(requests: list[bytes], target: Target, server: Server, backends: Backends, profile: Profile) -> Round:
+    await drive(server.port, requests, 200, profile.warmup, CONCURRENCY)
+    cpu_before, backends_before, log_before = server.cpu_seconds(), backends.snapshot(), server.log_size()
+    elapsed, latencies = await drive(server.port, requests, 200, profile.requests, CONCURRENCY)
+    cpu = server.cpu_seconds() - cpu_before
+    backend_cpu, new_procs = Backends.spent(backends_before, backends.snapshot())
+    log_bytes = server.log_size() - log_before
+    latencies.sort()
+    n = len(latencies)
+    return Round(
+        rps=n / elapsed,
+        p50=percentile(latencies, 50),
+        p95=percentile(latencies, 95),
+        p99=percentile(latencies, 99),
+        cpu_us=cpu / n * 1e6,
+        backend_us=backend_cpu / n * 1e6,
+        new_backend_procs=new_procs,
+        log_bytes=log_bytes / n,
+        bytes_per_answer=0.0,
+    )
+
+
+async def answer_size(port: int, raw: bytes) -> int:
+    conns = await _open(port, 1)
+    try:
+        async with asyncio.timeout(REQUEST_TIMEOUT):
+            _, body = await _exchange(conns[0], raw)
+    finally:
+        await _close(conns)
+    return len(body)
+
+
+@dataclass
+class Outcome:
+    results: list[Result]
+    outside: Outside
+    pauses_sent: int
+    commands_on_stream: int
+    relay_seconds: float
+    answer_bytes: dict[str, int]
+    pieces: dict[str, float]
+
+
+async def count_commands(redis_url: str, expected: int) -> tuple[int, float]:
+    """Commands on the gateway's stream once the relay has published ``expected`` (or after 30 s); the wait."""
+    redis = create_redis(redis_url)
+    started = time.monotonic()
+    try:
+        while True:
+            count = int(await redis.xlen(commands_stream(GATEWAY)))
+            if count >= expected or time.monotonic() - started > 30:
+                return count, time.monotonic() - started
+            await asyncio.sleep(0.05)
+    finally:
+        await redis.aclose()
+
+
+async def bench_api(
+    ctx: Context, profile: Profile, workdir: Path, pg: EmbeddedPostgres, valkey: EmbeddedValkey
+) -> Outcome:
+    strategy_id = await prepare(ctx)
+    env = server_env(workdir, pg.url(), valkey.url)
+    servers = {kind: AuthServer(kind, workdir, env) for kind in ("bare", "management")}
+    backends = Backends([pid for pid in (pg.pid, valkey.pid) if pid is not None])
+    try:
+        for server in servers.values():
+            server.start()
+        for server in servers.values():
+            await server.wait_started()
+        port = servers["management"].port
+        token = await login_over_http(port, ctx.password)
+        bot_ids = await create_bots(port, token, strategy_id)
+        requests = {t.key: requests_for(t, servers[t.server].port, token, bot_ids) for t in TARGETS}
+        pauses = 0
+        for target in TARGETS:
+            await check(servers[target.server].port, requests[target.key][0], target, bot_ids)
+            await drive(servers[target.server].port, requests[target.key], 200, profile.first_warmup, CONCURRENCY)
+            pauses += 1 + profile.first_warmup if target.key == "pause" else 0
+        answer_bytes = {t.key: await answer_size(servers[t.server].port, requests[t.key][0]) for t in TARGETS[:4]}
+        results = [Result(t) for t in TARGETS]
+        started, (busy, steal), ours = time.monotonic(), machine_cpu(), our_cpu(list(servers.values()), backends)
+        for i in range(profile.rounds):
+            shift = i % len(results)
+            for result in results[shift:] + results[:shift]:
+                target = result.target
+                result.rounds.append(
+                    await measure(requests[target.key], target, servers[target.server], backends, profile)
+                )
+        (busy_after, steal_after), ours_after = machine_cpu(), our_cpu(list(servers.values()), backends)
+        others = (busy_after - busy) - (ours_after - ours)
+        outside = Outside(time.monotonic() - started, others, steal_after - steal)
+        pauses += profile.rounds * (profile.warmup + profile.requests)
+        on_stream, waited = await count_commands(valkey.url, BOTS + pauses)
+        pieces = await bench_pieces(ctx, profile.rounds * 10)
+        return Outcome(results, outside, pauses, on_stream, waited, answer_bytes, pieces)
+    finally:
+        for server in servers.values():
+            server.stop()
+
+
+def report(outcome: Outcome, profile: Profile) -> str:
+    by_key = {r.target.key: r for r in outcome.results}
+    lines = [
+        f"Bots API: the management server's GET /api/v1/bots ({BOTS} bots) and POST /bots/{{id}}/pause against bare"
+        " FastAPI routes",
+        f"  {profile.requests} requests per round after {profile.warmup} warm-up, {CONCURRENCY} keep-alive"
+        f" connections, {profile.rounds} round(s), targets alternated; medians over rounds",
+        f"  servers: {_server_stack()}, one process each",
+        "  management server: env=production, JSON logs to a file, per-IP and per-user rate limits OFF; one user's"
+        f" token; pauses go to the {BOTS} bots in turn",
+        "  'db CPU' is PostgreSQL's (all its processes) plus Valkey's, per request",
+        "",
+        f"  {'target':<44} {'req/s':>6} {'(min-max)':>11} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7}"
+        f" {'srv CPU us/req':>14} {'db CPU us/req':>13} {'log B/req':>9} {'new db procs':>12}",
+    ]
+    for r in outcome.results:
+        rps = [x.rps for x in r.rounds]
+        spread = f"({min(rps):.0f}-{max(rps):.0f})"
+        lines.append(
+            f"  {r.target.label:<44} {r.median('rps'):>6.0f} {spread:>11} {r.median('p50'):>7.2f}"
+            f" {r.median('p95'):>7.2f} {r.median('p99'):>7.2f} {r.median('cpu_us'):>14.0f}"
+            f" {r.median('backend_us'):>13.0f} {r.median('log_bytes'):>9.0f}"
+            f" {sum(x.new_backend_procs for x in r.rounds):>12}"
+        )
+    lines += [
+        "",
+        f"  {'ours / its bare baseline':<44} {'req/s':>6} {'p50':>7} {'p99':>7} {'srv CPU/req':>12}"
+        f" {'added srv CPU us':>17}",
+    ]
+    for r in outcome.results[2:]:
+        base = by_key[r.target.baseline]
+        added = r.median("cpu_us") - base.median("cpu_us")
+        lines.append(
+            f"  {r.target.label:<44} {r.median('rps') / base.median('rps'):>6.2f}"
+            f" {r.median('p50') / base.median('p50'):>7.2f} {r.median('p99') / base.median('p99'):>7.2f}"
+            f" {r.median('cpu_us') / base.median('cpu_us'):>12.2f} {added:>17.0f}"
+        )
+    me = by_key["me"].median("cpu_us")
+    size, pieces = outcome.answer_bytes, outcome.pieces
+    bots_beyond, pause_beyond = by_key["bots"].median("cpu_us") - me, by_key["pause"].median("cpu_us") - me
+    relayed = outcome.commands_on_stream >= BOTS + outcome.pauses_sent
+    lines += [
+        "",
+        f"  beyond GET /users/me (what any authenticated request costs): GET /bots {bots_beyond:.0f} us,"
+        f" POST pause {pause_beyond:.0f} us of server CPU per request",
+        f"  GET /bots's own steps, in this process (CPU us per request, median of {profile.rounds * 10}): load the"
+        f" {BOTS} rows as ORM objects {pieces['load']:.0f}, BotOut.model_validate {pieces['validate']:.0f},"
+        f" JSON {pieces['dump']:.0f}",
+        f"  answer bodies: GET /bots {size['bots']} B ({size['bots'] / BOTS:.0f} B per bot),"
+        f" /users/me {size['me']} B, bare {size['bare_get']} B",
+        f"  pauses sent: {outcome.pauses_sent}; commands on the gateway's stream afterwards:"
+        f" {outcome.commands_on_stream} ({BOTS} starts + the pauses: the relay was"
+        f" {'done' if relayed else 'NOT done'} {outcome.relay_seconds:.2f} s after the last answer)",
+        "  'new db procs': PostgreSQL backends started during the target's measured requests (all rounds): the",
+        "  server's pool (10) overflowed, and SQLAlchemy opened (and later closed) extra connections",
+        f"  while the rounds ran ({outcome.outside.elapsed:.0f} s), other processes on this machine used"
+        f" {max(0.0, outcome.outside.others):.1f} CPU-s"
+        f" ({max(0.0, outcome.outside.others) / outcome.outside.elapsed * 100:.0f}% of a core),"
+        f" steal {outcome.outside.steal:.1f} s",
+    ]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+async def bench(profile: Profile, workdir: Path, pg: EmbeddedPostgres, valkey: EmbeddedValkey) -> None:
+    ctx, close = await setup(workdir, pg.url(), valkey.url)
+    try:
+        outcome = await bench_api(ctx, profile, workdir, pg, valkey)
+    finally:
+        await close()
+    print(report(outcome, profile), flush=True)
+
+
+def run(quick: bool = False) -> None:
+    """Run the benchmark and print its table (``bench.run`` calls this)."""
+    profile = QUICK if quick else FULL
+    configure_logging("bench", "WARNING", LogFormat.json)
+    # Not under pytest's temporary tree, and traversable: PostgreSQL may run as another user (see tests/conftest.py).
+    workdir = Path(tempfile.mkdtemp(prefix="freqfleet-bench-api-"))
+    try:
+        valkey = EmbeddedValkey(workdir, free_port())
+        valkey.start()
+        try:
+            pg = EmbeddedPostgres(workdir)
+            pg.start()
+            try:
+                database.upgrade(pg.url())
+                with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+                    runner.run(bench(profile, workdir, pg, valkey))
+            finally:
+                pg.stop()
+        finally:
+            valkey.stop()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    run(quick="--quick" in sys.argv[1:])
