@@ -119,9 +119,58 @@ def simulator() -> None:
 @app.command()
 def worker() -> None:
     """Run a Celery worker of the management server."""
+    from management_server.worker_metrics import prepare
+
+    prepare()  # before anything imports prometheus_client: the worker's processes share their metrics
     from management_server.worker import run
 
     run()
+
+
+@app.command()
+def backup(
+    output: Annotated[
+        str | None, typer.Option(help="Folder for the archive (default: FREQFLEET_BACKUP_DIR or <data dir>/backups).")
+    ] = None,
+) -> None:
+    """Back up the database and the model store and keys into one archive (with a manifest and checksums)."""
+    from pathlib import Path
+
+    from freqfleet.backup import backup as run_backup
+    from management_server.backups.archive import BackupError
+    from management_server.config import get_settings
+
+    try:
+        path = run_backup(get_settings(), Path(output) if output else None)
+    except BackupError as exc:
+        typer.echo(f"backup: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(f"backup written to {path} ({path.stat().st_size} bytes); it holds the keys: keep it safe")
+
+
+@app.command()
+def restore(
+    archive: Annotated[str, typer.Argument(help="A backup archive (freqfleet-backup-*.tar).")],
+) -> None:
+    """Restore a backup into a fresh FREQFLEET_DATA_DIR (and an empty database: DATABASE_URL's, or the data
+    dir's embedded one), after checking every checksum; then bring the schema up to date."""
+    from pathlib import Path
+
+    from freqfleet.backup import restore as run_restore
+    from management_server.backups.archive import BackupError
+    from management_server.config import get_settings
+
+    settings = get_settings()
+    try:
+        done = run_restore(settings, Path(archive))
+    except BackupError as exc:
+        typer.echo(f"restore: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    manifest = done["manifest"]
+    typer.echo(
+        f"restored the backup of {manifest['created_at']} (schema {manifest['schema_revision']}) into "
+        f"{done['data_dir']}: the database and {len(done['placed'])} files and folders"
+    )
 
 
 @app.command("rotate-keys")

@@ -33,6 +33,7 @@ from shared.settings import redact_url
 log = get_logger(__name__)
 
 DEFAULT_ADMIN_EMAIL = "admin@example.com"
+DEFAULT_WORKER_METRICS_PORT = 8003
 
 
 class StackSettings(ManagementSettings, SimulatorSettings):
@@ -81,6 +82,7 @@ class Stack:
             ("FREQFLEET_MANAGEMENT_PORT", s.management_host, s.management_port),
             ("FREQFLEET_GATEWAY_PORT", s.gateway_host, s.gateway_port),
             ("FREQFLEET_SIMULATOR_PORT", s.simulator_host, s.simulator_port),
+            ("FREQFLEET_WORKER_METRICS_PORT", s.worker_metrics_host, self.worker_metrics_port),
         ]
         if self.valkey is None and not self._external_redis:
             wanted.append(("FREQFLEET_VALKEY_PORT", "127.0.0.1", s.valkey_port))
@@ -89,6 +91,11 @@ class Stack:
             raise RuntimeError(
                 "ports already in use: " + ", ".join(busy) + ". Stop what uses them or choose other ports."
             )
+
+    @property
+    def worker_metrics_port(self) -> int:
+        """The worker's /metrics: FREQFLEET_WORKER_METRICS_PORT, else the port after the simulator's (8003)."""
+        return self.settings.worker_metrics_port or DEFAULT_WORKER_METRICS_PORT
 
     @property
     def _external_database(self) -> bool:
@@ -139,6 +146,8 @@ class Stack:
                 "FREQFLEET_SIMULATOR_HOST": self.settings.simulator_host,
                 "FREQFLEET_SIMULATOR_PORT": str(self.settings.simulator_port),
                 "FREQFLEET_SIMULATOR_URL": endpoints.simulator_url,
+                # The management server and the worker share the model registry's store (and the master keys).
+                "FREQFLEET_MODEL_STORE_DIR": str(self.settings.model_store.resolve()),
                 "PYTHONUNBUFFERED": "1",
             }
         )
@@ -154,7 +163,12 @@ class Stack:
             ChildSpec(
                 "gateway", [python, "-m", "freqfleet", "gateway"], env | {"FREQFLEET_STOP_BOTS_ON_SHUTDOWN": "true"}
             ),
-            ChildSpec("worker", [python, "-m", "freqfleet", "worker"], env),
+            # The one worker of the embedded default also runs Celery beat (scheduled backups).
+            ChildSpec(
+                "worker",
+                [python, "-m", "freqfleet", "worker"],
+                env | {"FREQFLEET_WORKER_BEAT": "true", "FREQFLEET_WORKER_METRICS_PORT": str(self.worker_metrics_port)},
+            ),
         ]
 
     def wait_ready(self, urls: list[str]) -> None:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
 
 from pydantic import AliasChoices, EmailStr, Field, SecretStr, field_validator
+from pydantic_settings import NoDecode
 
 from shared.settings import CommonSettings
 
@@ -107,6 +110,122 @@ class ManagementSettings(CommonSettings):
         validation_alias=AliasChoices("FREQFLEET_SIMULATOR_URL"),
         description="The exchange simulator the worker's strategy checks backtest against (`freqfleet up` sets it).",
     )
+
+    # analytics and the risk guard (management_server/analytics)
+    analytics_cache_seconds: float = Field(
+        default=300.0,
+        ge=1,
+        description="Longest life of a cached analytics answer; a new trade makes the answers it changes stale "
+        "at once.",
+    )
+    trade_sync_interval: float = Field(
+        default=60.0,
+        gt=0,
+        description="Seconds between checks for trades a bot has closed that the management server never heard of "
+        "(a missed event); those are read from the bot's gateway.",
+    )
+    risk_max_drawdown_bot: float | None = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        description="A bot whose drawdown (closed trades, from its high-water mark) reaches this share of its balance "
+        "is paused; a bot's own max_drawdown_ratio overrides it. Empty: no limit.",
+    )
+    risk_max_drawdown_user: float | None = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        description="When the drawdown of all of a user's bots together reaches this share, all of them are paused. "
+        "Empty: no limit.",
+    )
+
+    @field_validator("risk_max_drawdown_bot", "risk_max_drawdown_user", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return None if isinstance(value, str) and value.strip().lower() in ("", "none", "off") else value
+
+    # FreqAI models (management_server/models)
+    model_store_dir: Path | None = Field(
+        default=None,
+        description="Where the model registry keeps its bundles, encrypted (AES-256-GCM under the master keys); the "
+        "management server and the workers must share it. Default: <data dir>/model-store.",
+    )
+    model_signing_keys: SecretStr | None = Field(
+        default=None,
+        description="Ed25519 keys that sign model bundles for the gateways, as PEM (several: the last signs, all are "
+        "published at /.well-known/model-keys.json); default: generated into <data dir>/model-signing-keys.",
+    )
+    model_max_bundle_bytes: int = Field(
+        default=512 * 1024 * 1024,
+        ge=1024,
+        description="Largest model bundle (uncompressed) the registry takes, trained or uploaded.",
+    )
+    model_max_upload_bytes: int = Field(
+        default=256 * 1024 * 1024, ge=1024, description="Largest upload of an externally trained bundle (as sent)."
+    )
+    model_inline_max_bytes: int = Field(
+        default=512 * 1024,
+        ge=0,
+        description="Compressed bundles up to this size travel inside the bus message (Base64); larger ones in "
+        "1 MiB chunks stored in Redis for a day.",
+    )
+    model_training_timeout: float = Field(
+        default=1800.0, gt=0, description="Seconds a training (candle download and training) may take."
+    )
+    model_training_max_active: int = Field(
+        default=2, ge=1, description="Trainings one user may have queued or running at once."
+    )
+
+    # backups (management_server/backups)
+    backup_dir: Path | None = Field(
+        default=None,
+        description="Where `freqfleet backup` and the scheduled backups write archives (<data dir>/backups).",
+    )
+    backup_keep: int = Field(default=7, ge=1, description="Scheduled backups keep this many newest archives.")
+    backup_interval_hours: float = Field(
+        default=24.0, ge=0, description="Hours between scheduled backups (Celery beat); 0: none."
+    )
+    backup_paths: Annotated[list[Path] | None, NoDecode] = Field(
+        default=None,
+        description="Files and folders backed up beside the database, comma-separated, relative to the data dir or "
+        "absolute (default: the model store, model-signing-keys, keys and master.keys).",
+    )
+    worker_beat: bool = Field(
+        default=False,
+        description="This worker also runs Celery beat, the scheduler of periodic tasks (scheduled backups); run it "
+        "on one worker only (`freqfleet up` sets it on its worker).",
+    )
+
+    worker_metrics_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="Port of the worker's Prometheus /metrics (training durations, backups); none when unset "
+        "(`freqfleet up` sets 8003).",
+    )
+    worker_metrics_host: str = Field(default="127.0.0.1", description="Address the worker's /metrics binds.")
+
+    @field_validator("backup_paths", mode="before")
+    @classmethod
+    def _split_paths(cls, value: object) -> object:
+        if isinstance(value, str):
+            parts = [p.strip() for p in value.split(",") if p.strip()]
+            return parts or None
+        return value
+
+    @property
+    def backups(self) -> Path:
+        return self.backup_dir or self.data_dir / "backups"
+
+    def backup_sources(self) -> list[Path]:
+        """What is backed up beside the database."""
+        if self.backup_paths:
+            return list(self.backup_paths)
+        return [self.model_store.resolve(), Path("model-signing-keys"), Path("keys"), Path("master.keys")]
+
+    @property
+    def model_store(self) -> Path:
+        return self.model_store_dir or self.data_dir / "model-store"
 
     @property
     def registration_open(self) -> bool:

@@ -10,6 +10,10 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry
 
 from management_server import db
+from management_server.analytics.cache import AnalyticsCache
+from management_server.analytics.risk import RiskGuard
+from management_server.analytics.router import router as analytics_router
+from management_server.analytics.trades import TradeEffects, TradeSync
 from management_server.audit.router import router as audit_router
 from management_server.audit.service import AuditLog
 from management_server.auth.router import jwks_router
@@ -21,6 +25,15 @@ from management_server.bus.relay import OutboxRelay
 from management_server.config import ManagementSettings, get_settings
 from management_server.credentials.router import router as credentials_router
 from management_server.events.dispatcher import create_event_consumer
+from management_server.freqai.deploy import ModelRegistry
+from management_server.freqai.router import bots_router as model_bots_router
+from management_server.freqai.router import keys_router as model_keys_router
+from management_server.freqai.router import router as models_router
+from management_server.freqai.signing import load_signing_keys
+from management_server.freqai.store import ModelStore
+from management_server.freqai.tasks import TrainQueue
+from management_server.gateways.client import GatewayClient
+from management_server.monitoring import create_monitor
 from management_server.security.crypto import MasterKeys
 from management_server.security.keys import KeyRing
 from management_server.security.login_throttle import LoginThrottle, LoginThrottled
@@ -39,6 +52,7 @@ from shared.auth import RevocationStore, StaticKeySource, TokenVerifier
 from shared.health import health_router
 from shared.http import install_http_plumbing, serve
 from shared.logging import configure_logging, get_logger
+from shared.metrics import install as install_metrics
 from shared.redis import create_redis
 from shared.security_headers import SecurityHeadersMiddleware, install_cors
 from shared.settings import Environment
@@ -87,20 +101,50 @@ def create_app(settings: ManagementSettings | None = None) -> FastAPI:
         relay = OutboxRelay(engine, redis)
         app.state.outbox_relay = relay
         relay.start()
+        # analytics and the risk guard: trades recorded from events (or filled in from gateways) are checked
+        # against the drawdown limits and make cached answers stale.
+        app.state.analytics_cache = AnalyticsCache(redis, settings.analytics_cache_seconds)
+        app.state.risk_guard = RiskGuard(settings, app.state.master_keys, app.state.audit)
+        trade_effects = TradeEffects(app.state.analytics_cache, app.state.risk_guard)
+        app.state.gateway_client = GatewayClient(keys, issuer=settings.jwt_issuer, audience=settings.jwt_audience)
+        trade_sync = TradeSync(
+            app.state.sessionmaker, app.state.gateway_client, trade_effects, settings.trade_sync_interval
+        )
+        app.state.trade_sync = trade_sync
+        trade_sync.start()
+        monitor = create_monitor(registry, redis, app.state.sessionmaker)
+        app.state.metrics_monitor = monitor
+        monitor.start()
         events = create_event_consumer(
-            settings.redis_url.get_secret_value(), redis, app.state.sessionmaker, str(settings.management_port)
+            settings.redis_url.get_secret_value(),
+            redis,
+            app.state.sessionmaker,
+            str(settings.management_port),
+            trade_effects=trade_effects,
         )
         app.state.event_consumer = events
         events.start()
         # Strategy checks go to the Celery workers through the same Redis; this app only sends tasks.
         app.state.celery = create_celery(settings, results=False)
         app.state.check_queue = CheckQueue(app.state.celery)
+        # FreqAI models: trainings go to the workers; bundles are kept encrypted and signed when sent.
+        app.state.train_queue = TrainQueue(create_celery(settings, results=False))  # its own producer
+        app.state.model_registry = ModelRegistry(
+            ModelStore(settings.model_store, app.state.master_keys),
+            load_signing_keys(settings),
+            redis,
+            settings.model_inline_max_bytes,
+        )
         log.info("management server started", env=settings.env.value)
         try:
             yield
         finally:
+            app.state.train_queue.close()
             app.state.check_queue.close()
             await events.stop()
+            await trade_sync.stop()
+            await monitor.stop()
+            await app.state.gateway_client.aclose()
             await relay.stop()
             await redis.aclose()
             await engine.dispose()
@@ -115,7 +159,9 @@ def create_app(settings: ManagementSettings | None = None) -> FastAPI:
     app.add_middleware(RateLimitMiddleware)
     install_cors(app, settings.cors_origins)
     app.add_middleware(SecurityHeadersMiddleware, hsts=settings.env is Environment.production)
-    install_http_plumbing(app, CollectorRegistry())
+    registry = CollectorRegistry()
+    install_http_plumbing(app, registry)
+    install_metrics(registry)
     app.add_exception_handler(LoginThrottled, _login_throttled)
     app.include_router(health_router("management"))
     app.include_router(jwks_router)
@@ -126,6 +172,10 @@ def create_app(settings: ManagementSettings | None = None) -> FastAPI:
     app.include_router(credentials_router)
     app.include_router(bots_router)
     app.include_router(emergency_router)
+    app.include_router(analytics_router)
+    app.include_router(models_router)
+    app.include_router(model_bots_router)
+    app.include_router(model_keys_router)
     return app
 
 

@@ -6,14 +6,18 @@ backend are the same Redis as the bus.
 
 from __future__ import annotations
 
+import os
 import socket
 from datetime import UTC, datetime
 from typing import Any
 
 from celery import Celery
-from celery.signals import setup_logging
+from celery.signals import setup_logging, worker_process_shutdown
 
+from management_server import worker_metrics
+from management_server.backups.tasks import register_backup_task
 from management_server.config import ManagementSettings, get_settings
+from management_server.freqai.tasks import register_train_task
 from management_server.strategies.tasks import register_check_task
 from shared.logging import configure_logging
 
@@ -49,6 +53,8 @@ def create_celery(settings: ManagementSettings | None = None, *, results: bool =
         return {"hostname": socket.gethostname(), "at": datetime.now(UTC).isoformat()}
 
     register_check_task(app, settings)
+    register_backup_task(app, settings)
+    register_train_task(app, settings)
     return app
 
 
@@ -61,6 +67,16 @@ def run() -> None:
         configure_logging("worker", settings.log_level, settings.log_format)
 
     configure_logging("worker", settings.log_level, settings.log_format)
+    if settings.worker_metrics_port is not None and os.environ.get(worker_metrics.DIR_ENV):
+        # freqfleet worker prepared the multiprocess folder before anything imported prometheus_client.
+        worker_metrics.serve(settings.worker_metrics_host, settings.worker_metrics_port)
+
+        @worker_process_shutdown.connect(weak=False)
+        def _pool_process_ended(**_: Any) -> None:
+            worker_metrics.process_ended(os.getpid())
+
+    if settings.worker_beat:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)  # beat keeps its schedule there
     app = create_celery(settings)
     app.worker_main(
         [
@@ -70,5 +86,7 @@ def run() -> None:
             f"--hostname=freqfleet@{socket.gethostname()}",
             "--without-gossip",
             "--without-mingle",
+            # Celery beat, the scheduler of periodic tasks (backups), on the one worker that is asked to run it.
+            *(["--beat", f"--schedule={settings.data_dir / 'celerybeat-schedule'}"] if settings.worker_beat else []),
         ]
     )

@@ -10,6 +10,7 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import asyncpg
@@ -72,9 +73,9 @@ def valkey(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedValkey]
     server.stop()
 
 
-@pytest_asyncio.fixture(loop_scope="session")
-async def database_url(postgres: EmbeddedPostgres) -> AsyncIterator[str]:
-    """A fresh, migrated database for this test."""
+@asynccontextmanager
+async def fresh_database(postgres: EmbeddedPostgres) -> AsyncIterator[str]:
+    """A new database copied from the migrated template, dropped afterwards; yields its URL."""
     name = f"test_{uuid.uuid4().hex[:12]}"
     admin = await asyncpg.connect(host=str(postgres.socket_dir), user="postgres", database="postgres")
     try:
@@ -83,6 +84,13 @@ async def database_url(postgres: EmbeddedPostgres) -> AsyncIterator[str]:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await admin.close()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def database_url(postgres: EmbeddedPostgres) -> AsyncIterator[str]:
+    """A fresh, migrated database for this test."""
+    async with fresh_database(postgres) as url:
+        yield url
 
 
 @pytest_asyncio.fixture(loop_scope="session")

@@ -5,8 +5,10 @@ from __future__ import annotations
 import socket
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import Field
+from pydantic import Field, field_validator
+from pydantic_settings import NoDecode
 
 from shared.settings import CommonSettings
 
@@ -75,6 +77,68 @@ class GatewaySettings(CommonSettings):
     )
     jwt_issuer: str = Field(default="freqfleet", description="`iss` the management server's tokens must carry.")
     jwt_audience: str = Field(default="freqfleet", description="`aud` the management server's tokens must carry.")
+    # FreqAI models (trading_gateway/models)
+    model_keys_url: str | None = Field(
+        default=None,
+        pattern=r"^https?://",
+        description="Where the management server publishes its model-signing public keys (JWKS form); default "
+        "<management_url>/.well-known/model-keys.json.",
+    )
+    model_max_bundle_bytes: int = Field(
+        default=512 * 1024 * 1024, gt=0, description="Largest model bundle accepted, uncompressed (bytes)."
+    )
+    model_max_compressed_bytes: int = Field(
+        default=256 * 1024 * 1024, gt=0, description="Largest model bundle accepted as it travels, compressed (bytes)."
+    )
+    model_load_timeout: float = Field(
+        default=120.0,
+        gt=0,
+        description="Seconds a running bot is watched closely for taking a new model into use (after that, every "
+        "status poll checks).",
+    )
+    model_history: int = Field(
+        default=5, ge=2, description="Model versions kept per bot in the gateway's store (what rollbacks can reach)."
+    )
+    freqai_start_timeout: float = Field(
+        default=900.0,
+        gt=0,
+        description="Seconds a FreqAI bot's first round of its trading loop may take (it loads models and predicts "
+        "every pair) before it counts as stalled; after the first round bot_stall_timeout applies.",
+    )
+    # MCP for AI agents (trading_gateway/mcp)
+    mcp_allowed_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Browser origins allowed to open MCP connections (`/mcp`, `/mcp/ws`), as a JSON list or "
+        "comma-separated. A request without an Origin header (a non-browser client) is always allowed; one with "
+        "an Origin not in this list is refused.",
+    )
+    mcp_management_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        description="Seconds an MCP tool waits for the management server (an emergency stop waits there for the "
+        "gateways' reports).",
+    )
+
+    @field_validator("mcp_allowed_origins", mode="before")
+    @classmethod
+    def _split_mcp_origins(cls, value: object) -> object:
+        return cls._split_origins(value)
+
+    # analytics: where the management server reaches this gateway (in the heartbeat)
+    gateway_public_url: str | None = Field(
+        default=None,
+        pattern=r"^https?://",
+        description="The URL of this gateway's REST API as the management server reaches it (it reads bots' trades "
+        "there when an event was missed); default http://<gateway host>:<gateway port> (this host's name when "
+        "it listens on every address).",
+    )
+
+    @property
+    def api_url(self) -> str:
+        if self.gateway_public_url:
+            return self.gateway_public_url.rstrip("/")
+        host = socket.gethostname() if self.gateway_host in ("0.0.0.0", "::", "") else self.gateway_host
+        return f"http://{host}:{self.gateway_port}"
 
     @property
     def gateway_data_dir(self) -> Path:

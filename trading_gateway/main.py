@@ -15,6 +15,7 @@ from shared.bus.streams import commands_stream, gateway_group
 from shared.health import health_router
 from shared.http import install_http_plumbing
 from shared.logging import configure_logging, get_logger
+from shared.metrics import install as install_metrics
 from shared.redis import create_redis
 from shared.security_headers import SecurityHeadersMiddleware, install_cors
 from shared.settings import Environment
@@ -25,6 +26,12 @@ from trading_gateway.fleet.events import OUTBOX_FILE, EventPublisher
 from trading_gateway.fleet.router import router as fleet_router
 from trading_gateway.fleet.service import Fleet
 from trading_gateway.heartbeat.service import Heartbeat
+from trading_gateway.mcp.server import McpService
+from trading_gateway.mcp.transports import install as install_mcp
+from trading_gateway.models.keys import MODEL_KEYS_CACHE, MODEL_KEYS_PATH, ModelKeySource
+from trading_gateway.models.router import router as models_router
+from trading_gateway.models.service import ModelService
+from trading_gateway.monitoring import create_monitor
 
 log = get_logger(__name__)
 
@@ -69,15 +76,37 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             events = EventPublisher(Publisher(events_redis), data_dir / OUTBOX_FILE)
             events.start()
             stack.push_async_callback(events.stop)
-            fleet = Fleet(settings, events)
+            # FreqAI models: bundles signed by the management server, verified with its published keys.
+            model_keys = ModelKeySource(
+                settings.model_keys_url or settings.management_url + MODEL_KEYS_PATH, data_dir / MODEL_KEYS_CACHE
+            )
+            stack.push_async_callback(model_keys.client.aclose)
+            models = ModelService(settings, events, keys=model_keys, redis=redis)
+            fleet = Fleet(settings, events, models=models)
             app.state.fleet = fleet
             await fleet.start()
             stack.push_async_callback(lambda: fleet.stop(stop_bots=settings.stop_bots_on_shutdown))
 
-            heartbeat = Heartbeat(settings, Publisher(redis), bots_running=fleet.bots_running, capacity=fleet.capacity)
+            # MCP for AI agents (/mcp, /mcp/ws); stops before the fleet does.
+            mcp = McpService(settings, fleet, app.state.gateway_auth, events)
+            app.state.mcp = mcp
+            await stack.enter_async_context(mcp.run())
+
+            heartbeat = Heartbeat(
+                settings,
+                Publisher(redis),
+                bots_running=fleet.bots_running,
+                capacity=fleet.capacity,
+                bots_by_state=fleet.bots_by_state,
+            )
             app.state.heartbeat = heartbeat
             heartbeat.start()
             stack.push_async_callback(heartbeat.stop)
+
+            monitor = create_monitor(registry, redis, fleet)  # gauges of /metrics: bots by state, its bus stream
+            app.state.metrics_monitor = monitor
+            monitor.start()
+            stack.push_async_callback(monitor.stop)
 
             consumer_config = ConsumerConfig(
                 stream=commands_stream(settings.gateway_id),
@@ -111,9 +140,13 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     )
     install_cors(app, settings.cors_origins)
     app.add_middleware(SecurityHeadersMiddleware, hsts=settings.env is Environment.production)
-    install_http_plumbing(app, CollectorRegistry())
+    registry = CollectorRegistry()
+    install_http_plumbing(app, registry)
+    install_metrics(registry)
     app.include_router(health_router("gateway"))
     app.include_router(fleet_router)
+    app.include_router(models_router)
+    install_mcp(app)
     return app
 
 

@@ -4,7 +4,7 @@ Each event type has a handler. Their effects are idempotent by design (upserts k
 the event's subject, states set rather than toggled, older reports dropped), and the Redis
 deduplicator skips redeliveries; a handler whose effect could not be made idempotent would
 record the event in the inbox (``claim_event``) in its own transaction. Types without a
-handler (COMMAND_ACCEPTED, MODEL_LOADED ...) are acked and counted.
+handler (COMMAND_ACCEPTED ...) are acked and counted.
 """
 
 from __future__ import annotations
@@ -15,12 +15,16 @@ from collections.abc import Awaitable, Callable
 import redis.asyncio as aioredis
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from management_server.analytics.trades import TradeEffects
+from management_server.audit.events import record_mcp_call
 from management_server.bots import events as bot_events
+from management_server.freqai import events as model_events
 from management_server.gateways.service import record_heartbeat
 from shared.bus import ConsumerConfig, Delivery, RedisDeduplicator, StreamConsumer
-from shared.bus.messages import Envelope, GatewayHeartbeat
+from shared.bus.messages import Envelope, GatewayHeartbeat, McpCall
 from shared.bus.streams import EVENTS_STREAM, MANAGEMENT_GROUP
 from shared.logging import get_logger
+from shared.metrics import MODEL_DEPLOYS
 
 log = get_logger(__name__)
 
@@ -38,11 +42,16 @@ BOT_EVENTS = (
 
 
 class EventDispatcher:
-    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    def __init__(
+        self, sessionmaker: async_sessionmaker[AsyncSession], trade_effects: TradeEffects | None = None
+    ) -> None:
         self.sessionmaker = sessionmaker
-        self.handlers: dict[str, EventHandler] = {"GATEWAY_HEARTBEAT": self.on_heartbeat}
+        self.trade_effects = trade_effects  # risk guard and analytics cache (management_server/analytics)
+        self.handlers: dict[str, EventHandler] = {"GATEWAY_HEARTBEAT": self.on_heartbeat, "MCP_CALL": self.on_mcp_call}
         for event_type in BOT_EVENTS:
             self.handlers[event_type] = self.on_bot_event
+        for event_type in ("MODEL_LOADED", "MODEL_REJECTED"):
+            self.handlers[event_type] = self.on_model_event
         self.unhandled: dict[str, int] = {}
 
     async def __call__(self, delivery: Delivery) -> None:
@@ -60,15 +69,41 @@ class EventDispatcher:
             await record_heartbeat(session, message)
 
     async def on_bot_event(self, message: Envelope) -> None:
+        effects = self.trade_effects
         async with self.sessionmaker.begin() as session:
             await bot_events.apply(session, message)
+            # a refused UPDATE_MODEL / ROLLBACK_MODEL (COMMAND_REJECTED)
+            model_outcome = await model_events.apply(session, message)
+            followup = await effects.in_transaction(session, message) if effects is not None else None
+        if model_outcome is not None:
+            MODEL_DEPLOYS.labels(model_outcome).inc()
+        if effects is not None:
+            await effects.after_commit(followup)
+
+    async def on_model_event(self, message: Envelope) -> None:
+        async with self.sessionmaker.begin() as session:
+            outcome = await model_events.apply(session, message)
+        if outcome is not None:
+            MODEL_DEPLOYS.labels(outcome).inc()
+
+    async def on_mcp_call(self, message: Envelope) -> None:
+        assert isinstance(message, McpCall)
+        # The audit log is append-only: the inbox claim in the same transaction makes it once.
+        async with self.sessionmaker.begin() as session:
+            await record_mcp_call(session, message)
 
 
 def create_event_consumer(
-    redis_url: str, redis: aioredis.Redis, sessionmaker: async_sessionmaker[AsyncSession], instance: str
+    redis_url: str,
+    redis: aioredis.Redis,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    instance: str,
+    *,
+    trade_effects: TradeEffects | None = None,
 ) -> StreamConsumer:
     """One consumer per management process; the name is stable so a restart finds its pending entries."""
     config = ConsumerConfig(
         stream=EVENTS_STREAM, group=MANAGEMENT_GROUP, consumer=f"management@{socket.gethostname()}:{instance}"
     )
-    return StreamConsumer(redis_url, config, EventDispatcher(sessionmaker), RedisDeduplicator(redis, MANAGEMENT_GROUP))
+    dispatcher = EventDispatcher(sessionmaker, trade_effects)
+    return StreamConsumer(redis_url, config, dispatcher, RedisDeduplicator(redis, MANAGEMENT_GROUP))

@@ -355,6 +355,15 @@ class EmergencyOutcome(Payload):
     trades_closed: int = Field(default=0, ge=0)
     trades_left_open: int = Field(default=0, ge=0)
     detail: str | None = Field(default=None, max_length=2000)
+    paused_after_seconds: float | None = Field(
+        default=None,
+        ge=0,
+        description="Seconds from the start of the emergency stop until the bot took no new entries (its "
+        "stopentry was accepted); None when it did not (no process, or its API did not answer).",
+    )
+    exited_after_seconds: float | None = Field(
+        default=None, ge=0, description="Seconds from the start of the emergency stop until its process was gone."
+    )
 
 
 class EmergencyStopCompletedData(Payload):
@@ -362,6 +371,16 @@ class EmergencyStopCompletedData(Payload):
     gateway_id: str
     results: list[EmergencyOutcome]
     seconds: float = Field(ge=0)
+    seconds_to_all_paused: float | None = Field(
+        default=None,
+        ge=0,
+        description="Seconds until every bot that had a process took no new entries; None when one never did.",
+    )
+    seconds_to_all_exited: float | None = Field(
+        default=None,
+        ge=0,
+        description="Seconds until every bot that had a process was gone; None when one could not be ended.",
+    )
 
 
 class GatewayHeartbeatData(Payload):
@@ -371,6 +390,50 @@ class GatewayHeartbeatData(Payload):
     started_at: AwareDatetime
     bots_running: int = Field(ge=0)
     capacity: int = Field(ge=0, description="How many more bots this gateway can take (free ports, memory).")
+    bots_by_state: dict[str, int] = Field(
+        default_factory=dict,
+        description="How many of its bots are in each actual state (every state, zeros included: starting, "
+        "running, paused, stopping, stopped, failed, halted).",
+    )
+    cpu_percent: float | None = Field(
+        default=None, ge=0, le=100, description="The host's CPU use since the previous heartbeat, percent of all cores."
+    )
+    cpu_count: int | None = Field(default=None, ge=1, description="The host's logical CPUs.")
+    memory_used_bytes: int | None = Field(
+        default=None, ge=0, description="The host's memory in use (total less what is available to new processes)."
+    )
+    memory_total_bytes: int | None = Field(default=None, ge=0, description="The host's physical memory.")
+    memory_percent: float | None = Field(default=None, ge=0, le=100, description="memory_used_bytes of the total.")
+    api_url: str | None = Field(
+        default=None,
+        max_length=255,
+        pattern=r"^https?://",
+        description="Where the management server reaches this gateway's REST API (e.g. to read a bot's trades).",
+    )
+
+
+class McpCallData(Payload):
+    """One MCP tool call (or resource read) on a gateway, for the management server's audit log.
+
+    The caller is named by the token's subject and id, never by the token itself; ``arguments``
+    are the call's arguments with secret-named keys masked and long values cut.
+    """
+
+    gateway_id: str = Field(min_length=1, max_length=64)
+    actor_id: uuid.UUID = Field(description="The caller: the user id the token was issued to.")
+    role: str = Field(max_length=32, description="The caller's role as the token states it.")
+    token_type: Literal["access", "pat"]
+    token_id: uuid.UUID = Field(description="The token's id (jti): which login or personal access token.")
+    transport: Literal["websocket", "streamable_http"]
+    kind: Literal["tool", "resource"]
+    name: str = Field(min_length=1, max_length=200, description="The tool's name, or the resource's URI.")
+    arguments: dict[str, Any] = Field(default_factory=dict)
+    outcome: Literal["success", "failure", "denied"]
+    reason: str | None = Field(default=None, max_length=2000, description="Why it failed or was refused.")
+    target_type: str | None = Field(default=None, max_length=32)
+    target_id: str | None = Field(default=None, max_length=64)
+    client_ip: str | None = Field(default=None, max_length=64)
+    duration_ms: float = Field(ge=0)
 
 
 class CommandAccepted(Envelope):
@@ -445,6 +508,12 @@ class GatewayHeartbeat(Envelope):
     data: GatewayHeartbeatData
 
 
+class McpCall(Envelope):
+    kind = "event"
+    type: Literal["MCP_CALL"] = "MCP_CALL"
+    data: McpCallData
+
+
 COMMAND_TYPES: tuple[type[Envelope], ...] = (
     StartBot,
     StopBot,
@@ -470,6 +539,7 @@ EVENT_TYPES: tuple[type[Envelope], ...] = (
     ModelRejected,
     EmergencyStopCompleted,
     GatewayHeartbeat,
+    McpCall,
 )
 MESSAGE_TYPES: dict[str, type[Envelope]] = {
     cls.model_fields["type"].default: cls for cls in (*COMMAND_TYPES, *EVENT_TYPES)
@@ -500,7 +570,8 @@ Event = Annotated[
     | ModelLoaded
     | ModelRejected
     | EmergencyStopCompleted
-    | GatewayHeartbeat,
+    | GatewayHeartbeat
+    | McpCall,
     Field(discriminator="type"),
 ]
 Message = Annotated[Command | Event, Field(discriminator="type")]

@@ -104,6 +104,7 @@ def start_up(data_dir: Path, tmp_path: Path, admin_password: str | None = None) 
             "FREQFLEET_GATEWAY_PORT": str(gport),
             "FREQFLEET_SIMULATOR_PORT": str(sport),
             "FREQFLEET_VALKEY_PORT": str(vport),
+            "FREQFLEET_WORKER_METRICS_PORT": str(free_port()),
             "FREQFLEET_ADMIN_EMAIL": ADMIN_EMAIL,
             "FREQFLEET_CELERY_CONCURRENCY": "1",
         }

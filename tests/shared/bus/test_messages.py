@@ -52,9 +52,9 @@ def test_the_bus_has_every_type_the_design_names() -> None:
     assert {t.model_fields["type"].default for t in EVENT_TYPES} == {
         "COMMAND_ACCEPTED", "COMMAND_REJECTED", "BOT_STARTED", "BOT_STOPPED", "BOT_FAILED", "BOT_STATUS",
         "TRADE_OPENED", "TRADE_CLOSED", "MODEL_LOADED", "MODEL_REJECTED", "EMERGENCY_STOP_COMPLETED",
-        "GATEWAY_HEARTBEAT",
+        "GATEWAY_HEARTBEAT", "MCP_CALL",
     }  # fmt: skip
-    assert len(MESSAGE_TYPES) == 22
+    assert len(MESSAGE_TYPES) == 23
 
 
 def test_start_bot_round_trips_with_its_model() -> None:
