@@ -25,10 +25,8 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -43,6 +41,7 @@ import numpy as np
 from pydantic import SecretStr
 from sqlalchemy.engine import make_url
 
+from bench._servers import run_on_servers
 from bench.auth import EMAIL, AuthServer, Backends, login_over_http, machine_cpu, server_env
 from bench.http_overhead import (
     REQUEST_TIMEOUT,
@@ -50,15 +49,12 @@ from bench.http_overhead import (
     Server,
     _close,
     _exchange,
-    _loop_factory,
     _open,
     _server_stack,
     drive,
-    free_port,
     percentile,
     raw_get,
 )
-from freqfleet import database
 from freqfleet.embedded import EmbeddedPostgres, EmbeddedValkey
 from management_server import db
 from management_server.analytics.cache import PREFIX
@@ -66,9 +62,8 @@ from management_server.config import ManagementSettings
 from management_server.security.passwords import build_hasher
 from management_server.users.models import Role
 from management_server.users.service import create_user
-from shared.logging import configure_logging
 from shared.redis import create_redis
-from shared.settings import Environment, LogFormat
+from shared.settings import Environment
 
 BOTS = 100
 TRADES_PER_BOT = 1000
@@ -358,24 +353,7 @@ def report(rows: dict[str, Row], profile: Profile, size: int, seeding: float, el
 def run(quick: bool = False) -> None:
     """Run the benchmark and print its table (``bench.run`` calls this)."""
     profile = QUICK if quick else FULL
-    configure_logging("bench", "WARNING", LogFormat.json)
-    workdir = Path(tempfile.mkdtemp(prefix="freqfleet-bench-analytics-"))
-    try:
-        valkey = EmbeddedValkey(workdir, free_port())
-        valkey.start()
-        try:
-            pg = EmbeddedPostgres(workdir)
-            pg.start()
-            try:
-                database.upgrade(pg.url())
-                with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-                    runner.run(bench(profile, workdir, pg, valkey))
-            finally:
-                pg.stop()
-        finally:
-            valkey.stop()
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    run_on_servers("analytics", lambda workdir, pg, valkey: bench(profile, workdir, pg, valkey))
 
 
 if __name__ == "__main__":

@@ -33,10 +33,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -48,6 +46,7 @@ from pydantic import TypeAdapter
 from sqlalchemy import select
 
 from bench._auth_server import BARE_BODY, BARE_PATH
+from bench._servers import run_on_servers
 from bench.auth import (
     EMAIL,
     AuthServer,
@@ -66,16 +65,13 @@ from bench.http_overhead import (
     Server,
     _close,
     _exchange,
-    _loop_factory,
     _open,
     _server_stack,
     drive,
-    free_port,
     percentile,
     raw_get,
     raw_post,
 )
-from freqfleet import database
 from freqfleet.embedded import EmbeddedPostgres, EmbeddedValkey
 from management_server.bots.models import Bot
 from management_server.bots.schemas import BotOut
@@ -83,9 +79,7 @@ from management_server.gateways.service import record_heartbeat
 from management_server.strategies import service as strategies
 from shared.bus.messages import GatewayHeartbeat, GatewayHeartbeatData
 from shared.bus.streams import commands_stream
-from shared.logging import configure_logging
 from shared.redis import create_redis
-from shared.settings import LogFormat
 
 BOTS = 100
 GATEWAY = "gw-bench"
@@ -453,25 +447,7 @@ async def bench(profile: Profile, workdir: Path, pg: EmbeddedPostgres, valkey: E
 def run(quick: bool = False) -> None:
     """Run the benchmark and print its table (``bench.run`` calls this)."""
     profile = QUICK if quick else FULL
-    configure_logging("bench", "WARNING", LogFormat.json)
-    # Not under pytest's temporary tree, and traversable: PostgreSQL may run as another user (see tests/conftest.py).
-    workdir = Path(tempfile.mkdtemp(prefix="freqfleet-bench-api-"))
-    try:
-        valkey = EmbeddedValkey(workdir, free_port())
-        valkey.start()
-        try:
-            pg = EmbeddedPostgres(workdir)
-            pg.start()
-            try:
-                database.upgrade(pg.url())
-                with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-                    runner.run(bench(profile, workdir, pg, valkey))
-            finally:
-                pg.stop()
-        finally:
-            valkey.stop()
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    run_on_servers("api", lambda workdir, pg, valkey: bench(profile, workdir, pg, valkey))
 
 
 if __name__ == "__main__":

@@ -31,11 +31,9 @@ import asyncio
 import json
 import os
 import secrets
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -50,6 +48,7 @@ from pydantic import SecretStr
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 
 from bench._auth_server import BARE_BODY, BARE_PATH
+from bench._servers import run_on_servers
 from bench.http_overhead import (
     REQUEST_TIMEOUT,
     ROOT,
@@ -57,15 +56,12 @@ from bench.http_overhead import (
     Server,
     _close,
     _exchange,
-    _loop_factory,
     _open,
     _server_stack,
     drive,
-    free_port,
     percentile,
     raw_get,
 )
-from freqfleet import database
 from freqfleet.embedded import EmbeddedPostgres, EmbeddedValkey
 from management_server import db
 from management_server.auth.service import AuthError, AuthService
@@ -77,7 +73,6 @@ from management_server.users.models import User
 from management_server.users.service import create_user
 from shared.auth import RevocationStore, StaticKeySource, TokenType, TokenVerifier
 from shared.auth.claims import ALGORITHM
-from shared.logging import configure_logging
 from shared.redis import create_redis
 from shared.settings import Environment, LogFormat
 
@@ -615,25 +610,7 @@ async def bench(profile: Profile, workdir: Path, pg: EmbeddedPostgres, valkey: E
 def run(quick: bool = False) -> None:
     """Run the benchmark and print its tables (``bench.run`` calls this)."""
     profile = QUICK if quick else FULL
-    configure_logging("bench", "WARNING", LogFormat.json)
-    # Not under pytest's temporary tree, and traversable: PostgreSQL may run as another user (see tests/conftest.py).
-    workdir = Path(tempfile.mkdtemp(prefix="freqfleet-bench-auth-"))
-    try:
-        valkey = EmbeddedValkey(workdir, free_port())
-        valkey.start()
-        try:
-            pg = EmbeddedPostgres(workdir)
-            pg.start()
-            try:
-                database.upgrade(pg.url())
-                with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-                    runner.run(bench(profile, workdir, pg, valkey))
-            finally:
-                pg.stop()
-        finally:
-            valkey.stop()
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    run_on_servers("auth", lambda workdir, pg, valkey: bench(profile, workdir, pg, valkey))
 
 
 if __name__ == "__main__":

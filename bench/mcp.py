@@ -40,11 +40,9 @@ import asyncio
 import contextlib
 import itertools
 import json
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -56,6 +54,7 @@ import psutil
 from sqlalchemy import func, select
 from websockets.asyncio.client import ClientConnection, connect
 
+from bench._servers import run_on_servers
 from bench.auth import AuthServer, Backends, Outside, machine_cpu, our_cpu, server_env
 from bench.http_overhead import (
     PHASE_TIMEOUT,
@@ -66,15 +65,12 @@ from bench.http_overhead import (
     Server,
     _close,
     _exchange,
-    _loop_factory,
     _open,
     _server_stack,
     drive,
-    free_port,
     percentile,
     raw_get,
 )
-from freqfleet import database
 from freqfleet.embedded import EmbeddedPostgres, EmbeddedValkey
 from management_server import db
 from management_server.audit.models import AuditEntry
@@ -82,8 +78,7 @@ from management_server.config import ManagementSettings
 from management_server.security.passwords import build_hasher
 from management_server.users.models import Role
 from management_server.users.service import create_user
-from shared.logging import configure_logging
-from shared.settings import Environment, LogFormat
+from shared.settings import Environment
 
 EMAIL = "bench-admin@example.com"
 PASSWORD = "bench admin password 1"  # noqa: S105 - a throwaway account in a temporary database
@@ -568,25 +563,7 @@ def report(
 def run(quick: bool = False) -> None:
     """Run the benchmark and print its table (``bench.run`` calls this)."""
     profile = QUICK if quick else FULL
-    configure_logging("bench", "WARNING", LogFormat.json)
-    # Not under pytest's temporary tree, and traversable: PostgreSQL may run as another user (see tests/conftest.py).
-    workdir = Path(tempfile.mkdtemp(prefix="freqfleet-bench-mcp-"))
-    try:
-        valkey = EmbeddedValkey(workdir, free_port())
-        valkey.start()
-        try:
-            pg = EmbeddedPostgres(workdir)
-            pg.start()
-            try:
-                database.upgrade(pg.url())
-                with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-                    print(runner.run(bench(profile, workdir, pg, valkey)), flush=True)
-            finally:
-                pg.stop()
-        finally:
-            valkey.stop()
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    print(run_on_servers("mcp", lambda workdir, pg, valkey: bench(profile, workdir, pg, valkey)), flush=True)
 
 
 if __name__ == "__main__":

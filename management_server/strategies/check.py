@@ -28,7 +28,6 @@ import json
 import math
 import os
 import re
-import signal
 import subprocess
 import sys
 import sysconfig
@@ -45,6 +44,7 @@ from typing import Any
 import httpx
 
 from shared.exchange import SIMULATOR, offline_config, render_exchange_section
+from shared.processes import kill_group
 
 DEFAULT_PAIRS: tuple[str, ...] = ("BTC/USDT", "ETH/USDT")
 DRY_RUN_WALLET = 1000
@@ -270,9 +270,9 @@ class _Run:
                 code: int | None = proc.wait(timeout=max(self.deadline - time.monotonic(), 0.1))
             except subprocess.TimeoutExpired:
                 code = None
-                _kill_group(proc)
+                kill_group(proc)
             except BaseException:  # a time limit or a shutdown of the caller: leave no freqtrade behind
-                _kill_group(proc)
+                kill_group(proc)
                 raise
         # The log file has whole lines; what it printed on its own (before its logging was set up) is the fallback.
         chosen = logfile if logfile.is_file() and logfile.stat().st_size > 0 else output
@@ -297,21 +297,6 @@ class _Run:
             reason = reason[0].upper() + reason[1:]
         tail = "\n".join(log[-LOG_TAIL_LINES:]) or "(freqtrade wrote nothing)"
         return _StepFailed(f"{reason}\n\nThe last lines of freqtrade {step}'s log:\n{tail}")
-
-
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            break
-        try:
-            proc.wait(wait)
-            break
-        except subprocess.TimeoutExpired:
-            continue
-    if proc.poll() is None:
-        proc.wait(5)
 
 
 def _reason(log: list[str]) -> str | None:

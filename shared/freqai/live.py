@@ -21,10 +21,7 @@ This module uses only pydantic and the standard library: the gateway and the bot
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import tempfile
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -33,6 +30,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+
+from shared.files import atomic_write
 
 LIVE_IDENTIFIER = "freqfleet"
 MARKER_FILE = "freqfleet-model.json"
@@ -164,24 +163,8 @@ def live_freqai_section(
     return section
 
 
-def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Write ``data`` so that a reader sees the old file or the new one (temporary file, fsync, rename)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 def write_model(path: Path, model: BaseModel) -> None:
-    write_atomic(path, model.model_dump_json().encode())
+    atomic_write(path, model.model_dump_json().encode())
 
 
 def read_model(path: Path, cls: type[M]) -> M | None:

@@ -32,7 +32,6 @@ import json
 import math
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -46,6 +45,7 @@ from typing import Any, Literal
 from shared.exchange import SIMULATOR, offline_config, render_exchange_section
 from shared.freqai.bundle import PackedBundle, pack_bundle
 from shared.freqai.catalog import DEFAULT_MODEL, FREQAIMODELS_DIR, check_model, freqfleet_class
+from shared.processes import kill_group
 
 IDENTIFIER = "freqfleet-train"
 METRICS_FILE = "freqfleet_metrics.json"  # written by the mixin beside each model
@@ -484,11 +484,11 @@ class _Run:
                     except subprocess.TimeoutExpired:
                         follow()
                         if time.monotonic() >= self.deadline:
-                            _kill_group(proc)
+                            kill_group(proc)
                             code = None
                             break
             except BaseException:  # a time limit or a shutdown of the caller: leave no freqtrade behind
-                _kill_group(proc)
+                kill_group(proc)
                 raise
         follow()
         chosen = logfile if logfile.is_file() and logfile.stat().st_size > 0 else output
@@ -499,21 +499,6 @@ class _Run:
         """Without progress bars and blank lines, and without the work folder in the paths."""
         home = str(self.home) + os.sep
         return [line.replace(home, "") for line in lines if line.strip() and "━" not in line]
-
-
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            break
-        try:
-            proc.wait(wait)
-            break
-        except subprocess.TimeoutExpired:
-            continue
-    if proc.poll() is None:
-        proc.wait(5)
 
 
 def _last_error(log: Sequence[str]) -> str | None:

@@ -29,11 +29,8 @@ Decisions:
 from __future__ import annotations
 
 import ast
-import contextlib
 import json
-import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -48,6 +45,7 @@ from shared.exchange import (
     redact_exchange_section,
     render_exchange_section,
 )
+from shared.files import atomic_write
 from shared.freqai.catalog import DEFAULT_MODEL, FREQAIMODELS_DIR, freqfleet_class
 from shared.freqai.live import ModelRuntime, live_freqai_section
 from trading_gateway.bots.credentials import ApiCredentials
@@ -63,31 +61,6 @@ SECRET_FILE_MODE = 0o600
 
 class BotConfigError(ValueError):
     """A bot's spec can't be turned into a working Freqtrade config; the message says why."""
-
-
-def atomic_write(path: Path, data: bytes, mode: int = SECRET_FILE_MODE) -> None:
-    """Write ``data`` to ``path`` so a reader sees the old file or the new one, never a mix.
-
-    The temporary file is created with ``mode`` before any byte is written (secrets never sit in a
-    world-readable file), fsynced, renamed over ``path``, and the folder is fsynced.
-    """
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 @dataclass(frozen=True)

@@ -28,9 +28,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, SerializationInfo, ValidationError, field_serializer
 
+from shared.files import atomic_write
 from shared.logging import get_logger
 from trading_gateway.bots.credentials import ApiCredentials
-from trading_gateway.bots.files import DIR_MODE, atomic_write
+from trading_gateway.bots.files import DIR_MODE
 
 log = get_logger(__name__)
 

@@ -32,8 +32,8 @@ from redis.exceptions import RedisError
 from shared.auth import InvalidToken, JwksKeySource, TokenClaims, TokenVerifier
 from shared.auth.claims import Scope
 from shared.auth.verifier import PublicKey, keys_from_jwks
+from shared.files import atomic_write
 from shared.logging import get_logger
-from trading_gateway.bots.files import atomic_write
 
 log = get_logger(__name__)
 

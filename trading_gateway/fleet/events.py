@@ -34,8 +34,8 @@ from shared.bus import Publisher
 from shared.bus.messages import Envelope
 from shared.bus.publisher import ENVELOPE_FIELD, entry_fields, with_request_correlation
 from shared.bus.streams import EVENTS_STREAM
+from shared.files import atomic_write
 from shared.logging import get_logger
-from trading_gateway.bots.files import atomic_write
 
 log = get_logger(__name__)
 

@@ -82,6 +82,7 @@ from shared.bus.messages import (
     EmergencyStopCompletedData,
     Envelope,
 )
+from shared.files import atomic_write
 from shared.logging import get_logger
 from shared.metrics import BOT_FAILURES, BOT_RESTARTS, EMERGENCY_STOPS
 from trading_gateway.bots import BOTS_DIR, STATE_FILE
@@ -89,7 +90,7 @@ from trading_gateway.bots.adoption import AdoptionReport, adopt
 from trading_gateway.bots.client import BotApiError, FreqtradeClient
 from trading_gateway.bots.credentials import ApiCredentials
 from trading_gateway.bots.emergency import EmergencyResult, FleetEmergencyResult, emergency_stop_all
-from trading_gateway.bots.files import BotConfigError, BotFiles, atomic_write, render_config
+from trading_gateway.bots.files import BotConfigError, BotFiles, render_config
 from trading_gateway.bots.launch import launch_bot
 from trading_gateway.bots.ports import NoFreePort, PortPool
 from trading_gateway.bots.process import BotProcess, BotStartError
@@ -1035,7 +1036,7 @@ class Fleet:
         bot.last_error = bot.failed_reason
         log.error("bot failed", reason=reason)
         BOT_FAILURES.inc()
-        secrets = self._secrets_of(bot)
+        secrets = self.secrets_of(bot)
         await self._publish(
             BotFailed(
                 source=self.source,
@@ -1087,7 +1088,7 @@ class Fleet:
                 return lines[-LOG_LINES:]
         return []
 
-    def _secrets_of(self, bot: ManagedBot) -> list[str]:
+    def secrets_of(self, bot: ManagedBot) -> list[str]:
         """The bot's secrets as they may appear in its files (to scrub log lines before they leave)."""
         found: list[str] = []
         if bot.spec is not None and bot.spec.credentials is not None:

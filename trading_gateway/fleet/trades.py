@@ -33,9 +33,10 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 from shared.bus.messages import Envelope, TradeClosed, TradeClosedData, TradeOpened, TradeOpenedData
+from shared.files import atomic_write
 from shared.logging import get_logger
 from trading_gateway.bots.client import FreqtradeClient
-from trading_gateway.bots.files import BotFiles, atomic_write
+from trading_gateway.bots.files import BotFiles
 
 log = get_logger(__name__)
 

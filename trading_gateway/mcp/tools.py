@@ -369,7 +369,7 @@ async def get_logs(ctx: ToolContext, args: LogsArgs) -> Result:
         raise ToolFailure(
             f"Bot {args.bot_id} does not run on this gateway ({ctx.gateway_id}): {_where(bot, ctx.gateway_id)}."
         )
-    secrets = ctx.fleet._secrets_of(managed)  # the bot's API and exchange secrets, as they may appear in its log
+    secrets = ctx.fleet.secrets_of(managed)  # the bot's API and exchange secrets, as they may appear in its log
     process, api = managed.process, managed.api
     lines: list[str]
     if process is not None and api is not None and process.is_alive():

@@ -20,6 +20,7 @@ from typing import Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
+from shared.files import atomic_write
 from shared.freqai.live import (
     ACK_FILE,
     MARKER_FILE,
@@ -30,11 +31,10 @@ from shared.freqai.live import (
     models_folder,
     read_model,
     utcnow,
-    write_atomic,
     write_model,
 )
 from shared.logging import get_logger
-from trading_gateway.bots.files import BotFiles, atomic_write
+from trading_gateway.bots.files import BotFiles
 from trading_gateway.models.store import StoredBundle
 
 log = get_logger(__name__)
@@ -144,7 +144,7 @@ def write_install(files: BotFiles, stored: StoredBundle, record: InstallRecord) 
         for pair, entry in stored.manifest.pairs.items()
     }
     dictionary = {pair: {**entry.model_dump(), "extras": {}} for pair, entry in pairs.items()}
-    write_atomic(folder / PAIR_DICTIONARY, json.dumps(dictionary, indent=1).encode())
+    atomic_write(folder / PAIR_DICTIONARY, json.dumps(dictionary, indent=1).encode())
     marker = InstallMarker(
         install_id=record.install_id,
         model_id=record.model_id,
@@ -162,7 +162,7 @@ def clear_install(files: BotFiles) -> None:
     folder = models_folder(files.user_data)
     if not folder.is_dir():
         return
-    write_atomic(folder / PAIR_DICTIONARY, b"{}")
+    atomic_write(folder / PAIR_DICTIONARY, b"{}")
     (folder / MARKER_FILE).unlink(missing_ok=True)
 
 
