@@ -36,7 +36,6 @@ from management_server.freqai.schemas import (
     ModelDetail,
     ModelKeysOut,
     ModelOut,
-    PredictionsOut,
     TrainIn,
 )
 from management_server.freqai.signing import WELL_KNOWN_PATH
@@ -45,6 +44,7 @@ from management_server.gateways.client import GatewayClient
 from management_server.gateways.models import Gateway
 from management_server.users.models import Role
 from shared.freqai.bundle import BundleError, SizeExceeded
+from shared.freqai.predictions import PredictionsOut
 from shared.metrics import MODEL_DEPLOYS
 
 router = APIRouter(prefix="/api/v1/models", tags=["models"], responses=errors(400, 401, 403, 404, 409, 429))

@@ -204,45 +204,5 @@ class DeployOut(BotModelOut):
     notice: str | None = Field(default=None, description="Set when the gateway is not answering right now.")
 
 
-class PredictionOut(BaseModel):
-    """The newest FreqAI outputs of one pair, from the running bot's analysed candles."""
-
-    pair: str
-    candle_time: datetime | None = Field(description="The candle they were made on (the newest closed one).")
-    predictions: dict[str, Any] = Field(
-        description="FreqAI's label columns ('&-...'): the prediction per label, and its '_mean' / '_std'."
-    )
-    do_predict: int | None = Field(description="1: FreqAI trusts the prediction; 0: outlier or warming up; 2: expired.")
-    DI_values: float | None = Field(description="Dissimilarity index (0 when the model has no DI threshold).")
-    model_id: uuid.UUID | None = Field(description="The model version that made them (None: not known).")
-    model_version: int | None
-    model_sha256: str | None
-
-
-class InstalledModelOut(BaseModel):
-    """The model installed for the bot on its gateway now."""
-
-    install_id: uuid.UUID
-    model_id: uuid.UUID
-    version: int
-    sha256: str
-    freqai_model: str
-    pairs: list[str]
-    reason: str
-    installed_at: datetime
-    status: str = Field(description="pending, loaded or failed.")
-    loaded_at: datetime | None
-    load_seconds: float | None
-    error: str | None
-
-
-class PredictionsOut(BaseModel):
-    gateway_id: str
-    bot_id: uuid.UUID
-    timeframe: str
-    model: InstalledModelOut | None = Field(description="The model installed for the bot now, as its gateway says.")
-    predictions: list[PredictionOut]
-
-
 class ModelKeysOut(BaseModel):
     keys: list[dict[str, str]]

@@ -1,52 +1,12 @@
-"""Bodies of the gateway's model routes."""
+"""Bodies of the gateway's model routes (the predictions' in :mod:`shared.freqai.predictions`)."""
 
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
-from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-
-class PredictionOut(BaseModel):
-    """The newest FreqAI outputs of one pair, from the bot's analysed dataframe."""
-
-    pair: str
-    candle_time: datetime | None = Field(description="The candle they were made on (the newest closed one).")
-    predictions: dict[str, Any] = Field(
-        description="FreqAI's label columns ('&-...'): the prediction per label, and its '_mean' / '_std'."
-    )
-    do_predict: int | None = Field(description="1: FreqAI trusts the prediction; 0: outlier or warming up; 2: expired.")
-    DI_values: float | None = Field(description="Dissimilarity index (0 when the model has no DI threshold).")
-    model_id: uuid.UUID | None = Field(description="The model version that made them (None: not known to be ours).")
-    model_version: int | None
-    model_sha256: str | None
-
-
-class InstalledModelOut(BaseModel):
-    """One install of a model version for a bot."""
-
-    install_id: uuid.UUID
-    model_id: uuid.UUID
-    version: int
-    sha256: str
-    freqai_model: str
-    pairs: list[str]
-    reason: Literal["start", "update", "rollback", "restore"]
-    installed_at: datetime
-    status: Literal["pending", "loaded", "failed"]
-    loaded_at: datetime | None
-    load_seconds: float | None
-    error: str | None
-
-
-class PredictionsOut(BaseModel):
-    gateway_id: str
-    bot_id: uuid.UUID
-    timeframe: str
-    model: InstalledModelOut | None = Field(description="The model installed for the bot now.")
-    predictions: list[PredictionOut]
+from shared.freqai.predictions import InstalledModelOut
 
 
 class BotModelsOut(BaseModel):
