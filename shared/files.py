@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import stat
 import tempfile
 from pathlib import Path
+from typing import BinaryIO
 
 
 def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
@@ -31,3 +34,32 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def _regular(fd: int, path: Path) -> int:
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, f"not a regular file: {path}")
+    return fd
+
+
+def open_read_nofollow(path: Path) -> BinaryIO:
+    """``path`` opened for reading, refusing a symlink, a FIFO or a device in its place.
+
+    Sandboxed code owns its folder and could put a symlink to a key (or a FIFO that blocks forever) where
+    a service reads its log or its results: a service never follows one there.
+    """
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    return os.fdopen(_regular(os.open(path, flags), path), "rb")
+
+
+def open_append_nofollow(path: Path) -> BinaryIO:
+    """``path`` opened for appending (created 0600), refusing a symlink, a FIFO or a device in its place."""
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    return os.fdopen(_regular(os.open(path, flags, 0o600), path), "ab")
+
+
+def inside(path: Path, folder: Path) -> bool:
+    """Whether ``path``, all symlinks resolved, lies in ``folder`` (or is it)."""
+    real, home = path.resolve(), folder.resolve()
+    return real == home or home in real.parents

@@ -17,6 +17,8 @@ from urllib.parse import urlsplit
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from shared.sandbox.policy import DEFAULT_FILE_SIZE_MB, DEFAULT_MEMORY_MB, DEFAULT_OPEN_FILES, DEFAULT_PROCESSES, Limits
+
 PLACEHOLDER_SECRETS = frozenset(
     {
         "",
@@ -94,6 +96,31 @@ class CommonSettings(BaseSettings):
         "none when empty.",
     )
 
+    sandbox_uid_base: int = Field(
+        default=610000,
+        ge=1000,
+        le=2**31 - 100_000,
+        description="First uid of the sandboxed processes when the services run as root (bots get base+1000+n).",
+    )
+    sandbox_memory_mb: int = Field(
+        default=DEFAULT_MEMORY_MB, ge=256, description="Private memory a sandboxed process may use (RLIMIT_DATA)."
+    )
+    sandbox_file_size_mb: int = Field(
+        default=DEFAULT_FILE_SIZE_MB, ge=16, description="Largest file a sandboxed process may write (RLIMIT_FSIZE)."
+    )
+    sandbox_open_files: int = Field(
+        default=DEFAULT_OPEN_FILES, ge=256, description="Open files of a sandboxed process (RLIMIT_NOFILE)."
+    )
+    sandbox_processes: int = Field(
+        default=DEFAULT_PROCESSES,
+        ge=64,
+        description="Processes and threads of a sandboxed uid (RLIMIT_NPROC; only with an uid per process).",
+    )
+    allow_unsandboxed: bool = Field(
+        default=False,
+        description="Run plain users' strategies even where the host has no sandbox (no Landlock): unsafe.",
+    )
+
     @field_validator("cors_origins", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:
@@ -107,6 +134,15 @@ class CommonSettings(BaseSettings):
             cleaned = [origin.strip().rstrip("/") if isinstance(origin, str) else origin for origin in value]
             return [origin for origin in cleaned if origin != ""]
         return value
+
+    @property
+    def sandbox_limits(self) -> Limits:
+        return Limits(
+            memory_mb=self.sandbox_memory_mb,
+            file_size_mb=self.sandbox_file_size_mb,
+            open_files=self.sandbox_open_files,
+            processes=self.sandbox_processes,
+        )
 
     @property
     def is_development(self) -> bool:

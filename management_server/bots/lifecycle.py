@@ -25,6 +25,7 @@ from management_server.gateways.models import Gateway
 from management_server.gateways.service import LIVE_WINDOW, live_gateways
 from management_server.security.crypto import MasterKeys
 from management_server.strategies.models import Strategy, StrategyStatus
+from management_server.users.models import Role, User
 from shared.bus.messages import (
     BotSpec,
     Envelope,
@@ -86,10 +87,12 @@ async def bot_spec(session: AsyncSession, bot: Bot, keys: MasterKeys) -> BotSpec
         if row is None:
             raise ActionRefused(409, "A live bot needs its exchange credentials: they were deleted.")
         secrets = credentials.reveal(keys, row)
+    uploader = await session.get(User, strategy.owner_id)
     return BotSpec(
         name=bot.name,
         strategy_class=strategy.class_name,
         strategy_source=strategy.source,
+        strategy_trusted=uploader is not None and uploader.role == Role.admin,
         exchange=bot.exchange,
         pairs=list(bot.pairs),
         timeframe=bot.timeframe,

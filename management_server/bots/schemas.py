@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from shared.bus.messages import PairName, Timeframe
+from shared.freqai.parameters import BotParameters, checked_section
 
 FREQTRADE_TIMEFRAMES = ("1m", "3m", "5m", "15m", "30m", "1h", "2h", "4h", "6h", "8h", "12h", "1d", "3d", "1w", "1M")
 
@@ -52,6 +53,11 @@ class BotCreate(BotFields):
         description="Pause the bot when its drawdown reaches this share of its balance (default: the server's "
         "FREQFLEET_RISK_MAX_DRAWDOWN_BOT).",
     )
+
+    @field_validator("freqai")
+    @classmethod
+    def _freqai_parameters(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        return None if value is None else checked_section(BotParameters, value)
 
     @field_validator("stake_amount")
     @classmethod

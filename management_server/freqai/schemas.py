@@ -12,18 +12,8 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validato
 from management_server.bots.schemas import FREQTRADE_TIMEFRAMES
 from shared.bus.messages import PairName, Timeframe
 from shared.freqai.catalog import ALLOWED_MODELS, DEFAULT_MODEL
+from shared.freqai.parameters import TrainingParameters, checked_section
 
-FREQAI_KEYS = frozenset(
-    {
-        "feature_parameters",
-        "data_split_parameters",
-        "model_training_parameters",
-        "fit_live_predictions_candles",
-        "outlier_protection_percentage",
-        "reduce_df_footprint",
-    }
-)
-"""The keys of ``freqai`` a training request may set; the run sets the rest (identifier, windows, saving)."""
 MAX_FREQAI_JSON = 20_000
 NAME_PATTERN = r"^[\w .-]+$"
 EARLIEST_END = datetime(2010, 1, 1, tzinfo=UTC)
@@ -87,15 +77,9 @@ class TrainIn(BaseModel):
     @field_validator("freqai")
     @classmethod
     def _freqai_keys(cls, value: dict[str, Any]) -> dict[str, Any]:
-        unknown = sorted(set(value) - FREQAI_KEYS)
-        if unknown:
-            raise ValueError(
-                f"freqai may set only {', '.join(sorted(FREQAI_KEYS))}; not {', '.join(unknown)} (the training "
-                "sets the identifier, windows and saving itself)"
-            )
         if len(json.dumps(value)) > MAX_FREQAI_JSON:
             raise ValueError(f"freqai is larger than {MAX_FREQAI_JSON} characters of JSON")
-        return value
+        return checked_section(TrainingParameters, value)
 
     @field_validator("end")
     @classmethod

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import shutil
 import signal
@@ -50,13 +51,17 @@ from sqlalchemy.pool import NullPool
 import management_server.models  # noqa: F401  (the whole schema: a worker imports no other model)
 from management_server.config import ManagementSettings
 from management_server.freqai.models import ModelStatus, ModelVersion
-from management_server.freqai.service import describe, register_trained, training_request
+from management_server.freqai.service import describe, example_source, register_trained, training_request
 from management_server.freqai.store import ModelStore
 from management_server.security.crypto import MasterKeys
+from management_server.strategies.models import Strategy, StrategyStatus
+from management_server.strategies.tasks import host_sandbox
+from management_server.users.models import Role, User
 from shared.freqai.bundle import BundleError
 from shared.freqai.training import TrainingFailed, TrainingProgress, train_model
 from shared.logging import get_logger
 from shared.metrics import TRAINING_SECONDS
+from shared.sandbox.host import UnsandboxedRefused
 
 log = get_logger(__name__)
 
@@ -211,6 +216,27 @@ async def _fail(
         return True
 
 
+async def _refusal(session: AsyncSession, model: ModelVersion, settings: ManagementSettings) -> str | None:
+    """Why this training may not run (None: it may): only an approved strategy, exactly as approved, on a host
+    whose sandbox holds it — re-checked here, so a task written straight into Redis gets no further."""
+    if model.strategy_source is None:
+        return "The training has no strategy to run."
+    if model.strategy_id is None:  # Freqfleet's own example strategy, exactly as shipped
+        return None if model.strategy_source == example_source() else "The training's strategy is not the example."
+    strategy = await session.get(Strategy, model.strategy_id)
+    if strategy is None or strategy.status != StrategyStatus.approved:
+        return "The strategy is not approved (or was deleted): only approved strategies are trained."
+    digest = hashlib.sha256(model.strategy_source.encode()).hexdigest()
+    if not (digest == model.strategy_sha256 == strategy.sha256):
+        return "The strategy changed since the training was requested: request it again."
+    uploader = await session.get(User, strategy.owner_id)
+    try:
+        host_sandbox(settings).check_allowed(uploader is not None and uploader.role == Role.admin, "the training")
+    except UnsandboxedRefused as exc:
+        return str(exc)
+    return None
+
+
 async def run_training(
     settings: ManagementSettings, model_id: uuid.UUID, task_id: str | None = None, report: Report | None = None
 ) -> dict[str, Any]:
@@ -229,6 +255,11 @@ async def run_training(
             assert model is not None
             attempt = model.attempts
             exchange = model.exchange or "simulator"
+            refused = await _refusal(session, model, settings)
+            if refused is not None:
+                bound.warning("training refused", reason=refused)
+                await _fail(sessionmaker, model_id, refused, None)
+                return {"model_id": str(model_id), "status": "failed", "reason": refused}
             try:
                 request = training_request(model)
             except ValueError as exc:
@@ -261,6 +292,7 @@ async def run_training(
                     simulator_url=settings.check_simulator_url,
                     timeout=settings.model_training_timeout,
                     progress=on_progress,
+                    sandbox=host_sandbox(settings),
                 )
                 await _set_progress(
                     sessionmaker,

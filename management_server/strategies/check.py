@@ -44,7 +44,10 @@ from typing import Any
 import httpx
 
 from shared.exchange import SIMULATOR, offline_config, render_exchange_section
+from shared.files import open_read_nofollow
 from shared.processes import kill_group
+from shared.sandbox.host import CHECK_UID_OFFSET, HostSandbox, exchange_ports, popen_sandboxed, stray_entry
+from shared.sandbox.policy import Policy
 
 DEFAULT_PAIRS: tuple[str, ...] = ("BTC/USDT", "ETH/USDT")
 DRY_RUN_WALLET = 1000
@@ -100,6 +103,7 @@ def run_backtest_check(
     days: int = 7,
     timeout: float = 300,
     progress: Callable[[str], None] | None = None,
+    sandbox: HostSandbox | None = None,
 ) -> CheckResult:
     """Backtest ``class_name`` from ``source`` on ``days`` days of the simulator's ``timeframe`` candles.
 
@@ -109,6 +113,8 @@ def run_backtest_check(
     :param pairs: the pairs to backtest, all quoted in one currency (the stake currency).
     :param timeout: seconds for the whole check; a freqtrade still running then is killed.
     :param progress: called with ``"download"``, ``"backtest"`` and ``"read"`` as the check gets there.
+    :param sandbox: the host's sandbox (:func:`shared.sandbox.host.detect`): freqtrade runs under it, as the
+        check's own uid when the worker is root. None runs it plain (tests of the check's logic only).
     :raises ValueError: for arguments that are not a class name, pairs, a timeframe, a number of days.
     """
     _validate_arguments(class_name, pairs, timeframe, days, timeout)
@@ -127,7 +133,15 @@ def run_backtest_check(
         )
     workdir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="check-", dir=workdir) as tmp:
-        run = _Run(Path(tmp), freqtrade, deadline, timeout)
+        policy = None
+        if sandbox is not None:
+            policy = sandbox.policy(
+                Path(tmp),
+                env=checked_env(),
+                uid=sandbox.uid_base + CHECK_UID_OFFSET,
+                connect_ports=exchange_ports(simulator_url, SIMULATOR),
+            )
+        run = _Run(Path(tmp), freqtrade, deadline, timeout, policy)
         try:
             config = run.write_inputs(source, class_name, simulator_url, pairs, timeframe)
             _notify(progress, "download")
@@ -172,8 +186,9 @@ def _validate_arguments(class_name: str, pairs: Sequence[str], timeframe: str, d
 class _Run:
     """One check's temporary folder and its freqtrade subprocesses."""
 
-    def __init__(self, home: Path, freqtrade: Path, deadline: float, timeout: float) -> None:
+    def __init__(self, home: Path, freqtrade: Path, deadline: float, timeout: float, policy: Policy | None) -> None:
         self.home = home
+        self.policy = policy
         self.freqtrade = freqtrade
         self.deadline = deadline
         self.timeout = timeout
@@ -233,11 +248,12 @@ class _Run:
     def read_export(self, class_name: str) -> dict[str, Any]:
         """The strategy's statistics from the zip that ``.last_result.json`` names."""
         try:
-            pointer = json.loads((self.results / ".last_result.json").read_text(encoding="utf-8"))
+            with open_read_nofollow(self.results / ".last_result.json") as f:
+                pointer = json.loads(f.read(MAX_EXPORT_BYTES))
             name = pointer["latest_backtest"]
             if not isinstance(name, str) or Path(name).name != name or not name.endswith(".zip"):
                 raise ValueError(f"unexpected export name {name!r}")
-            with zipfile.ZipFile(self.results / name) as archive:
+            with open_read_nofollow(self.results / name) as raw, zipfile.ZipFile(raw) as archive:
                 member = archive.getinfo(name.removesuffix(".zip") + ".json")
                 if member.file_size > MAX_EXPORT_BYTES:
                     raise ValueError(f"the export's statistics are too large ({member.file_size} bytes)")
@@ -257,15 +273,7 @@ class _Run:
         output = self.home / f"{step}.output"
         argv = [str(self.freqtrade), *args, "--logfile", str(logfile)]
         with output.open("wb") as out:
-            proc = subprocess.Popen(
-                argv,
-                cwd=self.home,
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+            proc = popen_sandboxed(argv, home=self.home, policy=self.policy, env=self.env, stdout=out)
             try:
                 code: int | None = proc.wait(timeout=max(self.deadline - time.monotonic(), 0.1))
             except subprocess.TimeoutExpired:
@@ -274,9 +282,16 @@ class _Run:
             except BaseException:  # a time limit or a shutdown of the caller: leave no freqtrade behind
                 kill_group(proc)
                 raise
+        stray = stray_entry(self.home)
+        if stray is not None:
+            raise _StepFailed(
+                f"freqtrade {step} left {stray.name}, a symlink or special file: the check reads nothing it made."
+            )
         # The log file has whole lines; what it printed on its own (before its logging was set up) is the fallback.
         chosen = logfile if logfile.is_file() and logfile.stat().st_size > 0 else output
-        return code, self._clean(chosen.read_text(encoding="utf-8", errors="replace").splitlines())
+        with open_read_nofollow(chosen) as f:
+            text = f.read().decode("utf-8", errors="replace")
+        return code, self._clean(text.splitlines())
 
     def _clean(self, lines: list[str]) -> list[str]:
         """Without progress bars and blank lines, and without the server's folders in the paths."""

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from management_server.strategies.models import CheckStatus, Strategy, StrategyStatus
-from management_server.strategies.validation import Problem, validate_strategy
+from management_server.strategies.validation import Problem, Validation, validate_strategy
 from management_server.users.models import Role, User
 
 
@@ -34,9 +36,22 @@ class CheckInProgress(Exception):
 CHECK_STALE_AFTER = timedelta(hours=1)
 
 
+_LINT_POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="strategy-lint")
+LINT_SECONDS = 5.0
+
+
+async def lint(source: str) -> Validation:
+    """:func:`validate_strategy` in a worker thread, given at most ``LINT_SECONDS``: the event loop keeps serving."""
+    loop = asyncio.get_running_loop()
+    try:
+        return await asyncio.wait_for(loop.run_in_executor(_LINT_POOL, validate_strategy, source), LINT_SECONDS)
+    except TimeoutError:
+        return Validation(None, [Problem(1, f"the source took longer than {LINT_SECONDS:g} s to check: simplify it")])
+
+
 async def upload(session: AsyncSession, owner: User, name: str, source: str, review: bool) -> Strategy:
     """Store a strategy that passed the static checks; a non-admin's waits for review."""
-    result = validate_strategy(source)
+    result = await lint(source)
     if not result.ok or result.class_name is None:
         raise StrategyInvalid(result.problems)
     taken = await session.execute(select(Strategy.id).where(Strategy.owner_id == owner.id, Strategy.name == name))

@@ -17,6 +17,7 @@ would work until someone sets one. Two connections per check cost nothing beside
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import uuid
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -34,7 +35,9 @@ import management_server.models  # noqa: F401  (the whole schema: a worker impor
 from management_server.config import ManagementSettings
 from management_server.strategies.check import CheckResult, run_backtest_check
 from management_server.strategies.models import CheckStatus, Strategy, StrategyStatus
+from management_server.users.models import Role, User
 from shared.logging import get_logger
+from shared.sandbox.host import HostSandbox, UnsandboxedRefused, detect
 
 log = get_logger(__name__)
 
@@ -44,6 +47,17 @@ CHECK_DAYS = 7
 CHECK_WORKDIR = "strategy-checks"
 SEND_TIMEOUT = 5.0
 PENDING_REVIEW_NOTE = "The strategy stays pending review: an admin decides whether to approve it."
+
+
+_HOSTS: dict[tuple[int, bool], HostSandbox] = {}
+
+
+def host_sandbox(settings: ManagementSettings) -> HostSandbox:
+    """The worker's sandbox for user code, probed once per process (see :mod:`shared.sandbox.host`)."""
+    key = (settings.sandbox_uid_base, settings.allow_unsandboxed)
+    if key not in _HOSTS:
+        _HOSTS[key] = detect(settings.sandbox_uid_base, settings.sandbox_limits, settings.allow_unsandboxed)
+    return _HOSTS[key]
 
 
 @asynccontextmanager
@@ -60,17 +74,26 @@ async def _session(settings: ManagementSettings) -> AsyncIterator[AsyncSession]:
         await engine.dispose()
 
 
-async def _start(settings: ManagementSettings, strategy_id: uuid.UUID, sha256: str) -> tuple[str, str] | str:
+async def _start(settings: ManagementSettings, strategy_id: uuid.UUID, sha256: str) -> tuple[str, str, bool] | str:
     """Mark the check running; the strategy's source and class name, or why there is nothing to check."""
     async with _session(settings) as session:
         strategy = await session.get(Strategy, strategy_id, with_for_update=True)
         if strategy is None:
             return "the strategy was deleted"
-        if strategy.sha256 != sha256:
+        if strategy.sha256 != sha256 or hashlib.sha256(strategy.source.encode()).hexdigest() != sha256:
             return "the strategy's source changed"
+        # Only approved code runs, even on a worker: a task written straight into Redis gets no further. The one
+        # exception is a check an admin queued to decide on a strategy under review (the API marks it queued).
+        asked_by_admin = (
+            strategy.status == StrategyStatus.pending_review and strategy.check_status == CheckStatus.queued
+        )
+        if strategy.status != StrategyStatus.approved and not asked_by_admin:
+            log.warning("strategy check refused: not approved", strategy_id=str(strategy_id), status=strategy.status)
+            return f"the strategy is {strategy.status}, not approved: only approved strategies are run"
         strategy.check_status = CheckStatus.running.value
         await session.commit()
-        return strategy.source, strategy.class_name
+        uploader = await session.get(User, strategy.owner_id)
+        return strategy.source, strategy.class_name, uploader is not None and uploader.role == Role.admin
 
 
 def result_document(result: CheckResult, sha256: str, strategy_status: str) -> dict[str, Any]:
@@ -114,18 +137,24 @@ def check_strategy(
     if isinstance(loaded, str):
         bound.info("strategy check skipped", reason=loaded)
         return {"strategy_id": str(strategy_id), "skipped": loaded}
-    source, class_name = loaded
+    source, class_name, trusted = loaded
     bound.info("strategy check started", class_name=class_name)
     try:
+        sandbox = host_sandbox(settings)
+        sandbox.check_allowed(trusted, "the strategy check")
         result = run_backtest_check(
             source,
             class_name,
+            sandbox=sandbox,
             simulator_url=settings.check_simulator_url,
             workdir=settings.data_dir / CHECK_WORKDIR,
             days=CHECK_DAYS,
             timeout=CHECK_TIMEOUT,
             progress=progress,
         )
+    except UnsandboxedRefused as exc:
+        bound.warning("strategy check refused: no sandbox on this host")
+        result = CheckResult(False, error=str(exc))
     except Exception as exc:  # our fault, not the strategy's: say so rather than leave it "running"
         bound.exception("strategy check crashed")
         result = CheckResult(

@@ -100,6 +100,10 @@ class BotSpec(Payload):
     name: str = Field(min_length=1, max_length=100)
     strategy_class: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,99}$")
     strategy_source: str = Field(min_length=1, max_length=512_000)
+    strategy_trusted: bool = Field(
+        default=False,
+        description="The strategy was uploaded by an admin: it may run on a host without a sandbox.",
+    )
     exchange: str = Field(default="simulator", min_length=1, max_length=50)
     pairs: list[PairName] = Field(min_length=1, max_length=200)
     timeframe: Timeframe

@@ -43,9 +43,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from shared.exchange import SIMULATOR, offline_config, render_exchange_section
+from shared.files import open_read_nofollow
 from shared.freqai.bundle import PackedBundle, pack_bundle
 from shared.freqai.catalog import DEFAULT_MODEL, FREQAIMODELS_DIR, check_model, freqfleet_class
 from shared.processes import kill_group
+from shared.sandbox.host import TRAINING_UID_OFFSET, HostSandbox, exchange_ports, popen_sandboxed, stray_entry
+from shared.sandbox.policy import Policy
 
 IDENTIFIER = "freqfleet-train"
 METRICS_FILE = "freqfleet_metrics.json"  # written by the mixin beside each model
@@ -235,6 +238,14 @@ def validate_request(request: TrainingRequest, now: datetime | None = None) -> N
         raise ValueError("all pairs must be quoted in one (the stake) currency")
     check_model(request.freqai_model)
     tf = _timeframe_seconds(request.timeframe)
+    # These two reach download-data's command line: only pairs and timeframes, never an option.
+    features = request.freqai.get("feature_parameters") or {}
+    corr = features.get("include_corr_pairlist") or []
+    if not isinstance(corr, list) or not all(isinstance(p, str) and _PAIR.fullmatch(p) for p in corr):
+        raise ValueError(f"include_corr_pairlist must be a list of BASE/QUOTE pairs: {corr!r}"[:300])
+    timeframes = features.get("include_timeframes") or []
+    if not isinstance(timeframes, list) or not all(isinstance(t, str) and _TIMEFRAME.fullmatch(t) for t in timeframes):
+        raise ValueError(f"include_timeframes must be a list of timeframes (5m, 1h): {timeframes!r}"[:300])
     if not isinstance(request.days, int) or not 1 <= request.days <= 365:
         raise ValueError("days must be a whole number from 1 to 365 (FreqAI trains on whole days)")
     if request.end.tzinfo is None:
@@ -261,11 +272,14 @@ def train_model(
     timeout: float = 1800,
     progress: ProgressCallback | None = None,
     freqtrade: Path | None = None,
+    sandbox: HostSandbox | None = None,
 ) -> TrainingResult:
     """Train ``request`` in ``workdir`` (created; the caller removes it after packing the result).
 
     :param exchange: ``"simulator"`` (with ``simulator_url``) or a ccxt exchange id (public candles only).
     :param timeout: seconds for the download and the training together; a freqtrade still running then is killed.
+    :param sandbox: the host's sandbox (:func:`shared.sandbox.host.detect`): freqtrade runs under it, as the
+        training's own uid when the worker is root. None runs it plain.
     :raises ValueError: a request that can't be trained (the message says why; nothing ran).
     :raises TrainingFailed: the run did not give a model for every pair.
     """
@@ -275,7 +289,16 @@ def train_model(
     program = freqtrade or Path(sys.executable).with_name("freqtrade")
     if not program.is_file():
         raise TrainingFailed(f"the training could not run: there is no freqtrade at {program}")
-    run = _Run(workdir, program, deadline, timeout)
+    policy = None
+    if sandbox is not None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        policy = sandbox.policy(
+            workdir,
+            env=training_env(),
+            uid=sandbox.uid_base + TRAINING_UID_OFFSET,
+            connect_ports=exchange_ports(simulator_url, exchange),
+        )
+    run = _Run(workdir, program, deadline, timeout, policy)
     section = training_freqai_section(request)
     config = run.write_inputs(request, section, exchange, simulator_url)
     total = len(request.pairs)
@@ -296,8 +319,9 @@ def _notify(progress: ProgressCallback | None, state: TrainingProgress) -> None:
 class _Run:
     """One training's folder and its freqtrade subprocesses."""
 
-    def __init__(self, home: Path, freqtrade: Path, deadline: float, timeout: float) -> None:
+    def __init__(self, home: Path, freqtrade: Path, deadline: float, timeout: float, policy: Policy | None) -> None:
         self.home = home
+        self.policy = policy
         self.freqtrade = freqtrade
         self.deadline = deadline
         self.timeout = timeout
@@ -455,10 +479,10 @@ class _Run:
             if on_line is None:
                 return
             try:
-                with logfile.open("rb") as f:
+                with open_read_nofollow(logfile) as f:
                     f.seek(offset)
                     data = f.read()
-            except FileNotFoundError:
+            except OSError:  # not there yet, or not a regular file (never followed)
                 return
             offset += len(data)
             *lines, pending = (pending + data).split(b"\n")
@@ -466,15 +490,7 @@ class _Run:
                 on_line(line.decode("utf-8", errors="replace"))
 
         with output.open("wb") as out:
-            proc = subprocess.Popen(
-                argv,
-                cwd=self.home,
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+            proc = popen_sandboxed(argv, home=self.home, policy=self.policy, env=self.env, stdout=out)
             code: int | None = None
             try:
                 while True:
@@ -490,9 +506,15 @@ class _Run:
             except BaseException:  # a time limit or a shutdown of the caller: leave no freqtrade behind
                 kill_group(proc)
                 raise
+        stray = stray_entry(self.home)
+        if stray is not None:
+            raise TrainingFailed(
+                f"freqtrade {step} left {stray.name}, a symlink or special file: nothing it made is read"
+            )
         follow()
         chosen = logfile if logfile.is_file() and logfile.stat().st_size > 0 else output
-        lines = chosen.read_text(encoding="utf-8", errors="replace").splitlines()
+        with open_read_nofollow(chosen) as f:
+            lines = f.read().decode("utf-8", errors="replace").splitlines()
         return code, self._clean(lines)
 
     def _clean(self, lines: list[str]) -> list[str]:

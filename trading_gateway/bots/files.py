@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -45,7 +46,7 @@ from shared.exchange import (
     redact_exchange_section,
     render_exchange_section,
 )
-from shared.files import atomic_write
+from shared.files import atomic_write, open_read_nofollow
 from shared.freqai.catalog import DEFAULT_MODEL, FREQAIMODELS_DIR, freqfleet_class
 from shared.freqai.live import ModelRuntime, live_freqai_section
 from trading_gateway.bots.credentials import ApiCredentials
@@ -56,6 +57,8 @@ LOG_FORMAT = "%(asctime)s - %(name)s - %(levelname)s - %(message)s"
 LOG_MAX_BYTES = 10 * 1024 * 1024
 LOG_BACKUPS = 5
 DIR_MODE = 0o700
+META_DIR = "bots-meta"
+MAX_CONFIG_BYTES = 16 * 1024 * 1024
 SECRET_FILE_MODE = 0o600
 
 
@@ -78,6 +81,12 @@ class BotFiles:
     @property
     def folder(self) -> Path:
         return self.root / self.bot_id
+
+    @property
+    def meta(self) -> Path:
+        """The gateway's own records of this bot (spec, supervision, models): outside the folder the bot may
+        write, so a sandboxed bot can't change what the gateway believes about it."""
+        return self.root.parent / META_DIR / self.bot_id
 
     @property
     def config(self) -> Path:
@@ -112,11 +121,21 @@ class BotFiles:
         return self.folder / "console.log"
 
     def prepare(self) -> None:
-        """Create the folder tree, private to the gateway's user."""
-        for folder in (self.root, self.folder, self.strategies, self.user_data):
+        """Create the folder tree, private to the gateway's user (and, sandboxed, to the bot's uid)."""
+        for folder in (self.root, self.folder, self.strategies, self.user_data, self.meta):
             folder.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
-        for folder in (self.folder, self.strategies, self.user_data):
+        for folder in (self.folder, self.strategies, self.user_data, self.meta):
+            if folder.is_symlink():
+                raise BotConfigError(f"{folder} is a symlink: the bot's folder was tampered with")
             folder.chmod(DIR_MODE)
+
+    def move_to_meta(self, names: tuple[str, ...]) -> None:
+        """Move records an older gateway kept in the bot's folder to :attr:`meta` (once, at start)."""
+        for name in names:
+            old, new = self.folder / name, self.meta / name
+            if old.is_file() and not old.is_symlink() and not new.exists():
+                self.meta.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+                os.replace(old, new)
 
     def write(self, config: BotConfig, strategy_source: str) -> None:
         """Write the strategy and the config (atomically, 0600); drop other strategy files.
@@ -128,14 +147,42 @@ class BotFiles:
             raise ValueError(f"config of bot {config.bot_id} written to the folder of bot {self.bot_id}")
         self.prepare()
         target = self.strategy_file(config.strategy_class)
-        atomic_write(target, strategy_source.encode())
+        self.write_file(target, strategy_source.encode())
         for stale in self.strategies.glob("*.py"):
             if stale != target:
                 stale.unlink()
-        atomic_write(self.config, json.dumps(config.data, indent=2).encode())
+        self.write_file(self.config, json.dumps(config.data, indent=2).encode())
+
+    def _inside(self, folder: Path) -> None:
+        real, home = folder.resolve(), self.folder.resolve()
+        if real != home and home not in real.parents:
+            raise BotConfigError(f"{folder} leads out of the bot's folder (a symlink the bot made): not written")
+
+    def _give(self, path: Path) -> None:
+        """A file the gateway wrote in the folder belongs to the folder's owner (a sandboxed bot's uid)."""
+        owner = self.folder.stat()
+        if owner.st_uid != os.geteuid():
+            os.lchown(path, owner.st_uid, owner.st_gid)
+
+    def make_dirs(self, folder: Path) -> None:
+        """Create ``folder`` (inside the bot's folder) and its parents, owned like the bot's folder."""
+        missing = [p for p in (folder, *folder.parents) if p != self.folder and self.folder in p.parents]
+        for path in reversed(missing):
+            if not path.is_dir():
+                self._inside(path.parent)
+                path.mkdir(mode=DIR_MODE)
+                self._give(path)
+        self._inside(folder)
+
+    def write_file(self, path: Path, data: bytes) -> None:
+        """Write ``path`` (inside the bot's folder, never through a symlink) atomically, owned like the folder."""
+        self._inside(path.parent)
+        atomic_write(path, data)
+        self._give(path)
 
     def read_config(self) -> dict[str, Any]:
-        data: dict[str, Any] = json.loads(self.config.read_text())
+        with open_read_nofollow(self.config) as f:
+            data: dict[str, Any] = json.loads(f.read(MAX_CONFIG_BYTES))
         return data
 
 

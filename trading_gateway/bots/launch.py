@@ -20,7 +20,8 @@ from shared.logging import get_logger
 from trading_gateway.bots.credentials import ApiCredentials
 from trading_gateway.bots.files import BotConfig, BotFiles, render_config
 from trading_gateway.bots.ports import PortPool
-from trading_gateway.bots.process import BotPortConflict, BotProcess, BotStartError, ReadyInfo
+from trading_gateway.bots.process import BotPortConflict, BotProcess, BotStartError, ReadyInfo, bot_environment
+from trading_gateway.bots.sandbox import BotSandboxing
 from trading_gateway.bots.state import BotRecord, Desired, StateFile
 
 log = get_logger(__name__)
@@ -56,10 +57,11 @@ async def launch_bot(
     port_attempts: int = 3,
     executable: Path | None = None,
     freqai_model: ModelRuntime | None = None,
+    sandbox: BotSandboxing | None = None,
 ) -> LaunchedBot:
     """Start ``spec`` as bot ``files.bot_id`` and wait until it is ready and proven to be ours.
 
-    :raises BotConfigError: the spec can't run (nothing was spawned).
+    :raises BotConfigError: the spec can't run, or may not run unsandboxed here (nothing was spawned).
     :raises NoFreePort: no port of the pool can be had.
     :raises BotStartError: the bot did not become ready (``BotExitedEarly``, ``BotStartTimeout``, or
         ``BotPortConflict`` after ``port_attempts`` ports); its process is gone, its port released,
@@ -82,7 +84,9 @@ async def launch_bot(
                 freqai_model=freqai_model,
             )
             files.write(config, spec.strategy_source)
-            process = BotProcess.spawn(files, config, executable=executable)
+            env = bot_environment()
+            policy = sandbox.prepare(files, config, spec, env) if sandbox is not None else None
+            process = BotProcess.spawn(files, config, executable=executable, env=env, sandbox=policy)
         except BaseException:
             pool.release(port)
             raise

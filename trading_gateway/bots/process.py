@@ -48,7 +48,9 @@ from urllib.parse import urlsplit
 import httpx
 import psutil
 
+from shared.files import open_append_nofollow, open_read_nofollow
 from shared.logging import get_logger
+from shared.sandbox.policy import Policy, wrap
 from trading_gateway.bots.client import DEFAULT_TIMEOUT, BotApiError, BotAuthRefused, FreqtradeClient
 from trading_gateway.bots.credentials import ApiCredentials
 from trading_gateway.bots.files import BotConfig, BotFiles
@@ -144,13 +146,13 @@ class StopResult:
 def _tail(path: Path, n: int, since: int = 0, max_bytes: int = 256 * 1024) -> list[str]:
     """The last ``n`` lines of ``path`` after byte offset ``since`` (the whole file if it shrank)."""
     try:
-        size = path.stat().st_size
-        with path.open("rb") as f:
+        size = path.lstat().st_size
+        with open_read_nofollow(path) as f:
             start = since if since <= size else 0
             start = max(start, size - max_bytes)
             f.seek(start)
             data = f.read()
-    except FileNotFoundError:
+    except (FileNotFoundError, OSError):  # ELOOP: the bot put a symlink there; never follow it
         return []
     lines = data.decode(errors="replace").splitlines()
     if start > since and lines:
@@ -208,8 +210,12 @@ class BotProcess:
         *,
         executable: Path | None = None,
         env: Mapping[str, str] | None = None,
+        sandbox: Policy | None = None,
     ) -> BotProcess:
-        """Start ``freqtrade trade`` for a bot whose files are written; returns at once (see :meth:`wait_ready`)."""
+        """Start ``freqtrade trade`` for a bot whose files are written; returns at once (see :meth:`wait_ready`).
+
+        With ``sandbox``, the sandbox launcher applies it in the child before Freqtrade starts (same pid).
+        """
         exe = executable or default_executable()
         if config.bot_id != files.bot_id:
             raise ValueError(f"config of bot {config.bot_id} spawned with the files of bot {files.bot_id}")
@@ -222,12 +228,14 @@ class BotProcess:
         if urlsplit(config.db_url).password is None:
             argv += ["--db-url", config.db_url]
         argv += ["--logfile", str(files.log)]
+        if sandbox is not None:
+            argv = wrap(sandbox, argv)
 
         if _size(files.console_log) > CONSOLE_LOG_MAX_BYTES:
             files.console_log.replace(files.console_log.with_name(files.console_log.name + ".1"))
         log_offset = _size(files.log)
         started_at = datetime.now(UTC)
-        with files.console_log.open("ab") as console:
+        with open_append_nofollow(files.console_log) as console:
             os.fchmod(console.fileno(), 0o600)
             console.write(f"--- freqfleet: spawning freqtrade at {started_at.isoformat()} ---\n".encode())
             console.flush()

@@ -82,9 +82,10 @@ from shared.bus.messages import (
     EmergencyStopCompletedData,
     Envelope,
 )
-from shared.files import atomic_write
+from shared.files import atomic_write, open_read_nofollow
 from shared.logging import get_logger
 from shared.metrics import BOT_FAILURES, BOT_RESTARTS, EMERGENCY_STOPS
+from shared.sandbox.host import detect
 from trading_gateway.bots import BOTS_DIR, STATE_FILE
 from trading_gateway.bots.adoption import AdoptionReport, adopt
 from trading_gateway.bots.client import BotApiError, FreqtradeClient
@@ -94,10 +95,12 @@ from trading_gateway.bots.files import BotConfigError, BotFiles, render_config
 from trading_gateway.bots.launch import launch_bot
 from trading_gateway.bots.ports import NoFreePort, PortPool
 from trading_gateway.bots.process import BotProcess, BotStartError
+from trading_gateway.bots.sandbox import BotSandboxing
 from trading_gateway.bots.state import BotRecord, Desired, StateFile
 from trading_gateway.config import GatewaySettings
 from trading_gateway.fleet.events import EventPublisher
 from trading_gateway.fleet.trades import TradeReporter, closed_trades_from_api, closed_trades_from_db
+from trading_gateway.models.installs import MODELS_FILE
 from trading_gateway.models.service import ModelDelivery, ModelService
 
 log = get_logger(__name__)
@@ -239,12 +242,20 @@ class Fleet:
         self._watchdog: asyncio.Task[None] | None = None
         self._stopping = False
         self.models = models or ModelService(settings, events)  # FreqAI models: without keys it refuses them
+        self.sandboxing: BotSandboxing | None = None  # found out at start (a probe in a child process)
 
     # ================================================================== lifecycle
 
     async def start(self, adopt_timeout: float = 10.0) -> AdoptionReport:
         """Adopt what still runs, restart what died and should run, start the supervisors."""
         self.root.mkdir(parents=True, exist_ok=True)
+        self.root.chmod(0o700)  # keys, credentials and every bot's records: the gateway's alone
+        host = await asyncio.to_thread(
+            detect, self.settings.sandbox_uid_base, self.settings.sandbox_limits, self.settings.allow_unsandboxed
+        )
+        self.sandboxing = BotSandboxing(
+            host, self.root, simulator_url=self.settings.simulator_url, model_store=self.models.store.store
+        )
         report = await adopt(self.state, self.pool, bots_root=self.bots_root, api_timeout=adopt_timeout)
         self.adoption = report
         for record in self.state.records():
@@ -253,7 +264,9 @@ class Fleet:
             except ValueError:
                 log.warning("state file names a bot that is not a bus bot id; ignored", bot_id=record.bot_id)
                 continue
-            bot = self._new_bot(bot_uuid, record.desired, record.generation, BotFiles(self.bots_root, record.bot_id))
+            files = BotFiles(self.bots_root, record.bot_id)
+            files.move_to_meta((SPEC_FILE, SUPERVISION_FILE, MODELS_FILE))
+            bot = self._new_bot(bot_uuid, record.desired, record.generation, files)
             bot.spec = self._load_spec(bot)
             bot.failed_reason = self._load_failed(bot)
             bot.last_error = record.last_error
@@ -806,6 +819,7 @@ class Fleet:
                     generation=bot.generation,
                     desired=bot.desired,
                     executable=self.executable,
+                    sandbox=self.sandboxing,
                 )
         except (BotConfigError, ValidationError) as exc:
             self._sync_intent(bot)
@@ -1081,8 +1095,9 @@ class Fleet:
     def _log_tail(self, bot: ManagedBot) -> list[str]:
         for path in (bot.files.log, bot.files.console_log):
             try:
-                lines = path.read_text(errors="replace").splitlines()
-            except FileNotFoundError:
+                with open_read_nofollow(path) as f:
+                    lines = f.read().decode(errors="replace").splitlines()
+            except OSError:  # missing, or not a regular file (never followed)
                 continue
             if lines:
                 return lines[-LOG_LINES:]
@@ -1141,10 +1156,10 @@ class Fleet:
 
     def _save_spec(self, bot: ManagedBot, spec: BotSpec) -> None:
         bot.files.prepare()
-        atomic_write(bot.files.folder / SPEC_FILE, spec.model_dump_json().encode())  # 0600: may hold exchange keys
+        atomic_write(bot.files.meta / SPEC_FILE, spec.model_dump_json().encode())  # 0600: may hold exchange keys
 
     def _load_spec(self, bot: ManagedBot) -> BotSpec | None:
-        path = bot.files.folder / SPEC_FILE
+        path = bot.files.meta / SPEC_FILE
         try:
             return BotSpec.model_validate_json(path.read_bytes())
         except FileNotFoundError:
@@ -1154,14 +1169,14 @@ class Fleet:
             return None
 
     def _save_failed(self, bot: ManagedBot) -> None:
-        path = bot.files.folder / SUPERVISION_FILE
+        path = bot.files.meta / SUPERVISION_FILE
         if not bot.files.folder.exists():
             return
         atomic_write(path, json.dumps({"failed": bot.failed_reason}).encode())
 
     def _load_failed(self, bot: ManagedBot) -> str | None:
         try:
-            doc: Any = json.loads((bot.files.folder / SUPERVISION_FILE).read_text())
+            doc: Any = json.loads((bot.files.meta / SUPERVISION_FILE).read_text())
         except (FileNotFoundError, ValueError):
             return None
         failed = doc.get("failed") if isinstance(doc, dict) else None

@@ -42,6 +42,7 @@ from pydantic_core import to_jsonable_python
 
 from shared.auth.claims import Scope
 from shared.bus.messages import PairName
+from shared.files import open_read_nofollow
 from shared.logging import get_logger
 from shared.settings import redact_url
 from trading_gateway.bots.client import BotApiError, FreqtradeClient
@@ -390,12 +391,12 @@ async def get_logs(ctx: ToolContext, args: LogsArgs) -> Result:
 def _log_file_tail(bot: ManagedBot, limit: int) -> list[str]:
     for path in (bot.files.log, bot.files.console_log):
         try:
-            with path.open("rb") as log_file:
+            with open_read_nofollow(path) as log_file:
                 log_file.seek(0, 2)
                 size = log_file.tell()
                 log_file.seek(max(0, size - 256 * 1024))
                 lines = log_file.read().decode(errors="replace").splitlines()
-        except FileNotFoundError:
+        except OSError:  # missing, or not a regular file (a symlink is never followed)
             continue
         if lines:
             return lines[-limit:]

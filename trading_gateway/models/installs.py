@@ -31,7 +31,6 @@ from shared.freqai.live import (
     models_folder,
     read_model,
     utcnow,
-    write_model,
 )
 from shared.logging import get_logger
 from trading_gateway.bots.files import BotFiles
@@ -93,7 +92,7 @@ class BotModels(BaseModel):
 
 
 def load(files: BotFiles) -> BotModels:
-    path = files.folder / MODELS_FILE
+    path = files.meta / MODELS_FILE
     try:
         return BotModels.model_validate_json(path.read_bytes())
     except FileNotFoundError:
@@ -106,7 +105,7 @@ def load(files: BotFiles) -> BotModels:
 def save(files: BotFiles, state: BotModels) -> None:
     files.prepare()
     state.history = state.history[-HISTORY_KEPT:]
-    atomic_write(files.folder / MODELS_FILE, state.model_dump_json(indent=1).encode())
+    atomic_write(files.meta / MODELS_FILE, state.model_dump_json(indent=1).encode())
 
 
 def new_record(
@@ -134,7 +133,7 @@ def write_install(files: BotFiles, stored: StoredBundle, record: InstallRecord) 
     """Point the bot's FreqAI folder at ``stored``: ``pair_dictionary.json``, then the install marker."""
     folder = models_folder(files.user_data)
     files.prepare()
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    files.make_dirs(folder)
     pairs = {
         pair: PairInstall(
             model_filename=entry.model_filename,
@@ -144,7 +143,7 @@ def write_install(files: BotFiles, stored: StoredBundle, record: InstallRecord) 
         for pair, entry in stored.manifest.pairs.items()
     }
     dictionary = {pair: {**entry.model_dump(), "extras": {}} for pair, entry in pairs.items()}
-    atomic_write(folder / PAIR_DICTIONARY, json.dumps(dictionary, indent=1).encode())
+    files.write_file(folder / PAIR_DICTIONARY, json.dumps(dictionary, indent=1).encode())
     marker = InstallMarker(
         install_id=record.install_id,
         model_id=record.model_id,
@@ -154,7 +153,7 @@ def write_install(files: BotFiles, stored: StoredBundle, record: InstallRecord) 
         pairs=pairs,
         installed_at=record.installed_at,
     )
-    write_model(folder / MARKER_FILE, marker)
+    files.write_file(folder / MARKER_FILE, marker.model_dump_json().encode())
 
 
 def clear_install(files: BotFiles) -> None:
@@ -162,7 +161,7 @@ def clear_install(files: BotFiles) -> None:
     folder = models_folder(files.user_data)
     if not folder.is_dir():
         return
-    atomic_write(folder / PAIR_DICTIONARY, b"{}")
+    files.write_file(folder / PAIR_DICTIONARY, b"{}")
     (folder / MARKER_FILE).unlink(missing_ok=True)
 
 

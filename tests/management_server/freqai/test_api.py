@@ -132,6 +132,14 @@ async def test_a_training_is_queued_checked_and_owned(management: Management, re
     ("changes", "code", "message"),
     [
         ({"freqai": {"identifier": "mine"}}, 422, "freqai may set only"),
+        # Values that would reach freqtrade's command line as options (argv injection): refused, field named.
+        (
+            {"freqai": {"feature_parameters": {"include_corr_pairlist": ["--config", "../../../master.keys"]}}},
+            422,
+            "freqai.feature_parameters.include_corr_pairlist.0: String should match pattern",
+        ),
+        ({"freqai": {"feature_parameters": {"include_timeframes": ["--userdir"]}}}, 422, "include_timeframes.0"),
+        ({"freqai": {"model_training_parameters": {"n_jobs": "--datadir"}}}, 422, "model_training_parameters"),
         ({"freqai_model": "PyTorchMLPRegressor"}, 422, "unknown FreqAI model 'PyTorchMLPRegressor'"),
         ({"timeframe": "7m"}, 422, "unknown timeframe"),
         ({"pairs": ["BTC/USDT", "BTC/USDT"]}, 422, "a pair is listed twice"),

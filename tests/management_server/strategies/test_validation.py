@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from pathlib import Path
 
 import pytest
 
-from management_server.strategies.validation import validate_strategy
+from management_server.strategies.validation import MAX_SOURCE_BYTES, validate_strategy
+from tests.management_server.conftest import Management
 
 ALWAYS_ENTER = (Path(__file__).parents[2] / "exchange_simulator" / "strategies" / "AlwaysEnter.py").read_text()
 SAMPLE = Path(__file__).parents[3] / ".venv/lib/python3.11/site-packages/freqtrade/templates/sample_strategy.py"
@@ -72,3 +75,46 @@ def test_the_example_strategy_shipped_for_the_readme_passes() -> None:
     result = validate_strategy(example.read_text())
     assert result.ok, result.problems
     assert result.class_name == "GreenCandle"
+
+
+ADVERSARIAL = [
+    "x = " + "(" * 200_000 + ")" * 200_000,  # nested too deeply for the parser
+    "-" * 100_000 + "1",  # a MemoryError in the parser on some builds
+    "\n".join(f"e{i} = eval" for i in range(20_000)),  # was quadratic: one walk of the tree per name
+    "x = [" + ",".join("a.b" for _ in range(60_000)) + "]",  # many nodes
+    "a\x00b",  # not text Python can read
+]
+
+
+@pytest.mark.parametrize("source", ADVERSARIAL, ids=["deep", "minus", "eval-names", "many-nodes", "nul"])
+def test_adversarial_sources_are_findings_quickly(source: str) -> None:
+    started = time.thread_time()
+    result = validate_strategy(source[:MAX_SOURCE_BYTES])
+    assert not result.ok
+    assert result.problems
+    assert time.thread_time() - started < 1.0  # CPU seconds of this thread (not wall time): the lint is bounded
+
+
+async def test_the_lint_runs_off_the_event_loop(management: Management) -> None:
+    """256 KiB of adversarial source: answered with a 400 and its findings, while /health/live keeps answering."""
+    await management.client.post(
+        "/api/v1/auth/register", json={"email": "lint@example.com", "password": "a long enough password 1"}
+    )
+    token = (await management.login("lint@example.com", "a long enough password 1"))["access_token"]
+    source = ("\n".join(f"e{i} = eval" for i in range(40_000)))[:MAX_SOURCE_BYTES]
+    upload = asyncio.create_task(
+        management.client.post(
+            "/api/v1/strategies",
+            json={"name": "adversarial", "source": source},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+    )
+    lives = 0
+    while not upload.done():
+        live = await management.client.get("/health/live", timeout=2)
+        assert live.status_code == 200
+        lives += 1
+    response = await upload
+    assert response.status_code == 400, response.text
+    assert "not allowed" in response.text
+    assert lives >= 1

@@ -1,0 +1,1 @@
+"""Sandboxing of the processes that run user code (bots, strategy checks, trainings): see ``run``."""

@@ -1,0 +1,118 @@
+"""Each bot in its sandbox: its own uid (recorded here), its folder handed to that uid, its policy.
+
+- **Uids.** With the ``uid+landlock`` mode (the gateway runs as root) every bot gets an uid of its own,
+  ``FREQFLEET_SANDBOX_UID_BASE + 1000 + n``, allocated on its first start and recorded in
+  ``<gateway data dir>/sandbox-uids.json`` (0600), so a bot keeps its uid across restarts and gateways, and
+  its files stay its own. The uid needs no ``/etc/passwd`` entry. Its gid is the same number.
+- **Hand-over.** Before each spawn the bot's folder is given to that uid (``lchown``: a symlink the bot made
+  is never followed) and stays 0700, its ``config.json`` 0600: readable by that bot alone (and the gateway).
+- **Policy.** Read-write: its own folder. Read: the Python installation and the venv, Freqfleet's model
+  classes, the gateway's model store (the FreqAI models it serves). TCP: bind its API port, connect to its
+  exchange (the simulator's port, or 443). See :mod:`shared.sandbox.policy`.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+from shared.bus.messages import BotSpec
+from shared.files import atomic_write
+from shared.sandbox.host import HostSandbox, UnsandboxedRefused, exchange_ports, hand_over
+from shared.sandbox.policy import Policy
+from trading_gateway.bots.files import BotConfig, BotConfigError, BotFiles
+
+UIDS_FILE = "sandbox-uids.json"
+BOT_UID_OFFSET = 1000
+MAX_BOT_UIDS = 60000
+
+
+class BotUids:
+    """The uid of each bot of this gateway (allocated once, kept in a file)."""
+
+    def __init__(self, root: Path, base: int) -> None:
+        self.path = root / UIDS_FILE
+        self.base = base + BOT_UID_OFFSET
+        self._lock = threading.Lock()
+
+    def _load(self) -> dict[str, int]:
+        try:
+            data = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return {}
+        return {str(k): int(v) for k, v in data.items()}
+
+    def get(self, bot_id: str) -> int:
+        with self._lock:
+            uids = self._load()
+            if bot_id in uids:
+                return uids[bot_id]
+            taken = set(uids.values())
+            uid = next(u for u in range(self.base, self.base + MAX_BOT_UIDS) if u not in taken)
+            uids[bot_id] = uid
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(self.path, json.dumps(uids, indent=1, sort_keys=True).encode())
+            return uid
+
+    def known(self, bot_id: str) -> int | None:
+        with self._lock:
+            return self._load().get(bot_id)
+
+
+def bot_policy(
+    host: HostSandbox,
+    files: BotFiles,
+    config: BotConfig,
+    spec: BotSpec,
+    *,
+    env: dict[str, str],
+    uid: int | None,
+    simulator_url: str | None,
+    model_store: Path | None,
+) -> Policy | None:
+    """The sandbox of one bot's process (None when the host has none)."""
+    read = [str(model_store)] if model_store is not None else []
+    return host.policy(
+        files.folder,
+        env=env,
+        uid=uid,
+        read=read,
+        bind_ports=[config.port],
+        connect_ports=exchange_ports(simulator_url, spec.exchange),
+    )
+
+
+class BotSandboxing:
+    """What the gateway does for each spawn: refuse, or pick the uid, hand the folder over, build the policy."""
+
+    def __init__(
+        self, host: HostSandbox, root: Path, *, simulator_url: str | None, model_store: Path | None = None
+    ) -> None:
+        self.host = host
+        self.uids = BotUids(root, host.uid_base)
+        self.simulator_url = simulator_url
+        self.model_store = model_store
+
+    def prepare(self, files: BotFiles, config: BotConfig, spec: BotSpec, env: dict[str, str]) -> Policy | None:
+        """Call after the bot's files are written, right before the spawn.
+
+        :raises BotConfigError: a plain user's strategy on a host without a sandbox (and no explicit allowance).
+        """
+        try:
+            self.host.check_allowed(spec.strategy_trusted, f"bot {files.bot_id}")
+        except UnsandboxedRefused as exc:
+            raise BotConfigError(str(exc)) from None
+        uid = self.uids.get(files.bot_id) if self.host.own_uids else None
+        if uid is not None:
+            hand_over(files.folder, uid)
+        return bot_policy(
+            self.host,
+            files,
+            config,
+            spec,
+            env=env,
+            uid=uid,
+            simulator_url=self.simulator_url,
+            model_store=self.model_store,
+        )
