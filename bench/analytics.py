@@ -256,7 +256,9 @@ async def bench(profile: Profile, workdir: Path, pg: EmbeddedPostgres, valkey: E
     backends = Backends([pid for pid in (pg.pid, valkey.pid) if pid is not None])
     redis = create_redis(valkey.url)
     url = make_url(pg.url())
-    conn = await asyncpg.connect(host=url.query["host"], user="postgres", database=url.database)
+    conn = await asyncpg.connect(
+        host=url.query["host"], user=url.username, password=url.password, database=url.database
+    )
     try:
         server.start()
         await server.wait_started()

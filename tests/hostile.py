@@ -8,6 +8,7 @@ writes what it got into ``probe.json`` in its working folder: ``"denied: <error>
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 PROBE_FILE = "probe.json"
@@ -31,23 +32,37 @@ def _probe(targets):
         except Exception as exc:
             results[name] = "denied: " + type(exc).__name__ + ": " + str(exc)[:200]
     _pd.Series(results).to_json("probe.json")
+    return results
 
 
 _stat = _pd.read_csv("/proc/self/stat", header=None, sep=" ").iloc[0]
 _TARGETS = json.loads(TARGETS_JSON)
 _TARGETS["read"]["parent_environ"] = "/proc/%d/environ" % int(_stat[3])
-_probe(_TARGETS)
+_REPORT = _probe(_TARGETS)
+if RAISE_REPORT:  # where the folder is gone afterwards (a strategy check): the report travels in the error
+    raise RuntimeError("PROBE-REPORT " + json.dumps(_REPORT))
 """
 
 
-def hostile_source(base_source: str, read: dict[str, str], write: dict[str, str]) -> str:
-    """``base_source`` (a working strategy) with the probe run at import; ``read``/``write``: name -> path or URL."""
+def hostile_source(base_source: str, read: dict[str, str], write: dict[str, str], *, raise_report: bool = False) -> str:
+    """``base_source`` (a working strategy) with the probe run at import; ``read``/``write``: name -> path or URL.
+
+    With ``raise_report`` the import then fails with ``PROBE-REPORT {...}`` (see :func:`report_in`).
+    """
     targets = json.dumps({"read": read, "write": write})
-    probe = "import json\nTARGETS_JSON = " + repr(targets) + "\n" + PROBE
+    probe = f"import json\nTARGETS_JSON = {targets!r}\nRAISE_REPORT = {raise_report!r}\n" + PROBE
     head, sep, rest = base_source.partition("\nclass ")
     return head + "\n" + probe + sep + rest
 
 
 def read_probe(folder: Path) -> dict[str, str]:
     data: dict[str, str] = json.loads((folder / PROBE_FILE).read_text())
+    return data
+
+
+def report_in(text: str) -> dict[str, str]:
+    """The report a ``raise_report`` probe put into an error message or a log."""
+    match = re.search(r"PROBE-REPORT (\{.*?\})(?:'|\"|$|\n)", text, re.MULTILINE)
+    assert match is not None, f"no probe report in: {text[-2000:]}"
+    data: dict[str, str] = json.loads(match.group(1))
     return data

@@ -31,7 +31,10 @@ EXPECTED_SERVICES = {"postgres", "redis", "migrate", "management", "worker", "ga
 DOCKERFILES = sorted(ROOT.glob("Dockerfile*"))
 
 # What the compose file's ${...} references resolve to in these tests (not real secrets).
-FAKE_SHELL_ENV = {"POSTGRES_PASSWORD": "5f0c9a1e7b2d4c6e8a0b1c2d3e4f5a6b"}
+FAKE_SHELL_ENV = {
+    "POSTGRES_PASSWORD": "5f0c9a1e7b2d4c6e8a0b1c2d3e4f5a6b",
+    "VALKEY_PASSWORD": "0a1b2c3d4e5f60718293a4b5c6d7e8f9",
+}
 
 SECRET_KEY = re.compile(r"PASSWORD|SECRET|TOKEN|API_KEY|PRIVATE_KEY", re.IGNORECASE)
 # A secret may only be a required reference: no literal, and no literal default (${X:-...}).
@@ -446,6 +449,13 @@ def test_compose_refuses_to_start_without_the_database_password() -> None:
         interpolate(environment(postgres)["POSTGRES_PASSWORD"] or "", {})
 
 
+def test_compose_refuses_to_start_without_the_valkey_password() -> None:
+    redis = services()["redis"]
+    assert "--requirepass" in redis["command"]
+    with pytest.raises(LookupError, match="VALKEY_PASSWORD"):
+        interpolate(environment(redis)["REDISCLI_AUTH"] or "", {})
+
+
 def test_postgres_18_volume_is_mounted_where_the_image_keeps_its_data() -> None:
     postgres = services()["postgres"]
     match = re.match(r"(?:.*/)?postgres:(\d+)", postgres["image"])
@@ -476,7 +486,7 @@ def test_management_containers_get_production_settings(name: str, monkeypatch: p
     url = settings.database_url.get_secret_value()
     assert url.startswith("postgresql+asyncpg://freqfleet:"), url
     assert "@postgres:5432/" in url, url
-    assert settings.redis_url.get_secret_value().startswith("redis://redis:")
+    assert settings.redis_url.get_secret_value() == f"redis://:{FAKE_SHELL_ENV['VALKEY_PASSWORD']}@redis:6379/0"
 
 
 def test_gateway_container_gets_production_settings(monkeypatch: pytest.MonkeyPatch) -> None:

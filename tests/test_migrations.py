@@ -12,13 +12,15 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from freqfleet import database
-from freqfleet.embedded import EmbeddedPostgres
+from freqfleet.embedded import APP_ROLE, EmbeddedPostgres
 from management_server.models import Base
 
 
 def _tables(pg: EmbeddedPostgres, name: str) -> set[str]:
     async def query() -> set[str]:
-        conn = await asyncpg.connect(host=str(pg.socket_dir), user="postgres", database=name)
+        conn = await asyncpg.connect(
+            host=str(pg.socket_dir), user="postgres", password=pg.superuser_password, database=name
+        )
         try:
             rows = await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
             return {r["tablename"] for r in rows}
@@ -32,9 +34,11 @@ def _create_database(pg: EmbeddedPostgres) -> str:
     name = f"mig_{uuid.uuid4().hex[:10]}"
 
     async def create() -> None:
-        conn = await asyncpg.connect(host=str(pg.socket_dir), user="postgres", database="postgres")
+        conn = await asyncpg.connect(
+            host=str(pg.socket_dir), user="postgres", password=pg.superuser_password, database="postgres"
+        )
         try:
-            await conn.execute(f'CREATE DATABASE "{name}"')
+            await conn.execute(f'CREATE DATABASE "{name}" OWNER {APP_ROLE}')
         finally:
             await conn.close()
 

@@ -109,7 +109,9 @@ async def management_at(settings: ManagementSettings) -> AsyncIterator[tuple[Any
 async def counts(database_url: str) -> dict[str, int]:
     """Rows per table (every table of the schema)."""
     url = make_url(database_url)
-    conn = await asyncpg.connect(host=url.query["host"], user="postgres", database=url.database)
+    conn = await asyncpg.connect(
+        host=url.query["host"], user=url.username, password=url.password, database=url.database
+    )
     try:
         tables = [
             r["tablename"] for r in await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
@@ -220,7 +222,9 @@ async def test_backup_wipe_restore_and_the_restored_bot_starts(
 
     # Wipe: the database and the data dir are gone.
     name = make_url(database_url).database
-    admin_conn = await asyncpg.connect(host=str(postgres.socket_dir), user="postgres", database="postgres")
+    admin_conn = await asyncpg.connect(
+        host=str(postgres.socket_dir), user="postgres", password=postgres.superuser_password, database="postgres"
+    )
     await admin_conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
     await admin_conn.close()
     shutil.rmtree(source)
@@ -298,7 +302,9 @@ async def test_backup_wipe_restore_and_the_restored_bot_starts(
 
 async def _revision(database_url: str) -> str:
     url = make_url(database_url)
-    conn = await asyncpg.connect(host=url.query["host"], user="postgres", database=url.database)
+    conn = await asyncpg.connect(
+        host=url.query["host"], user=url.username, password=url.password, database=url.database
+    )
     try:
         return str(await conn.fetchval("SELECT version_num FROM alembic_version"))
     finally:

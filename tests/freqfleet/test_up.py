@@ -21,6 +21,7 @@ import redis
 from argon2 import PasswordHasher
 from pydantic import SecretStr
 
+from freqfleet.embedded import APP_ROLE, server_secrets
 from management_server.config import ManagementSettings
 from management_server.worker import PING_TASK, create_celery
 from shared.settings import Environment
@@ -44,6 +45,11 @@ class Up:
     def output(self) -> str:
         return self.log.read_text(errors="replace")
 
+    @property
+    def redis_url(self) -> str:
+        """The embedded Valkey, with the password ``up`` generated into the data dir."""
+        return f"redis://:{server_secrets(self.data_dir)['valkey']}@127.0.0.1:{self.valkey_port}/0"
+
     def postmaster(self) -> tuple[int, Path]:
         lines = (self.data_dir / "postgres" / "postmaster.pid").read_text().splitlines()
         return int(lines[0]), Path(lines[4])
@@ -66,7 +72,8 @@ class Up:
         _, socket_dir = self.postmaster()
 
         async def run() -> list[asyncpg.Record]:
-            conn = await asyncpg.connect(host=str(socket_dir), user="postgres", database="freqfleet")
+            password = server_secrets(self.data_dir)["postgres_app"]
+            conn = await asyncpg.connect(host=str(socket_dir), user=APP_ROLE, password=password, database="freqfleet")
             try:
                 return list(await conn.fetch(sql))
             finally:
@@ -189,9 +196,7 @@ def test_up_serves_bootstraps_restarts_and_stops_cleanly(data_dir: Path, tmp_pat
         assert len(gateways) == 1
 
         # The Celery worker takes tasks off the embedded Valkey.
-        celery = create_celery(
-            ManagementSettings(env=Environment.test, redis_url=SecretStr(f"redis://127.0.0.1:{up.valkey_port}/0"))
-        )
+        celery = create_celery(ManagementSettings(env=Environment.test, redis_url=SecretStr(up.redis_url)))
         result = celery.send_task(PING_TASK).get(timeout=60)
         assert "hostname" in result
 
@@ -226,7 +231,7 @@ def test_second_up_finds_its_data(data_dir: Path, tmp_path: Path) -> None:
         generated = match.group(1)
         users = first.users()
         assert PasswordHasher().verify(users[0]["password_hash"], generated)
-        redis.Redis(port=first.valkey_port).set("freqfleet:test:marker", "kept")
+        redis.Redis.from_url(first.redis_url).set("freqfleet:test:marker", "kept")
     finally:
         assert stop_up(first) == set()
 
@@ -234,7 +239,7 @@ def test_second_up_finds_its_data(data_dir: Path, tmp_path: Path) -> None:
     try:
         assert second.users() == users  # same admin, same id and hash: nothing re-created
         assert "admin password" not in second.output()  # the generated password is shown once only
-        assert redis.Redis(port=second.valkey_port).get("freqfleet:test:marker") == b"kept"
+        assert redis.Redis.from_url(second.redis_url).get("freqfleet:test:marker") == b"kept"
     finally:
         assert stop_up(second) == set()
 

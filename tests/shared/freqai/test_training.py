@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import socket
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from management_server.strategies.validation import validate_strategy
 from shared.freqai.bundle import LIVE_FILE_KINDS
 from shared.freqai.catalog import UnknownModel
 from shared.freqai.training import (
@@ -18,8 +20,11 @@ from shared.freqai.training import (
     training_freqai_section,
     validate_request,
 )
+from shared.sandbox.host import detect
+from shared.sandbox.policy import Limits
 from tests.exchange_simulator.conftest import SimulatorProcess
 from tests.freqai_models import FREQAI_STRATEGY, PAIRS, TrainedModels, request
+from tests.hostile import hostile_source, report_in
 
 NOW = datetime(2026, 3, 1, 12, tzinfo=UTC)
 
@@ -117,3 +122,34 @@ def test_the_run_decides_identifier_windows_and_saving() -> None:
     assert section["feature_parameters"]["include_timeframes"] == ["5m"]
     assert section["feature_parameters"]["indicator_periods_candles"] == [10, 20]  # a default kept
     assert section["model_training_parameters"] == {"n_estimators": 7}
+
+
+@pytest.mark.slow
+def test_a_hostile_strategy_in_a_training_reaches_nothing(simulator: SimulatorProcess, tmp_path: Path) -> None:
+    """What the worker runs: the training under the host's sandbox, as its own uid when root."""
+    secret = tmp_path / "master.keys"
+    secret.write_text("TOPSECRET")
+    secret.chmod(0o600)
+    valkey = socket.socket()
+    valkey.bind(("127.0.0.1", 0))
+    valkey.listen()
+    source = hostile_source(
+        FREQAI_STRATEGY,
+        read={"master_keys": str(secret), "valkey": f"http://127.0.0.1:{valkey.getsockname()[1]}/"},
+        write={"outside": str(tmp_path / "pwned.csv")},
+        raise_report=True,
+    )
+    assert validate_strategy(source).ok
+    hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    req = TrainingRequest(**(request(hour - timedelta(hours=6), days=1).__dict__ | {"strategy_source": source}))
+    sandbox = detect(610_000, Limits())
+    assert sandbox.mode != "none"
+    try:
+        with pytest.raises(TrainingFailed) as failed:
+            train_model(req, workdir=tmp_path / "work", simulator_url=simulator.url, timeout=120, sandbox=sandbox)
+    finally:
+        valkey.close()
+    report = report_in(str(failed.value))
+    for name in ("master_keys", "valkey", "outside", "parent_environ"):
+        assert report[name].startswith("denied: "), (name, report[name])
+    assert not (tmp_path / "pwned.csv").exists()

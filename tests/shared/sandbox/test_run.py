@@ -1,5 +1,6 @@
 """The sandbox launcher on its own: what a process under a policy can and cannot reach, as root with an uid of
-its own, and as root with Landlock alone (every capability dropped)."""
+its own, as root with Landlock alone (every capability dropped), and started by a non-root user (Landlock
+alone: the test makes that user — an uid with no other right — and shows it the Python installation)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from shared.sandbox.landlock import abi_version
-from shared.sandbox.policy import Policy, wrap
+from shared.sandbox.policy import Policy, python_paths, wrap
 from shared.sandbox.run import EXIT_SANDBOX_FAILED
 
 pytestmark = pytest.mark.skipif(abi_version() < 4, reason="needs Landlock with TCP rules (ABI 4)")
@@ -61,18 +62,33 @@ def _free_port() -> int:
         return port
 
 
-@pytest.mark.parametrize("own_uid", [True, False], ids=["uid+landlock", "landlock-alone"])
-def test_a_sandboxed_process_reaches_only_its_folder_and_its_ports(tmp_path: Path, own_uid: bool) -> None:
-    if own_uid and os.geteuid() != 0:
-        pytest.skip("an uid per process needs root")
+NON_ROOT_UID = 610_998
+# Run as root: become NON_ROOT_UID in a mount namespace that shows it the given paths, then exec the rest.
+AS_NON_ROOT = f"""
+import json, os, sys
+from shared.sandbox.run import drop_to, expose_paths
+expose_paths(json.loads(sys.argv[1]), {NON_ROOT_UID}, {NON_ROOT_UID})
+drop_to({NON_ROOT_UID}, {NON_ROOT_UID})
+os.execv(sys.argv[2], sys.argv[2:])
+"""
+
+
+@pytest.mark.parametrize("mode", ["uid+landlock", "landlock-alone", "non-root"])
+def test_a_sandboxed_process_reaches_only_its_folder_and_its_ports(tmp_path: Path, mode: str) -> None:
+    if os.geteuid() != 0 and mode != "landlock-alone":
+        pytest.skip("an uid per process, or making a non-root user, needs root")
     home = tmp_path / "home"
     home.mkdir(mode=0o700)
-    uid = 610_999 if own_uid else None
-    if uid is not None:
-        os.chown(home, uid, uid)
+    uid = 610_999 if mode == "uid+landlock" else None
+    owner = {"uid+landlock": 610_999, "non-root": NON_ROOT_UID}.get(mode)
+    if owner is not None:
+        os.chown(home, owner, owner)
     secret = tmp_path / "master.keys"
     secret.write_text("TOPSECRET")
     secret.chmod(0o600)
+    if mode == "non-root":
+        os.chown(secret, NON_ROOT_UID, NON_ROOT_UID)  # its own file: only Landlock keeps it out
+        tmp_path.chmod(0o755)  # the test's folder: the user may enter it, Landlock decides
     allowed, other = _listener(), _listener()
     bind_port, bind_other = _free_port(), _free_port()
     args = {
@@ -92,8 +108,12 @@ def test_a_sandboxed_process_reaches_only_its_folder_and_its_ports(tmp_path: Pat
     )
     env = {"PATH": "/usr/bin:/bin", "DATABASE_URL": "postgresql://u:pw@x/db"}  # never passed on
     try:
+        argv = wrap(policy, [sys.executable, "-c", ATTACK, json.dumps(args)])
+        if mode == "non-root":
+            shown = [*python_paths(), str(tmp_path)]
+            argv = [sys.executable, "-I", "-c", AS_NON_ROOT, json.dumps(shown), *argv]
         done = subprocess.run(
-            wrap(policy, [sys.executable, "-c", ATTACK, json.dumps(args)]),
+            argv,
             capture_output=True,
             timeout=60,
             env=env,
@@ -112,7 +132,7 @@ def test_a_sandboxed_process_reaches_only_its_folder_and_its_ports(tmp_path: Pat
     assert set(ast.literal_eval(got["env"].removeprefix("GOT: "))) <= {"HOME", "PATH", "TMPDIR", "LC_CTYPE"}
     assert got["nnp"] == "GOT: 1"
     assert got["caps"] == "GOT: 0000000000000000"
-    assert got["uid"] == f"GOT: {uid if uid is not None else os.geteuid()}"
+    assert got["uid"] == f"GOT: {owner if owner is not None else os.geteuid()}"
     assert not (tmp_path / "pwned.txt").exists()
 
 
