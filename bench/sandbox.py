@@ -45,7 +45,7 @@ class Profile:
     launcher_runs: int
 
 
-FULL = Profile(rounds=5, window=30.0, launcher_runs=30)
+FULL = Profile(rounds=9, window=20.0, launcher_runs=30)
 QUICK = Profile(rounds=2, window=8.0, launcher_runs=10)
 
 

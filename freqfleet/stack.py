@@ -28,6 +28,7 @@ from management_server.config import ManagementSettings
 from management_server.security.passwords import password_problems
 from management_server.users.service import AdminBootstrap
 from shared.logging import get_logger
+from shared.sandbox.host import HostSandbox, detect
 from shared.settings import redact_url
 
 log = get_logger(__name__)
@@ -244,6 +245,11 @@ class Stack:
             self.postgres = None
         log.info("freqfleet stopped")
 
+    def _sandbox(self) -> HostSandbox:
+        """What the gateway and the worker found too (they log it): how this host keeps user code in."""
+        s = self.settings
+        return detect(s.sandbox_uid_base, s.sandbox_limits, s.allow_unsandboxed)
+
     def _print_banner(self, endpoints: Endpoints, admin: AdminBootstrap) -> None:
         lines = [
             "",
@@ -254,6 +260,7 @@ class Stack:
             f"  database           {redact_url(endpoints.database_url)}",
             f"  redis              {redact_url(endpoints.redis_url)}",
             f"  data directory     {self.data_dir}",
+            f"  user code sandbox  {self._sandbox().describe()}",
         ]
         if admin.generated_password is not None:
             lines += [

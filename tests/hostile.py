@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import json
 import re
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 PROBE_FILE = "probe.json"
@@ -66,3 +69,29 @@ def report_in(text: str) -> dict[str, str]:
     assert match is not None, f"no probe report in: {text[-2000:]}"
     data: dict[str, str] = json.loads(match.group(1))
     return data
+
+
+@contextmanager
+def worker_targets(tmp_path: Path, base_source: str) -> Iterator[str]:
+    """A hostile ``raise_report`` variant of ``base_source`` aimed at a key file and a listening "Valkey" (both
+    beside ``tmp_path``) and at writing outside; yields the source. Check it with :func:`assert_contained`."""
+    secret = tmp_path / "master.keys"
+    secret.write_text("TOPSECRET")
+    secret.chmod(0o600)
+    with socket.socket() as valkey:
+        valkey.bind(("127.0.0.1", 0))
+        valkey.listen()
+        yield hostile_source(
+            base_source,
+            read={"master_keys": str(secret), "valkey": f"http://127.0.0.1:{valkey.getsockname()[1]}/"},
+            write={"outside": str(tmp_path / "pwned.csv")},
+            raise_report=True,
+        )
+
+
+def assert_contained(error: str, tmp_path: Path) -> None:
+    """What :func:`worker_targets`' strategy reported in ``error``: every target denied, nothing written."""
+    report = report_in(error)
+    for name in ("master_keys", "valkey", "outside", "parent_environ"):
+        assert report[name].startswith("denied: "), (name, report[name])
+    assert not (tmp_path / "pwned.csv").exists()

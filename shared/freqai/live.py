@@ -13,8 +13,9 @@ model folder is ``<user_data>/models/freqfleet/`` (:func:`models_folder`), which
 - ``freqfleet-ack.json`` (:class:`Ack`), written by the bot once every pair of an install has predicted
   with the new model (or once loading it failed): the gateway sends MODEL_LOADED only then.
 
-The model files themselves are not in this folder: ``data_path`` points into the gateway's store of
-verified bundles, shared by every bot on the same version.
+The model files are the bot's own copies of verified bundles, in ``installed/<sha256>/`` below this folder
+(the gateway copies them from its store): ``data_path`` points there, so a sandboxed bot reads nothing
+outside its own folder.
 
 This module uses only pydantic and the standard library: the gateway and the bots both import it.
 """

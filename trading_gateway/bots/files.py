@@ -49,6 +49,7 @@ from shared.exchange import (
 from shared.files import atomic_write, open_read_nofollow
 from shared.freqai.catalog import DEFAULT_MODEL, FREQAIMODELS_DIR, freqfleet_class
 from shared.freqai.live import ModelRuntime, live_freqai_section
+from shared.sandbox.host import hand_over
 from trading_gateway.bots.credentials import ApiCredentials
 
 BOT_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -163,6 +164,13 @@ class BotFiles:
         owner = self.folder.stat()
         if owner.st_uid != os.geteuid():
             os.lchown(path, owner.st_uid, owner.st_gid)
+
+    def give_tree(self, folder: Path) -> None:
+        """``folder`` (inside the bot's folder) and all in it owned like the bot's folder (never through a link)."""
+        self._inside(folder)
+        owner = self.folder.stat()
+        if owner.st_uid != os.geteuid():
+            hand_over(folder, owner.st_uid)
 
     def make_dirs(self, folder: Path) -> None:
         """Create ``folder`` (inside the bot's folder) and its parents, owned like the bot's folder."""

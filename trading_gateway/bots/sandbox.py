@@ -6,9 +6,10 @@
   its files stay its own. The uid needs no ``/etc/passwd`` entry. Its gid is the same number.
 - **Hand-over.** Before each spawn the bot's folder is given to that uid (``lchown``: a symlink the bot made
   is never followed) and stays 0700, its ``config.json`` 0600: readable by that bot alone (and the gateway).
-- **Policy.** Read-write: its own folder. Read: the Python installation and the venv, Freqfleet's model
-  classes, the gateway's model store (the FreqAI models it serves). TCP: bind its API port, connect to its
-  exchange (the simulator's port, or 443). See :mod:`shared.sandbox.policy`.
+- **Policy.** Read-write: its own folder (its FreqAI models are copies in it, see
+  :mod:`trading_gateway.models.installs`). Read: the Python installation and the venv, Freqfleet's model
+  classes. TCP: bind its API port, connect to its exchange (the simulator's port, or 443). See
+  :mod:`shared.sandbox.policy`.
 """
 
 from __future__ import annotations
@@ -69,15 +70,12 @@ def bot_policy(
     env: dict[str, str],
     uid: int | None,
     simulator_url: str | None,
-    model_store: Path | None,
 ) -> Policy | None:
     """The sandbox of one bot's process (None when the host has none)."""
-    read = [str(model_store)] if model_store is not None else []
     return host.policy(
         files.folder,
         env=env,
         uid=uid,
-        read=read,
         bind_ports=[config.port],
         connect_ports=exchange_ports(simulator_url, spec.exchange),
     )
@@ -86,13 +84,10 @@ def bot_policy(
 class BotSandboxing:
     """What the gateway does for each spawn: refuse, or pick the uid, hand the folder over, build the policy."""
 
-    def __init__(
-        self, host: HostSandbox, root: Path, *, simulator_url: str | None, model_store: Path | None = None
-    ) -> None:
+    def __init__(self, host: HostSandbox, root: Path, *, simulator_url: str | None) -> None:
         self.host = host
         self.uids = BotUids(root, host.uid_base)
         self.simulator_url = simulator_url
-        self.model_store = model_store
 
     def prepare(self, files: BotFiles, config: BotConfig, spec: BotSpec, env: dict[str, str]) -> Policy | None:
         """Call after the bot's files are written, right before the spawn.
@@ -114,5 +109,4 @@ class BotSandboxing:
             env=env,
             uid=uid,
             simulator_url=self.simulator_url,
-            model_store=self.model_store,
         )

@@ -253,9 +253,7 @@ class Fleet:
         host = await asyncio.to_thread(
             detect, self.settings.sandbox_uid_base, self.settings.sandbox_limits, self.settings.allow_unsandboxed
         )
-        self.sandboxing = BotSandboxing(
-            host, self.root, simulator_url=self.settings.simulator_url, model_store=self.models.store.store
-        )
+        self.sandboxing = BotSandboxing(host, self.root, simulator_url=self.settings.simulator_url)
         report = await adopt(self.state, self.pool, bots_root=self.bots_root, api_timeout=adopt_timeout)
         self.adoption = report
         for record in self.state.records():

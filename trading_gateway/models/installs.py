@@ -1,10 +1,12 @@
 """A bot's installed models: the files its Freqtrade reads, and the gateway's record of them.
 
-Installing a stored bundle for a bot writes, in its FreqAI folder (``user_data/models/freqfleet/``, see
-:mod:`shared.freqai.live`), first ``pair_dictionary.json`` (what Freqtrade reads when it starts; absolute
-``data_path`` into the store) and then the install marker (what a running bot watches), each with
-``os.replace``: a reader sees the old file or the new one. Nothing of the bundle is copied: the bot reads
-the store's verified files.
+Installing a stored bundle for a bot copies the bundle's verified files into the bot's FreqAI folder
+(``user_data/models/freqfleet/installed/<sha256>/``, see :mod:`shared.freqai.live`; a staging copy renamed
+into place, owned by the bot's uid), then writes ``pair_dictionary.json`` (what Freqtrade reads when it
+starts; absolute ``data_path`` into that copy) and then the install marker (what a running bot watches),
+each with ``os.replace``: a reader sees the old file or the new one. A sandboxed bot reads its own folder
+only: never the gateway's store, which holds every user's models. Copies of the last
+:data:`KEEP_COPIES` versions stay (a rollback to them copies nothing).
 
 The gateway's record is ``models.json`` in the bot's folder (:class:`BotModels`): every install, oldest
 first, with its status (``pending`` until the bot acknowledges it, then ``loaded`` or ``failed``). The last
@@ -14,8 +16,11 @@ entry is what is installed now; rollbacks choose from the earlier ``loaded`` one
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import uuid
 from datetime import datetime
+from pathlib import Path
 from typing import Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
@@ -40,6 +45,8 @@ log = get_logger(__name__)
 
 MODELS_FILE = "models.json"
 HISTORY_KEPT = 50
+INSTALLED_DIR = "installed"  # in the bot's FreqAI folder: its own copies of its installed bundles
+KEEP_COPIES = 5
 
 
 class InstallRecord(BaseModel):
@@ -134,11 +141,12 @@ def write_install(files: BotFiles, stored: StoredBundle, record: InstallRecord) 
     folder = models_folder(files.user_data)
     files.prepare()
     files.make_dirs(folder)
+    copy = _copy_bundle(files, folder, stored)
     pairs = {
         pair: PairInstall(
             model_filename=entry.model_filename,
             trained_timestamp=entry.trained_timestamp,
-            data_path=str(stored.folder / entry.folder),
+            data_path=str(copy / entry.folder),
         )
         for pair, entry in stored.manifest.pairs.items()
     }
@@ -154,6 +162,40 @@ def write_install(files: BotFiles, stored: StoredBundle, record: InstallRecord) 
         installed_at=record.installed_at,
     )
     files.write_file(folder / MARKER_FILE, marker.model_dump_json().encode())
+
+
+def _copy_bundle(files: BotFiles, folder: Path, stored: StoredBundle) -> Path:
+    """The bot's own copy of ``stored`` (made now unless it is there): staged, handed to the bot, renamed."""
+    installed = folder / INSTALLED_DIR
+    target = installed / stored.sha256
+    if target.is_dir() and not target.is_symlink():
+        return target
+    files.make_dirs(installed)
+    staging = installed / f".tmp-{uuid.uuid4().hex}"
+    try:
+        shutil.copytree(stored.folder, staging, symlinks=True)  # the store holds regular files only
+        files.give_tree(staging)
+        os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
+def prune_copies(files: BotFiles, state: BotModels) -> list[str]:
+    """Remove the bot's copies of bundles older than its last :data:`KEEP_COPIES` versions; their sha256s."""
+    keep: list[str] = []
+    for record in reversed(state.history):
+        if record.sha256 not in keep:
+            keep.append(record.sha256)
+    kept = set(keep[:KEEP_COPIES])
+    installed = models_folder(files.user_data) / INSTALLED_DIR
+    removed = []
+    for entry in installed.iterdir() if installed.is_dir() and not installed.is_symlink() else []:
+        if entry.name not in kept:
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry.name)
+    return removed
 
 
 def clear_install(files: BotFiles) -> None:

@@ -204,6 +204,7 @@ class ModelService:
         installs.write_install(bot.files, delivery.stored, record)
         state.history.append(record)
         installs.save(bot.files, state)
+        installs.prune_copies(bot.files, state)
         log.info(
             "model installed",
             bot_id=bot.bot_id,

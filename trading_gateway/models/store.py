@@ -210,7 +210,6 @@ class ModelStore:
         staging = self.store / f".tmp-{uuid.uuid4().hex}"
         manifest = extract_bundle(tar, staging)
         try:
-            _readable_by_bots(staging)
             mismatches = version_mismatches(manifest)
             if mismatches:
                 raise IncompatibleBundle(
@@ -259,17 +258,3 @@ class ModelStore:
         if removed:
             log.info("model bundles removed from the store", sha256s=removed)
         return removed
-
-
-def _readable_by_bots(folder: Path) -> None:
-    """Bots that run as uids of their own (a root gateway's sandbox) read their models from the store.
-
-    What they may read is decided by their Landlock policy (the store, read only); this only lets file modes
-    agree. The bundle is verified and signed: reading it gives a bot nothing but models.
-    """
-    folder.chmod(0o755)
-    for parent, dirs, names in os.walk(folder):
-        for name in dirs:
-            os.chmod(os.path.join(parent, name), 0o755)  # noqa: S103 (see above)
-        for name in names:
-            os.chmod(os.path.join(parent, name), 0o644)

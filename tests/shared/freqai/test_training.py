@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from shared.sandbox.host import detect
 from shared.sandbox.policy import Limits
 from tests.exchange_simulator.conftest import SimulatorProcess
 from tests.freqai_models import FREQAI_STRATEGY, PAIRS, TrainedModels, request
-from tests.hostile import hostile_source, report_in
+from tests.hostile import assert_contained, worker_targets
 
 NOW = datetime(2026, 3, 1, 12, tzinfo=UTC)
 
@@ -126,30 +125,13 @@ def test_the_run_decides_identifier_windows_and_saving() -> None:
 
 @pytest.mark.slow
 def test_a_hostile_strategy_in_a_training_reaches_nothing(simulator: SimulatorProcess, tmp_path: Path) -> None:
-    """What the worker runs: the training under the host's sandbox, as its own uid when root."""
-    secret = tmp_path / "master.keys"
-    secret.write_text("TOPSECRET")
-    secret.chmod(0o600)
-    valkey = socket.socket()
-    valkey.bind(("127.0.0.1", 0))
-    valkey.listen()
-    source = hostile_source(
-        FREQAI_STRATEGY,
-        read={"master_keys": str(secret), "valkey": f"http://127.0.0.1:{valkey.getsockname()[1]}/"},
-        write={"outside": str(tmp_path / "pwned.csv")},
-        raise_report=True,
-    )
-    assert validate_strategy(source).ok
-    hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
-    req = TrainingRequest(**(request(hour - timedelta(hours=6), days=1).__dict__ | {"strategy_source": source}))
+    """What the worker runs: the training under the host's sandbox, as the training's own uid when root."""
     sandbox = detect(610_000, Limits())
     assert sandbox.mode != "none"
-    try:
+    hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    with worker_targets(tmp_path, FREQAI_STRATEGY) as source:
+        assert validate_strategy(source).ok
+        req = TrainingRequest(**(request(hour - timedelta(hours=6), days=1).__dict__ | {"strategy_source": source}))
         with pytest.raises(TrainingFailed) as failed:
             train_model(req, workdir=tmp_path / "work", simulator_url=simulator.url, timeout=120, sandbox=sandbox)
-    finally:
-        valkey.close()
-    report = report_in(str(failed.value))
-    for name in ("master_keys", "valkey", "outside", "parent_environ"):
-        assert report[name].startswith("denied: "), (name, report[name])
-    assert not (tmp_path / "pwned.csv").exists()
+    assert_contained(str(failed.value), tmp_path)

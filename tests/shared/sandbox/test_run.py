@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 
 from shared.sandbox.landlock import abi_version
-from shared.sandbox.policy import Policy, python_paths, wrap
+from shared.sandbox.policy import Policy, wrap
 from shared.sandbox.run import EXIT_SANDBOX_FAILED
+from tests.non_root import NON_ROOT_UID, as_user
 
 pytestmark = pytest.mark.skipif(abi_version() < 4, reason="needs Landlock with TCP rules (ABI 4)")
 
@@ -62,17 +63,6 @@ def _free_port() -> int:
         return port
 
 
-NON_ROOT_UID = 610_998
-# Run as root: become NON_ROOT_UID in a mount namespace that shows it the given paths, then exec the rest.
-AS_NON_ROOT = f"""
-import json, os, sys
-from shared.sandbox.run import drop_to, expose_paths
-expose_paths(json.loads(sys.argv[1]), {NON_ROOT_UID}, {NON_ROOT_UID})
-drop_to({NON_ROOT_UID}, {NON_ROOT_UID})
-os.execv(sys.argv[2], sys.argv[2:])
-"""
-
-
 @pytest.mark.parametrize("mode", ["uid+landlock", "landlock-alone", "non-root"])
 def test_a_sandboxed_process_reaches_only_its_folder_and_its_ports(tmp_path: Path, mode: str) -> None:
     if os.geteuid() != 0 and mode != "landlock-alone":
@@ -110,8 +100,7 @@ def test_a_sandboxed_process_reaches_only_its_folder_and_its_ports(tmp_path: Pat
     try:
         argv = wrap(policy, [sys.executable, "-c", ATTACK, json.dumps(args)])
         if mode == "non-root":
-            shown = [*python_paths(), str(tmp_path)]
-            argv = [sys.executable, "-I", "-c", AS_NON_ROOT, json.dumps(shown), *argv]
+            argv = as_user(argv, show=[str(tmp_path)])
         done = subprocess.run(
             argv,
             capture_output=True,

@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
+import signal
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -17,8 +21,9 @@ import pytest
 from management_server.strategies.validation import validate_strategy
 from shared.bus.messages import BotStarted, BotStatus, CommandAccepted
 from tests.exchange_simulator.conftest import SimulatorProcess
-from tests.helpers import async_wait_for
+from tests.helpers import async_wait_for, free_port
 from tests.hostile import hostile_source, read_probe
+from tests.non_root import NON_ROOT_UID, as_user
 from tests.trading_gateway.bots.conftest import ALWAYS_ENTER_MARKET
 from tests.trading_gateway.fleet.conftest import Bus, Tokens, bots_root, running_gateway, settings_for, spec_for, start
 from trading_gateway.config import GatewaySettings
@@ -86,3 +91,91 @@ async def test_a_hostile_strategy_reaches_nothing_but_its_own_bot(
         assert "NoNewPrivs:\t1" in status
         # ... and it still trades.
         await bus.wait(BotStatus, lambda e: len(e.data.open_trades) == 1, bot_id=bot_id)
+
+
+async def test_under_a_non_root_gateway_landlock_alone_keeps_a_hostile_bot_in(
+    simulator: SimulatorProcess,
+    redis_url: str,
+    tmp_path: Path,
+    cleanup: list[GatewaySettings],
+    bus_factory: Callable[[str], Bus],
+) -> None:
+    """The gateway run by a user that is not root: its bots run as that same user, so only Landlock keeps a
+    bot from the user's other files — its keys, another bot's config, the gateway's own environment."""
+    if os.geteuid() != 0:
+        pytest.skip("the test makes its non-root user as root")
+    data = tmp_path / "data"
+    data.mkdir()
+    os.chown(data, NON_ROOT_UID, NON_ROOT_UID)
+    port_start = random.randrange(20_000, 60_000, 100)
+    gateway_id = f"gw-nonroot-{uuid.uuid4().hex[:8]}"
+    settings = GatewaySettings(data_dir=data, gateway_id=gateway_id)  # where its bots live, for the cleanup
+    cleanup.append(settings)
+    secret = data / "master.keys"  # the user's own file: only Landlock is in the way
+    secret.write_text("k1:TOPSECRETMASTERKEY\n")
+    secret.chmod(0o600)
+    os.chown(secret, NON_ROOT_UID, NON_ROOT_UID)
+    valkey = urlsplit(redis_url)
+    source = hostile_source(
+        ALWAYS_ENTER_MARKET,
+        read={
+            "master_keys": str(secret),
+            "gateway_state": str(settings.gateway_data_dir / "state.json"),
+            "valkey": f"http://{valkey.hostname}:{valkey.port}/",
+        },
+        write={"outside": str(data / "pwned.csv"), "own_folder": "mine.csv"},
+    )
+    env = {
+        "PATH": os.environ.get("PATH", os.defpath),
+        "FREQFLEET_ENV": "test",
+        "FREQFLEET_DATA_DIR": str(data),
+        "FREQFLEET_REDIS_URL": redis_url,
+        "FREQFLEET_GATEWAY_ID": gateway_id,
+        "FREQFLEET_GATEWAY_PORT": str(free_port()),
+        "FREQFLEET_MANAGEMENT_URL": f"http://127.0.0.1:{free_port()}",
+        "FREQFLEET_SIMULATOR_URL": simulator.url,
+        "FREQFLEET_BOT_PORT_RANGE_START": str(port_start),
+        "FREQFLEET_BOT_PORT_RANGE_END": str(port_start + 9),
+        "FREQFLEET_STATUS_INTERVAL": "0.5",
+        "FREQFLEET_BOT_PROCESS_THROTTLE_SECS": "1",
+        "FREQFLEET_STOP_BOTS_ON_SHUTDOWN": "true",
+        "FREQFLEET_LOG_FORMAT": "json",
+    }
+    log_path = tmp_path / "gateway.log"
+    bus = bus_factory(gateway_id)
+    bot_id = uuid.uuid4()
+    gateway = _spawn(as_user([sys.executable, "-m", "freqfleet", "gateway"], show=[str(data)]), env, log_path)
+    try:
+        command = await bus.send(start(bot_id, 1, spec_for(strategy_source=source)))
+        answer = await bus.answer(command, timeout=60)
+        assert isinstance(answer, CommandAccepted), (answer, log_path.read_text()[-3000:])
+        started = await bus.wait(BotStarted, bot_id=bot_id, timeout=90)
+        folder = settings.gateway_data_dir / "bots" / str(bot_id)
+
+        async def reported() -> bool:
+            return (folder / "probe.json").is_file()
+
+        await async_wait_for(reported, timeout=30, what="the probe's report")
+        report = read_probe(folder)
+        for name in ("master_keys", "gateway_state", "parent_environ", "outside", "valkey"):
+            assert report[name].startswith("denied: "), (name, report[name])
+        assert report["own_folder"].startswith("GOT: "), report["own_folder"]
+        assert psutil.Process(started.data.pid).uids().real == NON_ROOT_UID
+        assert '"mode": "landlock"' in log_path.read_text()  # what the gateway said at start
+        await bus.wait(BotStatus, lambda e: len(e.data.open_trades) == 1, bot_id=bot_id)  # and it trades
+    finally:
+        await asyncio.to_thread(_stop, gateway)
+
+
+def _spawn(argv: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    with log_path.open("wb") as out:
+        return subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)

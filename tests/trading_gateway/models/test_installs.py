@@ -79,7 +79,7 @@ def test_the_installed_model_decides_class_and_features(tmp_path: Path) -> None:
     assert "freqai" in render(tmp_path, None, model)  # a model makes it a FreqAI bot
 
 
-def test_an_install_points_the_bot_at_the_store_and_is_recorded(tmp_path: Path) -> None:
+def test_an_install_copies_the_bundle_into_the_bot_and_is_recorded(tmp_path: Path) -> None:
     packed = pack_fake(fake_model_dir(tmp_path), tmp_path / "b.tar.zst")
     folder = tmp_path / "store" / packed.sha256
     folder.mkdir(parents=True)
@@ -91,8 +91,13 @@ def test_an_install_points_the_bot_at_the_store_and_is_recorded(tmp_path: Path) 
     first = installs.new_record(stored, model_id=uuid.uuid4(), version=1, reason="start")
     installs.write_install(files, stored, first)
     dictionary = json.loads((models_folder(files.user_data) / "pair_dictionary.json").read_text())
-    assert dictionary["BTC/USDT"]["data_path"] == str(folder / "sub-train-BTC_1767484800")
+    # The bot's own copy (a sandboxed bot reads only its own folder), not the store's.
+    copy = models_folder(files.user_data) / installs.INSTALLED_DIR / packed.sha256
+    assert dictionary["BTC/USDT"]["data_path"] == str(copy / "sub-train-BTC_1767484800")
     assert Path(dictionary["BTC/USDT"]["data_path"]).is_absolute()
+    assert sorted(p.relative_to(copy) for p in copy.rglob("*")) == sorted(
+        p.relative_to(folder) for p in folder.rglob("*")
+    )
     marker = read_model(models_folder(files.user_data) / MARKER_FILE, InstallMarker)
     assert marker is not None
     assert marker.install_id == first.install_id
@@ -105,6 +110,10 @@ def test_an_install_points_the_bot_at_the_store_and_is_recorded(tmp_path: Path) 
     third = installs.new_record(stored, model_id=first.model_id, version=1, reason="restore")
     state.history += [second, third]
     installs.save(files, state)
+    stale = copy.parent / ("0" * 64)
+    stale.mkdir()
+    assert installs.prune_copies(files, state) == [stale.name]  # not in the history: its copy goes
+    assert copy.is_dir()
     again = installs.load(files)
     assert again.current == third
     assert again.loaded_before(third) == first
