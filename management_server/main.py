@@ -26,6 +26,7 @@ from management_server.config import ManagementSettings, get_settings
 from management_server.credentials.router import router as credentials_router
 from management_server.events.dispatcher import create_event_consumer
 from management_server.freqai.deploy import ModelRegistry
+from management_server.freqai.router import UPLOAD_SLACK
 from management_server.freqai.router import bots_router as model_bots_router
 from management_server.freqai.router import keys_router as model_keys_router
 from management_server.freqai.router import router as models_router
@@ -160,7 +161,13 @@ def create_app(settings: ManagementSettings | None = None) -> FastAPI:
     install_cors(app, settings.cors_origins)
     app.add_middleware(SecurityHeadersMiddleware, hsts=settings.env is Environment.production)
     registry = CollectorRegistry()
-    install_http_plumbing(app, registry)
+    install_http_plumbing(
+        app,
+        registry,
+        max_body_bytes=settings.max_body_bytes,
+        # The model upload streams to disk and checks its own, larger limit.
+        body_limits={"/api/v1/models/upload": settings.model_max_upload_bytes + UPLOAD_SLACK},
+    )
     install_metrics(registry)
     app.add_exception_handler(LoginThrottled, _login_throttled)
     app.include_router(health_router("management"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from asgi_correlation_id import CorrelationIdMiddleware, correlation_id
@@ -13,6 +14,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_fastapi_instrumentator import Instrumentator
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from shared.body_limit import DEFAULT_MAX_BODY_BYTES, BodyLimitMiddleware
 from shared.logging import get_logger
 from shared.security_headers import security_headers
 
@@ -76,8 +78,17 @@ async def _unhandled_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(status_code=500, content=body, headers=headers)
 
 
-def install_http_plumbing(app: FastAPI, registry: CollectorRegistry) -> None:
-    """Access log, correlation id (``X-Request-ID``), Prometheus ``/metrics`` and a JSON 500."""
+def install_http_plumbing(
+    app: FastAPI,
+    registry: CollectorRegistry,
+    *,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    body_limits: Mapping[str, int] | None = None,
+) -> None:
+    """Access log, correlation id (``X-Request-ID``), Prometheus ``/metrics``, a JSON 500, and bounded bodies
+    (413 before the body is read; ``body_limits`` gives paths limits of their own)."""
+    # Added first, so it runs inside the correlation id and the access log: a 413 is logged like any answer.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes, per_path=body_limits)
     Instrumentator(
         registry=registry,
         excluded_handlers=["/metrics"],

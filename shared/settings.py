@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from shared.body_limit import DEFAULT_MAX_BODY_BYTES
 from shared.sandbox.policy import DEFAULT_FILE_SIZE_MB, DEFAULT_MEMORY_MB, DEFAULT_OPEN_FILES, DEFAULT_PROCESSES, Limits
 
 PLACEHOLDER_SECRETS = frozenset(
@@ -96,6 +97,11 @@ class CommonSettings(BaseSettings):
         "none when empty.",
     )
 
+    max_body_bytes: int = Field(
+        default=DEFAULT_MAX_BODY_BYTES,
+        ge=1024,
+        description="Largest request body the HTTP APIs read (413 above it); the model upload has its own limit.",
+    )
     sandbox_uid_base: int = Field(
         default=610000,
         ge=1000,

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import TypeVar
+from urllib.parse import urlsplit
 
 import uvicorn
 from fastapi import FastAPI
@@ -83,3 +85,48 @@ async def until(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(interval)
+
+
+OVERSIZED = 200 * 1024 * 1024
+
+
+async def send_oversized(url: str, method: str, path: str, *, chunked: bool) -> tuple[int, int]:
+    """Send ``OVERSIZED`` bytes of body (announced, or chunked) until the server answers; its status and the
+    bytes sent by then. A raw socket: an HTTP client would refuse to read an answer before it sent the body."""
+    parts = urlsplit(url)
+    reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+    framing = "Transfer-Encoding: chunked" if chunked else f"Content-Length: {OVERSIZED}"
+    writer.write(
+        f"{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n{framing}\r\n\r\n".encode()
+    )
+    chunk = b"[" * 65536
+    answer = asyncio.create_task(reader.readline())
+    sent = 0
+    try:
+        while not answer.done() and sent < OVERSIZED:
+            writer.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n" if chunked else chunk)
+            try:
+                await writer.drain()
+            except ConnectionError:
+                break
+            sent += len(chunk)
+        line = await asyncio.wait_for(answer, 30)
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+    return int(line.split()[1]), sent
+
+
+def api_requests(app: FastAPI) -> list[tuple[str, str]]:
+    """Every (method, path) of the app's OpenAPI document, path parameters filled with a random UUID."""
+    import re
+    import uuid
+
+    methods = {"get", "post", "put", "patch", "delete"}
+    return [
+        (method.upper(), re.sub(r"\{[^}]+\}", str(uuid.uuid4()), path))
+        for path, operations in app.openapi()["paths"].items()
+        for method in operations
+        if method in methods
+    ]

@@ -141,7 +141,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     install_cors(app, settings.cors_origins)
     app.add_middleware(SecurityHeadersMiddleware, hsts=settings.env is Environment.production)
     registry = CollectorRegistry()
-    install_http_plumbing(app, registry)
+    install_http_plumbing(app, registry, max_body_bytes=settings.max_body_bytes)
     install_metrics(registry)
     app.include_router(health_router("gateway"))
     app.include_router(fleet_router)
