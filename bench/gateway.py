@@ -52,9 +52,11 @@ from typing import IO, Any, TypeVar
 import httpx
 import psutil
 import redis.asyncio as aioredis
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from exchange_simulator.config import DEFAULT_PAIRS
 from freqfleet.embedded import EmbeddedValkey
+from management_server.security.keys import KeyRing, SigningKey
 from shared.bus import Publisher
 from shared.bus.messages import (
     BotRef,
@@ -72,11 +74,14 @@ from shared.bus.messages import (
     TradeOpened,
     decode,
 )
+from shared.bus.publisher import ENVELOPE_FIELD, entry_fields
+from shared.bus.signing import CommandSigner
 from shared.bus.streams import EVENTS_STREAM, commands_stream
 from trading_gateway.bots.adoption import find_orphans
 from trading_gateway.bots.credentials import ApiCredentials
 from trading_gateway.bots.files import BotFiles, render_config
 from trading_gateway.bots.process import bot_environment, default_executable
+from trading_gateway.command_signatures import COMMAND_KEYS_CACHE
 
 T = TypeVar("T")
 GATEWAY_ID = "gw-bench"
@@ -216,6 +221,19 @@ def kill_group(pid: int) -> None:
         os.killpg(pid, signal.SIGKILL)
 
 
+COMMAND_KEYS = KeyRing([SigningKey.of(Ed25519PrivateKey.generate())])
+
+
+class SignedPublisher(Publisher):
+    """Publishes commands signed as the management server's outbox relay signs them."""
+
+    signer = CommandSigner(COMMAND_KEYS.active.private, COMMAND_KEYS.active.kid)
+
+    async def publish(self, stream: str, message: Envelope) -> str:
+        fields = entry_fields(message)
+        return await self.publish_raw(stream, fields | self.signer.fields(stream, fields[ENVELOPE_FIELD]))
+
+
 @dataclass
 class Stack:
     """Valkey, the simulator and the gateway, each its own process, in a temporary folder."""
@@ -263,6 +281,11 @@ class Stack:
         self._wait_http(f"{self.simulator_url}/_sim/health", self.simulator, "the simulator")
         gw_port = free_port()
         first = free_range(2 * max_bots + 20)
+        # The gateway verifies every command with the management server's keys; there is none here, so the
+        # bench's own key is put where the gateway keeps its copy of them.
+        keys_copy = self.root / "data" / "gateway" / GATEWAY_ID / COMMAND_KEYS_CACHE
+        keys_copy.parent.mkdir(parents=True, exist_ok=True)
+        keys_copy.write_text(json.dumps(COMMAND_KEYS.jwks()))
         self.gateway_url = f"http://127.0.0.1:{gw_port}"
         self.gateway = self._spawn(
             "gateway",
@@ -492,7 +515,9 @@ def wall_to_monotonic(moment: datetime) -> float:
     return time.monotonic() - (time.time() - moment.timestamp())
 
 
-async def gateway_round(stack: Stack, n: int, profile: Profile, events: Events, publisher: Publisher) -> GatewayFigures:
+async def gateway_round(
+    stack: Stack, n: int, profile: Profile, events: Events, publisher: SignedPublisher
+) -> GatewayFigures:
     assert stack.gateway is not None
     gw = psutil.Process(stack.gateway.pid)
     await events.pull()
@@ -614,7 +639,7 @@ async def bench(profile: Profile) -> None:
         stack.start(max_bots)
         redis = aioredis.Redis.from_url(stack.redis_url)
         try:
-            events, publisher = Events(redis), Publisher(redis)
+            events, publisher = Events(redis), SignedPublisher(redis)
             for n in profile.sizes:
                 available = psutil.virtual_memory().available
                 if n * BOT_MEMORY_GUESS * 1.5 > available:

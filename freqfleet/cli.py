@@ -174,23 +174,36 @@ def restore(
 
 
 @app.command("rotate-keys")
-def rotate_keys() -> None:
-    """Add a new token-signing key to <data dir>/keys; it signs after the next restart, old keys still verify."""
+def rotate_keys(
+    command: bool = typer.Option(False, "--command", help="Rotate the command-signing key instead of the token key."),
+) -> None:
+    """Add a new token-signing (or, with --command, command-signing) key; it signs after the next restart of the
+    management server, and the old keys still verify."""
+    from management_server.bus.signing import KEYS_DIR as COMMAND_KEYS_DIR
     from management_server.config import get_settings
     from management_server.security.keys import KeyRing, add_key
 
     settings = get_settings()
-    if settings.jwt_private_keys is not None:
-        typer.echo(
-            "rotate-keys: keys come from FREQFLEET_JWT_PRIVATE_KEYS; append a new PEM key there instead.", err=True
-        )
+    configured, variable = (
+        (settings.command_signing_keys, "FREQFLEET_COMMAND_SIGNING_KEYS")
+        if command
+        else (settings.jwt_private_keys, "FREQFLEET_JWT_PRIVATE_KEYS")
+    )
+    if configured is not None:
+        typer.echo(f"rotate-keys: keys come from {variable}; append a new PEM key there instead.", err=True)
         raise typer.Exit(2)
-    directory = settings.data_dir / "keys"
+    directory = settings.data_dir / (COMMAND_KEYS_DIR if command else "keys")
     path = add_key(directory)
     ring = KeyRing.from_directory(directory)
     typer.echo(f"new signing key {ring.active.kid} in {path}; {len(ring.keys)} keys published.")
-    typer.echo("Restart the management server to sign with it. Delete an old key file once no token it signed")
-    typer.echo("can still be valid (the longest personal access token lifetime).")
+    if command:
+        typer.echo("Restart the management server to sign commands with it; gateways fetch it when they first see")
+        typer.echo(
+            "it. Delete an old key file once no command it signed can still be waiting (FREQFLEET_COMMAND_MAX_AGE)."
+        )
+    else:
+        typer.echo("Restart the management server to sign with it. Delete an old key file once no token it signed")
+        typer.echo("can still be valid (the longest personal access token lifetime).")
 
 
 bus_app = typer.Typer(help="Inspect the bus: dead letters, and replaying them once their cause is fixed.")
@@ -237,16 +250,22 @@ def replay(
     stream: Annotated[str, typer.Argument(help="The dead-letter stream, e.g. freqfleet:events:dead.")],
     entry_id: Annotated[str, typer.Argument(help="The dead letter's entry id (from `freqfleet bus dead-letters`).")],
 ) -> None:
-    """Put a dead letter's message back on the stream it came from, to be handled again."""
+    """Put a dead letter's message back on the stream it came from, to be handled again (a gateway's command is
+    signed anew with the management server's command-signing key)."""
     import asyncio
 
+    from management_server.bus.signing import command_signer, load_command_keys
+    from management_server.config import get_settings
     from shared.bus.dead_letters import DeadLetterNotFound
     from shared.bus.dead_letters import replay as replay_letter
+    from shared.bus.streams import COMMANDS_PREFIX
+
+    signer = command_signer(load_command_keys(get_settings())) if stream.startswith(COMMANDS_PREFIX) else None
 
     async def run() -> str:
         redis = _redis()
         try:
-            return await replay_letter(redis, stream, entry_id)
+            return await replay_letter(redis, stream, entry_id, signer)
         finally:
             await redis.aclose()
 

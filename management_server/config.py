@@ -150,6 +150,11 @@ class ManagementSettings(CommonSettings):
         description="Where the model registry keeps its bundles, encrypted (AES-256-GCM under the master keys); the "
         "management server and the workers must share it. Default: <data dir>/model-store.",
     )
+    command_signing_keys: SecretStr | None = Field(
+        default=None,
+        description="Ed25519 keys that sign every bus command for the gateways, as PEM (several: the last signs, all "
+        "are published at /.well-known/command-keys.json); default: generated into <data dir>/command-signing-keys.",
+    )
     model_signing_keys: SecretStr | None = Field(
         default=None,
         description="Ed25519 keys that sign model bundles for the gateways, as PEM (several: the last signs, all are "

@@ -22,6 +22,8 @@ from management_server.auth.service import AuthService
 from management_server.bots.emergency_router import router as emergency_router
 from management_server.bots.router import router as bots_router
 from management_server.bus.relay import OutboxRelay
+from management_server.bus.signing import command_signer, load_command_keys
+from management_server.bus.signing import router as command_keys_router
 from management_server.config import ManagementSettings, get_settings
 from management_server.credentials.router import router as credentials_router
 from management_server.events.dispatcher import create_event_consumer
@@ -99,7 +101,8 @@ def create_app(settings: ManagementSettings | None = None) -> FastAPI:
             await redis.ping()
 
         app.state.readiness_checks = {"database": lambda: db.ping(engine), "redis": redis_ping}
-        relay = OutboxRelay(engine, redis)
+        app.state.command_keys = load_command_keys(settings)
+        relay = OutboxRelay(engine, redis, signer=command_signer(app.state.command_keys))
         app.state.outbox_relay = relay
         relay.start()
         # analytics and the risk guard: trades recorded from events (or filled in from gateways) are checked
@@ -172,6 +175,7 @@ def create_app(settings: ManagementSettings | None = None) -> FastAPI:
     app.add_exception_handler(LoginThrottled, _login_throttled)
     app.include_router(health_router("management"))
     app.include_router(jwks_router)
+    app.include_router(command_keys_router)
     app.include_router(auth_router)
     app.include_router(users_router)
     app.include_router(audit_router)

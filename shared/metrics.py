@@ -89,6 +89,13 @@ BACKUPS = Counter(
     ["outcome"],
     registry=PROCESS_REGISTRY,
 )
+COMMANDS_REFUSED = Counter(
+    "freqfleet_commands_refused_total",
+    "Bus commands a gateway refused and dead-lettered (reason: missing, bad, unknown_key, stale or replayed "
+    "signature).",
+    ["reason"],
+    registry=PROCESS_REGISTRY,
+)
 TRAINING_SECONDS = Histogram(
     "freqfleet_model_training_seconds",
     "Duration of FreqAI model trainings (outcome: succeeded, failed).",

@@ -84,6 +84,18 @@ class GatewaySettings(CommonSettings):
         description="Where the management server publishes its model-signing public keys (JWKS form); default "
         "<management_url>/.well-known/model-keys.json.",
     )
+    command_keys_url: str | None = Field(
+        default=None,
+        pattern=r"^https?://",
+        description="Where the management server publishes its command-signing public keys (JWKS form); default "
+        "<management_url>/.well-known/command-keys.json.",
+    )
+    command_max_age: float = Field(
+        default=3600.0,
+        gt=0,
+        description="Seconds a signed command stays valid: an older one (it waited that long, or it is a replay) "
+        "is refused.",
+    )
     model_max_bundle_bytes: int = Field(
         default=512 * 1024 * 1024, gt=0, description="Largest model bundle accepted, uncompressed (bytes)."
     )

@@ -19,6 +19,7 @@ from shared.metrics import install as install_metrics
 from shared.redis import create_redis
 from shared.security_headers import SecurityHeadersMiddleware, install_cors
 from shared.settings import Environment
+from trading_gateway.command_signatures import COMMAND_KEYS_CACHE, COMMAND_KEYS_PATH, CommandSignatures
 from trading_gateway.config import GatewaySettings, get_settings
 from trading_gateway.fleet.commands import CommandHandler
 from trading_gateway.fleet.deps import JWKS_CACHE, CachedJwksKeySource, GatewayAuth
@@ -119,8 +120,17 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
                 GenerationTracker(redis, settings.gateway_id),
                 max_deliveries=consumer_config.max_deliveries,
             )
+            command_keys = CachedJwksKeySource(
+                settings.command_keys_url or settings.management_url + COMMAND_KEYS_PATH, data_dir / COMMAND_KEYS_CACHE
+            )
+            stack.push_async_callback(command_keys.client.aclose)
+            signatures = CommandSignatures(command_keys, redis, settings.gateway_id, settings.command_max_age)
             consumer = StreamConsumer(
-                redis_url, consumer_config, handler, RedisDeduplicator(redis, gateway_group(settings.gateway_id))
+                redis_url,
+                consumer_config,
+                handler,
+                RedisDeduplicator(redis, gateway_group(settings.gateway_id)),
+                admit=signatures,
             )
             app.state.command_consumer = consumer
             consumer.start()

@@ -22,6 +22,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from management_server.bus.models import OutboxMessage
 from management_server.bus.service import OUTBOX_CHANNEL
 from shared.bus.publisher import Publisher, raw_entry_fields
+from shared.bus.signing import CommandSigner
+from shared.bus.streams import is_commands_stream
 from shared.logging import get_logger
 
 log = get_logger(__name__)
@@ -36,6 +38,7 @@ class OutboxRelay:
         batch: int = 200,
         poll_interval: float = 1.0,
         retention: timedelta = timedelta(days=7),
+        signer: CommandSigner | None = None,
     ) -> None:
         self.engine = engine
         self.sessionmaker = async_sessionmaker(engine, expire_on_commit=False)
@@ -43,6 +46,7 @@ class OutboxRelay:
         self.batch = batch
         self.poll_interval = poll_interval
         self.retention = retention
+        self.signer = signer  # signs every entry of a gateway's command stream as it is published
         self.published = 0
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -115,9 +119,10 @@ class OutboxRelay:
             rows = await self._take_batch(session)
             for row in rows:
                 try:
-                    await self.publisher.publish_raw(
-                        row.stream, raw_entry_fields(row.message_type, str(row.event_id), row.envelope)
-                    )
+                    fields = raw_entry_fields(row.message_type, str(row.event_id), row.envelope)
+                    if self.signer is not None and is_commands_stream(row.stream):
+                        fields |= self.signer.fields(row.stream, row.envelope)
+                    await self.publisher.publish_raw(row.stream, fields)
                 except Exception as exc:
                     # Keep the order: stop here, the rest waits for the next pass.
                     row.attempts += 1

@@ -61,6 +61,9 @@ class Delivery:
 
 
 Handler = Callable[[Delivery], Awaitable[None]]
+# Checks an entry before it is decoded (a gateway verifies the command's signature): a reason to dead-letter it,
+# or None to go on. An exception leaves the entry pending, to be tried again (the keys may be unreachable).
+AdmitCheck = Callable[[str, dict[bytes, bytes]], Awaitable[str | None]]
 
 
 @dataclass
@@ -107,10 +110,12 @@ class StreamConsumer:
         config: ConsumerConfig,
         handler: Handler,
         deduplicator: Deduplicator | None = None,
+        admit: AdmitCheck | None = None,
     ) -> None:
         self.config = config
         self.handler = handler
         self.deduplicator = deduplicator
+        self.admit = admit
         self.stats = ConsumerStats()
         # Blocking reads need a socket timeout above the block time.
         self.redis = create_redis(redis_url, socket_timeout=config.block_ms / 1000 + 10)
@@ -312,6 +317,24 @@ class StreamConsumer:
             log.error("pending entry was trimmed before it was handled", stream=cfg.stream, entry_id=entry_id)
             await self.redis.xack(cfg.stream, cfg.group, entry_id)
             return None
+        if deliveries > cfg.max_deliveries:
+            last = await self.redis.hget(self._errors_key, entry_id)
+            reason = f"handler failed {deliveries - 1} times; last error: {_text(last) if last else 'unknown'}"
+            await self._dead_letter(entry_id, fields, reason, deliveries)
+            return None
+        if self.admit is not None:
+            try:
+                refused = await self.admit(entry_id, fields)
+            except Exception as exc:
+                error = f"the entry could not be checked: {type(exc).__name__}: {exc}"[:1000]
+                log.warning("entry can't be checked yet; it stays pending", entry_id=entry_id, error=error)
+                with contextlib.suppress(*TRANSIENT_ERRORS):
+                    await self.redis.hset(self._errors_key, entry_id, error)
+                return None
+            if refused is not None:
+                log.warning("entry refused", stream=cfg.stream, entry_id=entry_id, reason=refused)
+                await self._dead_letter(entry_id, fields, refused, deliveries)
+                return None
         raw = fields.get(ENVELOPE_FIELD.encode())
         try:
             if raw is None:
@@ -319,11 +342,6 @@ class StreamConsumer:
             message = decode(raw)
         except UndecodableMessage as exc:
             await self._dead_letter(entry_id, fields, str(exc), deliveries)
-            return None
-        if deliveries > cfg.max_deliveries:
-            last = await self.redis.hget(self._errors_key, entry_id)
-            reason = f"handler failed {deliveries - 1} times; last error: {_text(last) if last else 'unknown'}"
-            await self._dead_letter(entry_id, fields, reason, deliveries)
             return None
         return message
 

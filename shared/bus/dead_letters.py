@@ -13,7 +13,8 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from shared.bus.publisher import ENVELOPE_FIELD
-from shared.bus.streams import DEAD_LETTER_SUFFIX, maxlen_for
+from shared.bus.signing import CommandSigner
+from shared.bus.streams import DEAD_LETTER_SUFFIX, is_commands_stream, maxlen_for
 
 ORIGINAL_FIELDS = ("type", "event_id", ENVELOPE_FIELD)
 
@@ -65,8 +66,12 @@ class DeadLetterNotFound(LookupError):
     pass
 
 
-async def replay(redis: aioredis.Redis, stream: str, entry_id: str) -> str:
-    """Put a dead letter's original message back on its source stream; returns the new entry id."""
+async def replay(redis: aioredis.Redis, stream: str, entry_id: str, signer: CommandSigner | None = None) -> str:
+    """Put a dead letter's original message back on its source stream; returns the new entry id.
+
+    A command for a gateway is signed anew with ``signer`` (its old signature is stale, or the reason it died):
+    without one it would be refused again.
+    """
     entries: Any = await redis.xrange(stream, min=entry_id, max=entry_id)
     if not entries:
         raise DeadLetterNotFound(f"no dead letter {entry_id} in {stream}")
@@ -75,6 +80,9 @@ async def replay(redis: aioredis.Redis, stream: str, entry_id: str) -> str:
     if not letter.source_stream:
         raise DeadLetterNotFound(f"dead letter {entry_id} does not say which stream it came from")
     original = {k: v for k, v in fields.items() if _text(k) in ORIGINAL_FIELDS}
+    if signer is not None and is_commands_stream(letter.source_stream):
+        envelope = _text(fields.get(ENVELOPE_FIELD.encode(), b""))
+        original |= signer.fields(letter.source_stream, envelope)
     new_id = await redis.xadd(letter.source_stream, original, maxlen=maxlen_for(letter.source_stream), approximate=True)
     await redis.xdel(stream, entry_id)
     return _text(new_id)

@@ -13,6 +13,7 @@ from __future__ import annotations
 EVENTS_STREAM = "freqfleet:events"
 MANAGEMENT_GROUP = "management"
 DEAD_LETTER_SUFFIX = ":dead"
+COMMANDS_PREFIX = "freqfleet:commands:"
 
 EVENTS_MAXLEN = 200_000
 COMMANDS_MAXLEN = 50_000
@@ -21,7 +22,11 @@ DEAD_LETTER_MAXLEN = 100_000
 
 def commands_stream(gateway_id: str) -> str:
     """Commands for one gateway."""
-    return f"freqfleet:commands:{gateway_id}"
+    return f"{COMMANDS_PREFIX}{gateway_id}"
+
+
+def is_commands_stream(stream: str) -> bool:
+    return stream.startswith(COMMANDS_PREFIX) and not stream.endswith(DEAD_LETTER_SUFFIX)
 
 
 def gateway_group(gateway_id: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 
+import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
 from sqlalchemy import select, update
@@ -13,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from management_server.bus.models import OutboxMessage
 from management_server.bus.relay import OutboxRelay
 from management_server.bus.service import InboxDeduplicator, claim_event, enqueue
+from management_server.bus.signing import command_signer, load_command_keys
 from management_server.config import ManagementSettings
 from management_server.db import create_engine, create_sessionmaker
 from management_server.security.passwords import build_hasher
@@ -20,6 +22,7 @@ from management_server.users.models import User
 from management_server.users.service import create_user
 from shared.bus import ConsumerConfig, Delivery, StreamConsumer
 from shared.bus.messages import StopBot, StopBotData
+from shared.bus.signing import CommandRefused, verify
 from shared.bus.streams import commands_stream
 from shared.redis import create_redis
 from tests.helpers import until
@@ -140,3 +143,20 @@ async def test_claim_event_is_once_per_group_and_rolls_back_with_the_effect(engi
     async with sessionmaker.begin() as session:
         assert not await claim_event(session, "management", message)
         assert await claim_event(session, "analytics", message)
+
+
+async def test_the_relay_signs_every_command_for_its_gateway_alone(
+    engine: AsyncEngine, redis: aioredis.Redis, management_settings: ManagementSettings
+) -> None:
+    keys = load_command_keys(management_settings)
+    public = keys.public_keys()[keys.active.kid]
+    stream = commands_stream("gw-signed")
+    async with create_sessionmaker(engine).begin() as session:
+        await enqueue(session, stream, command())
+    assert await OutboxRelay(engine, redis, signer=command_signer(keys)).publish_pending() == 1
+    [(_, fields)] = await redis.xrange(stream)
+    envelope = fields[b"envelope"].decode()
+    assert fields[b"sig_kid"].decode() == keys.active.kid
+    verify(public, stream, fields, envelope, max_age_ms=60_000)  # signed for this stream
+    with pytest.raises(CommandRefused, match="does not match"):
+        verify(public, commands_stream("gw-other"), fields, envelope, max_age_ms=60_000)

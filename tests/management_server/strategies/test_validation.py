@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 
 import pytest
 
-from management_server.strategies.validation import MAX_SOURCE_BYTES, validate_strategy
+from management_server.strategies.validation import MAX_PROBLEMS, MAX_SOURCE_BYTES, validate_strategy
 from tests.management_server.conftest import Management
 
 ALWAYS_ENTER = (Path(__file__).parents[2] / "exchange_simulator" / "strategies" / "AlwaysEnter.py").read_text()
@@ -87,12 +86,11 @@ ADVERSARIAL = [
 
 
 @pytest.mark.parametrize("source", ADVERSARIAL, ids=["deep", "minus", "eval-names", "many-nodes", "nul"])
-def test_adversarial_sources_are_findings_quickly(source: str) -> None:
-    started = time.thread_time()
+def test_adversarial_sources_are_findings_not_crashes(source: str) -> None:
+    """Each is a finding (how long it takes is measured by bench/lint.py, not here)."""
     result = validate_strategy(source[:MAX_SOURCE_BYTES])
     assert not result.ok
-    assert result.problems
-    assert time.thread_time() - started < 1.0  # CPU seconds of this thread (not wall time): the lint is bounded
+    assert 1 <= len(result.problems) <= MAX_PROBLEMS + 5  # the cap, its note, and the class checks
 
 
 async def test_the_lint_runs_off_the_event_loop(management: Management) -> None:

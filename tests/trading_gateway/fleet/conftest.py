@@ -51,6 +51,8 @@ from shared.bus.messages import (
     UpdateConfigData,
     decode,
 )
+from shared.bus.publisher import ENVELOPE_FIELD, entry_fields, with_request_correlation
+from shared.bus.signing import CommandSigner
 from shared.bus.streams import EVENTS_STREAM, commands_stream
 from shared.settings import Environment
 from tests.exchange_simulator.conftest import SimulatorProcess, start_simulator_process, stop_simulator_process
@@ -146,6 +148,18 @@ def new_keys() -> KeyRing:
     return KeyRing([SigningKey.of(Ed25519PrivateKey.generate())])
 
 
+# The tests' stand-in for the management server's command-signing key: Bus signs with it, every stand-in
+# management server (jwks_app, the models tests' authority) publishes it.
+COMMAND_KEYS = new_keys()
+COMMAND_SIGNER = CommandSigner(COMMAND_KEYS.active.private, COMMAND_KEYS.active.kid)
+
+
+def serve_command_keys(app: FastAPI) -> None:
+    @app.get("/.well-known/command-keys.json")
+    async def command_keys() -> dict[str, Any]:
+        return COMMAND_KEYS.jwks()
+
+
 def jwks_app(keys: KeyRing) -> FastAPI:
     """Serves the key ring's public keys where the gateway looks for the management server's."""
     app = FastAPI()
@@ -154,6 +168,7 @@ def jwks_app(keys: KeyRing) -> FastAPI:
     async def jwks() -> dict[str, Any]:
         return keys.jwks()
 
+    serve_command_keys(app)
     return app
 
 
@@ -235,8 +250,13 @@ class Bus:
     async def aclose(self) -> None:
         await self.redis.aclose()
 
-    async def send(self, command: E) -> E:
-        await self.publisher.publish(commands_stream(self.gateway_id), command)
+    async def send(self, command: E, signer: CommandSigner | None = COMMAND_SIGNER) -> E:
+        """Publish ``command`` signed as the management server's relay signs it (``signer=None``: unsigned)."""
+        stream = commands_stream(self.gateway_id)
+        fields = entry_fields(with_request_correlation(command))
+        if signer is not None:
+            fields |= signer.fields(stream, fields[ENVELOPE_FIELD])
+        await self.publisher.publish_raw(stream, fields)
         return command
 
     async def events(self) -> list[Envelope]:

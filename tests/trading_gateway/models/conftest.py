@@ -29,6 +29,7 @@ from tests.trading_gateway.fleet.conftest import (  # noqa: F401 - fixtures used
     bus_factory,
     cleanup,
     new_keys,
+    serve_command_keys,
     simulator,
 )
 
@@ -98,6 +99,7 @@ def authority_app(tokens: KeyRing, models: KeyRing) -> FastAPI:
     async def model_keys() -> dict[str, Any]:
         return models.jwks()
 
+    serve_command_keys(app)
     return app
 
 

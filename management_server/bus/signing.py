@@ -1,0 +1,45 @@
+"""The command-signing keys: every command the outbox relay puts on a gateway's stream is signed with the newest.
+
+Ed25519 keys of their own (a leaked token- or model-signing key can't sign commands, and the reverse), from
+``FREQFLEET_COMMAND_SIGNING_KEYS`` (PEM blocks, the last one signs) or ``<data dir>/command-signing-keys``,
+where the first start generates one (mode 0600; ``freqfleet rotate-keys --command`` adds one, which signs after
+the next restart while the older ones still verify). The public keys are served at
+``/.well-known/command-keys.json`` (JWKS form) for the gateways; see :mod:`shared.bus.signing`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from management_server.config import ManagementSettings
+from management_server.security.keys import KeyRing
+from shared.bus.signing import CommandSigner
+
+KEYS_DIR = "command-signing-keys"
+WELL_KNOWN_PATH = "/.well-known/command-keys.json"
+
+router = APIRouter(tags=["bus"])
+
+
+def load_command_keys(settings: ManagementSettings) -> KeyRing:
+    if settings.command_signing_keys is not None:
+        try:
+            return KeyRing.from_pem(settings.command_signing_keys.get_secret_value())
+        except ValueError as exc:
+            raise ValueError(
+                f"FREQFLEET_COMMAND_SIGNING_KEYS: {exc}".replace("FREQFLEET_JWT_PRIVATE_KEYS ", "")
+            ) from None
+    return KeyRing.from_directory(settings.data_dir / KEYS_DIR)
+
+
+def command_signer(keys: KeyRing) -> CommandSigner:
+    return CommandSigner(keys.active.private, keys.active.kid)
+
+
+@router.get(WELL_KNOWN_PATH, summary="Public keys that verify bus commands")
+async def command_keys(request: Request) -> dict[str, Any]:
+    """The management server's command-signing public keys (JWKS form); gateways act only on commands they verify."""
+    keys: dict[str, Any] = request.app.state.command_keys.jwks()
+    return keys
