@@ -95,6 +95,7 @@ async def test_a_hostile_strategy_reaches_nothing_but_its_own_bot(
 
 async def test_under_a_non_root_gateway_landlock_alone_keeps_a_hostile_bot_in(
     simulator: SimulatorProcess,
+    tokens: Tokens,
     redis_url: str,
     tmp_path: Path,
     cleanup: list[GatewaySettings],
@@ -132,7 +133,7 @@ async def test_under_a_non_root_gateway_landlock_alone_keeps_a_hostile_bot_in(
         "FREQFLEET_REDIS_URL": redis_url,
         "FREQFLEET_GATEWAY_ID": gateway_id,
         "FREQFLEET_GATEWAY_PORT": str(free_port()),
-        "FREQFLEET_MANAGEMENT_URL": f"http://127.0.0.1:{free_port()}",
+        "FREQFLEET_MANAGEMENT_URL": tokens.jwks_url,  # the stand-in publishes the keys that sign commands
         "FREQFLEET_SIMULATOR_URL": simulator.url,
         "FREQFLEET_BOT_PORT_RANGE_START": str(port_start),
         "FREQFLEET_BOT_PORT_RANGE_END": str(port_start + 9),
