@@ -14,15 +14,16 @@ act on. The same entry delivered again (a restart, a reclaim) keeps its entry id
 from __future__ import annotations
 
 import hashlib
+from typing import Protocol
 
 import redis.asyncio as aioredis
 
+from shared.auth.verifier import PublicKey
 from shared.bus.publisher import ENVELOPE_FIELD
 from shared.bus.signing import CommandRefused, signature_of, verify
 from shared.bus.streams import commands_stream
 from shared.logging import get_logger
 from shared.metrics import COMMANDS_REFUSED
-from trading_gateway.fleet.deps import CachedJwksKeySource
 
 log = get_logger(__name__)
 
@@ -30,8 +31,14 @@ COMMAND_KEYS_PATH = "/.well-known/command-keys.json"
 COMMAND_KEYS_CACHE = "command-keys.json"
 
 
+class KeyLookup(Protocol):
+    """Where the command keys come from (a :class:`~trading_gateway.fleet.deps.CachedJwksKeySource`)."""
+
+    async def key(self, kid: str) -> PublicKey | None: ...
+
+
 class CommandSignatures:
-    def __init__(self, keys: CachedJwksKeySource, redis: aioredis.Redis, gateway_id: str, max_age: float) -> None:
+    def __init__(self, keys: KeyLookup, redis: aioredis.Redis, gateway_id: str, max_age: float) -> None:
         self.keys = keys
         self.redis = redis
         self.gateway_id = gateway_id

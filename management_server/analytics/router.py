@@ -14,7 +14,7 @@ from management_server.auth.deps import Reader
 from management_server.bots import service as bots
 from management_server.db import SessionDep
 from management_server.errors import errors
-from management_server.users.models import Role, User
+from management_server.users.models import User
 
 router = APIRouter(prefix="/api/v1/analytics", tags=["analytics"], responses=errors(401, 403, 404, 429))
 
@@ -34,7 +34,7 @@ def _answer(body: str, cached: bool) -> Response:
 async def bot_analytics(bot_id: uuid.UUID, request: Request, session: SessionDep, principal: Reader) -> Response:
     """A bot's trade counts, win rate, profit, drawdown, Sharpe, Sortino, Calmar, best and worst pair, daily P&L
     and equity curve, computed as Freqtrade computes its own `/profit`. Cached until the bot's next trade."""
-    bot = await bots.visible(session, principal.user, bot_id)
+    bot = await bots.visible(session, principal.viewer, bot_id)
     if bot is None:
         raise HTTPException(404, "No such bot.")
 
@@ -61,7 +61,7 @@ async def fleet_analytics(
     """The same figures over many bots' trades: yours (an admin: every bot, or one user's with `user_id`),
     with a line per bot (and per user for the whole fleet)."""
     user: User = principal.user
-    if user.role is not Role.admin:
+    if not principal.is_admin:
         if user_id is not None and user_id != user.id:
             raise HTTPException(404, "No such user.")
         owner: uuid.UUID | None = user.id

@@ -15,6 +15,7 @@ from management_server.auth.models import PersonalAccessToken
 from management_server.auth.service import scopes_of_role, token_hash
 from management_server.db import SessionDep
 from management_server.users.models import Role, User
+from management_server.users.viewer import Viewer
 from shared.auth import InvalidToken, TokenClaims, TokenType, TokenVerifier
 from shared.auth.claims import Scope
 
@@ -48,7 +49,12 @@ class Principal:
 
     @property
     def is_admin(self) -> bool:
+        """The one place that decides admin power: the role admin and the token's admin scope."""
         return self.user.role is Role.admin and Scope.admin in self.scopes
+
+    @property
+    def viewer(self) -> Viewer:
+        return Viewer(self.user, self.is_admin)
 
 
 async def deny(request: Request, code: int, detail: str, reason: str, actor: Actor | None = None) -> HTTPException:

@@ -14,7 +14,6 @@ from management_server.bots.models import ActualState, Bot
 from management_server.bots.schemas import EmergencyIn, EmergencyOut, EmergencyOutcomeOut
 from management_server.db import SessionDep
 from management_server.errors import errors
-from management_server.users.models import Role
 from shared.metrics import EMERGENCY_STOPS
 
 router = APIRouter(prefix="/api/v1", tags=["bots"], responses=errors(401, 403, 404, 429))
@@ -38,7 +37,7 @@ async def emergency_stop(body: EmergencyIn, request: Request, session: SessionDe
     else:
         assert body.bot_ids is not None
         query = query.where(Bot.id.in_(body.bot_ids))
-        if user.role is not Role.admin:
+        if not principal.is_admin:
             query = query.where(Bot.owner_id == user.id)
     bots = list((await session.execute(query)).scalars())
     if body.bot_ids is not None and (missing := set(body.bot_ids) - {b.id for b in bots}):

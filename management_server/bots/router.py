@@ -28,7 +28,6 @@ from management_server.db import SessionDep
 from management_server.errors import errors
 from management_server.freqai.deploy import start_bundle
 from management_server.freqai.service import ModelRefused
-from management_server.users.models import Role
 
 router = APIRouter(prefix="/api/v1/bots", tags=["bots"], responses=errors(400, 401, 403, 404, 409, 429))
 
@@ -39,7 +38,7 @@ NOT_FOUND = "No such bot."
 async def create_bot(body: BotCreate, request: Request, session: SessionDep, principal: Trader) -> BotOut:
     """Create a bot (stopped). It trades on the exchange simulator unless `exchange` names a real one."""
     try:
-        bot = await service.create(session, principal.user, body)
+        bot = await service.create(session, principal.viewer, body)
         await session.commit()
     except service.BotRefused as exc:
         raise HTTPException(exc.status, str(exc)) from None
@@ -66,14 +65,14 @@ async def list_bots(
 ) -> list[BotOut]:
     """Your bots (an admin sees everyone's)."""
     query = select(Bot).order_by(Bot.created_at, Bot.id).limit(limit).offset(offset)
-    if principal.user.role is not Role.admin:
+    if not principal.is_admin:
         query = query.where(Bot.owner_id == principal.user.id)
     return [BotOut.model_validate(b) for b in (await session.execute(query)).scalars()]
 
 
 @router.get("/{bot_id}", response_model=BotOut)
 async def get_bot(bot_id: uuid.UUID, session: SessionDep, principal: Reader) -> BotOut:
-    bot = await service.visible(session, principal.user, bot_id)
+    bot = await service.visible(session, principal.viewer, bot_id)
     if bot is None:
         raise HTTPException(404, NOT_FOUND)
     return BotOut.model_validate(bot)
@@ -83,7 +82,7 @@ async def get_bot(bot_id: uuid.UUID, session: SessionDep, principal: Reader) -> 
 async def update_bot(
     bot_id: uuid.UUID, body: BotUpdate, request: Request, session: SessionDep, principal: Trader
 ) -> BotOut:
-    bot = await service.visible(session, principal.user, bot_id)
+    bot = await service.visible(session, principal.viewer, bot_id)
     if bot is None:
         raise HTTPException(404, NOT_FOUND)
     try:
@@ -114,7 +113,7 @@ async def update_bot(
 
 @router.delete("/{bot_id}", status_code=status.HTTP_204_NO_CONTENT)
 async def delete_bot(bot_id: uuid.UUID, request: Request, session: SessionDep, principal: Trader) -> Response:
-    bot = await service.visible(session, principal.user, bot_id)
+    bot = await service.visible(session, principal.viewer, bot_id)
     if bot is None:
         raise HTTPException(404, NOT_FOUND)
     if not service.is_stopped(bot):
@@ -135,7 +134,7 @@ async def _act(
     principal: Principal,
     trade_id: int | str | None = None,
 ) -> BotActionOut:
-    bot = await service.visible(session, principal.user, bot_id)
+    bot = await service.visible(session, principal.viewer, bot_id)
     if bot is None:
         raise HTTPException(404, NOT_FOUND)
     audit = request.app.state.audit
@@ -221,7 +220,7 @@ async def bot_trades(
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
 ) -> list[TradeOut]:
     """The bot's trades as its gateway reported them, newest first."""
-    if await service.visible(session, principal.user, bot_id) is None:
+    if await service.visible(session, principal.viewer, bot_id) is None:
         raise HTTPException(404, NOT_FOUND)
     rows = await session.execute(
         select(Trade).where(Trade.bot_id == bot_id).order_by(Trade.open_date.desc()).limit(limit).offset(offset)
@@ -234,7 +233,7 @@ async def bot_status(bot_id: uuid.UUID, session: SessionDep, principal: Reader) 
     """The latest live status the gateway reported (every few seconds), with its age. While no process of the
     bot runs (stopped, halted, failed, starting), `state` is null and `open_trades` empty; `profit` and the
     time are those of the last report."""
-    bot = await service.visible(session, principal.user, bot_id)
+    bot = await service.visible(session, principal.viewer, bot_id)
     if bot is None:
         raise HTTPException(404, NOT_FOUND)
     live = service.live_status(bot) or {}

@@ -13,7 +13,7 @@ from management_server.bots.schemas import BotCreate, BotUpdate
 from management_server.credentials.models import ExchangeCredential
 from management_server.freqai import service as models
 from management_server.strategies import service as strategies
-from management_server.users.models import Role, User
+from management_server.users.viewer import Viewer
 
 SIMULATOR = "simulator"
 
@@ -24,10 +24,10 @@ class BotRefused(Exception):
         self.status = status
 
 
-async def visible(session: AsyncSession, user: User, bot_id: uuid.UUID) -> Bot | None:
-    """The bot if this user may see it: their own, or any for an admin. Otherwise as if it did not exist."""
+async def visible(session: AsyncSession, viewer: Viewer, bot_id: uuid.UUID) -> Bot | None:
+    """The bot if this viewer may see it: their own, or any for an admin. Otherwise as if it did not exist."""
     bot = await session.get(Bot, bot_id)
-    if bot is None or (user.role is not Role.admin and bot.owner_id != user.id):
+    if bot is None or not viewer.may_see(bot.owner_id):
         return None
     return bot
 
@@ -38,13 +38,14 @@ def _check_pairs(pairs: list[str], stake_currency: str) -> None:
         raise BotRefused(400, f"pairs {', '.join(wrong)} are not quoted in the stake currency {stake_currency}")
 
 
-async def create(session: AsyncSession, owner: User, body: BotCreate) -> Bot:
-    strategy = await strategies.visible(session, owner, body.strategy_id)
+async def create(session: AsyncSession, viewer: Viewer, body: BotCreate) -> Bot:
+    owner = viewer.user
+    strategy = await strategies.visible(session, viewer, body.strategy_id)
     if strategy is None:
         raise BotRefused(404, "No such strategy.")
     _check_pairs(list(body.pairs), body.stake_currency)
     if not body.dry_run:
-        if owner.role is not Role.admin:
+        if not viewer.admin:
             raise BotRefused(403, "Only an admin may create a live (dry_run: false) bot.")
         if body.exchange == SIMULATOR:
             raise BotRefused(400, "The exchange simulator has no private API: a live bot needs a real exchange.")
@@ -58,7 +59,7 @@ async def create(session: AsyncSession, owner: User, body: BotCreate) -> Bot:
             raise BotRefused(400, f"These credentials are for {credential.exchange}, not {body.exchange}.")
     freqai = body.freqai
     if body.model_id is not None:  # a FreqAI bot that receives this model (management_server/freqai)
-        model = await models.visible(session, owner, body.model_id)
+        model = await models.visible(session, viewer, body.model_id)
         if model is None:
             raise BotRefused(404, "No such model.")
         problem = models.fit_problem(

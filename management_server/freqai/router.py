@@ -42,7 +42,6 @@ from management_server.freqai.signing import WELL_KNOWN_PATH
 from management_server.freqai.tasks import TrainQueue
 from management_server.gateways.client import GatewayClient
 from management_server.gateways.models import Gateway
-from management_server.users.models import Role
 from shared.freqai.bundle import BundleError, SizeExceeded
 from shared.freqai.predictions import PredictionsOut
 from shared.metrics import MODEL_DEPLOYS
@@ -135,7 +134,7 @@ async def train_model(body: TrainIn, request: Request, session: SessionDep, prin
         raise HTTPException(503, "Training is not available: this server has no task broker.")
     try:
         model = await service.queue_training(
-            session, principal.user, body, max_active=settings.model_training_max_active
+            session, principal.viewer, body, max_active=settings.model_training_max_active
         )
         await session.commit()
     except service.ModelRefused as exc:
@@ -295,7 +294,7 @@ async def list_models(
 ) -> list[ModelOut]:
     """Your model versions (an admin sees everyone's), newest first."""
     query = select(ModelVersion).order_by(ModelVersion.created_at.desc(), ModelVersion.id)
-    if principal.user.role is not Role.admin:
+    if not principal.is_admin:
         query = query.where(ModelVersion.owner_id == principal.user.id)
     if status_filter is not None:
         query = query.where(ModelVersion.status == status_filter.value)
@@ -309,7 +308,7 @@ async def list_models(
 async def get_model(model_id: uuid.UUID, session: SessionDep, principal: Reader) -> ModelDetail:
     """One version: queued, running (with progress), succeeded (sha256, size, features, pairs, trained range,
     metrics) or failed (the reason and the tail of Freqtrade's log)."""
-    model = await service.visible(session, principal.user, model_id)
+    model = await service.visible(session, principal.viewer, model_id)
     if model is None:
         raise HTTPException(404, NOT_FOUND)
     return ModelDetail.model_validate(model)
@@ -331,7 +330,7 @@ async def _bot_model(session: SessionDep, bot: Bot) -> BotModelOut:
 @bots_router.get("/{bot_id}/model", response_model=BotModelOut)
 async def bot_model(bot_id: uuid.UUID, session: SessionDep, principal: Reader) -> BotModelOut:
     """The bot's model, the state of its latest deployment, and its history of models (newest first)."""
-    bot = await visible_bot(session, principal.user, bot_id)
+    bot = await visible_bot(session, principal.viewer, bot_id)
     if bot is None:
         raise HTTPException(404, BOT_NOT_FOUND)
     return await _bot_model(session, bot)
@@ -367,7 +366,7 @@ async def _deploy_response(
 
 async def _locked_bot(session: SessionDep, principal: Principal, bot_id: uuid.UUID) -> Bot:
     bot = await session.get(Bot, bot_id, with_for_update=True)
-    if bot is None or (principal.user.role is not Role.admin and bot.owner_id != principal.user.id):
+    if bot is None or not principal.viewer.may_see(bot.owner_id):
         raise HTTPException(404, BOT_NOT_FOUND)
     return bot
 
@@ -381,7 +380,7 @@ async def deploy_model(
     bot gets it with its next start."""
     bot = await _locked_bot(session, principal, bot_id)
     try:
-        model = await service.visible(session, principal.user, body.model_id)
+        model = await service.visible(session, principal.viewer, body.model_id)
         if model is None:
             raise service.ModelRefused(404, NOT_FOUND)
         result = await deployments.deploy(session, _registry(request), bot, model, principal.user.id)
@@ -439,7 +438,7 @@ async def bot_predictions(
 ) -> PredictionsOut:
     """The running bot's latest FreqAI outputs per pair (prediction, do_predict, DI values, the model version
     that made them, their candle), read from the bot through its gateway."""
-    bot = await visible_bot(session, principal.user, bot_id)
+    bot = await visible_bot(session, principal.viewer, bot_id)
     if bot is None:
         raise HTTPException(404, BOT_NOT_FOUND)
     if bot.gateway_id is None or bot.desired_state not in (DesiredState.running, DesiredState.paused):

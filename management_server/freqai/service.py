@@ -28,7 +28,8 @@ from management_server.freqai.schemas import TrainIn
 from management_server.freqai.store import ModelStore, StoredBundle
 from management_server.strategies import service as strategies
 from management_server.strategies.models import StrategyStatus
-from management_server.users.models import Role, User
+from management_server.users.models import User
+from management_server.users.viewer import Viewer
 from shared.freqai.bundle import (
     BLOCK,
     COMPRESSION_LEVEL,
@@ -60,11 +61,11 @@ class ModelRefused(Exception):
 
 
 async def visible(
-    session: AsyncSession, user: User, model_id: uuid.UUID, *, for_update: bool = False
+    session: AsyncSession, viewer: Viewer, model_id: uuid.UUID, *, for_update: bool = False
 ) -> ModelVersion | None:
-    """The version if this user may see it (their own, or any for an admin)."""
+    """The version if this viewer may see it (their own, or any for an admin)."""
     model = await session.get(ModelVersion, model_id, with_for_update=for_update)
-    if model is None or (user.role is not Role.admin and model.owner_id != user.id):
+    if model is None or not viewer.may_see(model.owner_id):
         return None
     return model
 
@@ -108,7 +109,7 @@ async def next_version(session: AsyncSession, owner_id: uuid.UUID, name: str) ->
 
 
 async def queue_training(
-    session: AsyncSession, user: User, body: TrainIn, *, max_active: int, now: datetime | None = None
+    session: AsyncSession, viewer: Viewer, body: TrainIn, *, max_active: int, now: datetime | None = None
 ) -> ModelVersion:
     """A ``queued`` version for ``body`` (flushed; the caller commits, then sends the task).
 
@@ -119,7 +120,7 @@ async def queue_training(
     if body.strategy_id is None:
         source, class_name, strategy_id = example_source(), EXAMPLE_CLASS, None
     else:
-        strategy = await strategies.visible(session, user, body.strategy_id)
+        strategy = await strategies.visible(session, viewer, body.strategy_id)
         if strategy is None:
             raise ModelRefused(404, "No such strategy.")
         if strategy.status != StrategyStatus.approved:
@@ -149,7 +150,7 @@ async def queue_training(
         select(func.count())
         .select_from(ModelVersion)
         .where(
-            ModelVersion.owner_id == user.id,
+            ModelVersion.owner_id == viewer.id,
             ModelVersion.status.in_([ModelStatus.queued.value, ModelStatus.running.value]),
         )
     )
@@ -159,9 +160,9 @@ async def queue_training(
         )
     name = body.name or class_name
     model = ModelVersion(
-        owner_id=user.id,
+        owner_id=viewer.id,
         name=name,
-        version=await next_version(session, user.id, name),
+        version=await next_version(session, viewer.id, name),
         source=ModelSource.training.value,
         status=ModelStatus.queued.value,
         strategy_id=strategy_id,

@@ -27,7 +27,6 @@ from management_server.strategies.schemas import (
     StrategyOut,
 )
 from management_server.strategies.tasks import CheckQueue
-from management_server.users.models import Role
 
 router = APIRouter(prefix="/api/v1/strategies", tags=["strategies"], responses=errors(401, 403, 404, 409, 429))
 
@@ -63,7 +62,7 @@ async def upload_strategy(body: StrategyCreate, request: Request, session: Sessi
     audit: AuditLog = request.app.state.audit
     try:
         strategy = await service.upload(
-            session, principal.user, body.name, body.source, request.app.state.settings.strategy_review
+            session, principal.viewer, body.name, body.source, request.app.state.settings.strategy_review
         )
     except service.StrategyInvalid as exc:
         await audit.record("strategy.upload", Outcome.failure, principal.actor, reason=str(exc), ip=client_ip(request))
@@ -107,7 +106,7 @@ async def list_strategies(
 ) -> list[StrategyOut]:
     """Your strategies (an admin sees everyone's), newest first."""
     query = select(Strategy).order_by(Strategy.created_at.desc(), Strategy.id)
-    if principal.user.role is not Role.admin:
+    if not principal.is_admin:
         query = query.where(Strategy.owner_id == principal.user.id)
     if status_filter is not None:
         query = query.where(Strategy.status == status_filter.value)
@@ -117,7 +116,7 @@ async def list_strategies(
 
 @router.get("/{strategy_id}", response_model=StrategyDetail)
 async def get_strategy(strategy_id: uuid.UUID, session: SessionDep, principal: Reader) -> StrategyOut:
-    strategy = await service.visible(session, principal.user, strategy_id)
+    strategy = await service.visible(session, principal.viewer, strategy_id)
     if strategy is None:
         raise HTTPException(404, NOT_FOUND)
     return _out(strategy, StrategyDetail)
@@ -138,7 +137,7 @@ async def check_strategy(strategy_id: uuid.UUID, request: Request, session: Sess
     queue = _check_queue(request)
     if queue is None:
         raise HTTPException(503, "Strategy checks are not available: this server has no task broker.")
-    strategy = await service.visible(session, principal.user, strategy_id, for_update=True)
+    strategy = await service.visible(session, principal.viewer, strategy_id, for_update=True)
     if strategy is None:
         raise HTTPException(404, NOT_FOUND)
 
@@ -154,7 +153,7 @@ async def check_strategy(strategy_id: uuid.UUID, request: Request, session: Sess
             details=details,
         )
 
-    if strategy.status != StrategyStatus.approved and principal.user.role is not Role.admin:
+    if strategy.status != StrategyStatus.approved and not principal.is_admin:
         await session.rollback()
         await record(Outcome.failure, reason=NOT_APPROVED)
         raise HTTPException(409, NOT_APPROVED)
@@ -176,7 +175,7 @@ async def check_strategy(strategy_id: uuid.UUID, request: Request, session: Sess
 
 @router.delete("/{strategy_id}", status_code=status.HTTP_204_NO_CONTENT)
 async def delete_strategy(strategy_id: uuid.UUID, request: Request, session: SessionDep, principal: Trader) -> Response:
-    strategy = await service.visible(session, principal.user, strategy_id)
+    strategy = await service.visible(session, principal.viewer, strategy_id)
     if strategy is None:
         raise HTTPException(404, NOT_FOUND)
     await session.delete(strategy)

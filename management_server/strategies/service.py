@@ -13,7 +13,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from management_server.strategies.models import CheckStatus, Strategy, StrategyStatus
 from management_server.strategies.validation import Problem, Validation, validate_strategy
-from management_server.users.models import Role, User
+from management_server.users.models import User
+from management_server.users.viewer import Viewer
 
 
 class StrategyInvalid(Exception):
@@ -49,15 +50,17 @@ async def lint(source: str) -> Validation:
         return Validation(None, [Problem(1, f"the source took longer than {LINT_SECONDS:g} s to check: simplify it")])
 
 
-async def upload(session: AsyncSession, owner: User, name: str, source: str, review: bool) -> Strategy:
-    """Store a strategy that passed the static checks; a non-admin's waits for review."""
+async def upload(session: AsyncSession, viewer: Viewer, name: str, source: str, review: bool) -> Strategy:
+    """Store a strategy that passed the static checks; a non-admin's (or an admin's without the admin scope)
+    waits for review."""
+    owner = viewer.user
     result = await lint(source)
     if not result.ok or result.class_name is None:
         raise StrategyInvalid(result.problems)
     taken = await session.execute(select(Strategy.id).where(Strategy.owner_id == owner.id, Strategy.name == name))
     if taken.first() is not None:
         raise NameTaken(f"You have a strategy named {name!r} already: choose another name or delete it first.")
-    approved = owner.role is Role.admin or not review
+    approved = viewer.admin or not review
     strategy = Strategy(
         owner_id=owner.id,
         name=name,
@@ -65,8 +68,8 @@ async def upload(session: AsyncSession, owner: User, name: str, source: str, rev
         source=source,
         sha256=hashlib.sha256(source.encode()).hexdigest(),
         status=(StrategyStatus.approved if approved else StrategyStatus.pending_review).value,
-        reviewed_by=owner.id if owner.role is Role.admin else None,
-        reviewed_at=datetime.now(UTC) if owner.role is Role.admin else None,
+        reviewed_by=owner.id if viewer.admin else None,
+        reviewed_at=datetime.now(UTC) if viewer.admin else None,
     )
     session.add(strategy)
     await session.flush()
@@ -74,11 +77,11 @@ async def upload(session: AsyncSession, owner: User, name: str, source: str, rev
 
 
 async def visible(
-    session: AsyncSession, user: User, strategy_id: uuid.UUID, *, for_update: bool = False
+    session: AsyncSession, viewer: Viewer, strategy_id: uuid.UUID, *, for_update: bool = False
 ) -> Strategy | None:
-    """The strategy if this user may see it (their own, or any for an admin); ``for_update`` locks its row."""
+    """The strategy if this viewer may see it (their own, or any for an admin); ``for_update`` locks its row."""
     strategy = await session.get(Strategy, strategy_id, with_for_update=for_update)
-    if strategy is None or (user.role is not Role.admin and strategy.owner_id != user.id):
+    if strategy is None or not viewer.may_see(strategy.owner_id):
         return None
     return strategy
 

@@ -167,7 +167,8 @@ async def get_user(user_id: uuid.UUID, session: SessionDep, _: AdminPrincipal) -
 async def update_user(
     user_id: uuid.UUID, body: UserUpdate, request: Request, session: SessionDep, admin: AdminPrincipal
 ) -> UserOut:
-    """Change a user's role or disable them; a disabled user's tokens stop working at once."""
+    """Change a user's role or disable them; every token of theirs (access, refresh, personal) stops working at
+    once: they log in again to get tokens of the new role."""
     auth, audit = _services(request)
     user = await session.get(User, user_id)
     if user is None:
@@ -180,7 +181,8 @@ async def update_user(
     if body.is_active is not None:
         user.is_active = body.is_active
     if body.is_active is False or body.role is not None:
-        await auth.invalidate_all(session, user, personal_tokens=body.is_active is False)
+        # Every token of theirs ends, personal access tokens included: a token keeps the role it was made with.
+        await auth.invalidate_all(session, user, personal_tokens=True)
     user.updated_at = datetime.now(UTC)
     await session.commit()
     await audit.record(

@@ -140,6 +140,9 @@ async def _principal(
     if claims.role not in ROLES:
         log.info("gateway route refused", subject=str(claims.subject), role=claims.role, path=request.url.path)
         raise _refuse(status.HTTP_403_FORBIDDEN, "Only an admin or a service account may do this.")
+    if claims.role == "admin" and not claims.has_scope(Scope.admin):
+        # Admin power is the role *and* the admin scope: an admin's read/trade token is a plain user's here.
+        raise _refuse(status.HTTP_403_FORBIDDEN, "This token lacks the 'admin' scope: only an admin's admin token may.")
     if not claims.has_scope(scope):
         raise _refuse(status.HTTP_403_FORBIDDEN, f"This token lacks the '{scope.value}' scope.")
     return claims

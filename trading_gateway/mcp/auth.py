@@ -79,7 +79,8 @@ class Caller:
 
     @property
     def is_admin(self) -> bool:
-        return self.claims.role == "admin"
+        """Admin power: the role admin *and* the admin scope (an admin's read/trade token acts as a user's)."""
+        return self.claims.role == "admin" and self.claims.has_scope(Scope.admin.value)
 
     def has_scope(self, scope: Scope) -> bool:
         return self.claims.has_scope(scope.value)

@@ -144,6 +144,32 @@ async def test_tokens_of_a_disabled_user_stop_working(management: Management) ->
     assert login.status_code == 401
 
 
+async def test_a_demoted_admin_keeps_no_token_of_their_admin_days(management: Management) -> None:
+    """A role change ends every token of the user — personal access tokens and refresh tokens too: a PAT made
+    as an admin must not carry admin power (the gateway and MCP read its role claim) after a demotion."""
+    await management.create_user("boss@example.com", role=Role.admin)
+    bob = await management.create_user("bob@example.com", role=Role.admin)
+    admin = await management.login("boss@example.com")
+    tokens = await management.login("bob@example.com")
+    pat = await management.client.post(
+        "/api/v1/users/me/tokens",
+        json={"name": "agent", "scopes": ["read", "trade"]},
+        headers=bearer(tokens["access_token"]),
+    )
+    assert pat.status_code == 201
+    demoted = await management.client.patch(
+        f"/api/v1/users/{bob.id}", json={"role": "user"}, headers=bearer(admin["access_token"])
+    )
+    assert demoted.status_code == 200
+    assert "invalidated" in await refused(management, tokens["access_token"])
+    assert "invalidated" in await refused(management, pat.json()["token"])
+    refresh = await management.client.post("/api/v1/auth/refresh", json={"refresh_token": tokens["refresh_token"]})
+    assert refresh.status_code == 401
+    again = await management.login("bob@example.com")  # a new login carries the new role
+    me = await management.client.get("/api/v1/users/me", headers=bearer(again["access_token"]))
+    assert me.json()["role"] == "user"
+
+
 async def test_a_token_issued_before_logout_stops_working(management: Management) -> None:
     await management.create_user("logout@example.com")
     first = await management.login("logout@example.com")

@@ -164,3 +164,36 @@ async def test_credentials_are_stored_encrypted_and_never_returned(management: M
     audit = "\n".join(repr((r.details, r.reason)) for r in await management.audit())
     assert "AAAA1111" not in audit
     assert "BBBB2222" not in audit
+
+
+async def test_an_admins_token_without_the_admin_scope_acts_as_a_plain_users(management: Management) -> None:
+    """Admin power is the role *and* the admin scope: an admin's read+trade personal access token uploads a
+    strategy that waits for review, sees and stops only the admin's own bots, and can't halt the fleet."""
+    alice = await session_of(management, "alice@example.com")
+    admin = await session_of(management, "root@example.com", Role.admin)
+    made = await management.client.post(
+        "/api/v1/users/me/tokens", json={"name": "agent", "scopes": ["read", "trade"]}, headers=admin
+    )
+    assert made.status_code == 201, made.text
+    pat = bearer(made.json()["token"])
+    strategy = (await upload(management, alice, "alices")).json()
+    await management.client.post(f"/api/v1/strategies/{strategy['id']}/approve", headers=admin)
+    alices_bot = (await management.client.post("/api/v1/bots", json=bot_body(strategy["id"]), headers=alice)).json()
+
+    uploaded = (await upload(management, pat, "by-the-pat")).json()
+    assert uploaded["status"] == "pending_review"  # not approved at once, as the admin's login would be
+    assert (await management.client.get(f"/api/v1/bots/{alices_bot['id']}", headers=pat)).status_code == 404
+    stopped = await management.client.post(f"/api/v1/bots/{alices_bot['id']}/stop", headers=pat)
+    assert stopped.status_code == 404
+    assert (await management.client.get("/api/v1/bots", headers=pat)).json() == []
+    assert [s["name"] for s in (await management.client.get("/api/v1/strategies", headers=pat)).json()] == [
+        "by-the-pat"
+    ]
+    halt = await management.client.post("/api/v1/emergency-stop", json={"scope": "all"}, headers=pat)
+    assert halt.status_code == 403
+    live = await management.client.post(
+        "/api/v1/bots", json=bot_body(strategy["id"], name="live", dry_run=False), headers=pat
+    )
+    assert live.status_code in (403, 404)  # alice's strategy is not the PAT's to see; never a live bot
+    # The same admin's login token still has admin power.
+    assert (await management.client.get(f"/api/v1/bots/{alices_bot['id']}", headers=admin)).status_code == 200

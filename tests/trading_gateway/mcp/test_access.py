@@ -362,3 +362,23 @@ async def test_with_the_management_server_away_tools_say_so(
         assert (
             halted == f"Nothing was halted on this gateway, and the management server could not be told: {unreachable}"
         )
+
+
+async def test_an_admins_token_without_the_admin_scope_has_no_admin_power(stack: Stack) -> None:
+    """Admin power is the role *and* the admin scope, at the gateway and in every MCP tool too."""
+    alice = await stack.account("alice@example.com")
+    root = await stack.account("root@example.com", Role.admin)
+    alices = await stack.bot(alice, "alice-bot")
+    trader = await stack.pat(root, ["read", "trade"], name="admin trading agent")
+    async with http_client(stack.http_url, trader) as client:
+        assert result_data(await client.call_tool("list_bots", {}))["bots"] == []
+        assert error_text(await client.call_tool("get_bot", {"bot_id": alices})) == "No such bot."
+        everyone = error_text(await client.call_tool("emergency_stop", {"scope": "all", "confirm": True}))
+        assert everyone.startswith("Only an admin may halt the whole fleet")
+    async with httpx.AsyncClient(base_url=stack.gateway_url) as http:
+        for method, path in (("GET", "/api/v1/bots"), ("POST", "/api/v1/emergency-stop")):
+            answer = await http.request(method, path, json={"scope": "all"}, headers=bearer(trader))
+            assert answer.status_code == 403, (path, answer.text)
+            assert "admin' scope" in answer.json()["detail"]
+        assert (await http.get("/api/v1/bots", headers=bearer(root))).status_code == 200  # the login token has it
+    assert (await stack.rest_bot(alice, alices))["desired_state"] == "stopped"
