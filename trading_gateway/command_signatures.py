@@ -45,31 +45,44 @@ class CommandSignatures:
         self.stream = commands_stream(gateway_id)
         self.max_age_ms = int(max_age * 1000)
 
-    async def __call__(self, entry_id: str, fields: dict[bytes, bytes]) -> str | None:
-        try:
-            await self._check(entry_id, fields)
-        except CommandRefused as refused:
-            COMMANDS_REFUSED.labels(reason=refused.kind).inc()
-            return refused.reason
-        return None
+    async def __call__(self, entries: list[tuple[str, dict[bytes, bytes]]]) -> list[str | None]:
+        """Per entry, why it is refused (None: it may be acted on). One Redis round trip for the whole batch."""
+        verdicts: list[str | None] = []
+        marks: list[tuple[int, str, str]] = []  # (index, replay key, entry id) of the entries verified
+        for i, (entry_id, fields) in enumerate(entries):
+            try:
+                marks.append((i, await self._verify(fields), entry_id))
+                verdicts.append(None)
+            except CommandRefused as refused:
+                verdicts.append(_refuse(refused))
+        if marks:
+            pipe = self.redis.pipeline(transaction=False)
+            for _, key, entry_id in marks:
+                pipe.set(key, entry_id, nx=True, ex=self.max_age_ms // 1000 + 120, get=True)
+            previous = await pipe.execute()
+            for (i, _, entry_id), seen in zip(marks, previous, strict=True):
+                seen_id = seen.decode() if isinstance(seen, bytes) else seen
+                if seen_id is not None and seen_id != entry_id:
+                    verdicts[i] = _refuse(
+                        CommandRefused("replayed", f"the command is a copy of entry {seen_id}: a replay")
+                    )
+        return verdicts
 
-    async def _check(self, entry_id: str, fields: dict[bytes, bytes]) -> None:
+    async def _verify(self, fields: dict[bytes, bytes]) -> str:
+        """Check the entry's signature; the key that remembers it (to recognise a replay)."""
         signature, kid, _ = signature_of(fields)
         envelope = fields.get(ENVELOPE_FIELD.encode())
         if envelope is None:
             raise CommandRefused("bad", "the entry has no envelope")
-        public = await self.keys.key(kid)  # raises when no key can be had at all: the entry waits
+        public = await self.keys.key(kid)  # raises when no key can be had at all: the batch waits
         if public is None:
             raise CommandRefused(
                 "unknown_key", f"the command is signed by key {kid[:16]}, which the management server does not publish"
             )
         verify(public, self.stream, fields, envelope.decode(errors="replace"), max_age_ms=self.max_age_ms)
-        seen_key = f"freqfleet:command-signatures:{self.gateway_id}:{hashlib.sha256(signature.encode()).hexdigest()}"
-        first = await self.redis.set(seen_key, entry_id, nx=True, ex=self.max_age_ms // 1000 + 120)
-        if not first:
-            seen = await self.redis.get(seen_key)
-            seen_id = seen.decode() if isinstance(seen, bytes) else str(seen)
-            if seen_id != entry_id:
-                raise CommandRefused(
-                    "replayed", f"the command is a copy of entry {seen_id}, already received: a replay"
-                )
+        return f"freqfleet:command-signatures:{self.gateway_id}:{hashlib.sha256(signature.encode()).hexdigest()}"
+
+
+def _refuse(refused: CommandRefused) -> str:
+    COMMANDS_REFUSED.labels(reason=refused.kind).inc()
+    return refused.reason

@@ -61,9 +61,10 @@ class Delivery:
 
 
 Handler = Callable[[Delivery], Awaitable[None]]
-# Checks an entry before it is decoded (a gateway verifies the command's signature): a reason to dead-letter it,
-# or None to go on. An exception leaves the entry pending, to be tried again (the keys may be unreachable).
-AdmitCheck = Callable[[str, dict[bytes, bytes]], Awaitable[str | None]]
+# Checks a batch of entries (entry id, fields) before they are decoded (a gateway verifies the commands'
+# signatures): per entry, a reason to dead-letter it or None to go on. An exception leaves the whole batch
+# pending, to be tried again (the keys may be unreachable).
+AdmitCheck = Callable[[list[tuple[str, dict[bytes, bytes]]]], Awaitable[list[str | None]]]
 
 
 @dataclass
@@ -287,10 +288,13 @@ class StreamConsumer:
         """Handle entries in order: decode, dead-letter what can't be handled, skip duplicates."""
         async with self._lock:
             admitted: list[tuple[str, Envelope, int]] = []
-            for entry_id, fields in entries:
+            verdicts = await self._check_batch(entries)
+            if verdicts is None:
+                return  # can't be checked now: the batch stays pending
+            for (entry_id, fields), verdict in zip(entries, verdicts, strict=True):
                 eid = _text(entry_id)
                 count = deliveries.get(eid, 1) if deliveries is not None else 1
-                message = await self._admit(eid, fields, count)
+                message = await self._admit(eid, fields, count, verdict)
                 if message is not None:
                     admitted.append((eid, message, count))
             if not admitted:
@@ -309,7 +313,24 @@ class StreamConsumer:
                 if await self._handle(eid, message, count):
                     done.add(message.event_id)  # the same event twice in one batch is applied once
 
-    async def _admit(self, entry_id: str, fields: dict[bytes, bytes] | None, deliveries: int) -> Envelope | None:
+    async def _check_batch(self, entries: list[Any]) -> list[str | None] | None:
+        """The admission check's verdict per entry (None: admitted); None when the check itself failed."""
+        if self.admit is None:
+            return [None] * len(entries)
+        present = [(_text(eid), fields) for eid, fields in entries if fields]
+        try:
+            found = dict(zip((eid for eid, _ in present), await self.admit(present), strict=True))
+        except Exception as exc:
+            error = f"the entries could not be checked: {type(exc).__name__}: {exc}"[:1000]
+            log.warning("entries can't be checked yet; they stay pending", count=len(entries), error=error)
+            with contextlib.suppress(*TRANSIENT_ERRORS):
+                await self.redis.hset(self._errors_key, mapping={eid: error for eid, _ in present})
+            return None
+        return [found.get(_text(eid)) for eid, _ in entries]
+
+    async def _admit(
+        self, entry_id: str, fields: dict[bytes, bytes] | None, deliveries: int, refused: str | None = None
+    ) -> Envelope | None:
         """The entry's message, or None when it was trimmed or has been dead-lettered."""
         cfg = self.config
         if not fields:
@@ -322,19 +343,10 @@ class StreamConsumer:
             reason = f"handler failed {deliveries - 1} times; last error: {_text(last) if last else 'unknown'}"
             await self._dead_letter(entry_id, fields, reason, deliveries)
             return None
-        if self.admit is not None:
-            try:
-                refused = await self.admit(entry_id, fields)
-            except Exception as exc:
-                error = f"the entry could not be checked: {type(exc).__name__}: {exc}"[:1000]
-                log.warning("entry can't be checked yet; it stays pending", entry_id=entry_id, error=error)
-                with contextlib.suppress(*TRANSIENT_ERRORS):
-                    await self.redis.hset(self._errors_key, entry_id, error)
-                return None
-            if refused is not None:
-                log.warning("entry refused", stream=cfg.stream, entry_id=entry_id, reason=refused)
-                await self._dead_letter(entry_id, fields, refused, deliveries)
-                return None
+        if refused is not None:
+            log.warning("entry refused", stream=cfg.stream, entry_id=entry_id, reason=refused)
+            await self._dead_letter(entry_id, fields, refused, deliveries)
+            return None
         raw = fields.get(ENVELOPE_FIELD.encode())
         try:
             if raw is None:
