@@ -80,8 +80,18 @@ def bots_root(tmp_path: Path) -> Iterator[Path]:
                 os.killpg(orphan.pid, signal.SIGKILL)
 
 
+def _below_ephemeral_ports() -> int:
+    """The first port the kernel may give an outgoing connection: ports above it come and go by themselves."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32_768
+
+
 @pytest.fixture
 def pool() -> PortPool:
-    """A port range of its own for the test (other test runs may share this machine)."""
-    start = random.randrange(20_000, 60_000, 100)
+    """A port range of its own for the test (other test runs may share this machine), below the ephemeral
+    range, so no outgoing connection of the suite takes one of its ports in the middle of the test."""
+    start = random.randrange(10_000, _below_ephemeral_ports() - 100, 100)
     return PortPool(start, start + 49)
