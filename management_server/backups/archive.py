@@ -294,19 +294,35 @@ def verify(archive: Path) -> dict[str, Any]:
             for entry in manifest["paths"]:
                 if not _safe(entry["name"]):
                     raise BackupError(f"{archive}: path entry {entry['name']!r} leaves its folder")
+                restore_to = PurePosixPath(str(entry["restore_to"]))
+                if ".." in restore_to.parts or (not restore_to.is_absolute() and not _safe(str(restore_to))):
+                    raise BackupError(f"{archive}: path entry {entry['name']!r} would be restored to {restore_to}")
+                if entry["kind"] not in ("file", "dir", "missing"):
+                    raise BackupError(f"{archive}: path entry {entry['name']!r} is of an unknown kind")
     except (tarfile.TarError, OSError, ValueError, KeyError, TypeError) as exc:
         raise BackupError(f"{archive} can't be read as a backup: {exc}") from None
     return manifest
 
 
 def targets(manifest: dict[str, Any], data_dir: Path) -> list[tuple[dict[str, Any], Path]]:
-    """Where each saved file or folder goes in ``data_dir`` (or at its absolute place)."""
+    """Where each saved file or folder goes: always inside ``data_dir``.
+
+    A restore writes nowhere else, whatever the archive says: what was saved from outside the data dir (an
+    absolute ``restore_to``) comes back under ``<data dir>/external/<its old path>``, for the operator to move.
+    """
     found = []
+    root = data_dir.resolve()
     for entry in manifest["paths"]:
         if entry["kind"] == "missing":
             continue
-        restore_to = Path(entry["restore_to"])
-        found.append((entry, restore_to if restore_to.is_absolute() else data_dir / restore_to))
+        restore_to = PurePosixPath(str(entry["restore_to"]))
+        relative = entry["name"] if restore_to.is_absolute() else restore_to.as_posix()
+        if not _safe(relative):
+            raise BackupError(f"path entry {entry['name']!r} would be restored outside the data dir")
+        target = root / relative
+        if root not in target.resolve().parents:
+            raise BackupError(f"path entry {entry['name']!r} would be restored outside the data dir ({target})")
+        found.append((entry, target))
     return found
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import json
 import os
 import random
 import shutil
@@ -16,7 +17,7 @@ import subprocess
 import sys
 import tarfile
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -37,6 +38,7 @@ from management_server.backups.archive import (
     check_targets,
     create_backup,
     restore_database,
+    targets,
     verify,
 )
 from management_server.backups.tasks import BACKUP_TASK, SCHEDULE_NAME, run_backup
@@ -349,6 +351,51 @@ async def test_a_damaged_archive_or_a_used_target_is_refused(database_url: str, 
         out.addfile(info, io.BytesIO(body))
     with pytest.raises(BackupError, match="not a Freqfleet backup"):
         verify(tmp_path / "other.tar")
+
+    # Crafted manifests: a target that climbs out is refused before anything is written; an absolute target (a
+    # path saved from outside the data dir) comes back inside the data dir; a link is never a member.
+    def crafted(name: str, change: Callable[[dict[str, Any]], None], link: bool = False) -> Path:
+        out_path = tmp_path / name
+        with tarfile.open(archive) as tar, tarfile.open(out_path, "w") as out:
+            for member in tar.getmembers():
+                body = tar.extractfile(member)
+                assert body is not None
+                content = body.read()
+                if member.name == "manifest.json":
+                    doc = json.loads(content)
+                    change(doc)
+                    content = json.dumps(doc).encode()
+                    member.size = len(content)
+                out.addfile(member, io.BytesIO(content))
+            if link:
+                info = tarfile.TarInfo("files/keys/evil")
+                info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+                out.addfile(info)
+        return out_path
+
+    def climb(doc: dict[str, Any]) -> None:
+        doc["paths"][0]["restore_to"] = "../../outside"
+
+    def absolute(doc: dict[str, Any]) -> None:
+        doc["paths"][0]["restore_to"] = str(tmp_path / "absolute-target")
+
+    with pytest.raises(BackupError, match="would be restored to"):
+        verify(crafted("climb.tar", climb))
+    with pytest.raises(BackupError, match=r"members and manifest differ|not a plain file"):
+        verify(crafted("link.tar", lambda doc: None, link=True))
+    elsewhere = crafted("absolute.tar", absolute)
+    placed = [target for _, target in targets(verify(elsewhere), tmp_path / "fresh")]
+    assert all((tmp_path / "fresh").resolve() in p.parents for p in placed), placed
+    climbed = cli(
+        "restore",
+        str(crafted("climb2.tar", climb)),
+        env={"FREQFLEET_DATA_DIR": str(tmp_path / "new"), "FREQFLEET_DATABASE_URL": database_url},
+    )
+    assert climbed.returncode == 1
+    assert "would be restored to" in climbed.stderr
+    assert not (tmp_path / "outside").exists()
+    assert not (tmp_path / "new").exists()
+
     refused = cli(
         "restore",
         str(damaged),
