@@ -200,9 +200,7 @@ async def _login_throttled(request: Request, exc: Exception) -> JSONResponse:
 
 
 def load_keys(settings: ManagementSettings) -> KeyRing:
-    if settings.jwt_private_keys is not None:
-        return KeyRing.from_pem(settings.jwt_private_keys.get_secret_value())
-    return KeyRing.from_directory(settings.data_dir / "keys")
+    return KeyRing.configured(settings.jwt_private_keys, settings.data_dir / "keys", "FREQFLEET_JWT_PRIVATE_KEYS")
 
 
 async def _sync_revocations(app: FastAPI) -> None:

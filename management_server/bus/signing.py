@@ -24,14 +24,9 @@ router = APIRouter(tags=["bus"])
 
 
 def load_command_keys(settings: ManagementSettings) -> KeyRing:
-    if settings.command_signing_keys is not None:
-        try:
-            return KeyRing.from_pem(settings.command_signing_keys.get_secret_value())
-        except ValueError as exc:
-            raise ValueError(
-                f"FREQFLEET_COMMAND_SIGNING_KEYS: {exc}".replace("FREQFLEET_JWT_PRIVATE_KEYS ", "")
-            ) from None
-    return KeyRing.from_directory(settings.data_dir / KEYS_DIR)
+    return KeyRing.configured(
+        settings.command_signing_keys, settings.data_dir / KEYS_DIR, "FREQFLEET_COMMAND_SIGNING_KEYS"
+    )
 
 
 def command_signer(keys: KeyRing) -> CommandSigner:

@@ -22,14 +22,7 @@ WELL_KNOWN_PATH = "/.well-known/model-keys.json"
 
 
 def load_signing_keys(settings: ManagementSettings) -> KeyRing:
-    if settings.model_signing_keys is not None:
-        try:
-            return KeyRing.from_pem(settings.model_signing_keys.get_secret_value())
-        except ValueError as exc:
-            raise ValueError(
-                f"FREQFLEET_MODEL_SIGNING_KEYS: {exc}".replace("FREQFLEET_JWT_PRIVATE_KEYS ", "")
-            ) from None
-    return KeyRing.from_directory(settings.data_dir / KEYS_DIR)
+    return KeyRing.configured(settings.model_signing_keys, settings.data_dir / KEYS_DIR, "FREQFLEET_MODEL_SIGNING_KEYS")
 
 
 def sign(keys: KeyRing, *, model_id: uuid.UUID, version: int, sha256: str, size: int) -> str:

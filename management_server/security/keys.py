@@ -21,6 +21,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from pydantic import SecretStr
 
 PEM_BLOCK = re.compile(r"-----BEGIN PRIVATE KEY-----.+?-----END PRIVATE KEY-----", re.S)
 
@@ -81,11 +82,19 @@ class KeyRing:
         return {"keys": [k.jwk() for k in reversed(self.keys)]}
 
     @classmethod
-    def from_pem(cls, text: str) -> KeyRing:
+    def from_pem(cls, text: str, variable: str = "FREQFLEET_JWT_PRIVATE_KEYS") -> KeyRing:
         blocks = PEM_BLOCK.findall(text)
         if not blocks:
-            raise ValueError("FREQFLEET_JWT_PRIVATE_KEYS holds no PEM private key")
+            raise ValueError(f"{variable} holds no PEM private key")
         return cls([_load_pem(b.encode()) for b in blocks])
+
+    @classmethod
+    def configured(cls, pem: SecretStr | None, directory: Path, variable: str) -> KeyRing:
+        """The keys of the setting ``variable`` (PEM blocks) when it is set, else those of ``directory``, where
+        the first call generates one (mode 0600)."""
+        if pem is None:
+            return cls.from_directory(directory)
+        return cls.from_pem(pem.get_secret_value(), variable)
 
     @classmethod
     def from_directory(cls, directory: Path, create: bool = True) -> KeyRing:
