@@ -21,7 +21,7 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Literal
+from typing import IO, Any, Literal
 from urllib.parse import urlsplit
 
 from shared.logging import get_logger
@@ -75,33 +75,27 @@ class HostSandbox:
         *,
         env: Mapping[str, str],
         uid: int | None,
-        read: list[str] | None = None,
         bind_ports: list[int] | None = None,
         connect_ports: list[int] | None = None,
-        limits: Limits | None = None,
     ) -> Policy | None:
         """The policy for a process in ``home``; None when the host has no sandbox (the caller runs it plain)."""
         if self.mode == "none":
             return None
         return Policy(
             home=str(home),
-            read=list(read or []),
             bind_ports=list(bind_ports or []),
             connect_ports=list(connect_ports or []),
             env=dict(env),
             uid=uid if self.own_uids else None,
-            limits=limits or self.limits,
+            limits=self.limits,
         )
 
 
-def exchange_ports(simulator_url: str | None, exchange: str, extra: list[str] | None = None) -> list[int]:
+def exchange_ports(simulator_url: str | None, exchange: str) -> list[int]:
     """The TCP ports a process talking to ``exchange`` must reach: the simulator's, or HTTPS for a real one."""
-    urls = [simulator_url] if exchange == "simulator" and simulator_url else []
-    urls += extra or []
-    ports = {_port(url) for url in urls}
     if exchange != "simulator":
-        ports.add(HTTPS_PORT)
-    return sorted(ports)
+        return [HTTPS_PORT]
+    return [_port(simulator_url)] if simulator_url else []
 
 
 def _port(url: str) -> int:
@@ -109,27 +103,29 @@ def _port(url: str) -> int:
     return parts.port or (HTTPS_PORT if parts.scheme == "https" else 80)
 
 
+def _probe(uid: int | None) -> dict[str, Any]:
+    """The launcher's probe in a child: what applied (``ok``, ``uid``, ``landlock_abi``) or ``error``."""
+    argv = [sys.executable, "-I", "-m", "shared.sandbox.run", "--probe"] + ([str(uid)] if uid is not None else [])
+    try:
+        out = subprocess.run(argv, capture_output=True, timeout=PROBE_TIMEOUT, check=False, env={"PATH": os.defpath})
+        report: dict[str, Any] = json.loads(out.stdout.decode() or "{}")
+    except (OSError, subprocess.TimeoutExpired, ValueError) as exc:
+        report = {"ok": False, "error": str(exc)}
+    return report
+
+
 def detect(uid_base: int, limits: Limits, allow_unsandboxed: bool = False) -> HostSandbox:
     """Probe this host (see the module's docstring)."""
     as_root = os.geteuid() == 0
-    argv = [sys.executable, "-I", "-m", "shared.sandbox.run", "--probe"] + ([str(uid_base)] if as_root else [])
-    try:
-        out = subprocess.run(argv, capture_output=True, timeout=PROBE_TIMEOUT, check=False, env={"PATH": os.defpath})
-        report = json.loads(out.stdout.decode() or "{}")
-    except (OSError, subprocess.TimeoutExpired, ValueError) as exc:
-        report = {"ok": False, "error": str(exc)}
+    report = _probe(uid_base if as_root else None)
     abi = int(report.get("landlock_abi", 0) or 0)
     mode: Mode = "none"
     detail = str(report.get("error", ""))
     if report.get("ok") and abi >= 1:
         mode = "uid+landlock" if as_root and report.get("uid") == uid_base else "landlock"
-    elif as_root and abi == 0:
-        # The uid route failed: try Landlock alone (root without capabilities).
-        retry = subprocess.run(argv[:-1], capture_output=True, timeout=PROBE_TIMEOUT, check=False)
-        try:
-            second = json.loads(retry.stdout.decode() or "{}")
-        except ValueError:
-            second = {}
+    elif as_root:
+        # The uid route failed (no mount namespace here?): try Landlock alone, as root without capabilities.
+        second = _probe(None)
         abi = int(second.get("landlock_abi", 0) or 0)
         if second.get("ok") and abi >= 1:
             mode = "landlock"

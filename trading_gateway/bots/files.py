@@ -46,7 +46,7 @@ from shared.exchange import (
     redact_exchange_section,
     render_exchange_section,
 )
-from shared.files import atomic_write, open_read_nofollow
+from shared.files import atomic_write, inside, open_read_nofollow
 from shared.freqai.catalog import DEFAULT_MODEL, FREQAIMODELS_DIR, freqfleet_class
 from shared.freqai.live import ModelRuntime, live_freqai_section
 from shared.sandbox.host import hand_over
@@ -155,22 +155,20 @@ class BotFiles:
         self.write_file(self.config, json.dumps(config.data, indent=2).encode())
 
     def _inside(self, folder: Path) -> None:
-        real, home = folder.resolve(), self.folder.resolve()
-        if real != home and home not in real.parents:
+        if not inside(folder, self.folder):
             raise BotConfigError(f"{folder} leads out of the bot's folder (a symlink the bot made): not written")
 
     def _give(self, path: Path) -> None:
-        """A file the gateway wrote in the folder belongs to the folder's owner (a sandboxed bot's uid)."""
-        owner = self.folder.stat()
-        if owner.st_uid != os.geteuid():
-            os.lchown(path, owner.st_uid, owner.st_gid)
+        """What the gateway wrote in the folder belongs to the folder's owner (a sandboxed bot's uid), never
+        through a link."""
+        owner = self.folder.stat().st_uid
+        if owner != os.geteuid():
+            hand_over(path, owner)
 
     def give_tree(self, folder: Path) -> None:
         """``folder`` (inside the bot's folder) and all in it owned like the bot's folder (never through a link)."""
         self._inside(folder)
-        owner = self.folder.stat()
-        if owner.st_uid != os.geteuid():
-            hand_over(folder, owner.st_uid)
+        self._give(folder)
 
     def make_dirs(self, folder: Path) -> None:
         """Create ``folder`` (inside the bot's folder) and its parents, owned like the bot's folder."""

@@ -152,7 +152,7 @@ def _tail(path: Path, n: int, since: int = 0, max_bytes: int = 256 * 1024) -> li
             start = max(start, size - max_bytes)
             f.seek(start)
             data = f.read()
-    except (FileNotFoundError, OSError):  # ELOOP: the bot put a symlink there; never follow it
+    except OSError:  # missing, or ELOOP: the bot put a symlink there; never follow it
         return []
     lines = data.decode(errors="replace").splitlines()
     if start > since and lines:

@@ -56,10 +56,6 @@ class BotUids:
             atomic_write(self.path, json.dumps(uids, indent=1, sort_keys=True).encode())
             return uid
 
-    def known(self, bot_id: str) -> int | None:
-        with self._lock:
-            return self._load().get(bot_id)
-
 
 def bot_policy(
     host: HostSandbox,

@@ -126,8 +126,7 @@ class ModelStore:
         lock = self._locks.setdefault(bundle.sha256, asyncio.Lock())
         async with lock:
             self.incoming.mkdir(parents=True, exist_ok=True, mode=0o700)
-            self.store.mkdir(parents=True, exist_ok=True, mode=0o755)
-            self.store.chmod(0o755)
+            self.store.mkdir(parents=True, exist_ok=True, mode=0o750)
             stem = self.incoming / f"{uuid.uuid4().hex}"
             compressed = stem.with_suffix(".zst")
             tar = stem.with_suffix(".tar")
