@@ -243,7 +243,8 @@ class FreqfleetModelMixin:
         # reload_config, or at start) has only what it read from disk, and FreqAI takes those stored values for
         # every candle they cover, the newest included, instead of predicting: unless an earlier process made
         # them with this very install, start the pair afresh, as a new bot would (the new model predicts the
-        # whole frame). Keeping them can also fail (other labels, say): then afresh too.
+        # whole frame), then predict the newest candle again so it has a real outlier check. Keeping them can also
+        # fail (other labels, say): then afresh too.
         fresh = pair not in self.dd.model_return_values
         ours = self._ff_disk_history == swap.marker.install_id
         for keep_history in (True, False) if not fresh or ours else (False,):
@@ -253,6 +254,13 @@ class FreqfleetModelMixin:
                 result = parent.start_live(dataframe.copy(), metadata, strategy, dk)
                 if pair not in self.dd.model_dictionary:
                     raise RuntimeError(f"FreqAI did not load the model of {pair} from {entry.data_path}")
+                if not keep_history:
+                    # Afresh, FreqAI fills do_predict and DI_values of the whole frame with zeros (its
+                    # "initial historic predictions"), the newest candle included. Predict that candle once
+                    # more the usual way, so it carries the new model's real outlier check, as any later one.
+                    dk = FreqaiDataKitchen(self.config, self.live, pair)
+                    self.dk = dk
+                    result = parent.start_live(dataframe.copy(), metadata, strategy, dk)
             except Exception as exc:
                 error = exc
                 self._ff_restore(pair, saved)
