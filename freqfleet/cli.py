@@ -16,10 +16,18 @@ app = typer.Typer(
 )
 
 
+def _private_files() -> None:
+    """What a service creates (keys, dumps, outboxes, Valkey's and PostgreSQL's files) is its user's alone."""
+    import os
+
+    os.umask(0o077)
+
+
 @app.command()
 def up() -> None:
     """Start PostgreSQL, Valkey, the exchange simulator, the management server, the gateway and a Celery worker;
     Ctrl-C stops all."""
+    _private_files()
     from freqfleet.stack import Stack, StackSettings
     from shared.logging import configure_logging
 
@@ -87,6 +95,7 @@ def create_admin(
 @app.command()
 def management() -> None:
     """Serve the management server (FREQFLEET_MANAGEMENT_HOST/PORT)."""
+    _private_files()
     from management_server.main import run
 
     run()
@@ -95,6 +104,7 @@ def management() -> None:
 @app.command()
 def gateway() -> None:
     """Serve the trading gateway (FREQFLEET_GATEWAY_HOST/PORT)."""
+    _private_files()
     from trading_gateway.main import run
 
     run()
@@ -119,6 +129,7 @@ def simulator() -> None:
 @app.command()
 def worker() -> None:
     """Run a Celery worker of the management server."""
+    _private_files()
     from management_server.worker_metrics import prepare
 
     prepare()  # before anything imports prometheus_client: the worker's processes share their metrics
@@ -204,6 +215,71 @@ def rotate_keys(
     else:
         typer.echo("Restart the management server to sign with it. Delete an old key file once no token it signed")
         typer.echo("can still be valid (the longest personal access token lifetime).")
+
+
+gateways_app = typer.Typer(
+    help="Gateway identities: print this host's (`identity`), and, on the management host, enroll, list or revoke."
+)
+app.add_typer(gateways_app, name="gateways")
+
+
+@gateways_app.command("identity")
+def gateway_identity() -> None:
+    """Print this gateway's enrollment line (made on first use: <gateway dir>/identity.json, 0600). Give the line to
+    an admin, who enrolls it with `freqfleet gateways enroll` (or POST /api/v1/gateways)."""
+    from trading_gateway.config import get_settings as gateway_settings
+    from trading_gateway.identity import IdentityError, load_or_create
+
+    settings = gateway_settings()
+    try:
+        identity = load_or_create(settings.gateway_data_dir, settings.gateway_id)
+    except IdentityError as exc:
+        typer.echo(f"gateways identity: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(identity.enrollment())
+
+
+@gateways_app.command("enroll")
+def gateway_enroll(
+    enrollment: Annotated[str, typer.Argument(help="The line `freqfleet gateways identity` printed on the gateway.")],
+) -> None:
+    """Enroll a gateway in the database named by DATABASE_URL: its signed reports are applied from now on, and
+    live bots' credentials can be sealed to it."""
+    from freqfleet import database
+    from management_server.config import get_settings
+    from management_server.gateways.service import EnrollmentRefused
+
+    try:
+        gateway_id, changed = database.enroll_gateway(get_settings(), enrollment)
+    except EnrollmentRefused as exc:
+        typer.echo(f"gateways enroll: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(f"gateway {gateway_id} {'enrolled' if changed else 'was enrolled already with these keys'}")
+
+
+@gateways_app.command("list")
+def gateway_list() -> None:
+    """List the gateways (enrolled, revoked, or heard of but never enrolled) of the database named by DATABASE_URL."""
+    from freqfleet import database
+    from management_server.config import get_settings
+
+    for row in database.gateways(get_settings()):
+        typer.echo("\t".join(row))
+
+
+@gateways_app.command("revoke")
+def gateway_revoke(gateway_id: Annotated[str, typer.Argument(help="The gateway to revoke.")]) -> None:
+    """Revoke a gateway: its reports are refused, nothing is sent to it, and its bots are orphaned."""
+    from freqfleet import database
+    from management_server.config import get_settings
+    from management_server.gateways.service import EnrollmentRefused
+
+    try:
+        orphaned = database.revoke_gateway(get_settings(), gateway_id)
+    except EnrollmentRefused as exc:
+        typer.echo(f"gateways revoke: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(f"gateway {gateway_id} revoked; {orphaned} bots orphaned (start them again on an enrolled gateway)")
 
 
 bus_app = typer.Typer(help="Inspect the bus: dead letters, and replaying them once their cause is fixed.")

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 from alembic import command
 from alembic.config import Config
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from management_server.config import ManagementSettings, normalize_database_url
 from management_server.db import create_engine, create_sessionmaker
 from management_server.security.passwords import build_hasher
 from management_server.users.service import AdminBootstrap, ensure_admin
 
+T = TypeVar("T")
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 ALEMBIC_INI = PROJECT_ROOT / "alembic.ini"
 
@@ -64,3 +68,80 @@ def create_admin(settings: ManagementSettings, email: str, password: str) -> str
             await engine.dispose()
 
     return asyncio.run(run())
+
+
+def _in_session(settings: ManagementSettings, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    async def run() -> T:
+        engine = create_engine(settings)
+        try:
+            async with create_sessionmaker(engine)() as session:
+                result = await work(session)
+                await session.commit()
+                return result
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(run())
+
+
+def enroll_gateway(settings: ManagementSettings, enrollment: str) -> tuple[str, bool]:
+    """Enroll a gateway from its enrollment line (``freqfleet gateways enroll``, and ``up`` for its own gateway);
+    (gateway id, whether it changed anything). Audited like the API's enrollment, with no user as actor."""
+    from management_server.audit.models import AuditEntry, Outcome
+    from management_server.gateways.service import enroll
+
+    async def work(session: AsyncSession) -> tuple[str, bool]:
+        gateway, changed = await enroll(session, enrollment, None)
+        if changed:
+            session.add(
+                AuditEntry(
+                    action="gateway.enroll",
+                    outcome=Outcome.success.value,
+                    actor="freqfleet-cli",
+                    via="system",
+                    target_type="gateway",
+                    target_id=gateway.gateway_id,
+                    details={"signing_key": gateway.signing_key},
+                )
+            )
+        return gateway.gateway_id, changed
+
+    return _in_session(settings, work)
+
+
+def revoke_gateway(settings: ManagementSettings, gateway_id: str) -> int:
+    """Revoke a gateway (``freqfleet gateways revoke``); how many bots were orphaned."""
+    from management_server.audit.models import AuditEntry, Outcome
+    from management_server.gateways.service import revoke
+
+    async def work(session: AsyncSession) -> int:
+        _, orphaned = await revoke(session, gateway_id)
+        session.add(
+            AuditEntry(
+                action="gateway.revoke",
+                outcome=Outcome.success.value,
+                actor="freqfleet-cli",
+                via="system",
+                target_type="gateway",
+                target_id=gateway_id,
+                details={"bots_orphaned": orphaned},
+            )
+        )
+        return orphaned
+
+    return _in_session(settings, work)
+
+
+def gateways(settings: ManagementSettings) -> list[tuple[str, ...]]:
+    """(id, status, last seen, api url, signing key) of every gateway, for ``freqfleet gateways list``."""
+    from management_server.gateways.service import list_gateways
+
+    async def work(session: AsyncSession) -> list[tuple[str, ...]]:
+        rows: list[tuple[str, ...]] = []
+        for g in await list_gateways(session):
+            status = "revoked" if g.revoked_at else "enrolled" if g.signing_key else "unenrolled"
+            seen = g.last_seen_at.isoformat() if g.last_seen_at else "never seen"
+            rows.append((g.gateway_id, status, seen, g.api_url or "-", g.signing_key or "-"))
+        return rows
+
+    return _in_session(settings, work)

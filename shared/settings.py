@@ -97,6 +97,12 @@ class CommonSettings(BaseSettings):
         "none when empty.",
     )
 
+    command_max_age: float = Field(
+        default=3600.0,
+        gt=0,
+        description="Seconds a signed command stays valid: a gateway refuses an older one (it waited that long, or "
+        "it is a replay), and the management server trims command streams to this age.",
+    )
     max_body_bytes: int = Field(
         default=DEFAULT_MAX_BODY_BYTES,
         ge=1024,

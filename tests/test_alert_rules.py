@@ -18,6 +18,7 @@ import yaml
 
 from management_server.config import ManagementSettings
 from management_server.main import create_app as create_management
+from tests.enrollment import enroll_settings
 from tests.helpers import serve
 from trading_gateway.config import GatewaySettings
 from trading_gateway.main import create_app as create_gateway
@@ -112,6 +113,7 @@ async def test_every_metric_the_rules_name_is_served(
     management_settings: ManagementSettings, gateway_settings: GatewaySettings
 ) -> None:
     management = create_management(management_settings)
+    await enroll_settings(management_settings.database_url.get_secret_value(), gateway_settings)
     async with (
         serve(management) as management_url,
         serve(create_gateway(gateway_settings)) as gateway_url,

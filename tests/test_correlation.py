@@ -27,6 +27,7 @@ import redis.asyncio as aioredis
 from shared.bus.messages import decode
 from shared.bus.streams import EVENTS_STREAM, commands_stream
 from tests.e2e.conftest import Service
+from tests.enrollment import enroll_with_the_cli
 from tests.exchange_simulator.conftest import SimulatorProcess, start_simulator_process, stop_simulator_process
 from tests.helpers import async_wait_for, free_port, wait_for
 from tests.trading_gateway.bots.conftest import ALWAYS_ENTER_MARKET
@@ -110,6 +111,7 @@ def services(database_url: str, redis_url: str, tmp_path: Path, simulator: Simul
         check=False,
     )
     assert admin.returncode == 0, admin.stdout + admin.stderr
+    enroll_with_the_cli(env, ROOT)
     management = Service("management", env, tmp_path / "management.log")
     gateway = Service("gateway", env, tmp_path / "gateway.log")
     management_url, gateway_url = f"http://127.0.0.1:{mport}", f"http://127.0.0.1:{gport}"

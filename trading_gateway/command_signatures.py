@@ -6,21 +6,23 @@ is decoded, its signature is checked with the management server's command keys (
 a key not known yet). A refused entry is dead-lettered with the reason and counted in
 ``freqfleet_commands_refused_total{reason}``; the bot is not touched.
 
-A replay — a signed entry copied to the stream again under a new entry id — is recognised by its signature:
-each signature is remembered in Redis (with the entry id it came with) for as long as it is fresh enough to
-act on. The same entry delivered again (a restart, a reclaim) keeps its entry id and is not a replay.
+A replay — a signed entry copied to the stream again under a new entry id — is recognised by its signature and
+its place in the signed batch: the consumer remembers each (with the entry id it came with) for as long as it is
+fresh enough to act on, in memory (one gateway process consumes its stream; a Redis write per command cost a
+fifth of the bus's throughput). The same entry delivered again (a reclaim) keeps its entry id and is not a
+replay. A copy met only after a restart carries the command id of one already handled: the consumer's dedupe
+acks it without acting (it is not dead-lettered as a replay then), and its generation is old besides.
 """
 
 from __future__ import annotations
 
-import hashlib
+import time
+from collections import OrderedDict
 from typing import Protocol
-
-import redis.asyncio as aioredis
 
 from shared.auth.verifier import PublicKey
 from shared.bus.publisher import ENVELOPE_FIELD
-from shared.bus.signing import CommandRefused, signature_of, verify
+from shared.bus.signing import FUTURE_SKEW_MS, CommandRefused, VerifiedRoots, replay_key, signature_of, verify
 from shared.bus.streams import commands_stream
 from shared.logging import get_logger
 from shared.metrics import COMMANDS_REFUSED
@@ -38,39 +40,43 @@ class KeyLookup(Protocol):
 
 
 class CommandSignatures:
-    def __init__(self, keys: KeyLookup, redis: aioredis.Redis, gateway_id: str, max_age: float) -> None:
+    def __init__(self, keys: KeyLookup, gateway_id: str, max_age: float, remember: int = 1_000_000) -> None:
         self.keys = keys
-        self.redis = redis
         self.gateway_id = gateway_id
+        self.remember = remember  # at most this many signed entries remembered (the oldest are forgotten first)
+        self._seen: OrderedDict[str, tuple[str, float]] = OrderedDict()  # replay key -> (entry id, forget at)
         self.stream = commands_stream(gateway_id)
         self.max_age_ms = int(max_age * 1000)
+        self.verified = VerifiedRoots()  # the relay signs a batch once: one Ed25519 verification per batch
 
     async def __call__(self, entries: list[tuple[str, dict[bytes, bytes]]]) -> list[str | None]:
-        """Per entry, why it is refused (None: it may be acted on). One Redis round trip for the whole batch."""
+        """Per entry, why it is refused (None: it may be acted on)."""
+        now = time.monotonic()
+        while self._seen and next(iter(self._seen.values()))[1] < now:  # older than any command still valid
+            self._seen.popitem(last=False)
         verdicts: list[str | None] = []
-        marks: list[tuple[int, str, str]] = []  # (index, replay key, entry id) of the entries verified
-        for i, (entry_id, fields) in enumerate(entries):
+        for entry_id, fields in entries:
             try:
-                marks.append((i, await self._verify(fields), entry_id))
-                verdicts.append(None)
+                key = await self._verify(fields)
             except CommandRefused as refused:
                 verdicts.append(_refuse(refused))
-        if marks:
-            pipe = self.redis.pipeline(transaction=False)
-            for _, key, entry_id in marks:
-                pipe.set(key, entry_id, nx=True, ex=self.max_age_ms // 1000 + 120, get=True)
-            previous = await pipe.execute()
-            for (i, _, entry_id), seen in zip(marks, previous, strict=True):
-                seen_id = seen.decode() if isinstance(seen, bytes) else seen
-                if seen_id is not None and seen_id != entry_id:
-                    verdicts[i] = _refuse(
-                        CommandRefused("replayed", f"the command is a copy of entry {seen_id}: a replay")
-                    )
+                continue
+            seen = self._seen.get(key)
+            if seen is not None and seen[0] != entry_id:
+                verdicts.append(
+                    _refuse(CommandRefused("replayed", f"the command is a copy of entry {seen[0]}: a replay"))
+                )
+                continue
+            if seen is None:
+                self._seen[key] = (entry_id, now + self.max_age_ms / 1000 + FUTURE_SKEW_MS / 1000)
+                if len(self._seen) > self.remember:
+                    self._seen.popitem(last=False)
+            verdicts.append(None)
         return verdicts
 
     async def _verify(self, fields: dict[bytes, bytes]) -> str:
         """Check the entry's signature; the key that remembers it (to recognise a replay)."""
-        signature, kid, _ = signature_of(fields)
+        _, kid, _ = signature_of(fields)
         envelope = fields.get(ENVELOPE_FIELD.encode())
         if envelope is None:
             raise CommandRefused("bad", "the entry has no envelope")
@@ -79,8 +85,15 @@ class CommandSignatures:
             raise CommandRefused(
                 "unknown_key", f"the command is signed by key {kid[:16]}, which the management server does not publish"
             )
-        verify(public, self.stream, fields, envelope.decode(errors="replace"), max_age_ms=self.max_age_ms)
-        return f"freqfleet:command-signatures:{self.gateway_id}:{hashlib.sha256(signature.encode()).hexdigest()}"
+        verify(
+            public,
+            self.stream,
+            fields,
+            envelope.decode(errors="replace"),
+            max_age_ms=self.max_age_ms,
+            verified=self.verified,
+        )
+        return replay_key(fields)
 
 
 def _refuse(refused: CommandRefused) -> str:

@@ -13,13 +13,13 @@ from pydantic_settings import NoDecode
 from shared.settings import CommonSettings
 
 
-def _default_gateway_id() -> str:
+def default_gateway_id() -> str:
     return f"gw-{socket.gethostname()}"
 
 
 class GatewaySettings(CommonSettings):
     gateway_id: str = Field(
-        default_factory=_default_gateway_id,
+        default_factory=default_gateway_id,
         pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$",
         description="This gateway's name on the bus (commands arrive on freqfleet:commands:{gateway_id}).",
     )
@@ -89,12 +89,6 @@ class GatewaySettings(CommonSettings):
         pattern=r"^https?://",
         description="Where the management server publishes its command-signing public keys (JWKS form); default "
         "<management_url>/.well-known/command-keys.json.",
-    )
-    command_max_age: float = Field(
-        default=3600.0,
-        gt=0,
-        description="Seconds a signed command stays valid: an older one (it waited that long, or it is a replay) "
-        "is refused.",
     )
     model_max_bundle_bytes: int = Field(
         default=512 * 1024 * 1024, gt=0, description="Largest model bundle accepted, uncompressed (bytes)."

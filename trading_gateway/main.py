@@ -27,6 +27,7 @@ from trading_gateway.fleet.events import OUTBOX_FILE, EventPublisher
 from trading_gateway.fleet.router import router as fleet_router
 from trading_gateway.fleet.service import Fleet
 from trading_gateway.heartbeat.service import Heartbeat
+from trading_gateway.identity import load_or_create
 from trading_gateway.mcp.server import McpService
 from trading_gateway.mcp.transports import install as install_mcp
 from trading_gateway.models.keys import MODEL_KEYS_CACHE, MODEL_KEYS_PATH, ModelKeySource
@@ -74,7 +75,12 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
                 keys=keys,
             )
 
-            events = EventPublisher(Publisher(events_redis), data_dir / OUTBOX_FILE)
+            # What the gateway reports is signed with its identity: the management server acts only on entries
+            # of enrolled gateways (freqfleet gateways enroll).
+            identity = load_or_create(data_dir, settings.gateway_id)
+            app.state.identity = identity
+            signer = identity.event_signer()
+            events = EventPublisher(Publisher(events_redis, signer=signer), data_dir / OUTBOX_FILE)
             events.start()
             stack.push_async_callback(events.stop)
             # FreqAI models: bundles signed by the management server, verified with its published keys.
@@ -83,7 +89,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             )
             stack.push_async_callback(model_keys.client.aclose)
             models = ModelService(settings, events, keys=model_keys, redis=redis)
-            fleet = Fleet(settings, events, models=models)
+            fleet = Fleet(settings, events, models=models, identity=identity)
             app.state.fleet = fleet
             await fleet.start()
             stack.push_async_callback(lambda: fleet.stop(stop_bots=settings.stop_bots_on_shutdown))
@@ -95,7 +101,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
 
             heartbeat = Heartbeat(
                 settings,
-                Publisher(redis),
+                Publisher(redis, signer=signer),
                 bots_running=fleet.bots_running,
                 capacity=fleet.capacity,
                 bots_by_state=fleet.bots_by_state,
@@ -124,7 +130,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
                 settings.command_keys_url or settings.management_url + COMMAND_KEYS_PATH, data_dir / COMMAND_KEYS_CACHE
             )
             stack.push_async_callback(command_keys.client.aclose)
-            signatures = CommandSignatures(command_keys, redis, settings.gateway_id, settings.command_max_age)
+            signatures = CommandSignatures(command_keys, settings.gateway_id, settings.command_max_age)
             consumer = StreamConsumer(
                 redis_url,
                 consumer_config,

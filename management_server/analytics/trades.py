@@ -100,7 +100,12 @@ class TradeSync:
             rows = await session.execute(
                 select(Bot.id, Bot.last_status, Gateway.api_url)
                 .join(Gateway, Gateway.gateway_id == Bot.gateway_id)
-                .where(Bot.last_status.is_not(None), Gateway.api_url.is_not(None))
+                .where(
+                    Bot.last_status.is_not(None),
+                    Gateway.api_url.is_not(None),
+                    Gateway.signing_key.is_not(None),  # service tokens go only to enrolled gateways
+                    Gateway.revoked_at.is_(None),
+                )
             )
             found = []
             for bot_id, status, api_url in rows:

@@ -41,6 +41,8 @@ async def _current(session: AsyncSession, message: Envelope, generation: int | N
     if bot is None:
         log.info("event for an unknown bot", bot_id=str(bot_id), message_type=message.type)
         return None
+    if not _from_its_gateway(bot, message):
+        return None
     if generation is not None and generation < bot.generation:
         log.info(
             "event of an older generation: state left as is",
@@ -52,6 +54,20 @@ async def _current(session: AsyncSession, message: Envelope, generation: int | N
     return bot
 
 
+def _from_its_gateway(bot: Bot, message: Envelope) -> bool:
+    """A gateway reports only on the bots placed on it (the signature proved which gateway sent it)."""
+    if bot.gateway_id is None or message.source == f"gateway:{bot.gateway_id}":
+        return True
+    log.warning(
+        "event about a bot of another gateway ignored",
+        bot_id=str(bot.id),
+        message_type=message.type,
+        source=message.source,
+        gateway_id=bot.gateway_id,
+    )
+    return False
+
+
 async def apply(session: AsyncSession, message: Envelope) -> None:
     if isinstance(message, TradeOpened | TradeClosed):
         await _record_trade(session, message)
@@ -59,7 +75,7 @@ async def apply(session: AsyncSession, message: Envelope) -> None:
     if isinstance(message, EmergencyStopCompleted):
         for outcome in message.data.results:
             bot = await session.get(Bot, outcome.bot_id, with_for_update=True)
-            if bot is not None and outcome.outcome in ("halted", "not_running"):
+            if bot is not None and _from_its_gateway(bot, message) and outcome.outcome in ("halted", "not_running"):
                 bot.actual_state = ActualState.halted.value
                 bot.last_error = outcome.detail
         return
@@ -124,8 +140,11 @@ async def _record_trade(session: AsyncSession, message: TradeOpened | TradeClose
             "profit_ratio": closed.profit_ratio,
             "exit_reason": closed.exit_reason,
         }
-    if await session.get(Bot, data.bot_id) is None:
+    bot = await session.get(Bot, data.bot_id)
+    if bot is None:
         log.info("trade of an unknown bot", bot_id=str(data.bot_id))
+        return
+    if not _from_its_gateway(bot, message):
         return
     statement = insert(Trade).values(**values)
     if isinstance(message, TradeClosed):

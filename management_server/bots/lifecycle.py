@@ -46,6 +46,7 @@ from shared.bus.messages import (
     UpdateConfigData,
 )
 from shared.bus.streams import commands_stream
+from shared.sealing import seal_credentials
 
 SOURCE = "management"
 
@@ -73,7 +74,8 @@ class ActionResult:
     notice: str | None
 
 
-async def bot_spec(session: AsyncSession, bot: Bot, keys: MasterKeys) -> BotSpec:
+async def approved_strategy(session: AsyncSession, bot: Bot) -> Strategy:
+    """The bot's strategy, when it may run (:class:`ActionRefused` 409 says why not)."""
     strategy = await session.get(Strategy, bot.strategy_id)
     if strategy is None:
         raise ActionRefused(409, "The bot's strategy no longer exists: give the bot another one.")
@@ -81,12 +83,27 @@ async def bot_spec(session: AsyncSession, bot: Bot, keys: MasterKeys) -> BotSpec
         raise ActionRefused(
             409, f"The strategy {strategy.name!r} is {strategy.status.replace('_', ' ')}: an admin must approve it."
         )
+    return strategy
+
+
+async def bot_spec(session: AsyncSession, bot: Bot, keys: MasterKeys, gateway_id: str) -> BotSpec:
+    """The spec for gateway ``gateway_id``: a live bot's credentials are sealed to that gateway's key."""
+    strategy = await approved_strategy(session, bot)
     secrets = None
     if not bot.dry_run:
         row = await session.get(ExchangeCredential, bot.credentials_id) if bot.credentials_id else None
         if row is None:
             raise ActionRefused(409, "A live bot needs its exchange credentials: they were deleted.")
-        secrets = credentials.reveal(keys, row)
+        gateway = await session.get(Gateway, gateway_id)
+        if gateway is None or gateway.sealing_key is None or not gateway.enrolled:
+            raise ActionRefused(
+                409,
+                f"Gateway {gateway_id} is not enrolled (or was revoked): a live bot's exchange credentials go only "
+                "to an enrolled gateway, sealed to its key. Enroll it (freqfleet gateways enroll) or move the bot.",
+            )
+        secrets = seal_credentials(
+            gateway.sealing_key, gateway_id, bot.id, credentials.revision(row), credentials.reveal(keys, row)
+        )
     uploader = await session.get(User, strategy.owner_id)
     return BotSpec(
         name=bot.name,
@@ -119,9 +136,16 @@ async def _placement(session: AsyncSession, bot: Bot) -> tuple[str, str | None]:
             return bot.gateway_id, _waiting(bot.gateway_id)
     if live:
         return live[0].gateway_id, None
-    last = (await session.execute(select(Gateway).order_by(Gateway.last_seen_at.desc()).limit(1))).scalar_one_or_none()
+    enrolled = select(Gateway).where(
+        Gateway.signing_key.is_not(None), Gateway.revoked_at.is_(None), Gateway.last_seen_at.is_not(None)
+    )
+    last = (await session.execute(enrolled.order_by(Gateway.last_seen_at.desc()).limit(1))).scalar_one_or_none()
     if last is None:
-        raise ActionRefused(503, "No trading gateway has ever reported: start one (freqfleet gateway).")
+        raise ActionRefused(
+            503,
+            "No enrolled trading gateway has reported: start one (freqfleet gateway) and enroll it "
+            "(freqfleet gateways enroll).",
+        )
     return last.gateway_id, _waiting(last.gateway_id)
 
 
@@ -181,8 +205,9 @@ async def act(
     active = bot.desired_state in (DesiredState.running, DesiredState.paused)
     spec = None
     if action is Action.start:
-        spec = await bot_spec(session, bot, keys)
+        await approved_strategy(session, bot)  # what the user can fix comes before where it would run
         gateway_id, notice = await _placement(session, bot)
+        spec = await bot_spec(session, bot, keys, gateway_id)
         bot.gateway_id = gateway_id
         bot.last_error = None
         if bot.actual_state in (ActualState.stopped, ActualState.failed, ActualState.halted):
@@ -194,7 +219,7 @@ async def act(
         live = {g.gateway_id for g in await live_gateways(session)}
         notice = None if gateway_id in live else _waiting(gateway_id)
         if action is Action.restart:
-            await bot_spec(session, bot, keys)  # the same checks as a start
+            await bot_spec(session, bot, keys, gateway_id)  # the same checks as a start
     if action in (Action.start, Action.resume):
         await rearm(session, bot)  # a trader trading again after a risk pause: the guard starts over from now
     if action in DESIRED:
@@ -215,7 +240,7 @@ async def update_live(session: AsyncSession, bot: Bot, keys: MasterKeys) -> Acti
     """Send a running bot its changed settings (UPDATE_CONFIG); None when the bot is not running."""
     if bot.desired_state not in (DesiredState.running, DesiredState.paused) or bot.gateway_id is None:
         return None
-    spec = await bot_spec(session, bot, keys)
+    spec = await bot_spec(session, bot, keys, bot.gateway_id)
     bot.generation += 1
     command = UpdateConfig(source=SOURCE, data=UpdateConfigData(bot_id=bot.id, generation=bot.generation, spec=spec))
     await enqueue(session, commands_stream(bot.gateway_id), command)

@@ -44,6 +44,7 @@ class ActualState(StrEnum):
     stopping = "stopping"
     failed = "failed"
     halted = "halted"
+    orphaned = "orphaned"  # its gateway was revoked: it runs nowhere we trust until started again
 
 
 class Bot(TimestampMixin, Base):

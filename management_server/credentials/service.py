@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
 
@@ -38,6 +39,11 @@ async def store(
     session.add(row)
     await session.flush()
     return row
+
+
+def revision(row: ExchangeCredential) -> str:
+    """Which version of the stored credential (changes whenever it is stored anew; reveals nothing)."""
+    return f"{row.id}:{hashlib.sha256(row.ciphertext).hexdigest()[:16]}"
 
 
 def reveal(keys: MasterKeys, row: ExchangeCredential) -> ExchangeCredentials:

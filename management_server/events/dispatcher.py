@@ -20,6 +20,7 @@ from management_server.audit.events import record_mcp_call
 from management_server.bots import events as bot_events
 from management_server.freqai import events as model_events
 from management_server.gateways.service import record_heartbeat
+from management_server.gateways.signatures import EventSignatures
 from shared.bus import ConsumerConfig, Delivery, RedisDeduplicator, StreamConsumer
 from shared.bus.messages import Envelope, GatewayHeartbeat, McpCall
 from shared.bus.streams import EVENTS_STREAM, MANAGEMENT_GROUP
@@ -100,10 +101,17 @@ def create_event_consumer(
     instance: str,
     *,
     trade_effects: TradeEffects | None = None,
+    signatures: EventSignatures | None = None,
 ) -> StreamConsumer:
     """One consumer per management process; the name is stable so a restart finds its pending entries."""
     config = ConsumerConfig(
         stream=EVENTS_STREAM, group=MANAGEMENT_GROUP, consumer=f"management@{socket.gethostname()}:{instance}"
     )
     dispatcher = EventDispatcher(sessionmaker, trade_effects)
-    return StreamConsumer(redis_url, config, dispatcher, RedisDeduplicator(redis, MANAGEMENT_GROUP))
+    return StreamConsumer(
+        redis_url,
+        config,
+        dispatcher,
+        RedisDeduplicator(redis, MANAGEMENT_GROUP),
+        admit=signatures or EventSignatures(sessionmaker),  # only what enrolled gateways signed
+    )

@@ -445,7 +445,7 @@ async def bot_predictions(
         raise HTTPException(409, "The bot is not running: predictions come from a running bot. Start it first.")
     gateway_id = bot.gateway_id
     gateway = await session.get(Gateway, gateway_id)
-    api_url = gateway.api_url if gateway is not None else None
+    api_url = gateway.api_url if gateway is not None and gateway.enrolled else None  # tokens only to enrolled
     await session.rollback()  # no transaction stays open while the gateway answers
     if api_url is None:
         raise HTTPException(503, f"Gateway {gateway_id} has not said where its API is yet: try again shortly.")

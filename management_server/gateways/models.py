@@ -1,10 +1,11 @@
-"""Gateways as their heartbeats describe them (the management server places bots from this)."""
+"""Gateways: enrolled by an admin (their public keys), then described by their signed heartbeats."""
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
 
-from sqlalchemy import DateTime, Integer, String
+from sqlalchemy import DateTime, Integer, String, Uuid
 from sqlalchemy.orm import Mapped, mapped_column
 
 from management_server.db import Base
@@ -14,11 +15,23 @@ class Gateway(Base):
     __tablename__ = "gateways"
 
     gateway_id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    host: Mapped[str] = mapped_column(String(255), nullable=False)
-    version: Mapped[str] = mapped_column(String(64), nullable=False)
-    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
-    last_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    # From enrollment: the gateway's public keys (Base64, raw 32 bytes). Without them the row is a gateway
+    # heard of before enrollment existed (an upgrade): its reports are ignored until an admin enrolls it.
+    signing_key: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    sealing_key: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    enrolled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    enrolled_by: Mapped[uuid.UUID | None] = mapped_column(Uuid, nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # From its signed heartbeats (None before the first).
+    host: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    version: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    last_seen_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     bots_running: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     capacity: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
-    # Where the management server reaches the gateway's REST API (from its heartbeat; None before it said).
+    # Where the management server reaches the gateway's REST API (its signed heartbeat says; None before).
     api_url: Mapped[str | None] = mapped_column(String(255), nullable=True)
+
+    @property
+    def enrolled(self) -> bool:
+        return self.signing_key is not None and self.revoked_at is None

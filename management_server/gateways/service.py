@@ -1,25 +1,110 @@
-"""Recording heartbeats and telling which gateways are alive."""
+"""Gateways: enrolling (an admin gives their public keys), revoking, heartbeats, and which are alive."""
 
 from __future__ import annotations
 
+import base64
+import re
+import uuid
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from management_server.bots.models import ActualState, Bot
 from management_server.gateways.models import Gateway
 from shared.bus.messages import GatewayHeartbeat
 
 # A gateway is live while its last heartbeat is younger than this (three missed beats at 5 s).
 LIVE_WINDOW = timedelta(seconds=15)
+ENROLLMENT_PREFIX = "ffgw1"
+GATEWAY_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+
+
+class EnrollmentRefused(Exception):
+    """The enrollment can't be made; the message says why (a person can act on it)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def parse_enrollment(line: str) -> tuple[str, str, str]:
+    """(gateway id, signing key, sealing key) from the line ``freqfleet gateways identity`` prints.
+
+    :raises EnrollmentRefused: not such a line.
+    """
+    parts = line.strip().split(":")
+    if len(parts) != 4 or parts[0] != ENROLLMENT_PREFIX:
+        raise EnrollmentRefused(
+            400, "not an enrollment line: run `freqfleet gateways identity` on the gateway's host and give its output"
+        )
+    _, gateway_id, signing, sealing = parts
+    if not GATEWAY_ID.match(gateway_id):
+        raise EnrollmentRefused(400, f"{gateway_id[:70]!r} is not a gateway id")
+    for name, key in (("signing", signing), ("sealing", sealing)):
+        try:
+            raw = base64.b64decode(key, validate=True)
+        except ValueError:
+            raw = b""
+        if len(raw) != 32:
+            raise EnrollmentRefused(400, f"the {name} key of the enrollment line is not a 32-byte Base64 key")
+    return gateway_id, signing, sealing
+
+
+async def enroll(session: AsyncSession, line: str, by: uuid.UUID | None) -> tuple[Gateway, bool]:
+    """Record the gateway's keys; (the gateway, whether anything changed). Enrolling the same keys again is a no-op;
+    other keys for an enrolled gateway are refused (revoke it first), a revoked gateway is enrolled anew."""
+    gateway_id, signing, sealing = parse_enrollment(line)
+    gateway = await session.get(Gateway, gateway_id, with_for_update=True)
+    now = datetime.now(UTC)
+    if gateway is None:
+        gateway = Gateway(gateway_id=gateway_id, bots_running=0, capacity=0)
+        session.add(gateway)
+    elif gateway.enrolled:
+        if (gateway.signing_key, gateway.sealing_key) == (signing, sealing):
+            return gateway, False
+        raise EnrollmentRefused(
+            409,
+            f"gateway {gateway_id} is enrolled with other keys: revoke it first "
+            "(freqfleet gateways revoke) if this is its new identity",
+        )
+    gateway.signing_key, gateway.sealing_key = signing, sealing
+    gateway.enrolled_at, gateway.enrolled_by, gateway.revoked_at = now, by, None
+    await session.flush()
+    return gateway, True
+
+
+async def revoke(session: AsyncSession, gateway_id: str) -> tuple[Gateway, int]:
+    """Revoke the gateway: its reports are refused from now on, nothing more is sent to it, and its bots are
+    orphaned (they must be started elsewhere). (The gateway, how many bots were orphaned.)
+
+    :raises EnrollmentRefused: no such gateway (404).
+    """
+    gateway = await session.get(Gateway, gateway_id, with_for_update=True)
+    if gateway is None:
+        raise EnrollmentRefused(404, f"there is no gateway {gateway_id[:70]!r}")
+    if gateway.revoked_at is None:
+        gateway.revoked_at = datetime.now(UTC)
+    result = await session.execute(
+        update(Bot)
+        .where(Bot.gateway_id == gateway_id, Bot.actual_state != ActualState.orphaned.value)
+        .values(
+            actual_state=ActualState.orphaned.value,
+            last_error=f"its gateway {gateway_id} was revoked: start the bot again to run it on an enrolled gateway",
+        )
+    )
+    await session.flush()
+    return gateway, int(getattr(result, "rowcount", 0) or 0)
+
+
+async def list_gateways(session: AsyncSession) -> list[Gateway]:
+    return list((await session.execute(select(Gateway).order_by(Gateway.gateway_id))).scalars())
 
 
 async def record_heartbeat(session: AsyncSession, beat: GatewayHeartbeat) -> None:
-    """Upsert the gateway; a heartbeat older than the one recorded (out of order) changes nothing."""
+    """Update the enrolled gateway from its (signed) heartbeat; an older beat (out of order) changes nothing."""
     data = beat.data
     values = {
-        "gateway_id": data.gateway_id,
         "host": data.host,
         "version": data.version,
         "started_at": data.started_at,
@@ -28,22 +113,28 @@ async def record_heartbeat(session: AsyncSession, beat: GatewayHeartbeat) -> Non
         "capacity": data.capacity,
         "api_url": data.api_url,
     }
-    statement = insert(Gateway).values(**values)
     await session.execute(
-        statement.on_conflict_do_update(
-            index_elements=[Gateway.gateway_id],
-            set_={k: statement.excluded[k] for k in values if k != "gateway_id"},
-            where=Gateway.last_seen_at < statement.excluded.last_seen_at,
+        update(Gateway)
+        .where(
+            Gateway.gateway_id == data.gateway_id,
+            Gateway.signing_key.is_not(None),
+            Gateway.revoked_at.is_(None),
+            (Gateway.last_seen_at.is_(None)) | (Gateway.last_seen_at < beat.occurred_at),
         )
+        .values(**values)
     )
 
 
 async def live_gateways(session: AsyncSession, now: datetime | None = None) -> list[Gateway]:
-    """Gateways heard from recently, the least loaded (most free capacity) first."""
+    """Enrolled gateways heard from recently, the least loaded (most free capacity) first."""
     now = now or datetime.now(UTC)
     result = await session.execute(
         select(Gateway)
-        .where(Gateway.last_seen_at >= now - LIVE_WINDOW)
+        .where(
+            Gateway.last_seen_at >= now - LIVE_WINDOW,
+            Gateway.signing_key.is_not(None),
+            Gateway.revoked_at.is_(None),
+        )
         .order_by(Gateway.capacity.desc(), Gateway.bots_running, Gateway.gateway_id)
     )
     return list(result.scalars())

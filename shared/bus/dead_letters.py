@@ -13,10 +13,11 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from shared.bus.publisher import ENVELOPE_FIELD
-from shared.bus.signing import CommandSigner
+from shared.bus.signing import KEY_FIELD, SIGNATURE_FIELD, SIGNED_AT_FIELD, CommandSigner
 from shared.bus.streams import DEAD_LETTER_SUFFIX, is_commands_stream, maxlen_for
 
 ORIGINAL_FIELDS = ("type", "event_id", ENVELOPE_FIELD)
+SIGNATURE_FIELDS = (SIGNATURE_FIELD, KEY_FIELD, SIGNED_AT_FIELD)
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,9 @@ async def replay(redis: aioredis.Redis, stream: str, entry_id: str, signer: Comm
     letter = _letter(entry_id, fields)
     if not letter.source_stream:
         raise DeadLetterNotFound(f"dead letter {entry_id} does not say which stream it came from")
-    original = {k: v for k, v in fields.items() if _text(k) in ORIGINAL_FIELDS}
+    # An event keeps its gateway's signature (still valid: only the management server signs anew, commands).
+    keep = ORIGINAL_FIELDS if is_commands_stream(letter.source_stream) else (*ORIGINAL_FIELDS, *SIGNATURE_FIELDS)
+    original = {k: v for k, v in fields.items() if _text(k) in keep}
     if signer is not None and is_commands_stream(letter.source_stream):
         envelope = _text(fields.get(ENVELOPE_FIELD.encode(), b""))
         original |= signer.fields(letter.source_stream, envelope)

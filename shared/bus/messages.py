@@ -83,7 +83,7 @@ class Envelope(BaseModel):
 
 
 class ExchangeCredentials(Payload):
-    """Keys of a live bot. Only in START_BOT / UPDATE_CONFIG of a live bot; never logged."""
+    """Keys of a live bot: the plaintext of :class:`SealedCredentials` (never on the bus in the clear; never logged)."""
 
     key: SecretStr
     secret: SecretStr
@@ -92,6 +92,30 @@ class ExchangeCredentials(Payload):
     @field_serializer("key", "secret", "password", when_used="json")
     def _reveal_on_the_wire(self, value: SecretStr | None) -> str | None:
         return None if value is None else value.get_secret_value()
+
+
+class SealedCredentials(Payload):
+    """A live bot's exchange credentials sealed to the one gateway that runs it (:mod:`shared.sealing`).
+
+    Only that gateway's private sealing key opens them, and only for this bot (the gateway id, the bot id and the
+    credential's revision are the associated data). Two sealings of one revision are equal (the ciphertexts differ:
+    a fresh ephemeral key each time), so a spec sent again with the same credentials is not a change.
+    """
+
+    gateway_id: str = Field(min_length=1, max_length=64)
+    bot_id: uuid.UUID
+    revision: str = Field(min_length=1, max_length=128, description="The stored credential's id and version.")
+    ephemeral: str = Field(min_length=1, max_length=64)
+    nonce: str = Field(min_length=1, max_length=32)
+    ciphertext: str = Field(min_length=1, max_length=8192)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SealedCredentials):
+            return NotImplemented
+        return (self.gateway_id, self.bot_id, self.revision) == (other.gateway_id, other.bot_id, other.revision)
+
+    def __hash__(self) -> int:
+        return hash((self.gateway_id, self.bot_id, self.revision))
 
 
 class BotSpec(Payload):
@@ -114,7 +138,7 @@ class BotSpec(Payload):
     dry_run_wallet: Decimal | None = Field(default=None, gt=0)
     stoploss: float | None = Field(default=None, lt=0, ge=-1)
     freqai: dict[str, Any] | None = None
-    credentials: ExchangeCredentials | None = None
+    credentials: SealedCredentials | None = None
 
     @model_validator(mode="after")
     def _live_needs_credentials(self) -> BotSpec:

@@ -1,12 +1,22 @@
-"""Publishing envelopes on a stream."""
+"""Publishing envelopes on a stream.
+
+Entries of a gateway's command stream are trimmed by age, not only by count: a command older than the bound
+gateways accept (``FREQFLEET_COMMAND_MAX_AGE``) is refused anyway, so it is dropped from Redis (``MINID ~``)
+instead of resting there for weeks. Other streams keep their length bound (``MAXLEN ~``).
+"""
 
 from __future__ import annotations
+
+import time
 
 import redis.asyncio as aioredis
 from asgi_correlation_id import correlation_id
 
 from shared.bus.messages import Envelope, encode
-from shared.bus.streams import maxlen_for
+from shared.bus.signing import EntrySigner
+from shared.bus.streams import is_commands_stream, maxlen_for
+
+DEFAULT_COMMAND_MAX_AGE = 3600.0
 
 ENVELOPE_FIELD = "envelope"
 
@@ -28,10 +38,18 @@ def with_request_correlation(message: Envelope) -> Envelope:
 
 
 class Publisher:
-    """XADD with approximate MAXLEN trimming."""
+    """XADD with approximate trimming; entries signed when a signer is given (a gateway's events)."""
 
-    def __init__(self, redis: aioredis.Redis) -> None:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        *,
+        signer: EntrySigner | None = None,
+        command_max_age: float = DEFAULT_COMMAND_MAX_AGE,
+    ) -> None:
         self.redis = redis
+        self.signer = signer
+        self.command_max_age = command_max_age
 
     async def publish(self, stream: str, message: Envelope) -> str:
         """Append the message; returns the entry id. The same message twice gives two entries
@@ -39,10 +57,16 @@ class Publisher:
         return await self.publish_raw(stream, entry_fields(with_request_correlation(message)))
 
     async def publish_raw(self, stream: str, fields: dict[str, str]) -> str:
-        entry_id = await self.redis.xadd(
-            stream,
-            fields,  # type: ignore[arg-type]
-            maxlen=maxlen_for(stream),
-            approximate=True,
-        )
+        if self.signer is not None:
+            fields = fields | self.signer.fields(stream, fields[ENVELOPE_FIELD])
+        if is_commands_stream(stream):
+            oldest_ms = int((time.time() - self.command_max_age) * 1000)
+            entry_id = await self.redis.xadd(stream, fields, minid=f"{oldest_ms}-0", approximate=True)  # type: ignore[arg-type]
+        else:
+            entry_id = await self.redis.xadd(
+                stream,
+                fields,  # type: ignore[arg-type]
+                maxlen=maxlen_for(stream),
+                approximate=True,
+            )
         return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)

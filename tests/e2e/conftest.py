@@ -33,6 +33,7 @@ import redis.asyncio as aioredis
 
 from freqfleet.embedded import EmbeddedPostgres, EmbeddedValkey
 from tests.conftest import fresh_database
+from tests.enrollment import enroll_with_the_cli
 from tests.exchange_simulator.conftest import SimulatorProcess, start_simulator_process, stop_simulator_process
 from tests.helpers import async_wait_for, free_port, wait_for
 from trading_gateway.bots import BOTS_DIR
@@ -230,6 +231,7 @@ def stack(e2e_database: str, e2e_redis: str, tmp_path_factory: pytest.TempPathFa
             check=False,
         )
         assert admin.returncode == 0, admin.stdout + admin.stderr
+        enroll_with_the_cli(env, ROOT)
         services["management"].start()
         s.wait_ready("management")  # the gateway fetches the signing keys from it
         services["gateway"].start()

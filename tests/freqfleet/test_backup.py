@@ -57,11 +57,13 @@ from management_server.users.service import create_user
 from management_server.worker import create_celery
 from shared.bus.messages import GatewayHeartbeat, GatewayHeartbeatData, TradeClosed, TradeClosedData
 from shared.settings import Environment
+from tests.enrollment import ensure_enrolled, identity_for
 from tests.exchange_simulator.conftest import SimulatorProcess, start_simulator_process, stop_simulator_process
 from tests.helpers import async_wait_for, free_port, serve, wait_for
 from tests.trading_gateway.bots.conftest import ALWAYS_ENTER_MARKET
 from trading_gateway.bots.adoption import find_orphans
 from trading_gateway.config import GatewaySettings
+from trading_gateway.identity import IDENTITY_FILE
 from trading_gateway.main import create_app as create_gateway
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -145,6 +147,7 @@ async def populate(settings: ManagementSettings) -> dict[str, Any]:
                     gateway_id=GATEWAY_ID, host="h", version="t", started_at=now, bots_running=0, capacity=5
                 ),
             )
+            await ensure_enrolled(session, GATEWAY_ID)
             await record_heartbeat(session, beat)
         admin = await login(api, "root@example.com")
         strategy = (
@@ -281,6 +284,8 @@ async def test_backup_wipe_restore_and_the_restored_bot_starts(
                 simulator_url=simulator.url, bot_port_range_start=ports, bot_port_range_end=ports + 4,
                 heartbeat_interval=1.0, status_interval=0.5, bot_process_throttle_secs=1, stop_bots_on_shutdown=True,
             )  # fmt: skip
+            # The gateway's host kept its identity (only the management host was restored).
+            identity_for(GATEWAY_ID).save(gateway_settings.gateway_data_dir / IDENTITY_FILE)
             async with serve(create_gateway(gateway_settings)):
 
                 async def started() -> bool:

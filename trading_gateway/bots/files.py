@@ -35,10 +35,10 @@ import re
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from exchange_simulator.timeframes import INTERVALS as SIMULATOR_TIMEFRAMES
-from shared.bus.messages import BotSpec
+from shared.bus.messages import BotSpec, SealedCredentials
 from shared.exchange import (
     SIMULATOR,
     ExchangeCredentials,
@@ -50,6 +50,7 @@ from shared.files import atomic_write, inside, open_read_nofollow
 from shared.freqai.catalog import DEFAULT_MODEL, FREQAIMODELS_DIR, freqfleet_class
 from shared.freqai.live import ModelRuntime, live_freqai_section
 from shared.sandbox.host import hand_over
+from shared.sealing import SealError
 from trading_gateway.bots.credentials import ApiCredentials
 
 BOT_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -254,15 +255,21 @@ def validate_spec(spec: BotSpec) -> None:
         raise BotConfigError("a live bot can't trade on the exchange simulator (it has no private API): use dry_run")
 
 
-def _exchange_credentials(spec: BotSpec) -> ExchangeCredentials | None:
+class CredentialOpener(Protocol):
+    """Who opens a live bot's sealed exchange credentials (the gateway's identity)."""
+
+    def open_credentials(self, sealed: SealedCredentials, bot_id: str) -> ExchangeCredentials: ...
+
+
+def _exchange_credentials(spec: BotSpec, bot_id: str, opener: CredentialOpener | None) -> ExchangeCredentials | None:
     if spec.dry_run or spec.credentials is None:
         return None  # a dry-run bot never gets keys on disk
-    creds = spec.credentials
-    return ExchangeCredentials(
-        key=creds.key.get_secret_value(),
-        secret=creds.secret.get_secret_value(),
-        password=None if creds.password is None else creds.password.get_secret_value(),
-    )
+    if opener is None:
+        raise BotConfigError("this gateway has no identity to open the bot's sealed exchange credentials")
+    try:
+        return opener.open_credentials(spec.credentials, bot_id)
+    except SealError as exc:
+        raise BotConfigError(str(exc)) from None
 
 
 def render_config(
@@ -275,6 +282,7 @@ def render_config(
     process_throttle_secs: int = 5,
     initial_state: Literal["running", "paused", "stopped"] = "running",
     freqai_model: ModelRuntime | None = None,
+    opener: CredentialOpener | None = None,
 ) -> BotConfig:
     """The Freqtrade config of bot ``files.bot_id`` from its spec (validated first).
 
@@ -289,6 +297,8 @@ def render_config(
         with a ``freqai`` section or a model runs FreqAI as a receiving bot: the Freqfleet variant of the
         model's class (``LightGBMRegressor`` until a model arrives), the model's feature parameters, never
         training (:func:`shared.freqai.live.live_freqai_section`).
+    :param opener: opens a live bot's exchange credentials, sealed to this gateway: they are in the clear only
+        in the config this returns (written 0600 into the bot's folder).
     """
     validate_spec(spec)
     if not 1024 <= port <= 65535:
@@ -304,7 +314,7 @@ def render_config(
             spec.exchange,
             spec.pairs,
             simulator_url=simulator_url if spec.exchange == SIMULATOR else None,
-            credentials=_exchange_credentials(spec),
+            credentials=_exchange_credentials(spec, files.bot_id, opener),
         )
     except ValueError as exc:
         raise BotConfigError(f"exchange {spec.exchange!r}: {exc}") from None

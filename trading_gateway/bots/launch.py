@@ -18,7 +18,7 @@ from shared.bus.messages import BotSpec
 from shared.freqai.live import ModelRuntime
 from shared.logging import get_logger
 from trading_gateway.bots.credentials import ApiCredentials
-from trading_gateway.bots.files import BotConfig, BotFiles, render_config
+from trading_gateway.bots.files import BotConfig, BotFiles, CredentialOpener, render_config
 from trading_gateway.bots.ports import PortPool
 from trading_gateway.bots.process import BotPortConflict, BotProcess, BotStartError, ReadyInfo, bot_environment
 from trading_gateway.bots.sandbox import BotSandboxing
@@ -58,6 +58,7 @@ async def launch_bot(
     executable: Path | None = None,
     freqai_model: ModelRuntime | None = None,
     sandbox: BotSandboxing | None = None,
+    opener: CredentialOpener | None = None,
 ) -> LaunchedBot:
     """Start ``spec`` as bot ``files.bot_id`` and wait until it is ready and proven to be ours.
 
@@ -82,6 +83,7 @@ async def launch_bot(
                 process_throttle_secs=process_throttle_secs,
                 initial_state=initial_state,
                 freqai_model=freqai_model,
+                opener=opener,
             )
             files.write(config, spec.strategy_source)
             env = bot_environment()

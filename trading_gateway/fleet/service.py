@@ -100,6 +100,7 @@ from trading_gateway.bots.state import BotRecord, Desired, StateFile
 from trading_gateway.config import GatewaySettings
 from trading_gateway.fleet.events import EventPublisher
 from trading_gateway.fleet.trades import TradeReporter, closed_trades_from_api, closed_trades_from_db
+from trading_gateway.identity import GatewayIdentity, load_or_create
 from trading_gateway.models.installs import MODELS_FILE
 from trading_gateway.models.service import ModelDelivery, ModelService
 
@@ -227,9 +228,12 @@ class Fleet:
         *,
         executable: Path | None = None,
         models: ModelService | None = None,
+        identity: GatewayIdentity | None = None,
     ) -> None:
         self.settings = settings
         self.events = events
+        # Opens live bots' sealed exchange credentials (into their 0600 config only).
+        self.identity = identity or load_or_create(settings.gateway_data_dir, settings.gateway_id)
         self.executable = executable
         self.source = f"gateway:{settings.gateway_id}"
         self.root = settings.gateway_data_dir
@@ -580,6 +584,7 @@ class Fleet:
                 process_throttle_secs=self.settings.bot_process_throttle_secs,
                 initial_state="paused" if bot.desired is Desired.paused else "running",
                 freqai_model=self.models.runtime(bot),
+                opener=self.identity,
             )
             bot.files.write(config, spec.strategy_source)
             try:
@@ -610,6 +615,7 @@ class Fleet:
                 credentials=ApiCredentials.generate(),
                 simulator_url=self.settings.simulator_url,
                 process_throttle_secs=self.settings.bot_process_throttle_secs,
+                opener=self.identity,  # credentials sealed to another gateway or bot are refused here
             )
         except (BotConfigError, ValidationError, ValueError) as exc:
             raise CommandRefused(f"the bot's spec can't run: {describe_error(exc)}") from None
@@ -818,6 +824,7 @@ class Fleet:
                     desired=bot.desired,
                     executable=self.executable,
                     sandbox=self.sandboxing,
+                    opener=self.identity,
                 )
         except (BotConfigError, ValidationError) as exc:
             self._sync_intent(bot)
@@ -1103,12 +1110,7 @@ class Fleet:
 
     def secrets_of(self, bot: ManagedBot) -> list[str]:
         """The bot's secrets as they may appear in its files (to scrub log lines before they leave)."""
-        found: list[str] = []
-        if bot.spec is not None and bot.spec.credentials is not None:
-            creds = bot.spec.credentials
-            found += [creds.key.get_secret_value(), creds.secret.get_secret_value()]
-            if creds.password is not None:
-                found.append(creds.password.get_secret_value())
+        found: list[str] = []  # the spec holds only sealed credentials: the config has them in the clear
         try:
             config = bot.files.read_config()
         except (OSError, ValueError):

@@ -12,9 +12,9 @@ import redis.asyncio as aioredis
 
 from management_server.analytics.metrics import TradeRow, compute
 from management_server.users.models import Role
-from shared.bus import Publisher
 from shared.bus.messages import TradeClosed, TradeClosedData, TradeOpened, TradeOpenedData
 from shared.bus.streams import EVENTS_STREAM
+from tests.enrollment import gateway_events
 from tests.helpers import async_wait_for
 from tests.management_server.analytics.test_metrics import freqtrade_figures
 from tests.management_server.bots.test_bots_api import bot_body, session_of, upload
@@ -104,7 +104,7 @@ async def test_analytics_of_a_bot_a_user_and_the_fleet(management: Management, r
     b1 = await new_bot(management, bob, bob_strategy, "b1", dry_run_wallet="5000")
 
     redis = aioredis.Redis.from_url(redis_url)
-    publisher = Publisher(redis)
+    publisher = gateway_events(management, redis)
     a1_events = [closed(uuid.UUID(a1), i + 1, *t) for i, t in enumerate(TRADES)]
     a2_events = [closed(uuid.UUID(a2), 1, "XRP/USDT", 200, 15, 50.0, -0.02)]
     b1_events = [closed(uuid.UUID(b1), 1, "BTC/USDT", 5, 5, 500.0, 0.01)]

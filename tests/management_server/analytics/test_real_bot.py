@@ -31,6 +31,7 @@ from management_server.users.service import create_user
 from shared.bus.messages import TradeClosed
 from shared.bus.streams import EVENTS_STREAM
 from shared.settings import Environment
+from tests.enrollment import enroll_settings
 from tests.exchange_simulator.conftest import SimulatorProcess, start_simulator_process, stop_simulator_process
 from tests.helpers import async_wait_for, free_port, serve
 from tests.management_server.conftest import PASSWORD, bearer
@@ -103,6 +104,7 @@ async def system(
             bot_stop_grace=10,
             stop_bots_on_shutdown=True,
         )
+        await enroll_settings(database_url, gateway_settings)
         gateway = create_gateway(gateway_settings)
         try:
             async with (

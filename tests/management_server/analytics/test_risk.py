@@ -13,9 +13,9 @@ import redis.asyncio as aioredis
 
 from management_server.config import ManagementSettings
 from management_server.users.models import Role
-from shared.bus import Publisher
 from shared.bus.messages import BotStarted, BotStartedData, TradeClosed, TradeClosedData
 from shared.bus.streams import EVENTS_STREAM
+from tests.enrollment import publisher_for
 from tests.helpers import async_wait_for
 from tests.management_server.bots.test_bots_api import bot_body, session_of, upload
 from tests.management_server.bots.test_lifecycle import GATEWAY, commands, heartbeat
@@ -34,7 +34,7 @@ class Gateway:
     """Reports what a gateway would: the bot started, then its trades closing."""
 
     def __init__(self, redis: aioredis.Redis) -> None:
-        self.publisher = Publisher(redis)
+        self.publisher = publisher_for(redis, GATEWAY)
         self.trades: dict[uuid.UUID, int] = {}
 
     async def started(self, bot_id: str, generation: int) -> None:

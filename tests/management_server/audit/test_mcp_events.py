@@ -7,9 +7,9 @@ from datetime import UTC, datetime, timedelta
 
 import redis.asyncio as aioredis
 
-from shared.bus import Publisher
 from shared.bus.messages import McpCall, McpCallData
 from shared.bus.streams import EVENTS_STREAM
+from tests.enrollment import gateway_events
 from tests.helpers import async_wait_for
 from tests.management_server.conftest import Management
 
@@ -42,7 +42,7 @@ def call(actor_id: uuid.UUID, **changes: object) -> McpCall:
 async def test_an_mcp_call_is_audited_once_with_the_callers_email(management: Management, redis_url: str) -> None:
     user = await management.create_user("agent-owner@example.com")
     redis = aioredis.Redis.from_url(redis_url)
-    publisher = Publisher(redis)
+    publisher = gateway_events(management, redis)
     first = call(user.id)
     refused = call(uuid.uuid4(), kind="resource", name="bot://b2/status", outcome="denied", reason="lacks 'read'")
     for message in (first, first, refused, first):  # redelivered: still one row

@@ -12,7 +12,6 @@ from datetime import UTC, datetime
 import redis.asyncio as aioredis
 
 from management_server.users.models import Role
-from shared.bus import Publisher
 from shared.bus.messages import (
     BotStarted,
     BotStartedData,
@@ -21,6 +20,7 @@ from shared.bus.messages import (
     EmergencyStopCompletedData,
 )
 from shared.bus.streams import EVENTS_STREAM, commands_stream
+from tests.enrollment import gateway_events, publisher_for
 from tests.helpers import async_wait_for
 from tests.management_server.bots.test_bots_api import bot_body, session_of, upload
 from tests.management_server.bots.test_lifecycle import GATEWAY, heartbeat
@@ -44,7 +44,7 @@ async def running_bot(management: Management, headers: dict[str, str], name: str
             started_at=datetime.now(UTC),
         ),
     )
-    await Publisher(redis).publish(EVENTS_STREAM, event)
+    await gateway_events(management, redis).publish(EVENTS_STREAM, event)
     await redis.aclose()
 
     async def is_running() -> bool:
@@ -60,7 +60,7 @@ async def running_bot(management: Management, headers: dict[str, str], name: str
 async def fake_gateway(redis_url: str, seen: list[list[str]]) -> AsyncIterator[None]:
     """Answers every EMERGENCY_STOP on the test gateway's stream with 'halted' for each bot."""
     redis = aioredis.Redis.from_url(redis_url)
-    publisher = Publisher(redis)
+    publisher = publisher_for(redis, GATEWAY)
 
     async def serve() -> None:
         last = "0"

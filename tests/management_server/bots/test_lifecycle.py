@@ -11,7 +11,6 @@ import redis.asyncio as aioredis
 
 from management_server.gateways.service import record_heartbeat
 from management_server.users.models import Role
-from shared.bus import Publisher
 from shared.bus.messages import (
     BotStarted,
     BotStartedData,
@@ -29,6 +28,7 @@ from shared.bus.messages import (
     TradeOpenedData,
 )
 from shared.bus.streams import EVENTS_STREAM, commands_stream
+from tests.enrollment import ensure_enrolled, gateway_events
 from tests.helpers import async_wait_for
 from tests.management_server.bots.test_bots_api import bot_body, session_of, upload
 from tests.management_server.conftest import Management
@@ -46,6 +46,7 @@ async def heartbeat(management: Management, gateway_id: str = GATEWAY, age: time
         ),
     )
     async with management.app.state.sessionmaker.begin() as session:
+        await ensure_enrolled(session, gateway_id)  # only enrolled gateways are heard
         await record_heartbeat(session, beat)
 
 
@@ -82,7 +83,7 @@ async def test_start_goes_through_the_outbox_and_events_come_back(management: Ma
     assert command["data"]["spec"]["strategy_class"] == "AlwaysEnter"
     assert "class AlwaysEnter" in command["data"]["spec"]["strategy_source"]
 
-    publisher = Publisher(redis)
+    publisher = gateway_events(management, redis)
     uid = uuid.UUID(bot_id)
     now = datetime.now(UTC)
     src = f"gateway:{GATEWAY}"
@@ -170,7 +171,7 @@ async def test_what_cannot_start_says_why(management: Management, redis_url: str
     await management.client.post(f"/api/v1/strategies/{strategy}/approve", headers=admin)
     nowhere = await management.client.post(f"/api/v1/bots/{bot_id}/start", headers=alice)
     assert nowhere.status_code == 503
-    assert "No trading gateway" in nowhere.json()["detail"]
+    assert "No enrolled trading gateway" in nowhere.json()["detail"]
     pause = await management.client.post(f"/api/v1/bots/{bot_id}/pause", headers=alice)
     assert pause.status_code == 409
     assert pause.json()["detail"] == "The bot is not running: start it first."
@@ -192,7 +193,7 @@ async def test_what_cannot_start_says_why(management: Management, redis_url: str
         ),
     )
     redis = aioredis.Redis.from_url(redis_url)
-    await Publisher(redis).publish(EVENTS_STREAM, rejected)
+    await gateway_events(management, redis).publish(EVENTS_STREAM, rejected)
     await redis.aclose()
 
     async def failed() -> dict[str, Any] | None:
@@ -226,7 +227,7 @@ async def test_a_running_bot_takes_pairs_and_stake_live(management: Management, 
 
 async def test_the_status_of_an_ended_process_does_not_read_as_live(management: Management, redis_url: str) -> None:
     redis = aioredis.Redis.from_url(redis_url)
-    publisher = Publisher(redis)
+    publisher = gateway_events(management, redis)
     admin, bot_id = await admin_bot(management)
     await heartbeat(management)
     uid, src = uuid.UUID(bot_id), f"gateway:{GATEWAY}"

@@ -18,7 +18,6 @@ from sqlalchemy import update
 from management_server.gateways.models import Gateway
 from management_server.users.models import Role
 from shared.auth.verifier import keys_from_jwks
-from shared.bus import Publisher
 from shared.bus.messages import (
     CommandRejected,
     CommandRejectedData,
@@ -32,6 +31,7 @@ from shared.bus.messages import (
 from shared.bus.streams import EVENTS_STREAM
 from shared.freqai.bundle import decompress_verified, verify_signature
 from shared.freqai.transfer import decode_inline, read_chunks
+from tests.enrollment import publisher_for
 from tests.helpers import async_wait_for, free_port
 from tests.management_server.bots.test_lifecycle import GATEWAY, heartbeat
 from tests.management_server.conftest import Management
@@ -93,7 +93,7 @@ async def _more(redis: aioredis.Redis, seen: int) -> dict[str, Any] | None:
 
 
 async def report(redis: aioredis.Redis, *events: Envelope) -> None:
-    publisher = Publisher(redis)
+    publisher = publisher_for(redis, GATEWAY)
     for event in events:
         await publisher.publish(EVENTS_STREAM, event)
 

@@ -13,6 +13,7 @@ from management_server.gateways.models import Gateway
 from management_server.gateways.service import live_gateways, record_heartbeat
 from management_server.main import create_app as create_management
 from shared.bus.messages import GatewayHeartbeat, GatewayHeartbeatData
+from tests.enrollment import enroll_settings, ensure_enrolled
 from tests.helpers import async_wait_for, serve
 from trading_gateway.config import GatewaySettings
 from trading_gateway.main import create_app as create_gateway
@@ -39,6 +40,7 @@ async def test_a_running_gateway_appears_in_the_management_database(
         async with sessionmaker() as session:
             return await live_gateways(session)
 
+    await enroll_settings(management_settings.database_url.get_secret_value(), gateway_settings)
     try:
         async with serve(create_management(management_settings)), serve(create_gateway(gateway_settings)):
             gateways = await async_wait_for(recorded, timeout=15, what="the gateway's heartbeat")
@@ -61,6 +63,9 @@ async def test_out_of_order_heartbeats_do_not_go_back_in_time(management_setting
     now = datetime.now(UTC)
     try:
         async with sessionmaker.begin() as session:
+            for gateway_id in ("gw-a", "gw-b", "gw-c"):
+                await ensure_enrolled(session, gateway_id)
+            await record_heartbeat(session, beat("gw-unenrolled", now, running=0, capacity=50))  # not heard
             await record_heartbeat(session, beat("gw-a", now, running=3))
             await record_heartbeat(session, beat("gw-a", now - timedelta(seconds=5), running=1))
             await record_heartbeat(session, beat("gw-b", now - timedelta(minutes=5)))
@@ -78,6 +83,8 @@ async def test_a_full_gateway_is_placed_last(management_settings: ManagementSett
     now = datetime.now(UTC)
     try:
         async with sessionmaker.begin() as session:
+            for gateway_id in ("gw-full", "gw-free"):
+                await ensure_enrolled(session, gateway_id)
             await record_heartbeat(session, beat("gw-full", now, running=20, capacity=0))
             await record_heartbeat(session, beat("gw-free", now, running=2, capacity=18))
         async with sessionmaker() as session:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from pydantic import ValidationError
 
 from shared.bus import schema_export
@@ -26,6 +28,7 @@ from shared.bus.messages import (
     decode,
     encode,
 )
+from shared.sealing import SealError, open_credentials, seal_credentials
 
 STRATEGY = "class S(IStrategy):\n    INTERFACE_VERSION = 3\n"
 
@@ -79,20 +82,48 @@ def test_start_bot_round_trips_with_its_model() -> None:
     assert decoded.occurred_at.tzinfo is not None
 
 
-def test_live_bot_credentials_travel_but_never_print() -> None:
-    creds = ExchangeCredentials(key="api-key-123", secret="api-secret-456")
+def test_live_bot_credentials_travel_sealed_to_one_gateway_for_one_bot() -> None:
+    creds = ExchangeCredentials(key="api-key-123", secret="api-secret-456", password="pass-789")
+    bot_id = uuid.uuid4()
+    gateway = X25519PrivateKey.generate()
+    public = base64.b64encode(gateway.public_key().public_bytes_raw()).decode()
+    sealed = seal_credentials(public, "gw-a", bot_id, "cred:1", creds)
     message = StartBot(
         source="management",
-        data=StartBotData(bot_id=uuid.uuid4(), generation=1, spec=spec(dry_run=False, credentials=creds)),
+        data=StartBotData(bot_id=bot_id, generation=1, spec=spec(dry_run=False, credentials=sealed)),
     )
-    assert "api-secret-456" not in repr(message)
-    assert "api-secret-456" not in str(message.model_dump())
     wire = encode(message)
-    assert json.loads(wire)["data"]["spec"]["credentials"]["secret"] == "api-secret-456"
+    for secret in ("api-key-123", "api-secret-456", "pass-789"):
+        assert secret not in wire
+        assert secret not in repr(message)
     decoded = decode(wire)
     assert isinstance(decoded, StartBot)
-    assert decoded.data.spec.credentials is not None
-    assert decoded.data.spec.credentials.secret.get_secret_value() == "api-secret-456"
+    received = decoded.data.spec.credentials
+    assert received is not None
+    opened = open_credentials(gateway, received, "gw-a", bot_id)
+    assert (opened.key.get_secret_value(), opened.secret.get_secret_value()) == ("api-key-123", "api-secret-456")
+    # Another gateway's key, another bot, another revision, a changed byte: never opened.
+    with pytest.raises(SealError, match="does not open"):
+        open_credentials(X25519PrivateKey.generate(), received, "gw-a", bot_id)
+    with pytest.raises(SealError, match="not for gateway gw-b"):
+        open_credentials(gateway, received, "gw-b", bot_id)
+    with pytest.raises(SealError, match="not for gateway gw-a and bot"):
+        open_credentials(gateway, received, "gw-a", uuid.uuid4())
+    with pytest.raises(SealError, match="does not open"):
+        open_credentials(gateway, received.model_copy(update={"revision": "cred:2"}), "gw-a", bot_id)
+    flipped = base64.b64decode(received.ciphertext)
+    flipped = bytes([flipped[0] ^ 1]) + flipped[1:]
+    with pytest.raises(SealError, match="does not open"):
+        open_credentials(
+            gateway, received.model_copy(update={"ciphertext": base64.b64encode(flipped).decode()}), "gw-a", bot_id
+        )
+    # Sealed again (new ephemeral key, other bytes): the same credentials, so the same spec.
+    again = seal_credentials(public, "gw-a", bot_id, "cred:1", creds)
+    assert again.ciphertext != sealed.ciphertext
+    assert spec(dry_run=False, credentials=again) == spec(dry_run=False, credentials=sealed)
+    assert spec(dry_run=False, credentials=again.model_copy(update={"revision": "cred:2"})) != spec(
+        dry_run=False, credentials=sealed
+    )
 
 
 def test_a_live_bot_without_credentials_is_refused() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import stat
+import uuid
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -14,9 +15,12 @@ from freqtrade.configuration.config_validation import validate_config_schema
 from pydantic import SecretStr
 
 from shared.bus.messages import ExchangeCredentials
+from shared.sealing import seal_credentials
+from tests.enrollment import identity_for
 from tests.trading_gateway.bots.conftest import make_spec, new_bot_id
 from trading_gateway.bots.credentials import ApiCredentials
 from trading_gateway.bots.files import BotConfigError, BotFiles, render_config
+from trading_gateway.identity import GatewayIdentity
 
 SIM = "http://127.0.0.1:8002"
 
@@ -70,11 +74,28 @@ def test_simulator_dry_run_config(tmp_path: Path) -> None:
     assert creds.password not in json.dumps(config.redacted())
 
 
-def test_live_keys_only_for_a_live_bot(tmp_path: Path) -> None:
+def test_live_keys_only_for_a_live_bot_and_only_when_sealed_to_this_gateway_for_it(tmp_path: Path) -> None:
     files = BotFiles(tmp_path, new_bot_id())
+    gateway = identity_for("gw-files")
     keys = ExchangeCredentials(key=SecretStr("live-key-123"), secret=SecretStr("live-secret-456"))
-    live = make_spec(exchange="binance", dry_run=False, credentials=keys)
-    config = render_config(live, files, port=18100, credentials=ApiCredentials.generate())
+    sealed = seal_credentials(gateway.sealing_public, "gw-files", uuid.UUID(files.bot_id), "cred-1:v1", keys)
+    assert "live-key-123" not in sealed.model_dump_json()
+    live = make_spec(exchange="binance", dry_run=False, credentials=sealed)
+    with pytest.raises(BotConfigError, match="no identity to open"):
+        render_config(live, files, port=18100, credentials=ApiCredentials.generate())
+    for opener, refusal in (
+        (identity_for("gw-other"), "sealed for gateway gw-files"),  # another gateway
+        (GatewayIdentity("gw-files", gateway.signing, identity_for("gw-other").sealing), "does not open"),
+    ):
+        with pytest.raises(BotConfigError, match=refusal):
+            render_config(live, files, port=18100, credentials=ApiCredentials.generate(), opener=opener)
+    other_bot = BotFiles(tmp_path, new_bot_id())
+    with pytest.raises(BotConfigError, match="not for gateway gw-files and bot"):
+        render_config(live, other_bot, port=18100, credentials=ApiCredentials.generate(), opener=gateway)
+    changed = live.model_copy(update={"credentials": sealed.model_copy(update={"revision": "cred-1:v2"})})
+    with pytest.raises(BotConfigError, match="does not open"):
+        render_config(changed, files, port=18100, credentials=ApiCredentials.generate(), opener=gateway)
+    config = render_config(live, files, port=18100, credentials=ApiCredentials.generate(), opener=gateway)
     assert config.data["dry_run"] is False
     assert config.data["exchange"]["name"] == "binance"
     assert (config.data["exchange"]["key"], config.data["exchange"]["secret"]) == ("live-key-123", "live-secret-456")
@@ -84,7 +105,7 @@ def test_live_keys_only_for_a_live_bot(tmp_path: Path) -> None:
     assert "live-secret-456" not in redacted
     validate_config_schema(copy.deepcopy(config.data))
 
-    dry = make_spec(exchange="binance", dry_run=True, credentials=keys)
+    dry = make_spec(exchange="binance", dry_run=True, credentials=sealed)
     config = render_config(dry, files, port=18100, credentials=ApiCredentials.generate())
     assert (config.data["exchange"]["key"], config.data["exchange"]["secret"]) == ("", "")
 
@@ -99,7 +120,16 @@ def test_live_keys_only_for_a_live_bot(tmp_path: Path) -> None:
         ({"pairs": ["BTC/USDT", "BTC/USDT"]}, "pairs listed twice: BTC/USDT"),
         ({"stake_amount": Decimal(0)}, "stake_amount must be positive"),
         (
-            {"dry_run": False, "credentials": ExchangeCredentials(key=SecretStr("k"), secret=SecretStr("s"))},
+            {
+                "dry_run": False,
+                "credentials": seal_credentials(
+                    identity_for("gw-files").sealing_public,
+                    "gw-files",
+                    uuid.uuid4(),
+                    "r",
+                    ExchangeCredentials(key=SecretStr("k"), secret=SecretStr("s")),
+                ),
+            },
             "a live bot can't trade on the exchange simulator",
         ),
         ({"exchange": "Not An Exchange"}, "not a ccxt exchange id"),

@@ -8,7 +8,15 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from shared.bus.messages import BotStarted, CommandAccepted, CommandRejected, UpdateModel, UpdateModelData
+from shared.bus.messages import (
+    BotStarted,
+    CommandAccepted,
+    CommandRejected,
+    ExchangeCredentials,
+    UpdateModel,
+    UpdateModelData,
+)
+from shared.sealing import seal_credentials
 from tests.exchange_simulator.conftest import SimulatorProcess
 from tests.trading_gateway.bots.conftest import make_spec
 from tests.trading_gateway.fleet.conftest import (
@@ -24,6 +32,7 @@ from tests.trading_gateway.fleet.conftest import (
 )
 from trading_gateway.bots.adoption import find_orphans
 from trading_gateway.config import GatewaySettings
+from trading_gateway.identity import load_or_create
 
 
 async def test_bad_commands_are_rejected_with_reasons_and_spawn_nothing(
@@ -48,8 +57,12 @@ async def test_bad_commands_are_rejected_with_reasons_and_spawn_nothing(
             other_quote = await bus.send(start(uuid.uuid4(), 1, make_spec(("BTC/USDT", "ETH/BTC"))))
             no_port = await bus.send(start(uuid.uuid4(), 1, make_spec()))
             exchange_key = "key-" + uuid.uuid4().hex
-            live = make_spec(dry_run=False, credentials={"key": exchange_key, "secret": "secret-" + uuid.uuid4().hex})
-            live_on_simulator = await bus.send(start(uuid.uuid4(), 1, live))
+            live_id = uuid.uuid4()
+            keys = ExchangeCredentials(key=exchange_key, secret="secret-" + uuid.uuid4().hex)
+            identity = load_or_create(settings.gateway_data_dir, settings.gateway_id)  # the gateway's own
+            sealed = seal_credentials(identity.sealing_public, settings.gateway_id, live_id, "cred:1", keys)
+            live = make_spec(dry_run=False, credentials=sealed)
+            live_on_simulator = await bus.send(start(live_id, 1, live))
             ghost = uuid.uuid4()
             pause_unknown = await bus.send(pause(ghost, 1))
             exit_unknown = await bus.send(force_exit(ghost, 1))

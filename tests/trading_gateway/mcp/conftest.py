@@ -31,6 +31,7 @@ from management_server.gateways.models import Gateway
 from management_server.main import create_app as create_management
 from management_server.users.models import Role
 from shared.settings import Environment
+from tests.enrollment import enroll_settings
 from tests.exchange_simulator.conftest import SimulatorProcess, start_simulator_process, stop_simulator_process
 from tests.helpers import async_wait_for, serve
 from tests.management_server.bots.test_bots_api import SOURCE
@@ -171,6 +172,7 @@ async def running_stack(
         management = Management(management_app, management_url, client, management_settings)
         extra = {} if simulator_url is None else {"simulator_url": simulator_url}
         settings = gateway_settings_for(data_dir, redis_url, management_url, **extra)
+        await enroll_settings(management_settings.database_url.get_secret_value(), settings)
         gateway_app = create_gateway(settings)
         try:
             async with serve(gateway_app) as gateway_url:

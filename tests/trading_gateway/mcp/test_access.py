@@ -20,6 +20,7 @@ from management_server.audit.models import AuditEntry
 from management_server.config import ManagementSettings
 from management_server.main import create_app as create_management
 from management_server.users.models import Role
+from tests.enrollment import enroll_settings
 from tests.helpers import async_wait_for, serve
 from tests.management_server.conftest import Management, bearer
 from tests.trading_gateway.mcp.conftest import Stack, gateway_settings_for
@@ -338,6 +339,7 @@ async def test_with_the_management_server_away_tools_say_so(
         client = await management_running.enter_async_context(httpx.AsyncClient(base_url=url, timeout=30))
         management = Management(app, url, client, management_settings)
         settings = gateway_settings_for(tmp_path, redis_url, url)
+        await enroll_settings(management_settings.database_url.get_secret_value(), settings)
         gateway_url = await stack.enter_async_context(serve(create_gateway(settings)))
         ws_url = gateway_url.replace("http://", "ws://") + "/mcp/ws"
         await management.create_user("alice@example.com")

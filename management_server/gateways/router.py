@@ -1,0 +1,96 @@
+"""/api/v1/gateways (admins): enroll a gateway, list them, revoke one."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from fastapi import APIRouter, HTTPException, Request, status
+
+from management_server.audit.models import Outcome
+from management_server.auth.deps import AdminPrincipal, client_ip
+from management_server.db import SessionDep
+from management_server.errors import errors
+from management_server.gateways import service
+from management_server.gateways.models import Gateway
+from management_server.gateways.schemas import GatewayEnroll, GatewayOut, GatewayRevoked
+
+router = APIRouter(prefix="/api/v1/gateways", tags=["gateways"], responses=errors(400, 401, 403, 404, 409, 429))
+
+
+def gateway_out(gateway: Gateway, now: datetime | None = None) -> GatewayOut:
+    now = now or datetime.now(UTC)
+    state = "revoked" if gateway.revoked_at else "enrolled" if gateway.signing_key else "unenrolled"
+    live = (
+        state == "enrolled" and gateway.last_seen_at is not None and gateway.last_seen_at >= now - service.LIVE_WINDOW
+    )
+    return GatewayOut(
+        gateway_id=gateway.gateway_id,
+        status=state,
+        live=live,
+        signing_key=gateway.signing_key,
+        sealing_key=gateway.sealing_key,
+        enrolled_at=gateway.enrolled_at,
+        revoked_at=gateway.revoked_at,
+        host=gateway.host,
+        version=gateway.version,
+        api_url=gateway.api_url,
+        last_seen_at=gateway.last_seen_at,
+        bots_running=gateway.bots_running,
+        capacity=gateway.capacity,
+    )
+
+
+@router.get("", response_model=list[GatewayOut])
+async def list_gateways(session: SessionDep, principal: AdminPrincipal) -> list[GatewayOut]:
+    """Every gateway: enrolled, revoked, or heard of but never enrolled (its reports are ignored)."""
+    now = datetime.now(UTC)
+    return [gateway_out(g, now) for g in await service.list_gateways(session)]
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=GatewayOut)
+async def enroll_gateway(
+    body: GatewayEnroll, request: Request, session: SessionDep, principal: AdminPrincipal
+) -> GatewayOut:
+    """Enroll a gateway from the line `freqfleet gateways identity` prints on its host (its public keys). From
+    then on its signed reports are applied, and live bots' credentials can be sealed to it."""
+    try:
+        gateway, changed = await service.enroll(session, body.enrollment, principal.user.id)
+    except service.EnrollmentRefused as exc:
+        raise HTTPException(exc.status, str(exc)) from None
+    await session.commit()
+    request.app.state.event_signatures.forget()
+    if changed:
+        await request.app.state.audit.record(
+            "gateway.enroll",
+            Outcome.success,
+            principal.actor,
+            target_type="gateway",
+            target_id=gateway.gateway_id,
+            ip=client_ip(request),
+            details={"signing_key": gateway.signing_key},
+        )
+    return gateway_out(gateway)
+
+
+@router.delete("/{gateway_id}", response_model=GatewayRevoked)
+async def revoke_gateway(
+    gateway_id: str, request: Request, session: SessionDep, principal: AdminPrincipal
+) -> GatewayRevoked:
+    """Revoke a gateway: its reports are refused from now on, no token or credential goes to it, and its bots
+    are shown as orphaned until they are started again (on an enrolled gateway)."""
+    try:
+        gateway, orphaned = await service.revoke(session, gateway_id)
+    except service.EnrollmentRefused as exc:
+        raise HTTPException(exc.status, str(exc)) from None
+    await session.commit()
+    request.app.state.event_signatures.forget()  # its reports are refused from the next batch on
+    await request.app.state.audit.record(
+        "gateway.revoke",
+        Outcome.success,
+        principal.actor,
+        target_type="gateway",
+        target_id=gateway_id,
+        ip=client_ip(request),
+        details={"bots_orphaned": orphaned},
+    )
+    return GatewayRevoked(gateway=gateway_out(gateway), bots_orphaned=orphaned)

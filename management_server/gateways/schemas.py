@@ -1,0 +1,39 @@
+"""What /api/v1/gateways takes and gives."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class GatewayEnroll(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    enrollment: str = Field(
+        min_length=1,
+        max_length=300,
+        description="The line `freqfleet gateways identity` prints on the gateway's host: "
+        "ffgw1:<gateway id>:<signing key>:<sealing key> (public keys only).",
+    )
+
+
+class GatewayOut(BaseModel):
+    gateway_id: str
+    status: str = Field(description="enrolled, revoked, or unenrolled (heard of, never enrolled: ignored).")
+    live: bool = Field(description="Enrolled and heard from within the last 15 s.")
+    signing_key: str | None
+    sealing_key: str | None
+    enrolled_at: datetime | None
+    revoked_at: datetime | None
+    host: str | None
+    version: str | None
+    api_url: str | None
+    last_seen_at: datetime | None
+    bots_running: int
+    capacity: int
+
+
+class GatewayRevoked(BaseModel):
+    gateway: GatewayOut
+    bots_orphaned: int = Field(description="Bots that ran there and are now orphaned (start them again elsewhere).")
