@@ -96,6 +96,13 @@ COMMANDS_REFUSED = Counter(
     ["reason"],
     registry=PROCESS_REGISTRY,
 )
+KEYSETS_REFUSED = Counter(
+    "freqfleet_keysets_refused_total",
+    "Key sets fetched from the management server that a gateway refused: different from its pinned keys and "
+    "endorsed by none of them (url: which set).",
+    ["url"],
+    registry=PROCESS_REGISTRY,
+)
 EVENTS_REFUSED = Counter(
     "freqfleet_events_refused_total",
     "Bus events the management server refused and dead-lettered (reason: missing, bad, unknown_key, revoked, "

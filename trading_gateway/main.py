@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 from shared.auth import RevocationStore, TokenVerifier
+from shared.auth.verifier import gateway_audience
 from shared.bus import ConsumerConfig, GenerationTracker, Publisher, RedisDeduplicator, StreamConsumer
 from shared.bus.streams import commands_stream, gateway_group
 from shared.health import health_router
@@ -68,7 +69,11 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             stack.push_async_callback(keys.client.aclose)
             prefetch = asyncio.create_task(keys.refresh())  # fills the on-disk copy; not waited for
             stack.callback(prefetch.cancel)
-            iss, aud = settings.jwt_issuer, settings.jwt_audience
+            # Users' and service accounts' tokens, and the management server's own tokens for this gateway only.
+            iss, aud = (
+                settings.jwt_issuer,
+                [settings.jwt_audience, gateway_audience(settings.jwt_audience, settings.gateway_id)],
+            )
             app.state.gateway_auth = GatewayAuth(
                 verifier=TokenVerifier(keys, issuer=iss, audience=aud, revocations=RevocationStore(auth_redis)),
                 offline=TokenVerifier(keys, issuer=iss, audience=aud),

@@ -87,7 +87,7 @@ class TradeSync:
         self.filled = 0
         self._task: asyncio.Task[None] | None = None
 
-    async def gaps(self) -> list[tuple[uuid.UUID, str]]:
+    async def gaps(self) -> list[tuple[uuid.UUID, str, str]]:
         """Bots missing closed trades, with the API URL of their gateway."""
         async with self.sessionmaker() as session:
             ours = dict(
@@ -98,7 +98,7 @@ class TradeSync:
                 ).all()
             )
             rows = await session.execute(
-                select(Bot.id, Bot.last_status, Gateway.api_url)
+                select(Bot.id, Bot.last_status, Gateway.gateway_id, Gateway.api_url)
                 .join(Gateway, Gateway.gateway_id == Bot.gateway_id)
                 .where(
                     Bot.last_status.is_not(None),
@@ -108,16 +108,16 @@ class TradeSync:
                 )
             )
             found = []
-            for bot_id, status, api_url in rows:
+            for bot_id, status, gateway_id, api_url in rows:
                 profit = status.get("profit") if isinstance(status, dict) else None
                 theirs = profit.get("closed_trade_count") if isinstance(profit, dict) else None
                 if isinstance(theirs, int) and theirs > ours.get(bot_id, 0) and api_url:
-                    found.append((bot_id, str(api_url)))
+                    found.append((bot_id, str(gateway_id), str(api_url)))
             return found
 
-    async def fill(self, bot_id: uuid.UUID, api_url: str) -> int:
+    async def fill(self, bot_id: uuid.UUID, gateway_id: str, api_url: str) -> int:
         """Apply the bot's closed trades we don't have; how many were new."""
-        answer = await self.gateways.closed_trades(api_url, bot_id)
+        answer = await self.gateways.closed_trades(gateway_id, api_url, bot_id)
         trades = [TradeClosedData.model_validate(t) for t in answer["trades"]]
         async with self.sessionmaker() as session:
             known = set(
@@ -147,9 +147,9 @@ class TradeSync:
 
     async def run_once(self) -> int:
         filled = 0
-        for bot_id, api_url in await self.gaps():
+        for bot_id, gateway_id, api_url in await self.gaps():
             try:
-                filled += await self.fill(bot_id, api_url)
+                filled += await self.fill(bot_id, gateway_id, api_url)
             except GatewayUnavailable as exc:
                 log.warning("missed trades not filled in: gateway unavailable", bot_id=str(bot_id), error=str(exc))
         return filled

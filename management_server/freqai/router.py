@@ -453,7 +453,9 @@ async def bot_predictions(
     url = f"{api_url.rstrip('/')}/api/v1/bots/{bot_id}/predictions"
     try:
         response = await client.http.get(
-            url, params={"pair": pair} if pair else None, headers={"Authorization": f"Bearer {client.token()}"}
+            url,
+            params={"pair": pair} if pair else None,
+            headers={"Authorization": f"Bearer {client.token(gateway_id)}"},
         )
     except httpx.HTTPError as exc:
         raise HTTPException(503, f"Gateway {gateway_id} did not answer ({type(exc).__name__}): try again.") from None

@@ -3,8 +3,10 @@
 The gateway accepts tokens of the role ``service`` (or ``admin``) signed by the management server's
 keys (it verifies them with the public JWKS, as any other token). So the management server needs no
 stored secret to call a gateway: it mints itself a short-lived access token (role ``service``, scope
-``read``, subject :data:`SERVICE_SUBJECT`, 5 minutes) and renews it a minute before it expires. The
-gateway's URL comes from its heartbeats (``api_url``). Nothing here is logged with the token.
+``read``, subject :data:`SERVICE_SUBJECT`) for one gateway: its audience is that gateway's own
+(``<audience>:gateway:<id>``), so no other gateway and not the management server's API accept it, and it lives
+:data:`TOKEN_LIFETIME` (renewed :data:`RENEW_BEFORE` seconds before it ends). It goes only to an enrolled
+gateway's URL, as its signed heartbeats report it. Nothing here is logged with the token.
 """
 
 from __future__ import annotations
@@ -20,10 +22,11 @@ from management_server.security.keys import KeyRing
 from management_server.security.tokens import sign_token
 from shared.auth import TokenType
 from shared.auth.claims import Scope
+from shared.auth.verifier import gateway_audience
 
 SERVICE_SUBJECT = uuid.uuid5(uuid.NAMESPACE_URL, "freqfleet:management-server")
-TOKEN_LIFETIME = timedelta(minutes=5)
-RENEW_BEFORE = 60.0  # seconds
+TOKEN_LIFETIME = timedelta(seconds=60)
+RENEW_BEFORE = 15.0  # seconds
 
 
 class GatewayUnavailable(Exception):
@@ -36,33 +39,35 @@ class GatewayClient:
         self.issuer = issuer
         self.audience = audience
         self.http = httpx.AsyncClient(timeout=timeout)
-        self._token: str | None = None
-        self._renew_at = 0.0
+        self._tokens: dict[str, tuple[str, float]] = {}  # gateway id -> (token, renew at)
 
     async def aclose(self) -> None:
         await self.http.aclose()
 
-    def token(self) -> str:
-        if self._token is None or time.monotonic() >= self._renew_at:
-            self._token, _, _ = sign_token(
-                self.keys,
-                issuer=self.issuer,
-                audience=self.audience,
-                subject=SERVICE_SUBJECT,
-                role="service",
-                token_type=TokenType.access,
-                lifetime=TOKEN_LIFETIME,
-                version=0,
-                scopes=frozenset({Scope.read.value}),
-            )
-            self._renew_at = time.monotonic() + TOKEN_LIFETIME.total_seconds() - RENEW_BEFORE
-        return self._token
+    def token(self, gateway_id: str) -> str:
+        """A service token only gateway ``gateway_id`` accepts."""
+        cached = self._tokens.get(gateway_id)
+        if cached is not None and time.monotonic() < cached[1]:
+            return cached[0]
+        token, _, _ = sign_token(
+            self.keys,
+            issuer=self.issuer,
+            audience=gateway_audience(self.audience, gateway_id),
+            subject=SERVICE_SUBJECT,
+            role="service",
+            token_type=TokenType.access,
+            lifetime=TOKEN_LIFETIME,
+            version=0,
+            scopes=frozenset({Scope.read.value}),
+        )
+        self._tokens[gateway_id] = (token, time.monotonic() + TOKEN_LIFETIME.total_seconds() - RENEW_BEFORE)
+        return token
 
-    async def closed_trades(self, api_url: str, bot_id: uuid.UUID) -> dict[str, Any]:
-        """``GET /api/v1/bots/{bot_id}/trades`` of the gateway at ``api_url``."""
+    async def closed_trades(self, gateway_id: str, api_url: str, bot_id: uuid.UUID) -> dict[str, Any]:
+        """``GET /api/v1/bots/{bot_id}/trades`` of gateway ``gateway_id`` at ``api_url``."""
         url = f"{api_url.rstrip('/')}/api/v1/bots/{bot_id}/trades"
         try:
-            response = await self.http.get(url, headers={"Authorization": f"Bearer {self.token()}"})
+            response = await self.http.get(url, headers={"Authorization": f"Bearer {self.token(gateway_id)}"})
         except httpx.HTTPError as exc:
             raise GatewayUnavailable(f"{url}: {type(exc).__name__}: {exc}") from None
         if response.status_code != 200:

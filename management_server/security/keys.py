@@ -23,6 +23,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from pydantic import SecretStr
 
+from shared.auth.keyset import endorse
+
 PEM_BLOCK = re.compile(r"-----BEGIN PRIVATE KEY-----.+?-----END PRIVATE KEY-----", re.S)
 
 
@@ -79,7 +81,8 @@ class KeyRing:
         return {k.kid: k.public for k in self.keys}
 
     def jwks(self) -> dict[str, Any]:
-        return {"keys": [k.jwk() for k in reversed(self.keys)]}
+        """The public keys, endorsed by each of them (a gateway that pinned one takes a rotated set)."""
+        return endorse({"keys": [k.jwk() for k in reversed(self.keys)]}, [(k.kid, k.private) for k in self.keys])
 
     @classmethod
     def from_pem(cls, text: str, variable: str = "FREQFLEET_JWT_PRIVATE_KEYS") -> KeyRing:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -85,13 +85,18 @@ class JwksKeySource:
         return self._keys.get(kid)
 
 
+def gateway_audience(audience: str, gateway_id: str) -> str:
+    """The audience of the management server's own tokens for one gateway: only that gateway accepts them."""
+    return f"{audience}:gateway:{gateway_id}"
+
+
 class TokenVerifier:
     def __init__(
         self,
         keys: KeySource,
         *,
         issuer: str,
-        audience: str,
+        audience: str | Sequence[str],
         revocations: RevocationStore | None = None,
         accept: frozenset[TokenType] = frozenset({TokenType.access, TokenType.pat}),
         leeway_seconds: int = 0,
@@ -121,7 +126,7 @@ class TokenVerifier:
                 token,
                 key,
                 algorithms=[ALGORITHM],
-                audience=self.audience,
+                audience=self.audience if isinstance(self.audience, str) else list(self.audience),
                 issuer=self.issuer,
                 leeway=self.leeway_seconds,
                 options={"require": ["exp", "iat", "nbf", "iss", "aud", "sub", "jti", "typ"]},

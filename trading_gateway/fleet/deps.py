@@ -31,9 +31,11 @@ from redis.exceptions import RedisError
 
 from shared.auth import InvalidToken, JwksKeySource, TokenClaims, TokenVerifier
 from shared.auth.claims import Scope
+from shared.auth.keyset import endorsed_by, raw
 from shared.auth.verifier import PublicKey, keys_from_jwks
 from shared.files import atomic_write
 from shared.logging import get_logger
+from shared.metrics import KEYSETS_REFUSED
 
 log = get_logger(__name__)
 
@@ -54,7 +56,8 @@ class KeysUnavailable(InvalidToken):
 
 
 class CachedJwksKeySource(JwksKeySource):
-    """A :class:`JwksKeySource` that keeps the last JWKS it fetched in a file and starts from it."""
+    """A :class:`JwksKeySource` that keeps the last JWKS it fetched in a file and starts from it: the pinned set.
+    A different set is taken only when a pinned key endorses it (:mod:`shared.auth.keyset`)."""
 
     def __init__(self, url: str, cache: Path, client: httpx.AsyncClient | None = None, ttl: float = 300.0) -> None:
         super().__init__(url, client, ttl)
@@ -70,12 +73,29 @@ class CachedJwksKeySource(JwksKeySource):
         response = await self.client.get(self.url)
         response.raise_for_status()
         document: Any = response.json()
-        self._keys = keys_from_jwks(document)
+        fetched = keys_from_jwks(document)
+        pinned = {kid: raw(key) for kid, key in self._keys.items()}
+        if pinned and pinned != {kid: raw(key) for kid, key in fetched.items()}:
+            # The set changed: only a key already trusted may vouch for the new one (shared.auth.keyset).
+            endorser = endorsed_by(document, self._keys)
+            if endorser is None:
+                self._fetched_at = time.monotonic()  # keep the pinned keys; look again after the TTL
+                KEYSETS_REFUSED.labels(url=self.url).inc()
+                log.error(
+                    "key set refused: no key this gateway trusts endorses it (a man in the middle, or keys replaced "
+                    "without rotation); the pinned keys stay",
+                    url=self.url,
+                    pinned=sorted(pinned),
+                    offered=sorted(fetched),
+                )
+                return
+            log.info("key set rotated", url=self.url, endorsed_by=endorser, kids=sorted(fetched))
+        self._keys = fetched
         self._fetched_at = time.monotonic()
         if self._keys:
             try:
                 self.cache.parent.mkdir(parents=True, exist_ok=True)
-                atomic_write(self.cache, json.dumps(document).encode(), mode=0o644)
+                atomic_write(self.cache, json.dumps(document).encode(), mode=0o600)
             except OSError as exc:  # the keys are fetched; only the copy for a later start is missing
                 log.warning("JWKS not kept on disk", path=str(self.cache), error=str(exc))
 

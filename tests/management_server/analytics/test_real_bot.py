@@ -246,7 +246,8 @@ async def test_a_real_bots_figures_missed_trades_and_the_risk_guard(system: Syst
     async with sessionmaker.begin() as session:
         await session.execute(delete(Trade).where(Trade.bot_id == uuid.UUID(bot_id), Trade.trade_id == closed_ids[1]))
     sync: TradeSync = system.management.state.trade_sync
-    assert await sync.gaps() == [(uuid.UUID(bot_id), system.gateway.state.settings.api_url)]
+    gateway = system.gateway.state.settings
+    assert await sync.gaps() == [(uuid.UUID(bot_id), gateway.gateway_id, gateway.api_url)]
     assert await sync.run_once() == 1
     assert await sync.gaps() == []
     assert await get(system, f"/analytics/bots/{bot_id}") | {"generated_at": None} == figures | {"generated_at": None}
