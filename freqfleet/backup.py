@@ -47,24 +47,38 @@ def database_url(settings: ManagementSettings) -> Iterator[str]:
             server.stop()
 
 
+def backup_key(settings: ManagementSettings) -> bytes:
+    key = settings.backup_passphrase(create=True)
+    if key is None:
+        raise archive.BackupError(
+            f"no backup key: {settings.backup_key_file} is missing or empty (set FREQFLEET_BACKUP_KEY_FILE to the "
+            "file that holds it, or FREQFLEET_BACKUP_KEY)"
+        )
+    return key
+
+
 def backup(settings: ManagementSettings, output: Path | None) -> Path:
+    key = backup_key(settings)
     with database_url(settings) as url:
         return archive.create_backup(
-            url, archive.backup_set(settings.data_dir, settings.backup_sources()), output or settings.backups
+            url, archive.backup_set(settings.data_dir, settings.backup_sources()), output or settings.backups, key
         )
 
 
-def restore(settings: ManagementSettings, path: Path) -> dict[str, Any]:
-    """Check the archive, then restore it into the (fresh) data dir and its (empty) database."""
-    manifest = archive.verify(path)
-    data_dir = settings.data_dir.resolve()
-    archive.check_targets(manifest, data_dir)
-    if not external_database() and (data_dir / "postgres").exists() and any((data_dir / "postgres").iterdir()):
-        raise archive.BackupError(
-            f"{data_dir / 'postgres'} holds a database already: restore into a fresh FREQFLEET_DATA_DIR"
-        )
-    with database_url(settings) as url:
-        archive.restore_database(path, url)
-        database.upgrade(url)  # an archive of an older version comes up to this version's schema
-        placed = archive.restore_files(path, manifest, data_dir)
+def restore(settings: ManagementSettings, path: Path, *, trust_unencrypted: bool = False) -> dict[str, Any]:
+    """Open (decrypt and authenticate) and check the archive, then restore it into the (fresh) data dir and its
+    (empty) database."""
+    key = settings.backup_passphrase(create=False)
+    with archive.opened(path, key, trust_unencrypted=trust_unencrypted) as plain:
+        manifest = archive.verify(plain)
+        data_dir = settings.data_dir.resolve()
+        archive.check_targets(manifest, data_dir)
+        if not external_database() and (data_dir / "postgres").exists() and any((data_dir / "postgres").iterdir()):
+            raise archive.BackupError(
+                f"{data_dir / 'postgres'} holds a database already: restore into a fresh FREQFLEET_DATA_DIR"
+            )
+        with database_url(settings) as url:
+            archive.restore_database(plain, url)
+            database.upgrade(url)  # an archive of an older version comes up to this version's schema
+            placed = archive.restore_files(plain, manifest, data_dir)
     return {"manifest": manifest, "placed": placed, "data_dir": data_dir}

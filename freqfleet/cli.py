@@ -156,15 +156,29 @@ def backup(
     except BackupError as exc:
         typer.echo(f"backup: {exc}", err=True)
         raise typer.Exit(1) from exc
-    typer.echo(f"backup written to {path} ({path.stat().st_size} bytes); it holds the keys: keep it safe")
+    settings = get_settings()
+    where = (
+        "FREQFLEET_BACKUP_KEY"
+        if settings.backup_key
+        else str(settings.backup_key_file or settings.default_backup_key_file)
+    )
+    typer.echo(f"backup written to {path} ({path.stat().st_size} bytes), encrypted with the backup key ({where}).")
+    typer.echo("Keep a copy of that key away from this host: without it the archive can't be restored.")
 
 
 @app.command()
 def restore(
-    archive: Annotated[str, typer.Argument(help="A backup archive (freqfleet-backup-*.tar).")],
+    archive: Annotated[str, typer.Argument(help="A backup archive (freqfleet-backup-*.tar.enc).")],
+    trust_unencrypted: Annotated[
+        bool,
+        typer.Option(
+            "--trust-unencrypted", help="Also restore a plain .tar (first format): nothing proves who wrote it."
+        ),
+    ] = False,
 ) -> None:
     """Restore a backup into a fresh FREQFLEET_DATA_DIR (and an empty database: DATABASE_URL's, or the data
-    dir's embedded one), after checking every checksum; then bring the schema up to date."""
+    dir's embedded one), after decrypting it with the backup key (FREQFLEET_BACKUP_KEY or FREQFLEET_BACKUP_KEY_FILE)
+    and checking every checksum; then bring the schema up to date. Restoring trusts the archive's contents."""
     from pathlib import Path
 
     from freqfleet.backup import restore as run_restore
@@ -173,7 +187,7 @@ def restore(
 
     settings = get_settings()
     try:
-        done = run_restore(settings, Path(archive))
+        done = run_restore(settings, Path(archive), trust_unencrypted=trust_unencrypted)
     except BackupError as exc:
         typer.echo(f"restore: {exc}", err=True)
         raise typer.Exit(1) from exc

@@ -193,7 +193,15 @@ class ManagementSettings(CommonSettings):
     backup_paths: Annotated[list[Path] | None, NoDecode] = Field(
         default=None,
         description="Files and folders backed up beside the database, comma-separated, relative to the data dir or "
-        "absolute (default: the model store, model-signing-keys, keys and master.keys).",
+        "absolute (default: the model store, model-signing-keys, command-signing-keys, keys and master.keys).",
+    )
+    backup_key: SecretStr | None = Field(
+        default=None,
+        description="The passphrase archives are encrypted with (else FREQFLEET_BACKUP_KEY_FILE, else "
+        "<data dir>/backup.key, made at the first backup). Keep it outside the host: a restore needs it.",
+    )
+    backup_key_file: Path | None = Field(
+        default=None, description="A file holding the backup key (its first line), instead of FREQFLEET_BACKUP_KEY."
     )
     worker_beat: bool = Field(
         default=False,
@@ -226,7 +234,33 @@ class ManagementSettings(CommonSettings):
         """What is backed up beside the database."""
         if self.backup_paths:
             return list(self.backup_paths)
-        return [self.model_store.resolve(), Path("model-signing-keys"), Path("keys"), Path("master.keys")]
+        return [
+            self.model_store.resolve(),
+            Path("model-signing-keys"),
+            Path("command-signing-keys"),
+            Path("keys"),
+            Path("master.keys"),
+        ]
+
+    @property
+    def default_backup_key_file(self) -> Path:
+        return self.data_dir / "backup.key"
+
+    def backup_passphrase(self, *, create: bool) -> bytes | None:
+        """The backup key: FREQFLEET_BACKUP_KEY, FREQFLEET_BACKUP_KEY_FILE's first line, or <data dir>/backup.key
+        (made when ``create``); None when there is none."""
+        if self.backup_key is not None:
+            return self.backup_key.get_secret_value().encode()
+        path = self.backup_key_file or self.default_backup_key_file
+        try:
+            line = path.read_text().splitlines()[0].strip() if path.stat().st_size else ""
+        except FileNotFoundError:
+            if not create or self.backup_key_file is not None:
+                return None
+            from management_server.backups.sealing import new_key_file
+
+            return new_key_file(path)
+        return line.encode() or None
 
     @property
     def model_store(self) -> Path:

@@ -13,9 +13,12 @@ An archive is a tar file (``freqfleet-backup-<UTC time>.tar``, mode 0600) holdin
 
 Restoring checks the whole archive first (every member listed, sizes and checksums, no path leaving
 its folder) and changes nothing when something is wrong; it restores only into an empty database and
-onto paths that do not exist yet (a fresh data dir), then ``pg_restore`` runs in one transaction.
+onto paths that do not exist yet (a fresh data dir), then ``pg_restore`` runs in one transaction, as the role of
+the database URL (the embedded default's app role, not the superuser: a crafted dump can't run programs).
 
-The archive holds secrets (the keys): keep it as you keep the data dir.
+The tar is written encrypted and authenticated (:mod:`.sealing`, ``freqfleet-backup-<time>.tar.enc``) with the
+backup key; :func:`opened` gives the plain tar of an archive (decrypted into a private temporary folder) to
+the checks and the restore. An archive of the first format (a plain ``.tar``) is still read.
 """
 
 from __future__ import annotations
@@ -28,7 +31,9 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
+import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
@@ -36,6 +41,7 @@ from typing import IO, Any
 
 from sqlalchemy.engine import make_url
 
+from management_server.backups.sealing import SealError, is_sealed, open_file, seal_file
 from shared.logging import get_logger
 
 log = get_logger(__name__)
@@ -46,7 +52,8 @@ MANIFEST = "manifest.json"
 DATABASE_MEMBER = "database.dump"
 FILES_PREFIX = "files"
 PREFIX = "freqfleet-backup-"
-SUFFIX = ".tar"
+SUFFIX = ".tar.enc"
+SUFFIXES = (".tar.enc", ".tar")
 CHUNK = 1024 * 1024
 
 
@@ -185,8 +192,10 @@ def _walk(root: Path) -> Iterator[Path]:
                 yield path
 
 
-def create_backup(database_url: str, paths: list[BackupPath], output_dir: Path, now: datetime | None = None) -> Path:
-    """Write a backup archive into ``output_dir``; its path."""
+def create_backup(
+    database_url: str, paths: list[BackupPath], output_dir: Path, key: bytes, now: datetime | None = None
+) -> Path:
+    """Write a backup archive into ``output_dir``, encrypted with ``key``; its path."""
     now = now or datetime.now(UTC)
     output_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     final = output_dir / f"{PREFIX}{now.strftime('%Y%m%dT%H%M%S%fZ')}{SUFFIX}"
@@ -198,12 +207,12 @@ def create_backup(database_url: str, paths: list[BackupPath], output_dir: Path, 
             env,
             "pg_dump",
         )
-        fd, partial = tempfile.mkstemp(prefix=".backup-", suffix=".partial", dir=output_dir)
-        os.close(fd)
+        plain = Path(scratch) / "archive.tar"  # the tar never reaches the output folder unencrypted
+        partial = output_dir / f".backup-{uuid.uuid4().hex}.partial"
         try:
             files: list[dict[str, Any]] = []
             included: list[dict[str, Any]] = []
-            with tarfile.open(partial, "w", format=tarfile.PAX_FORMAT) as tar:
+            with tarfile.open(plain, "w", format=tarfile.PAX_FORMAT) as tar:
                 files.append(_add(tar, DATABASE_MEMBER, dump))
                 for entry in paths:
                     if not entry.source.exists():
@@ -227,10 +236,10 @@ def create_backup(database_url: str, paths: list[BackupPath], output_dir: Path, 
                 info = tarfile.TarInfo(MANIFEST)
                 info.size, info.mode, info.mtime = len(body), 0o600, int(now.timestamp())
                 tar.addfile(info, io.BytesIO(body))
-            os.chmod(partial, 0o600)
+            seal_file(plain, partial, key)
             os.replace(partial, final)
         except BaseException:
-            Path(partial).unlink(missing_ok=True)
+            partial.unlink(missing_ok=True)
             raise
     log.info("backup written", archive=str(final), files=len(files), bytes=final.stat().st_size)
     return final
@@ -238,7 +247,11 @@ def create_backup(database_url: str, paths: list[BackupPath], output_dir: Path, 
 
 def prune(output_dir: Path, keep: int) -> list[Path]:
     """Delete all but the ``keep`` newest archives of ``output_dir``; the ones deleted."""
-    archives = sorted(output_dir.glob(f"{PREFIX}*{SUFFIX}"), key=lambda p: p.name, reverse=True)
+    archives = sorted(
+        (p for suffix in SUFFIXES for p in output_dir.glob(f"{PREFIX}*{suffix}") if p.name.endswith(suffix)),
+        key=lambda p: p.name,
+        reverse=True,
+    )
     gone = archives[max(keep, 1) :]
     for path in gone:
         path.unlink(missing_ok=True)
@@ -248,6 +261,34 @@ def prune(output_dir: Path, keep: int) -> list[Path]:
 
 
 # --------------------------------------------------------------------------------------- reading
+
+
+@contextmanager
+def opened(archive: Path, key: bytes | None, *, trust_unencrypted: bool = False) -> Iterator[Path]:
+    """The plain tar of ``archive``: decrypted (and authenticated) into a private temporary folder, or, only when
+    ``trust_unencrypted``, the archive itself when it is of the first, unencrypted format."""
+    if not archive.is_file():
+        raise BackupError(f"{archive}: no such file")
+    if not is_sealed(archive):
+        if not trust_unencrypted:
+            raise BackupError(
+                f"{archive} is not encrypted (a plain tar: the first format, or made by someone else), so nothing "
+                "proves who wrote it; restore it only if you trust it, with --trust-unencrypted"
+            )
+        yield archive
+        return
+    if key is None:
+        raise BackupError(
+            f"{archive} is encrypted: give its backup key (FREQFLEET_BACKUP_KEY, or FREQFLEET_BACKUP_KEY_FILE with the "
+            "backup.key kept from the data dir that made it)"
+        )
+    with tempfile.TemporaryDirectory(prefix="freqfleet-restore-") as scratch:
+        plain = Path(scratch) / "archive.tar"
+        try:
+            open_file(archive, plain, key)
+        except SealError as exc:
+            raise BackupError(str(exc)) from None
+        yield plain
 
 
 def _safe(name: str) -> bool:

@@ -8,7 +8,7 @@ from typing import Any
 
 from celery import Celery
 
-from management_server.backups.archive import backup_set, create_backup, prune
+from management_server.backups.archive import BackupError, backup_set, create_backup, prune
 from management_server.config import ManagementSettings
 from shared.metrics import BACKUPS
 
@@ -19,10 +19,14 @@ SCHEDULE_NAME = "freqfleet-backup"
 def run_backup(settings: ManagementSettings, *, keep: int | None = None) -> dict[str, Any]:
     """One backup into ``settings.backups``, then the retention; what happened."""
     try:
+        key = settings.backup_passphrase(create=True)
+        if key is None:
+            raise BackupError(f"no backup key: {settings.backup_key_file} is missing or empty")
         archive = create_backup(
             settings.database_url.get_secret_value(),
             backup_set(settings.data_dir, settings.backup_sources()),
             settings.backups,
+            key,
         )
     except Exception:
         BACKUPS.labels(outcome="failed").inc()

@@ -37,6 +37,7 @@ from management_server.backups.archive import (
     backup_set,
     check_targets,
     create_backup,
+    opened,
     restore_database,
     targets,
     verify,
@@ -217,13 +218,26 @@ async def test_backup_wipe_restore_and_the_restored_bot_starts(
         env={"FREQFLEET_DATA_DIR": str(source), "FREQFLEET_DATABASE_URL": database_url},
     )
     assert made.returncode == 0, made.stdout + made.stderr
-    [archive] = list((tmp_path / "archives").glob("freqfleet-backup-*.tar"))
+    [archive] = list((tmp_path / "archives").glob("freqfleet-backup-*.tar.enc"))
     assert str(archive) in made.stdout
     assert archive.stat().st_mode & 0o777 == 0o600
-    manifest = verify(archive)
+    # Encrypted with the backup key made in the data dir (kept elsewhere by the operator; never in the archive).
+    kept_key = tmp_path / "kept-backup.key"
+    shutil.copy(source / "backup.key", kept_key)
+    assert (source / "backup.key").stat().st_mode & 0o777 == 0o600
+    assert b"master" not in archive.read_bytes()
+    with opened(archive, (source / "backup.key").read_text().strip().encode()) as plain:
+        manifest = verify(plain)
     assert manifest["schema_revision"] == (await _revision(database_url))
     saved = {p["name"]: p["kind"] for p in manifest["paths"]}
-    assert saved == {"model-store": "dir", "model-signing-keys": "dir", "keys": "dir", "master.keys": "file"}
+    assert saved == {
+        "model-store": "dir",
+        "model-signing-keys": "dir",
+        "command-signing-keys": "dir",
+        "keys": "dir",
+        "master.keys": "file",
+    }
+    assert "backup.key" not in json.dumps(manifest)
 
     # Wipe: the database and the data dir are gone.
     name = make_url(database_url).database
@@ -236,10 +250,18 @@ async def test_backup_wipe_restore_and_the_restored_bot_starts(
 
     # Restore into a fresh data dir, whose embedded PostgreSQL the restore starts (and stops).
     fresh = own_server_dir / "data"
-    done = cli("restore", str(archive), env={"FREQFLEET_DATA_DIR": str(fresh)})
+    keyless = cli("restore", str(archive), env={"FREQFLEET_DATA_DIR": str(fresh)})
+    assert keyless.returncode == 1
+    assert "is encrypted: give its backup key" in keyless.stderr
+    wrong = cli("restore", str(archive), env={"FREQFLEET_DATA_DIR": str(fresh), "FREQFLEET_BACKUP_KEY": "not it"})
+    assert wrong.returncode == 1
+    assert "does not open with this backup key" in wrong.stderr
+    assert not (fresh / "postgres").exists()
+    with_key = {"FREQFLEET_DATA_DIR": str(fresh), "FREQFLEET_BACKUP_KEY_FILE": str(kept_key)}
+    done = cli("restore", str(archive), env=with_key)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "restored the backup of" in done.stdout
-    again = cli("restore", str(archive), env={"FREQFLEET_DATA_DIR": str(fresh)})
+    again = cli("restore", str(archive), env=with_key)
     assert again.returncode == 1
     assert "restore into a fresh" in again.stderr
 
@@ -324,7 +346,10 @@ async def test_a_damaged_archive_or_a_used_target_is_refused(database_url: str, 
     (data / "keys" / "a.pem").write_text("not really a key")
     (data / "master.keys").write_text("k1:xyz")
     paths = backup_set(data, [Path("keys"), Path("master.keys"), Path("model-store")])
-    archive = await asyncio.to_thread(create_backup, database_url, paths, tmp_path / "out")
+    sealed = await asyncio.to_thread(create_backup, database_url, paths, tmp_path / "out", b"the backup key")
+    archive = tmp_path / "plain.tar"  # the tar inside, to craft archives of the first (unencrypted) format from
+    with opened(sealed, b"the backup key") as plain:
+        shutil.copy(plain, archive)
     manifest = verify(archive)
     assert {p["name"]: p["kind"] for p in manifest["paths"]} == {
         "keys": "dir",
@@ -391,24 +416,35 @@ async def test_a_damaged_archive_or_a_used_target_is_refused(database_url: str, 
     elsewhere = crafted("absolute.tar", absolute)
     placed = [target for _, target in targets(verify(elsewhere), tmp_path / "fresh")]
     assert all((tmp_path / "fresh").resolve() in p.parents for p in placed), placed
-    climbed = cli(
-        "restore",
-        str(crafted("climb2.tar", climb)),
-        env={"FREQFLEET_DATA_DIR": str(tmp_path / "new"), "FREQFLEET_DATABASE_URL": database_url},
-    )
+    fresh_env = {"FREQFLEET_DATA_DIR": str(tmp_path / "new"), "FREQFLEET_DATABASE_URL": database_url}
+    untrusted = cli("restore", str(crafted("climb2.tar", climb)), env=fresh_env)
+    assert untrusted.returncode == 1
+    assert "is not encrypted" in untrusted.stderr  # a plain tar proves nothing about who wrote it
+    climbed = cli("restore", str(crafted("climb2.tar", climb)), "--trust-unencrypted", env=fresh_env)
     assert climbed.returncode == 1
     assert "would be restored to" in climbed.stderr
     assert not (tmp_path / "outside").exists()
     assert not (tmp_path / "new").exists()
 
-    refused = cli(
-        "restore",
-        str(damaged),
-        env={"FREQFLEET_DATA_DIR": str(tmp_path / "new"), "FREQFLEET_DATABASE_URL": database_url},
-    )
+    refused = cli("restore", str(damaged), "--trust-unencrypted", env=fresh_env)
     assert refused.returncode == 1
     assert "is damaged" in refused.stderr
     assert not (tmp_path / "new").exists()
+
+    # The encrypted archive: one byte changed anywhere, a chunk cut off, or the wrong key, and nothing opens.
+    body = sealed.read_bytes()
+    for name, content, reason in (
+        ("flipped.tar.enc", body[:-100] + bytes([body[-100] ^ 1]) + body[-99:], "a changed archive|was changed"),
+        ("cut.tar.enc", body[: len(body) // 2], "was changed or cut short|does not open"),
+        ("header.tar.enc", body.replace(b'"n": 32768', b'"n": 16384', 1), "does not open with this backup key"),
+    ):
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(BackupError, match=reason), opened(tmp_path / name, b"the backup key"):
+            pass
+    with pytest.raises(BackupError, match="does not open with this backup key"), opened(sealed, b"another key"):
+        pass
+    with pytest.raises(BackupError, match="is encrypted: give its backup key"), opened(sealed, None):
+        pass
 
 
 async def test_scheduled_backups_run_on_beat_and_keep_the_newest(
@@ -423,7 +459,7 @@ async def test_scheduled_backups_run_on_beat_and_keep_the_newest(
     assert BACKUP_TASK in app.tasks
     results = [await asyncio.to_thread(run_backup, settings) for _ in range(3)]
     assert [len(r["deleted"]) for r in results] == [0, 0, 1]
-    kept = sorted(p.name for p in settings.backups.glob("freqfleet-backup-*.tar"))
+    kept = sorted(p.name for p in settings.backups.glob("freqfleet-backup-*.tar.enc"))
     assert kept == sorted(Path(r["archive"]).name for r in results[1:])
     off = create_celery(settings.model_copy(update={"backup_interval_hours": 0}), results=False)
     assert SCHEDULE_NAME not in (off.conf.beat_schedule or {})
@@ -459,10 +495,12 @@ def test_a_worker_with_beat_makes_the_scheduled_backups(database_url: str, redis
             wait_for(lambda: "old backups deleted" in log.read_text(), timeout=120, what="a third backup and retention")
         except AssertionError as exc:
             raise AssertionError(f"{exc}; the worker wrote:\n{log.read_text(errors='replace')[-3000:]}") from None
-        kept = list(backups.glob("freqfleet-backup-*.tar"))
+        kept = list(backups.glob("freqfleet-backup-*.tar.enc"))
         assert 1 <= len(kept) <= 2
+        key = (tmp_path / "data" / "backup.key").read_text().strip().encode()  # made by the first backup
         for archive in kept:
-            verify(archive)
+            with opened(archive, key) as plain:
+                verify(plain)
         # The worker's own /metrics: what its pool processes counted (training durations show there too).
         exposition = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
         made = [
