@@ -29,7 +29,7 @@ import subprocess
 import warnings
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import psutil
 
@@ -282,6 +282,11 @@ class EmbeddedValkey:
     def url(self) -> str:
         return f"redis://:{quote(self.password, safe='')}@127.0.0.1:{self.port}/0"
 
+    def user_url(self, user: str, rules: list[str]) -> str:
+        """A URL for an ACL user of its own (made now with ``rules``, a fresh password; in memory until the
+        server stops)."""
+        return restricted_user(self.url, user, rules)
+
     @property
     def pid(self) -> int | None:
         proc = getattr(self._server, "_process", None)
@@ -291,3 +296,20 @@ class EmbeddedValkey:
         if self._server is not None and self._server.is_running():
             self._server.stop(timeout=10)
         self._server = None
+
+
+def restricted_user(admin_url: str, user: str, rules: list[str]) -> str:
+    """Make (or reset) ACL user ``user`` with ``rules`` on the server at ``admin_url`` (whose user may run ACL); the
+    URL to connect as it."""
+    import redis
+
+    password = secrets.token_urlsafe(32)
+    client: Any = redis.Redis.from_url(admin_url)
+    try:
+        client.execute_command("ACL", "SETUSER", user, "reset", "on", f">{password}", *rules)
+    finally:
+        client.close()
+    parsed = urlsplit(admin_url)
+    host = parsed.hostname or "127.0.0.1"
+    netloc = f"{quote(user, safe='')}:{quote(password, safe='')}@{host}" + (f":{parsed.port}" if parsed.port else "")
+    return urlunsplit((parsed.scheme, netloc, parsed.path, parsed.query, parsed.fragment))

@@ -34,6 +34,7 @@ from shared.sandbox.host import HostSandbox, detect
 from shared.settings import redact_url
 from trading_gateway.config import default_gateway_id
 from trading_gateway.identity import load_or_create
+from trading_gateway.redis_acl import acl_rules, acl_user
 
 log = get_logger(__name__)
 
@@ -145,9 +146,12 @@ class Stack:
         settings = self.settings.model_copy(update={"database_url": SecretStr(database_url)})
         return database.bootstrap_admin(settings, email, password)
 
+    def gateway_id(self) -> str:
+        return self.env.get("FREQFLEET_GATEWAY_ID") or default_gateway_id()
+
     def enroll_gateway(self, database_url: str) -> str:
         """Make the gateway's identity (if new) and enroll it: `up`'s own gateway needs no admin step."""
-        gateway_id = self.env.get("FREQFLEET_GATEWAY_ID") or default_gateway_id()
+        gateway_id = self.gateway_id()
         identity = load_or_create(self.data_dir / "gateway" / gateway_id, gateway_id)
         settings = self.settings.model_copy(update={"database_url": SecretStr(database_url)})
         database.enroll_gateway(settings, identity.enrollment())
@@ -179,12 +183,15 @@ class Stack:
         # The admin password is needed by nobody after bootstrap.
         env.pop("FREQFLEET_ADMIN_PASSWORD", None)
         python = sys.executable
+        gateway_env = env | {"FREQFLEET_STOP_BOTS_ON_SHUTDOWN": "true"}
+        if self.valkey is not None:  # the gateway's host runs user code: its Valkey user reaches only its keys
+            gateway_id = self.gateway_id()
+            gateway_env["FREQFLEET_GATEWAY_ID"] = gateway_id
+            gateway_env["FREQFLEET_REDIS_URL"] = self.valkey.user_url(acl_user(gateway_id), acl_rules(gateway_id))
         return [
             ChildSpec("simulator", [python, "-m", "freqfleet", "simulator"], env),
             ChildSpec("management", [python, "-m", "freqfleet", "management"], env),
-            ChildSpec(
-                "gateway", [python, "-m", "freqfleet", "gateway"], env | {"FREQFLEET_STOP_BOTS_ON_SHUTDOWN": "true"}
-            ),
+            ChildSpec("gateway", [python, "-m", "freqfleet", "gateway"], gateway_env),
             # The one worker of the embedded default also runs Celery beat (scheduled backups).
             ChildSpec(
                 "worker",

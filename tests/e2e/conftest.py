@@ -31,13 +31,14 @@ import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
 
-from freqfleet.embedded import EmbeddedPostgres, EmbeddedValkey
+from freqfleet.embedded import EmbeddedPostgres, EmbeddedValkey, restricted_user
 from tests.conftest import fresh_database
 from tests.enrollment import enroll_with_the_cli
 from tests.exchange_simulator.conftest import SimulatorProcess, start_simulator_process, stop_simulator_process
 from tests.helpers import async_wait_for, free_port, wait_for
 from trading_gateway.bots import BOTS_DIR
 from trading_gateway.bots.adoption import find_orphans
+from trading_gateway.redis_acl import acl_rules, acl_user
 
 ROOT = Path(__file__).resolve().parents[2]
 ADMIN_EMAIL = "admin@e2e.example.com"
@@ -208,7 +209,11 @@ def stack(e2e_database: str, e2e_redis: str, tmp_path_factory: pytest.TempPathFa
     simulator = start_simulator_process(logs / "simulator.log")
     data_dir = tmp_path_factory.mktemp("e2e-data")
     env = _env(data_dir, e2e_database, e2e_redis, simulator)
-    services = {name: Service(name, env, logs / f"{name}.log") for name in ("management", "gateway", "worker")}
+    # As under `freqfleet up`: the gateway's Valkey user reaches only its own keys (trading_gateway/redis_acl.py).
+    gateway_id = env["FREQFLEET_GATEWAY_ID"]
+    gateway_env = env | {"FREQFLEET_REDIS_URL": restricted_user(e2e_redis, acl_user(gateway_id), acl_rules(gateway_id))}
+    services = {name: Service(name, env, logs / f"{name}.log") for name in ("management", "worker")}
+    services["gateway"] = Service("gateway", gateway_env, logs / "gateway.log")
     s = Stack(
         management=env["FREQFLEET_MANAGEMENT_URL"],
         gateway=f"http://127.0.0.1:{env['FREQFLEET_GATEWAY_PORT']}",
