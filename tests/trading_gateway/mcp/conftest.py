@@ -132,7 +132,8 @@ class Stack:
         async def known() -> bool:
             async with self.management.app.state.sessionmaker() as session:
                 found = await session.execute(select(Gateway).where(Gateway.gateway_id == self.settings.gateway_id))
-                return found.scalar_one_or_none() is not None
+                gateway = found.scalar_one_or_none()  # enrolled before it starts: heard from once it beats
+                return gateway is not None and gateway.last_seen_at is not None
 
         await async_wait_for(known, timeout=20, what="the gateway's heartbeat at the management server")
 
