@@ -68,6 +68,15 @@ class EventSignatures:
                 verdicts.append(refused.reason)
         return verdicts
 
+    async def enrolled_key(self, gateway_id: str) -> Ed25519PublicKey | None:
+        """The signing key of an enrolled, unrevoked gateway (None otherwise). The keys are read again when stale,
+        or for an id not known at most once a second (a header naming made-up gateways can't flood the database)."""
+        stale = time.monotonic() - self._loaded_at
+        if stale > CACHE_SECONDS or (gateway_id not in self._keys and stale > 1.0):
+            await self._load()
+        known = self._keys.get(gateway_id)
+        return None if known is None else known.public
+
     def forget(self) -> None:
         """Read the enrolled keys again before the next check (after an enrollment or a revocation here)."""
         self._loaded_at = 0.0

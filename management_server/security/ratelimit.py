@@ -34,10 +34,13 @@ from limits import RateLimitItem, parse
 from limits.aio.storage import RedisStorage
 from limits.aio.strategies import MovingWindowRateLimiter
 from redis.exceptions import RedisError
+from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from management_server.config import ManagementSettings
+from shared.gateway_requests import HEADER as GATEWAY_HEADER
+from shared.gateway_requests import claimed_gateway, vouched
 from shared.logging import get_logger
 from shared.redis import create_redis
 
@@ -186,6 +189,11 @@ class RateLimitMiddleware:
         if limiter is None:
             await self.app(scope, receive, send)
             return
+        if await _vouched_by_a_gateway(scope):
+            # An enrolled gateway's MCP tool, calling as one of its users: the user's own limit applies (in the
+            # auth dependency), not the gateway's address, which all its agents share.
+            await self.app(scope, receive, send)
+            return
         client = scope.get("client")
         result = await limiter.check_ip(client[0] if client else "unknown")
         if result.allowed:
@@ -197,6 +205,24 @@ class RateLimitMiddleware:
             headers={"Retry-After": str(result.retry_after)},
         )
         await response(scope, receive, send)
+
+
+async def _vouched_by_a_gateway(scope: Scope) -> bool:
+    headers = Headers(scope=scope)
+    value = headers.get(GATEWAY_HEADER)
+    if not value:
+        return False
+    gateway_id = claimed_gateway(value)
+    keys = getattr(getattr(scope.get("app"), "state", None), "event_signatures", None)
+    if gateway_id is None or keys is None:
+        return False
+    try:
+        public = await keys.enrolled_key(gateway_id)
+    except Exception as exc:  # the database: count the request per IP, as any other
+        log.warning("gateway's request signature not checked", error=f"{type(exc).__name__}: {exc}")
+        return False
+    authorization = headers.get("authorization", "")
+    return public is not None and vouched(public, value, scope.get("method", ""), authorization)
 
 
 async def enforce_user_limit(request: Request, user_id: str) -> None:

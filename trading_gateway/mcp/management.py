@@ -22,7 +22,10 @@ from typing import Any
 import httpx
 from asgi_correlation_id import correlation_id
 
+from shared.gateway_requests import HEADER as GATEWAY_HEADER
+from shared.gateway_requests import vouch
 from shared.logging import get_logger
+from trading_gateway.identity import GatewayIdentity
 from trading_gateway.mcp.auth import Caller
 from trading_gateway.mcp.errors import ToolDenied, ToolFailure, ToolProblem
 
@@ -56,9 +59,16 @@ def _detail(response: httpx.Response) -> str | None:
 
 
 class ManagementApi:
-    def __init__(self, base_url: str, timeout: float, client: httpx.AsyncClient | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        timeout: float,
+        client: httpx.AsyncClient | None = None,
+        identity: GatewayIdentity | None = None,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
+        self.identity = identity  # signs each request (shared.gateway_requests): rate limits are the caller's
         # No proxy from the environment: these requests carry users' tokens.
         self.client = client or httpx.AsyncClient(
             base_url=self.base_url + API, timeout=httpx.Timeout(timeout, connect=5.0), trust_env=False
@@ -77,7 +87,10 @@ class ManagementApi:
         params: Mapping[str, Any] | None = None,
     ) -> Any:
         """The JSON answer of ``method API+path`` made with the caller's token, or a :class:`ToolProblem`."""
-        headers = {"Authorization": f"Bearer {caller.token}", "User-Agent": "freqfleet-gateway-mcp"}
+        authorization = f"Bearer {caller.token}"
+        headers = {"Authorization": authorization, "User-Agent": "freqfleet-gateway-mcp"}
+        if self.identity is not None:
+            headers[GATEWAY_HEADER] = vouch(self.identity.signing, self.identity.gateway_id, method, authorization)
         if (cid := correlation_id.get()) is not None:
             headers["X-Request-ID"] = cid
         try:

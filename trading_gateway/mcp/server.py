@@ -118,7 +118,8 @@ class McpService:
         self.settings = settings
         self.fleet = fleet
         self.auth = McpAuth(gateway_auth, settings.mcp_allowed_origins)
-        self.api = ManagementApi(settings.management_url, settings.mcp_management_timeout)
+        # Requests as the caller, vouched for by this gateway: the management server limits each user, not us.
+        self.api = ManagementApi(settings.management_url, settings.mcp_management_timeout, identity=fleet.identity)
         self.auditor = McpAuditor(events, settings.gateway_id)
         self.server: Server[Any] = Server(
             SERVER_NAME,
