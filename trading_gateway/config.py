@@ -125,6 +125,35 @@ class GatewaySettings(CommonSettings):
         "gateways' reports).",
     )
 
+    mcp_max_message_bytes: int = Field(
+        default=1024 * 1024,
+        ge=1024,
+        description="Largest MCP message (a WebSocket frame, a Streamable HTTP body): a larger one is refused before "
+        "it is parsed.",
+    )
+    mcp_calls_per_minute: int = Field(
+        default=300, ge=1, description="MCP tool calls and resource reads one user may make per minute (all agents)."
+    )
+    mcp_in_flight_per_connection: int = Field(
+        default=16, ge=1, description="MCP requests one WebSocket connection may have unanswered at once."
+    )
+    mcp_connections_per_user: int = Field(
+        default=8, ge=1, description="MCP WebSocket connections one user may have open at once."
+    )
+    mcp_sessions_per_user: int = Field(
+        default=16, ge=1, description="Streamable HTTP sessions one user may have open at once."
+    )
+    mcp_max_sessions: int = Field(default=1000, ge=1, description="Streamable HTTP sessions open at once in all.")
+    mcp_session_idle: float = Field(
+        default=300.0, gt=0, description="Seconds an idle Streamable HTTP session lives (then a client opens another)."
+    )
+    mcp_refusal_sample_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="Refused and malformed MCP calls are audited as one row per user, tool and reason per this many "
+        "seconds, with a count (successful calls: one row each).",
+    )
+
     @field_validator("mcp_allowed_origins", mode="before")
     @classmethod
     def _split_mcp_origins(cls, value: object) -> object:

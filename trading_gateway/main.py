@@ -184,4 +184,5 @@ def run() -> None:
         log_config=None,
         access_log=False,
         proxy_headers=False,
+        ws_max_size=settings.mcp_max_message_bytes,  # a larger MCP frame is refused before it is buffered whole
     )

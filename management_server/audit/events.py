@@ -47,6 +47,8 @@ async def record_mcp_call(session: AsyncSession, message: McpCall) -> bool:
         "auth_id": str(data.token_id),
         "duration_ms": data.duration_ms,
     }
+    if data.repeated:
+        details["repeated"] = data.repeated  # more refusals like this one, sampled by the gateway
     session.add(
         AuditEntry(
             occurred_at=message.occurred_at,

@@ -462,6 +462,12 @@ class McpCallData(Payload):
     target_id: str | None = Field(default=None, max_length=64)
     client_ip: str | None = Field(default=None, max_length=64)
     duration_ms: float = Field(ge=0)
+    repeated: int = Field(
+        default=0,
+        ge=0,
+        description="Refusals like this one (same user, tool and reason) since the last row about them, not audited "
+        "one by one (the gateway samples refused and malformed calls).",
+    )
 
 
 class CommandAccepted(Envelope):

@@ -10,11 +10,18 @@ What is recorded: the caller (user id, role, token type and token id; never the 
 (or resource URI), its arguments with secret-named keys masked and long values cut, the outcome
 (``success``, ``failure``, ``denied``) with the reason, the bot it was about, the client's IP, the
 transport and how long it took.
+
+Refused and malformed calls are sampled, so that an agent can't turn the audit into a flood of the events
+stream: the first refusal of a (user, tool, reason) is audited at once, the next ones within
+``FREQFLEET_MCP_REFUSAL_SAMPLE_SECONDS`` are only counted, and the first one after that is audited with the count
+(``repeated``). Successful calls are audited one by one.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -60,9 +67,27 @@ def audited_arguments(arguments: Any) -> dict[str, Any]:
 
 
 class McpAuditor:
-    def __init__(self, events: EventPublisher, gateway_id: str) -> None:
+    def __init__(self, events: EventPublisher, gateway_id: str, sample_seconds: float = 60.0) -> None:
         self.events = events
         self.gateway_id = gateway_id
+        self.sample_seconds = sample_seconds
+        self._refusals: dict[tuple[str, str, str], tuple[float, int]] = {}  # key -> (audited at, unaudited since)
+        self.sampled = 0  # refusals counted, not audited one by one
+
+    def _sampled(self, caller: Caller, name: str, outcome: Outcome, reason: str | None) -> int | None:
+        """None: don't audit this refusal (counted); else how many like it went unaudited before it."""
+        key = (str(caller.subject), name[:200], f"{outcome}:{(reason or '')[:200]}")
+        now = time.monotonic()
+        audited_at, unaudited = self._refusals.get(key, (-math.inf, 0))
+        if now - audited_at < self.sample_seconds:
+            self._refusals[key] = (audited_at, unaudited + 1)
+            self.sampled += 1
+            return None
+        self._refusals[key] = (now, 0)
+        if len(self._refusals) > 50_000:  # forget keys whose window is over
+            for old in [k for k, (at, _) in self._refusals.items() if now - at >= self.sample_seconds]:
+                del self._refusals[old]
+        return unaudited
 
     async def record(
         self,
@@ -77,8 +102,15 @@ class McpAuditor:
         duration_ms: float,
         correlation_id: str,
     ) -> None:
-        """Publish the call's audit event (kept in the outbox while Redis is away); never raises."""
+        """Publish the call's audit event (kept in the outbox while Redis is away); never raises. A refusal is
+        sampled (see the module's docstring)."""
         claims = caller.claims
+        repeated = 0
+        if outcome != "success":
+            counted = self._sampled(caller, name, outcome, reason)
+            if counted is None:
+                return
+            repeated = counted
         try:
             message = McpCall(
                 source=f"gateway:{self.gateway_id}",
@@ -99,6 +131,7 @@ class McpAuditor:
                     target_id=None if target is None else target.id[:64],
                     client_ip=None if caller.client_ip is None else caller.client_ip[:64],
                     duration_ms=round(max(0.0, duration_ms), 3),
+                    repeated=repeated,
                 ),
             )
             await self.events.publish(message)

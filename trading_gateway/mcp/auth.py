@@ -49,14 +49,15 @@ FOREIGN_ORIGIN = (
 class Refused(Exception):
     """A connection (or call) refused before any MCP exchange; ``detail`` says why, for the client."""
 
-    def __init__(self, status: int, detail: str) -> None:
+    def __init__(self, status: int, detail: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(detail)
         self.status = status
         self.detail = detail
+        self._headers = headers or {}
 
     @property
     def headers(self) -> dict[str, str]:
-        return {"WWW-Authenticate": "Bearer"} if self.status == 401 else {}
+        return ({"WWW-Authenticate": "Bearer"} if self.status == 401 else {}) | self._headers
 
 
 @dataclass(frozen=True)

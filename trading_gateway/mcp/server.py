@@ -54,6 +54,7 @@ from trading_gateway.mcp import resources
 from trading_gateway.mcp.audit import McpAuditor, Outcome, Target
 from trading_gateway.mcp.auth import Caller, McpAuth, Refused
 from trading_gateway.mcp.errors import ToolDenied, ToolFailure, ToolProblem
+from trading_gateway.mcp.limits import CallRate, Connections, LimitReached, McpLimits, Sessions
 from trading_gateway.mcp.management import ManagementApi
 from trading_gateway.mcp.tools import TOOLS, TOOLS_BY_NAME, ToolContext, jsonable
 
@@ -120,7 +121,7 @@ class McpService:
         self.auth = McpAuth(gateway_auth, settings.mcp_allowed_origins)
         # Requests as the caller, vouched for by this gateway: the management server limits each user, not us.
         self.api = ManagementApi(settings.management_url, settings.mcp_management_timeout, identity=fleet.identity)
-        self.auditor = McpAuditor(events, settings.gateway_id)
+        self.auditor = McpAuditor(events, settings.gateway_id, settings.mcp_refusal_sample_seconds)
         self.server: Server[Any] = Server(
             SERVER_NAME,
             version="0.1.0",
@@ -132,8 +133,21 @@ class McpService:
             on_list_resource_templates=self._list_resource_templates,
             on_read_resource=self._read_resource,
         )
+        self.limits = McpLimits(
+            calls=CallRate(settings.mcp_calls_per_minute),
+            connections=Connections(settings.mcp_connections_per_user),
+            sessions=Sessions(settings.mcp_sessions_per_user, settings.mcp_session_idle),
+            max_message_bytes=settings.mcp_max_message_bytes,
+            in_flight_per_connection=settings.mcp_in_flight_per_connection,
+        )
         # Answers as JSON rather than SSE streams: no tool streams progress, and a JSON answer is cheaper.
-        self.sessions = StreamableHTTPSessionManager(app=self.server, json_response=True)
+        self.sessions = StreamableHTTPSessionManager(
+            app=self.server,
+            json_response=True,
+            session_idle_timeout=settings.mcp_session_idle,
+            max_request_body_size=settings.mcp_max_message_bytes,
+            max_sessions=settings.mcp_max_sessions,
+        )
         self.init_options = self.server.create_initialization_options()
         self._tools = [
             types.Tool(
@@ -178,6 +192,11 @@ class McpService:
         outcome: Outcome = "success"
         reason: str | None = None
         try:
+            try:
+                self.limits.calls.hit(str(caller.subject))
+            except LimitReached as exc:
+                outcome, reason = "failure", "rate limited"
+                return _error_result(exc.message)
             if tool is None:
                 outcome, reason = "failure", "unknown tool"
                 raise MCPError(
@@ -265,6 +284,13 @@ class McpService:
         outcome: Outcome = "success"
         reason: str | None = None
         try:
+            try:
+                self.limits.calls.hit(str(caller.subject))
+            except LimitReached as exc:
+                outcome, reason = "failure", "rate limited"
+                raise MCPError(
+                    code=types.INVALID_REQUEST, message=exc.message, data={"retry_after": exc.retry_after}
+                ) from None
             try:
                 if caller.transport == "websocket":
                     caller = await self.auth.recheck(caller)

@@ -34,11 +34,12 @@ from pydantic import ValidationError
 from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 from starlette.routing import Route, WebSocketRoute
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from shared.logging import get_logger
 from trading_gateway.mcp.auth import Caller, Refused
+from trading_gateway.mcp.limits import LimitReached
 from trading_gateway.mcp.server import CALLER_SCOPE_KEY, McpService
 
 log = get_logger(__name__)
@@ -49,6 +50,7 @@ SUBPROTOCOL = "mcp"
 NO_SUBPROTOCOL = "Open the WebSocket with the subprotocol 'mcp' (header 'Sec-WebSocket-Protocol: mcp')."
 NOT_READY = "The gateway's MCP server is not running (the gateway is starting or stopping); try again shortly."
 STREAM_BUFFER = 32
+SESSION_HEADER = "mcp-session-id"
 
 
 def _service(scope: Scope) -> McpService | None:
@@ -97,7 +99,33 @@ class StreamableHttpEndpoint:
             return
         scope[CALLER_SCOPE_KEY] = caller
         scope["user"] = _sdk_user(caller)
-        await service.sessions.handle_request(scope, receive, send)
+        user = str(caller.subject)
+        sessions = service.limits.sessions
+        session_id = Headers(scope=scope).get(SESSION_HEADER)
+        if session_id is None and scope.get("method") == "POST":
+            try:
+                sessions.may_open(user)  # a request without a session may open one (initialize)
+            except LimitReached as exc:
+                await _too_many(exc)(scope, receive, send)
+                return
+        elif session_id is not None:
+            if scope.get("method") == "DELETE":
+                sessions.ended(user, session_id)
+            else:
+                sessions.used(user, session_id)
+
+        async def noting_sessions(message: Message) -> None:
+            if message["type"] == "http.response.start" and session_id is None:
+                opened = Headers(raw=message.get("headers", [])).get(SESSION_HEADER)
+                if opened:
+                    sessions.used(user, opened)
+            await send(message)
+
+        await service.sessions.handle_request(scope, receive, noting_sessions)
+
+
+def _too_many(exc: LimitReached) -> JSONResponse:
+    return JSONResponse({"detail": exc.message}, status_code=429, headers={"Retry-After": str(exc.retry_after)})
 
 
 async def _deny(websocket: WebSocket, exc: Refused) -> None:
@@ -105,6 +133,26 @@ async def _deny(websocket: WebSocket, exc: Refused) -> None:
         await websocket.send_denial_response(_refusal(exc))
     except RuntimeError:  # a server without the denial-response extension: close the handshake instead
         await websocket.close(code=1008, reason=exc.detail[:120])
+
+
+def _too_large(size: int, limit: int) -> types.JSONRPCError:
+    message = (
+        f"Invalid request: the message has {size} bytes, more than the {limit} this gateway takes "
+        "(FREQFLEET_MCP_MAX_MESSAGE_BYTES)."
+    )
+    return types.JSONRPCError(
+        jsonrpc="2.0", id=None, error=types.ErrorData(code=types.INVALID_REQUEST, message=message)
+    )
+
+
+def _busy(request_id: types.RequestId, limit: int) -> types.JSONRPCError:
+    message = (
+        f"Too many requests in flight: at most {limit} unanswered per connection "
+        "(FREQFLEET_MCP_IN_FLIGHT_PER_CONNECTION); wait for answers before sending more."
+    )
+    return types.JSONRPCError(
+        jsonrpc="2.0", id=request_id, error=types.ErrorData(code=types.INVALID_REQUEST, message=message)
+    )
 
 
 def _undecodable(text: str) -> types.JSONRPCError:
@@ -137,16 +185,27 @@ async def mcp_websocket(websocket: WebSocket) -> None:
     except Refused as exc:
         await _deny(websocket, exc)
         return
-    await websocket.accept(subprotocol=SUBPROTOCOL)
-    log.info("mcp websocket connected", actor=caller.label, client_ip=client_ip)
-    await _serve(websocket, service, caller)
-    log.info("mcp websocket closed", actor=caller.label, client_ip=client_ip)
+    user = str(caller.subject)
+    try:
+        service.limits.connections.open(user)
+    except LimitReached as exc:
+        await _deny(websocket, Refused(429, exc.message, {"Retry-After": str(exc.retry_after)}))
+        return
+    try:
+        await websocket.accept(subprotocol=SUBPROTOCOL)
+        log.info("mcp websocket connected", actor=caller.label, client_ip=client_ip)
+        await _serve(websocket, service, caller)
+        log.info("mcp websocket closed", actor=caller.label, client_ip=client_ip)
+    finally:
+        service.limits.connections.close(user)
 
 
 async def _serve(websocket: WebSocket, service: McpService, caller: Caller) -> None:
     incoming_in, incoming = anyio.create_memory_object_stream[SessionMessage | Exception](STREAM_BUFFER)
     outgoing, outgoing_out = anyio.create_memory_object_stream[SessionMessage](STREAM_BUFFER)
     errors_out = outgoing.clone()  # the reader answers frames that never reach the server
+    limits = service.limits
+    in_flight: set[types.RequestId] = set()  # requests handed to the server and not answered yet
 
     async def receive() -> None:
         async with incoming_in, errors_out:
@@ -161,17 +220,28 @@ async def _serve(websocket: WebSocket, service: McpService, caller: Caller) -> N
                 if text is None:
                     data = frame.get("bytes") or b""
                     text = data.decode("utf-8", errors="replace")
+                if len(text) > limits.max_message_bytes:  # not parsed: refused on its size alone
+                    await errors_out.send(SessionMessage(_too_large(len(text), limits.max_message_bytes)))
+                    continue
                 try:
                     message = types.jsonrpc_message_adapter.validate_json(text, by_name=False)
                 except (ValidationError, ValueError):
                     await errors_out.send(SessionMessage(_undecodable(text)))
                     continue
+                if isinstance(message, types.JSONRPCRequest):
+                    if len(in_flight) >= limits.in_flight_per_connection:
+                        await errors_out.send(SessionMessage(_busy(message.id, limits.in_flight_per_connection)))
+                        continue
+                    in_flight.add(message.id)
                 metadata = ServerMessageMetadata(request_context=caller)
                 await incoming_in.send(SessionMessage(message, metadata=metadata))
 
     async def transmit() -> None:
         async with outgoing_out:
             async for session_message in outgoing_out:
+                answered = session_message.message
+                if isinstance(answered, types.JSONRPCResponse | types.JSONRPCError) and answered.id is not None:
+                    in_flight.discard(answered.id)
                 text = session_message.message.model_dump_json(by_alias=True, exclude_unset=True)
                 try:
                     await websocket.send_text(text)

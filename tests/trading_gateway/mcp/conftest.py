@@ -163,7 +163,11 @@ def gateway_settings_for(
 
 @asynccontextmanager
 async def running_stack(
-    management_settings: ManagementSettings, redis_url: str, data_dir: Path, simulator_url: str | None = None
+    management_settings: ManagementSettings,
+    redis_url: str,
+    data_dir: Path,
+    simulator_url: str | None = None,
+    **gateway_overrides: Any,
 ) -> AsyncIterator[Stack]:
     management_app = create_management(management_settings)
     async with (
@@ -171,7 +175,7 @@ async def running_stack(
         httpx.AsyncClient(base_url=management_url, timeout=60) as client,
     ):
         management = Management(management_app, management_url, client, management_settings)
-        extra = {} if simulator_url is None else {"simulator_url": simulator_url}
+        extra = ({} if simulator_url is None else {"simulator_url": simulator_url}) | gateway_overrides
         settings = gateway_settings_for(data_dir, redis_url, management_url, **extra)
         await enroll_settings(management_settings.database_url.get_secret_value(), settings)
         gateway_app = create_gateway(settings)
