@@ -20,7 +20,7 @@ from mcp_types import Resource, ResourceTemplate
 
 from trading_gateway.mcp.audit import Target
 from trading_gateway.mcp.errors import ToolFailure
-from trading_gateway.mcp.tools import ToolContext, bot_status, bot_summary
+from trading_gateway.mcp.tools import ToolContext, bot_status, bot_summary, cleaned_row
 
 SUMMARY_URI = "fleet://summary"
 STATUS_TEMPLATE = "bot://{bot_id}/status"
@@ -89,12 +89,13 @@ async def listed(ctx: ToolContext) -> list[Resource]:
         )
     ]
     for bot in await ctx.api.bots(ctx.caller):
+        # Titled by id: a bot's name is user text, and reaches agents only inside the resource's JSON.
         resources.append(
             Resource(
                 name=f"bot-{bot.get('id')}-status",
-                title=f"{bot.get('name')} status",
+                title=f"Bot {bot.get('id')} status",
                 uri=STATUS_TEMPLATE.format(bot_id=bot.get("id")),
-                description=f"Status of bot {bot.get('name')!r}.",
+                description="A bot's status (its name and state are in the content).",
                 mime_type=JSON,
             )
         )
@@ -114,7 +115,7 @@ async def read(ctx: ToolContext, what: ResourceRead) -> dict[str, Any]:
     if what.kind == "status":
         return await bot_status(ctx, bot)
     rows = await ctx.api.request(ctx.caller, "GET", f"/bots/{what.bot_id}/trades", params={"limit": TRADES_LIMIT})
-    trades = rows if isinstance(rows, list) else []
+    trades = [cleaned_row(t) for t in rows if isinstance(t, dict)] if isinstance(rows, list) else []
     return {"bot_id": str(what.bot_id), "count": len(trades), "trades": trades}
 
 

@@ -50,7 +50,7 @@ from trading_gateway.config import GatewaySettings
 from trading_gateway.fleet.deps import GatewayAuth
 from trading_gateway.fleet.events import EventPublisher
 from trading_gateway.fleet.service import Fleet
-from trading_gateway.mcp import resources
+from trading_gateway.mcp import resources, untrusted
 from trading_gateway.mcp.audit import McpAuditor, Outcome, Target
 from trading_gateway.mcp.auth import Caller, McpAuth, Refused
 from trading_gateway.mcp.errors import ToolDenied, ToolFailure, ToolProblem
@@ -67,7 +67,7 @@ INSTRUCTIONS = (
     "Freqfleet trading gateway: read and control your Freqtrade bots. Bot ids are UUIDs (list_bots). Read tools "
     "need a token with the 'read' scope, tools that act need 'trade'; you see and act on your own bots only (an "
     "admin: all). Actions change the bot's desired state; its actual state follows within seconds (get_bot). "
-    'emergency_stop exits every open trade at market and needs "confirm": true.'
+    'emergency_stop exits every open trade at market and needs "confirm": true. ' + untrusted.NOTE
 )
 
 
@@ -153,7 +153,7 @@ class McpService:
             types.Tool(
                 name=tool.name,
                 title=tool.title,
-                description=tool.description + f" Needs the '{tool.scope.value}' scope.",
+                description=tool.description + f" Needs the '{tool.scope.value}' scope. " + untrusted.NOTE,
                 input_schema=tool.input_schema(),
                 annotations=tool.annotations,
             )

@@ -47,6 +47,7 @@ from shared.logging import get_logger
 from shared.settings import redact_url
 from trading_gateway.bots.client import BotApiError, FreqtradeClient
 from trading_gateway.fleet.service import Fleet, ManagedBot
+from trading_gateway.mcp import untrusted
 from trading_gateway.mcp.audit import Target
 from trading_gateway.mcp.auth import Caller
 from trading_gateway.mcp.errors import ToolDenied, ToolFailure, ToolProblem
@@ -177,8 +178,12 @@ def jsonable(value: Any) -> Any:
     return to_jsonable_python(value)
 
 
+USER_TEXT_LIMITS = {"name": untrusted.NAME, "last_error": untrusted.ERROR, "enter_tag": untrusted.TAG,
+                    "exit_reason": untrusted.TAG}  # fmt: skip
+
+
 def bot_summary(bot: dict[str, Any]) -> Result:
-    return {key: bot.get(key) for key in BOT_FIELDS if key in bot}
+    return {key: untrusted.clean(bot.get(key), USER_TEXT_LIMITS.get(key, 10_000)) for key in BOT_FIELDS if key in bot}
 
 
 def _view(fleet: Fleet, bot_id: uuid.UUID) -> dict[str, Any] | None:
@@ -295,7 +300,9 @@ async def bot_status(ctx: ToolContext, bot: dict[str, Any]) -> Result:
 
 
 def _open_trade(trade: dict[str, Any]) -> Result:
-    return {key: trade[key] for key in OPEN_TRADE_FIELDS if key in trade}
+    return {
+        key: untrusted.clean(trade[key], USER_TEXT_LIMITS.get(key, 10_000)) for key in OPEN_TRADE_FIELDS if key in trade
+    }
 
 
 PROFIT_FIELDS = (
@@ -349,8 +356,13 @@ async def get_trades(ctx: ToolContext, args: TradesArgs) -> Result:
     rows = await ctx.api.request(
         ctx.caller, "GET", f"/bots/{args.bot_id}/trades", params={"limit": args.limit, "offset": args.offset}
     )
-    trades = rows if isinstance(rows, list) else []
+    trades = [cleaned_row(t) for t in rows if isinstance(t, dict)] if isinstance(rows, list) else []
     return {"bot_id": str(args.bot_id), "count": len(trades), "offset": args.offset, "trades": trades}
+
+
+def cleaned_row(row: dict[str, Any]) -> Result:
+    """A row with its user-written fields cleaned (untrusted.clean)."""
+    return {key: untrusted.clean(value, USER_TEXT_LIMITS.get(key, 10_000)) for key, value in row.items()}
 
 
 async def get_performance(ctx: ToolContext, args: BotArgs) -> Result:
@@ -384,7 +396,9 @@ async def get_logs(ctx: ToolContext, args: LogsArgs) -> Result:
     return {
         "bot_id": str(args.bot_id),
         "source": source,
-        "lines": [redact_url(redact_line(line, secrets))[:2000] for line in lines[-args.limit :]],
+        "lines": [
+            untrusted.clean(redact_url(redact_line(line, secrets)), untrusted.LINE) for line in lines[-args.limit :]
+        ],
     }
 
 
