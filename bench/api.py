@@ -42,6 +42,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from pydantic import TypeAdapter
 from sqlalchemy import select
 
@@ -75,11 +77,12 @@ from bench.http_overhead import (
 from freqfleet.embedded import EmbeddedPostgres, EmbeddedValkey
 from management_server.bots.models import Bot
 from management_server.bots.schemas import BotOut
-from management_server.gateways.service import record_heartbeat
+from management_server.gateways.service import enroll, record_heartbeat
 from management_server.strategies import service as strategies
 from shared.bus.messages import GatewayHeartbeat, GatewayHeartbeatData
 from shared.bus.streams import commands_stream
 from shared.redis import create_redis
+from trading_gateway.identity import GatewayIdentity
 
 BOTS = 100
 GATEWAY = "gw-bench"
@@ -177,6 +180,9 @@ async def prepare(ctx: Context) -> str:
                 gateway_id=GATEWAY, host="bench", version="bench", started_at=now, bots_running=0, capacity=BOTS
             ),
         )
+        # Only an enrolled gateway's heartbeat counts (and only it gets bots): enroll one, as `up` does.
+        identity = GatewayIdentity(GATEWAY, Ed25519PrivateKey.generate(), X25519PrivateKey.generate())
+        await enroll(session, identity.enrollment(), None)
         await record_heartbeat(session, beat)
         return str(strategy.id)
 

@@ -75,10 +75,12 @@ from freqfleet.embedded import EmbeddedPostgres, EmbeddedValkey
 from management_server import db
 from management_server.audit.models import AuditEntry
 from management_server.config import ManagementSettings
+from management_server.gateways.service import enroll
 from management_server.security.passwords import build_hasher
 from management_server.users.models import Role
 from management_server.users.service import create_user
 from shared.settings import Environment
+from trading_gateway.identity import load_or_create
 
 EMAIL = "bench-admin@example.com"
 PASSWORD = "bench admin password 1"  # noqa: S105 - a throwaway account in a temporary database
@@ -398,6 +400,9 @@ async def create_admin(workdir: Path, pg_url: str, redis_url: str) -> None:
     try:
         async with db.create_sessionmaker(engine).begin() as session:
             await create_user(session, build_hasher(settings), EMAIL, PASSWORD, Role.admin)
+            # The gateway's identity, made where it will find it, and enrolled (its audit events count then).
+            identity = load_or_create(workdir / "data" / "gateway" / GATEWAY_ID, GATEWAY_ID)
+            await enroll(session, identity.enrollment(), None)
     finally:
         await engine.dispose()
 
@@ -473,6 +478,8 @@ async def bench(profile: Profile, workdir: Path, pg: EmbeddedPostgres, valkey: E
         gateway_env = env | {
             "FREQFLEET_GATEWAY_ID": GATEWAY_ID,
             "FREQFLEET_MANAGEMENT_URL": f"http://127.0.0.1:{management.port}",
+            # The per-user limits are checked on every call, as in production, but set above this load.
+            "FREQFLEET_MCP_CALLS_PER_MINUTE": "100000000",
         }
         gateway = GatewayServer(workdir, gateway_env)
         gateway.start()
