@@ -84,26 +84,32 @@ def _in_session(settings: ManagementSettings, work: Callable[[AsyncSession], Awa
     return asyncio.run(run())
 
 
+def _audit(session: AsyncSession, action: str, gateway_id: str, details: dict[str, object]) -> None:
+    """An audit row of the command line's own (no user is its actor)."""
+    from management_server.audit.models import AuditEntry, Outcome
+
+    session.add(
+        AuditEntry(
+            action=action,
+            outcome=Outcome.success.value,
+            actor="freqfleet-cli",
+            via="system",
+            target_type="gateway",
+            target_id=gateway_id,
+            details=details,
+        )
+    )
+
+
 def enroll_gateway(settings: ManagementSettings, enrollment: str) -> tuple[str, bool]:
     """Enroll a gateway from its enrollment line (``freqfleet gateways enroll``, and ``up`` for its own gateway);
     (gateway id, whether it changed anything). Audited like the API's enrollment, with no user as actor."""
-    from management_server.audit.models import AuditEntry, Outcome
     from management_server.gateways.service import enroll
 
     async def work(session: AsyncSession) -> tuple[str, bool]:
         gateway, changed = await enroll(session, enrollment, None)
         if changed:
-            session.add(
-                AuditEntry(
-                    action="gateway.enroll",
-                    outcome=Outcome.success.value,
-                    actor="freqfleet-cli",
-                    via="system",
-                    target_type="gateway",
-                    target_id=gateway.gateway_id,
-                    details={"signing_key": gateway.signing_key},
-                )
-            )
+            _audit(session, "gateway.enroll", gateway.gateway_id, {"signing_key": gateway.signing_key})
         return gateway.gateway_id, changed
 
     return _in_session(settings, work)
@@ -111,22 +117,11 @@ def enroll_gateway(settings: ManagementSettings, enrollment: str) -> tuple[str, 
 
 def revoke_gateway(settings: ManagementSettings, gateway_id: str) -> int:
     """Revoke a gateway (``freqfleet gateways revoke``); how many bots were orphaned."""
-    from management_server.audit.models import AuditEntry, Outcome
     from management_server.gateways.service import revoke
 
     async def work(session: AsyncSession) -> int:
         _, orphaned = await revoke(session, gateway_id)
-        session.add(
-            AuditEntry(
-                action="gateway.revoke",
-                outcome=Outcome.success.value,
-                actor="freqfleet-cli",
-                via="system",
-                target_type="gateway",
-                target_id=gateway_id,
-                details={"bots_orphaned": orphaned},
-            )
-        )
+        _audit(session, "gateway.revoke", gateway_id, {"bots_orphaned": orphaned})
         return orphaned
 
     return _in_session(settings, work)

@@ -83,3 +83,28 @@ async def test_dead_letters_are_listed_and_replayed(redis_url: str) -> None:
     finally:
         await consumer.stop()
         await redis.aclose()
+
+
+def test_a_gateway_is_enrolled_listed_and_revoked_from_the_command_line(database_url: str, tmp_path: Path) -> None:
+    gateway_env = {"FREQFLEET_DATA_DIR": str(tmp_path), "FREQFLEET_GATEWAY_ID": "gw-cli"}
+    identity = freqfleet("gateways", "identity", env=gateway_env)
+    assert identity.returncode == 0, identity.stderr
+    line = identity.stdout.strip()
+    assert line.startswith("ffgw1:gw-cli:")
+    assert freqfleet("gateways", "identity", env=gateway_env).stdout.strip() == line  # made once, kept
+    assert (tmp_path / "gateway" / "gw-cli" / "identity.json").stat().st_mode & 0o777 == 0o600
+    db = {"FREQFLEET_DATABASE_URL": database_url}
+    enrolled = freqfleet("gateways", "enroll", line, env=db)
+    assert enrolled.returncode == 0, enrolled.stderr
+    assert "gateway gw-cli enrolled" in enrolled.stdout
+    assert "enrolled already" in freqfleet("gateways", "enroll", line, env=db).stdout
+    bad = freqfleet("gateways", "enroll", "ssh-ed25519 AAAA", env=db)
+    assert bad.returncode == 2
+    assert "not an enrollment line" in bad.stderr
+    listed = freqfleet("gateways", "list", env=db).stdout
+    assert "gw-cli\tenrolled\tnever seen" in listed
+    revoked = freqfleet("gateways", "revoke", "gw-cli", env=db)
+    assert revoked.returncode == 0, revoked.stderr
+    assert "gateway gw-cli revoked; 0 bots orphaned" in revoked.stdout
+    assert "gw-cli\trevoked" in freqfleet("gateways", "list", env=db).stdout
+    assert freqfleet("gateways", "revoke", "gw-nope", env=db).returncode == 1
