@@ -29,6 +29,9 @@ Names (also what ``deploy/prometheus/alerts.yml`` refers to):
 ``freqfleet_model_deploys_total``           counter   model deployments (outcome: sent, loaded, rejected)
 ``freqfleet_model_training_seconds``        histogram duration of a model training (outcome: succeeded, failed)
 ``freqfleet_backups_total``                 counter   backups made (outcome: succeeded, failed)
+``freqfleet_commands_refused_total``        counter   gateway: commands refused by their signature (reason)
+``freqfleet_events_refused_total``          counter   management: events not from an enrolled gateway (reason)
+``freqfleet_keysets_refused_total``         counter   gateway: key sets its pinned keys do not endorse
 =========================================== ========= ==================================================
 """
 
@@ -99,8 +102,7 @@ COMMANDS_REFUSED = Counter(
 KEYSETS_REFUSED = Counter(
     "freqfleet_keysets_refused_total",
     "Key sets fetched from the management server that a gateway refused: different from its pinned keys and "
-    "endorsed by none of them (url: which set).",
-    ["url"],
+    "endorsed by none of them (the gateway's log names the URL).",
     registry=PROCESS_REGISTRY,
 )
 EVENTS_REFUSED = Counter(
@@ -110,6 +112,10 @@ EVENTS_REFUSED = Counter(
     ["reason"],
     registry=PROCESS_REGISTRY,
 )
+for _reason in ("missing", "bad", "unknown_key", "stale", "replayed"):
+    COMMANDS_REFUSED.labels(reason=_reason)
+for _reason in ("missing", "bad", "unknown_key", "revoked", "stale", "impersonation"):
+    EVENTS_REFUSED.labels(reason=_reason)
 TRAINING_SECONDS = Histogram(
     "freqfleet_model_training_seconds",
     "Duration of FreqAI model trainings (outcome: succeeded, failed).",

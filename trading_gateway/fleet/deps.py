@@ -80,7 +80,7 @@ class CachedJwksKeySource(JwksKeySource):
             endorser = endorsed_by(document, self._keys)
             if endorser is None:
                 self._fetched_at = time.monotonic()  # keep the pinned keys; look again after the TTL
-                KEYSETS_REFUSED.labels(url=self.url).inc()
+                KEYSETS_REFUSED.inc()
                 log.error(
                     "key set refused: no key this gateway trusts endorses it (a man in the middle, or keys replaced "
                     "without rotation); the pinned keys stay",
