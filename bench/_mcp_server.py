@@ -30,6 +30,7 @@ def main(argv: list[str] | None = None) -> None:
         access_log=False,
         proxy_headers=False,
         workers=1,
+        ws_max_size=settings.mcp_max_message_bytes,  # as `freqfleet gateway` runs it
     )
 
 

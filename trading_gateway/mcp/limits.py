@@ -58,6 +58,15 @@ class CallRate:
             for key in [k for k, v in self._hits.items() if not v or v[-1] <= now - self.window]:
                 del self._hits[key]
 
+    def wait(self, user: str, now: float | None = None) -> float:
+        """Seconds until ``user`` may call again (0: now). A WebSocket stops reading that long instead of
+        refusing call after call: the flood waits in the client's socket, not in the gateway's event loop."""
+        now = time.monotonic() if now is None else now
+        hits = self._hits.get(user)
+        if not hits or len(hits) < self.per_minute:
+            return 0.0
+        return max(0.0, hits[-self.per_minute] + self.window - now)
+
 
 @dataclass
 class Connections:

@@ -51,6 +51,8 @@ NO_SUBPROTOCOL = "Open the WebSocket with the subprotocol 'mcp' (header 'Sec-Web
 NOT_READY = "The gateway's MCP server is not running (the gateway is starting or stopping); try again shortly."
 STREAM_BUFFER = 32
 SESSION_HEADER = "mcp-session-id"
+REFUSED_BEFORE_PAUSE = 16  # refused calls a connection gets at full speed; then one every PAUSE_OVER_LIMIT s
+PAUSE_OVER_LIMIT = 1.0
 
 
 def _service(scope: Scope) -> McpService | None:
@@ -145,11 +147,8 @@ def _too_large(size: int, limit: int) -> types.JSONRPCError:
     )
 
 
-def _busy(request_id: types.RequestId, limit: int) -> types.JSONRPCError:
-    message = (
-        f"Too many requests in flight: at most {limit} unanswered per connection "
-        "(FREQFLEET_MCP_IN_FLIGHT_PER_CONNECTION); wait for answers before sending more."
-    )
+def _duplicate(request_id: types.RequestId) -> types.JSONRPCError:
+    message = "Invalid request: a request with this id is still being answered on this connection; use a new id."
     return types.JSONRPCError(
         jsonrpc="2.0", id=request_id, error=types.ErrorData(code=types.INVALID_REQUEST, message=message)
     )
@@ -206,10 +205,27 @@ async def _serve(websocket: WebSocket, service: McpService, caller: Caller) -> N
     errors_out = outgoing.clone()  # the reader answers frames that never reach the server
     limits = service.limits
     in_flight: set[types.RequestId] = set()  # requests handed to the server and not answered yet
+    room = [anyio.Event()]  # set when an answer leaves: a reader waiting for room looks again
+
+    user = str(caller.subject)
+    over_limit = 0  # frames read while the user was over the call limit (each one is refused)
 
     async def receive() -> None:
+        nonlocal over_limit
         async with incoming_in, errors_out:
             while True:
+                if (pause := limits.calls.wait(user)) <= 0:
+                    over_limit = 0
+                else:
+                    over_limit += 1
+                    if over_limit > REFUSED_BEFORE_PAUSE:
+                        # A client that keeps calling past its limit and the answers saying so: read its next
+                        # request only a little later, so a flood costs the gateway a few refusals a second.
+                        await anyio.sleep(min(pause, PAUSE_OVER_LIMIT))
+                while len(in_flight) >= limits.in_flight_per_connection:
+                    # As many requests in flight as a connection may have: read no more until one is answered.
+                    await room[0].wait()
+                    room[0] = anyio.Event()
                 try:
                     frame = await websocket.receive()
                 except (WebSocketDisconnect, RuntimeError):
@@ -229,8 +245,8 @@ async def _serve(websocket: WebSocket, service: McpService, caller: Caller) -> N
                     await errors_out.send(SessionMessage(_undecodable(text)))
                     continue
                 if isinstance(message, types.JSONRPCRequest):
-                    if len(in_flight) >= limits.in_flight_per_connection:
-                        await errors_out.send(SessionMessage(_busy(message.id, limits.in_flight_per_connection)))
+                    if message.id in in_flight:
+                        await errors_out.send(SessionMessage(_duplicate(message.id)))
                         continue
                     in_flight.add(message.id)
                 metadata = ServerMessageMetadata(request_context=caller)
@@ -242,6 +258,7 @@ async def _serve(websocket: WebSocket, service: McpService, caller: Caller) -> N
                 answered = session_message.message
                 if isinstance(answered, types.JSONRPCResponse | types.JSONRPCError) and answered.id is not None:
                     in_flight.discard(answered.id)
+                    room[0].set()
                 text = session_message.message.model_dump_json(by_alias=True, exclude_unset=True)
                 try:
                     await websocket.send_text(text)

@@ -76,14 +76,14 @@ async def test_one_users_flood_meets_its_own_limits_and_bob_is_served(
             assert "more than the 65536 this gateway takes" in answer["error"]["message"]
             assert "result" in await raw.request("ping")
 
-            # In flight: one unanswered request per connection here; the rest of a pipelined burst is told to wait.
+            # In flight: one unanswered request per connection here. A pipelined burst is not refused: the gateway
+            # reads the next request only once the previous one is answered (the rest waits in the client's socket).
             for i in range(5):
                 message = {"jsonrpc": "2.0", "id": 1000 + i, "method": "tools/call"}
                 await raw.ws.send(json.dumps(message | {"params": {"name": "list_bots", "arguments": {}}}))
             answers = [json.loads(await raw.ws.recv()) for _ in range(5)]
-            busy = [a for a in answers if "error" in a and "Too many requests in flight" in a["error"]["message"]]
-            assert busy
-            assert {a["id"] for a in answers} == {1000, 1001, 1002, 1003, 1004}
+            assert [a["id"] for a in answers] == [1000, 1001, 1002, 1003, 1004]  # one at a time, in order
+            assert all("result" in a for a in answers), answers
 
         # Streamable HTTP sessions: two per user; a third initialize gets a 429 saying why; bob's still opens.
         async with httpx.AsyncClient(base_url=stack.gateway_url, timeout=30) as http:
