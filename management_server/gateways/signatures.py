@@ -54,9 +54,10 @@ class EventSignatures:
 
     async def __call__(self, entries: list[tuple[str, dict[bytes, bytes]]]) -> list[str | None]:
         """Per entry, why it is refused (None: it may be applied)."""
-        if time.monotonic() - self._loaded_at > CACHE_SECONDS or any(
-            _kid(fields) not in self._keys for _, fields in entries
-        ):  # at most one read per batch: entries naming unknown gateways can't make it read more
+        unknown = any((kid := _kid(fields)) is not None and kid not in self._keys for _, fields in entries)
+        if unknown or time.monotonic() - self._loaded_at > CACHE_SECONDS:
+            # At most one read per batch (unsigned entries cause none): entries naming made-up gateways can't make
+            # it read more than that.
             await self._load()
         verdicts: list[str | None] = []
         for _, fields in entries:
