@@ -103,8 +103,10 @@ class StreamableHttpEndpoint:
         scope["user"] = _sdk_user(caller)
         user = str(caller.subject)
         sessions = service.limits.sessions
-        session_id = Headers(scope=scope).get(SESSION_HEADER)
-        if session_id is None and scope.get("method") == "POST":
+        headers = Headers(scope=scope)
+        session_id = headers.get(SESSION_HEADER)
+        opening = headers.get("mcp-method") in (None, "initialize")  # 2026-07-28 requests name their method
+        if session_id is None and scope.get("method") == "POST" and opening:
             try:
                 sessions.may_open(user)  # a request without a session may open one (initialize)
             except LimitReached as exc:

@@ -18,6 +18,11 @@ from tests.trading_gateway.mcp.conftest import running_stack
 from tests.trading_gateway.mcp.helpers import auth_headers, error_text, raw_session, result_data, websocket_client
 from tests.trading_gateway.mcp.test_auth import INITIALIZE, MCP_ACCEPT
 
+MODERN_META = {
+    "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+    "io.modelcontextprotocol/clientInfo": {"name": "limits-test", "version": "1"},
+    "io.modelcontextprotocol/clientCapabilities": {},
+}
 LIMITS = {
     "mcp_calls_per_minute": 20,
     "mcp_connections_per_user": 2,
@@ -98,6 +103,21 @@ async def test_one_users_flood_meets_its_own_limits_and_bob_is_served(
             assert "Too many MCP sessions: at most 2 per user" in third.json()["detail"]
             assert int(third.headers["Retry-After"]) > 0
             assert (await initialize(bob)).status_code == 200
+            # A self-contained 2026-07-28 request opens no session: it is served at the session cap.
+            modern = {
+                "jsonrpc": "2.0",
+                "id": 7,
+                "method": "tools/call",
+                "params": {"name": "list_bots", "arguments": {}, "_meta": MODERN_META},
+            }
+            stateless = await http.post(
+                "/mcp",
+                json=modern,
+                headers=MCP_ACCEPT
+                | auth_headers(alice)
+                | {"MCP-Protocol-Version": "2026-07-28", "Mcp-Method": "tools/call", "Mcp-Name": "list_bots"},
+            )
+            assert stateless.status_code == 200, stateless.text
             # Ending one (DELETE with its id) makes room.
             ended = await http.delete(
                 "/mcp", headers=auth_headers(alice) | {"mcp-session-id": opened[0].headers["mcp-session-id"]}
