@@ -22,7 +22,9 @@ sessions, and 2026-07-28's self-contained requests.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import time
 
 import anyio
 import mcp_types as types
@@ -267,9 +269,18 @@ async def _serve(websocket: WebSocket, service: McpService, caller: Caller) -> N
                 except (WebSocketDisconnect, RuntimeError, OSError):
                     return
 
+    async def expire() -> None:
+        """The connection lives as long as its token: it is closed when the token expires."""
+        await anyio.sleep(max(0.0, caller.claims.expires_at.timestamp() - time.time()))
+        log.info("mcp websocket closed: its token expired", actor=caller.label)
+        with contextlib.suppress(Exception):
+            await websocket.close(code=1008, reason="the token expired: reconnect with a fresh one")
+        tasks.cancel_scope.cancel()
+
     async with anyio.create_task_group() as tasks:
         tasks.start_soon(receive)
         tasks.start_soon(transmit)
+        tasks.start_soon(expire)
         try:
             await service.server.run(incoming, outgoing, service.init_options)
         finally:

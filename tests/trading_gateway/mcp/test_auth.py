@@ -7,16 +7,17 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 from websockets.asyncio.client import connect
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from management_server.security.tokens import sign_token
 from shared.auth import TokenType
 from tests.management_server.conftest import bearer
 from tests.trading_gateway.mcp.conftest import ALLOWED_ORIGIN, Stack
-from tests.trading_gateway.mcp.helpers import error_text, http_client, result_data, websocket_client
+from tests.trading_gateway.mcp.helpers import error_text, http_client, raw_session, result_data, websocket_client
 
 INITIALIZE = {
     "jsonrpc": "2.0",
@@ -138,3 +139,21 @@ async def test_a_token_revoked_while_the_websocket_is_open_stops_working(stack: 
         deleted = await stack.api.delete(f"/api/v1/users/me/tokens/{row['id']}", headers=bearer(login))
         assert deleted.status_code == 204
         assert error_text(await client.call_tool("list_bots", {})) == "Invalid or expired token: log in again."
+
+
+async def test_a_websocket_ends_when_its_token_expires(stack: Stack) -> None:
+    user = await stack.management.create_user("alice@example.com")
+    short = mint(stack, user.id, lifetime=timedelta(seconds=2))
+    async with raw_session(stack.ws_url, short) as raw:
+        await raw.initialize()
+        with pytest.raises(ConnectionClosed) as closed:
+            await _until_closed(raw.ws)
+    assert closed.value.rcvd is not None
+    assert closed.value.rcvd.code == 1008
+    assert "token expired" in closed.value.rcvd.reason
+
+
+async def _until_closed(ws: Any) -> None:
+    with anyio.fail_after(30):  # the server closes at the token's expiry (2 s)
+        while True:
+            await ws.recv()
