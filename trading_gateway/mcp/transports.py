@@ -267,6 +267,8 @@ async def _serve(websocket: WebSocket, service: McpService, caller: Caller) -> N
                 try:
                     await websocket.send_text(text)
                 except (WebSocketDisconnect, RuntimeError, OSError):
+                    # The client is gone: end the connection (a reader waiting for room would wait forever).
+                    tasks.cancel_scope.cancel()
                     return
 
     async def expire() -> None:
