@@ -134,9 +134,8 @@ def gateways(settings: ManagementSettings) -> list[tuple[str, ...]]:
     async def work(session: AsyncSession) -> list[tuple[str, ...]]:
         rows: list[tuple[str, ...]] = []
         for g in await list_gateways(session):
-            status = "revoked" if g.revoked_at else "enrolled" if g.signing_key else "unenrolled"
             seen = g.last_seen_at.isoformat() if g.last_seen_at else "never seen"
-            rows.append((g.gateway_id, status, seen, g.api_url or "-", g.signing_key or "-"))
+            rows.append((g.gateway_id, g.status, seen, g.api_url or "-", g.signing_key or "-"))
         return rows
 
     return _in_session(settings, work)

@@ -35,3 +35,8 @@ class Gateway(Base):
     @property
     def enrolled(self) -> bool:
         return self.signing_key is not None and self.revoked_at is None
+
+    @property
+    def status(self) -> str:
+        """enrolled, revoked, or unenrolled (heard of before enrollment existed: its reports are ignored)."""
+        return "revoked" if self.revoked_at else "enrolled" if self.signing_key else "unenrolled"

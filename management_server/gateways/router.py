@@ -19,13 +19,10 @@ router = APIRouter(prefix="/api/v1/gateways", tags=["gateways"], responses=error
 
 def gateway_out(gateway: Gateway, now: datetime | None = None) -> GatewayOut:
     now = now or datetime.now(UTC)
-    state = "revoked" if gateway.revoked_at else "enrolled" if gateway.signing_key else "unenrolled"
-    live = (
-        state == "enrolled" and gateway.last_seen_at is not None and gateway.last_seen_at >= now - service.LIVE_WINDOW
-    )
+    live = gateway.enrolled and gateway.last_seen_at is not None and gateway.last_seen_at >= now - service.LIVE_WINDOW
     return GatewayOut(
         gateway_id=gateway.gateway_id,
-        status=state,
+        status=gateway.status,
         live=live,
         signing_key=gateway.signing_key,
         sealing_key=gateway.sealing_key,

@@ -18,9 +18,10 @@ from typing import Any
 
 from mcp_types import Resource, ResourceTemplate
 
+from trading_gateway.mcp import untrusted
 from trading_gateway.mcp.audit import Target
 from trading_gateway.mcp.errors import ToolFailure
-from trading_gateway.mcp.tools import ToolContext, bot_status, bot_summary, cleaned_row
+from trading_gateway.mcp.tools import ToolContext, bot_status, bot_summary
 
 SUMMARY_URI = "fleet://summary"
 STATUS_TEMPLATE = "bot://{bot_id}/status"
@@ -115,7 +116,7 @@ async def read(ctx: ToolContext, what: ResourceRead) -> dict[str, Any]:
     if what.kind == "status":
         return await bot_status(ctx, bot)
     rows = await ctx.api.request(ctx.caller, "GET", f"/bots/{what.bot_id}/trades", params={"limit": TRADES_LIMIT})
-    trades = [cleaned_row(t) for t in rows if isinstance(t, dict)] if isinstance(rows, list) else []
+    trades = [untrusted.fields(t) for t in rows if isinstance(t, dict)] if isinstance(rows, list) else []
     return {"bot_id": str(what.bot_id), "count": len(trades), "trades": trades}
 
 

@@ -178,12 +178,8 @@ def jsonable(value: Any) -> Any:
     return to_jsonable_python(value)
 
 
-USER_TEXT_LIMITS = {"name": untrusted.NAME, "last_error": untrusted.ERROR, "enter_tag": untrusted.TAG,
-                    "exit_reason": untrusted.TAG}  # fmt: skip
-
-
 def bot_summary(bot: dict[str, Any]) -> Result:
-    return {key: untrusted.clean(bot.get(key), USER_TEXT_LIMITS.get(key, 10_000)) for key in BOT_FIELDS if key in bot}
+    return untrusted.fields(bot, BOT_FIELDS)
 
 
 def _view(fleet: Fleet, bot_id: uuid.UUID) -> dict[str, Any] | None:
@@ -300,9 +296,7 @@ async def bot_status(ctx: ToolContext, bot: dict[str, Any]) -> Result:
 
 
 def _open_trade(trade: dict[str, Any]) -> Result:
-    return {
-        key: untrusted.clean(trade[key], USER_TEXT_LIMITS.get(key, 10_000)) for key in OPEN_TRADE_FIELDS if key in trade
-    }
+    return untrusted.fields(trade, OPEN_TRADE_FIELDS)
 
 
 PROFIT_FIELDS = (
@@ -356,13 +350,8 @@ async def get_trades(ctx: ToolContext, args: TradesArgs) -> Result:
     rows = await ctx.api.request(
         ctx.caller, "GET", f"/bots/{args.bot_id}/trades", params={"limit": args.limit, "offset": args.offset}
     )
-    trades = [cleaned_row(t) for t in rows if isinstance(t, dict)] if isinstance(rows, list) else []
+    trades = [untrusted.fields(t) for t in rows if isinstance(t, dict)] if isinstance(rows, list) else []
     return {"bot_id": str(args.bot_id), "count": len(trades), "offset": args.offset, "trades": trades}
-
-
-def cleaned_row(row: dict[str, Any]) -> Result:
-    """A row with its user-written fields cleaned (untrusted.clean)."""
-    return {key: untrusted.clean(value, USER_TEXT_LIMITS.get(key, 10_000)) for key, value in row.items()}
 
 
 async def get_performance(ctx: ToolContext, args: BotArgs) -> Result:

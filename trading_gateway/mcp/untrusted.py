@@ -11,6 +11,7 @@ and the server's instructions say that such values are data to show or reason ab
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 NOTE = (
@@ -21,6 +22,8 @@ NAME = 100
 ERROR = 500
 TAG = 100
 LINE = 2000
+OTHER = 10_000
+LIMITS = {"name": NAME, "last_error": ERROR, "enter_tag": TAG, "exit_reason": TAG}
 
 
 def clean(value: Any, limit: int) -> Any:
@@ -32,3 +35,9 @@ def clean(value: Any, limit: int) -> Any:
         " " if ch in "\t\n\r" else ch for ch in value if ch in "\t\n\r" or unicodedata.category(ch) not in ("Cc", "Cf")
     )
     return kept if len(kept) <= limit else kept[: limit - 1] + "…"
+
+
+def fields(row: Mapping[str, Any], keys: Iterable[str] | None = None) -> dict[str, Any]:
+    """``row`` (only ``keys`` of it, when given) with every string cleaned, user-written fields cut to their limit."""
+    picked = row.items() if keys is None else ((key, row[key]) for key in keys if key in row)
+    return {key: clean(value, LIMITS.get(key, OTHER)) for key, value in picked}
