@@ -27,9 +27,10 @@ import redis.asyncio as aioredis
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from freqfleet.embedded import EmbeddedValkey
-from shared.bus import ConsumerConfig, Delivery, Publisher, RedisDeduplicator, StreamConsumer
+from shared.bus.consumer import ConsumerConfig, Delivery, StreamConsumer
+from shared.bus.dedupe import RedisDeduplicator
 from shared.bus.messages import StopBot, StopBotData
-from shared.bus.publisher import ENVELOPE_FIELD, entry_fields
+from shared.bus.publisher import ENVELOPE_FIELD, Publisher, entry_fields
 from shared.bus.signing import CommandSigner
 from shared.bus.streams import commands_stream
 from shared.logging import configure_logging

@@ -57,7 +57,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from exchange_simulator.config import DEFAULT_PAIRS
 from freqfleet.embedded import EmbeddedValkey
 from management_server.security.keys import KeyRing, SigningKey
-from shared.bus import Publisher
 from shared.bus.messages import (
     BotRef,
     BotSpec,
@@ -74,7 +73,7 @@ from shared.bus.messages import (
     TradeOpened,
     decode,
 )
-from shared.bus.publisher import ENVELOPE_FIELD, entry_fields
+from shared.bus.publisher import ENVELOPE_FIELD, Publisher, entry_fields
 from shared.bus.signing import CommandSigner
 from shared.bus.streams import EVENTS_STREAM, commands_stream
 from trading_gateway.bots.adoption import find_orphans

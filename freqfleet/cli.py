@@ -350,12 +350,13 @@ def replay(
     from shared.bus.dead_letters import replay as replay_letter
     from shared.bus.streams import COMMANDS_PREFIX
 
-    signer = command_signer(load_command_keys(get_settings())) if stream.startswith(COMMANDS_PREFIX) else None
+    settings = get_settings()
+    signer = command_signer(load_command_keys(settings)) if stream.startswith(COMMANDS_PREFIX) else None
 
     async def run() -> str:
         redis = _redis()
         try:
-            return await replay_letter(redis, stream, entry_id, signer)
+            return await replay_letter(redis, stream, entry_id, signer, settings.stream_retention)
         finally:
             await redis.aclose()
 

@@ -105,7 +105,7 @@ def create_app(settings: ManagementSettings | None = None) -> FastAPI:
         app.state.readiness_checks = {"database": lambda: db.ping(engine), "redis": redis_ping}
         app.state.command_keys = load_command_keys(settings)
         relay = OutboxRelay(
-            engine, redis, signer=command_signer(app.state.command_keys), command_max_age=settings.command_max_age
+            engine, redis, signer=command_signer(app.state.command_keys), stream_retention=settings.stream_retention
         )
         app.state.outbox_relay = relay
         relay.start()
@@ -120,7 +120,7 @@ def create_app(settings: ManagementSettings | None = None) -> FastAPI:
         )
         app.state.trade_sync = trade_sync
         trade_sync.start()
-        monitor = create_monitor(registry, redis, app.state.sessionmaker)
+        monitor = create_monitor(registry, redis, app.state.sessionmaker, retention=settings.stream_retention)
         app.state.metrics_monitor = monitor
         monitor.start()
         # Only what enrolled gateways signed is applied; enrolling or revoking here takes effect at once.

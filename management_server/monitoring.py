@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from management_server.bots.models import ActualState, Bot
 from management_server.gateways.models import Gateway
 from management_server.gateways.service import LIVE_WINDOW
+from shared.bus.streams import Retention
 from shared.metrics import StateMonitor, bus_families, state_family
 
 
@@ -26,9 +27,10 @@ def create_monitor(
     redis: aioredis.Redis,
     sessionmaker: async_sessionmaker[AsyncSession],
     interval: float = 5.0,
+    retention: Retention | None = None,
 ) -> StateMonitor:
     async def bus() -> list[Metric]:
-        return await bus_families(redis)
+        return await bus_families(redis, retention=retention)
 
     async def bots() -> list[Metric]:
         async with sessionmaker() as session:

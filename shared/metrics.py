@@ -48,7 +48,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from shared.bus.streams import DEAD_LETTER_SUFFIX
+from shared.bus.backlog import backlogs
+from shared.bus.streams import DEAD_LETTER_SUFFIX, Retention, entry_time
 from shared.logging import get_logger
 
 log = get_logger(__name__)
@@ -204,9 +205,12 @@ def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-async def bus_families(redis: aioredis.Redis, streams: Iterable[str] | None = None) -> list[Metric]:
-    """Pending and lag of every consumer group of ``streams`` (None: every ``freqfleet:`` stream), and the
-    size of their dead-letter streams."""
+async def bus_families(
+    redis: aioredis.Redis, streams: Iterable[str] | None = None, retention: Retention | None = None
+) -> list[Metric]:
+    """Pending, lag and the age of the oldest unconsumed entry of every consumer group of ``streams`` (None: every
+    ``freqfleet:`` stream), each stream's age limit, and the size of their dead-letter streams."""
+    retention = retention or Retention()
     if streams is None:
         found = [_text(s) async for s in redis.scan_iter(match="freqfleet:*", _type="stream", count=500)]
         names = sorted(s for s in found if not s.endswith(DEAD_LETTER_SUFFIX))
@@ -224,31 +228,45 @@ async def bus_families(redis: aioredis.Redis, streams: Iterable[str] | None = No
         "Entries of a stream not yet delivered to a consumer group.",
         labels=["stream", "group"],
     )
+    oldest = GaugeMetricFamily(
+        "freqfleet_bus_oldest_unconsumed_age_seconds",
+        "Age of the oldest entry a consumer group has not consumed (0 when it has consumed everything).",
+        labels=["stream", "group"],
+    )
+    max_age = GaugeMetricFamily(
+        "freqfleet_bus_max_age_seconds",
+        "Age past which a stream's entries are trimmed, consumed or not (FREQFLEET_EVENTS_MAX_AGE, "
+        "FREQFLEET_COMMAND_MAX_AGE).",
+        labels=["stream"],
+    )
     letters = GaugeMetricFamily(
         "freqfleet_bus_dead_letters", "Entries in the dead-letter stream of a stream.", labels=["stream"]
     )
-    pipe = redis.pipeline(transaction=False)
+    now = time.time()
     for name in names:
-        pipe.xinfo_groups(name)
+        if (limit := retention.max_age(name)) is not None:
+            max_age.add_metric([name], limit)
+        try:
+            groups = await backlogs(redis, name)
+        except aioredis.ResponseError:
+            continue  # the stream vanished or changed type between SCAN and XINFO
+        for group in groups:
+            labels = [name, group.group]
+            pending.add_metric(labels, float(group.pending))
+            if group.lag is not None:
+                lag.add_metric(labels, float(group.lag))
+            age = 0.0 if group.oldest_unconsumed is None else max(0.0, now - entry_time(group.oldest_unconsumed))
+            oldest.add_metric(labels, age)
+    pipe = redis.pipeline(transaction=False)
     for name in dead:
         pipe.exists(name)
         pipe.xlen(name)
     answers = await pipe.execute(raise_on_error=False)
-    for name, groups in zip(names, answers[: len(names)], strict=True):
-        if isinstance(groups, Exception):
-            continue  # the stream vanished between SCAN and XINFO
-        for group in groups:
-            labels = [name, _text(group.get("name", ""))]
-            pending.add_metric(labels, float(group.get("pending") or 0))
-            value = group.get("lag")
-            if value is not None:  # Redis can't tell the lag after some deletions
-                lag.add_metric(labels, float(value))
-    rest = answers[len(names) :]
     for index, name in enumerate(dead):
-        exists, size = rest[2 * index], rest[2 * index + 1]
+        exists, size = answers[2 * index], answers[2 * index + 1]
         if not isinstance(size, Exception):
             letters.add_metric([name.removesuffix(DEAD_LETTER_SUFFIX)], float(size if exists else 0))
-    return [pending, lag, letters]
+    return [pending, lag, oldest, max_age, letters]
 
 
 def state_family(name: str, documentation: str, counts: Mapping[str, int], states: Iterable[str]) -> GaugeMetricFamily:

@@ -18,6 +18,7 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator, model_vali
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared.body_limit import DEFAULT_MAX_BODY_BYTES
+from shared.bus.streams import DEFAULT_EVENTS_MAX_AGE, Retention
 from shared.sandbox.policy import DEFAULT_FILE_SIZE_MB, DEFAULT_MEMORY_MB, DEFAULT_OPEN_FILES, DEFAULT_PROCESSES, Limits
 
 PLACEHOLDER_SECRETS = frozenset(
@@ -103,6 +104,13 @@ class CommonSettings(BaseSettings):
         description="Seconds a signed command stays valid: a gateway refuses an older one (it waited that long, or "
         "it is a replay), and the management server trims command streams to this age.",
     )
+    events_max_age: float = Field(
+        default=DEFAULT_EVENTS_MAX_AGE,
+        ge=300,
+        description="Seconds an event waits on freqfleet:events for the management server: older ones are trimmed "
+        "(the stream is bounded by time, so no burst can push out an event not yet consumed). Consumed events are "
+        "trimmed a few minutes after they were applied.",
+    )
     max_body_bytes: int = Field(
         default=DEFAULT_MAX_BODY_BYTES,
         ge=1024,
@@ -155,6 +163,10 @@ class CommonSettings(BaseSettings):
             open_files=self.sandbox_open_files,
             processes=self.sandbox_processes,
         )
+
+    @property
+    def stream_retention(self) -> Retention:
+        return Retention(command_max_age=self.command_max_age, events_max_age=self.events_max_age)
 
     @property
     def is_development(self) -> bool:

@@ -10,8 +10,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from management_server.config import normalize_database_url
 from management_server.gateways.service import enroll
-from shared.bus import Publisher
 from shared.bus.messages import Envelope
+from shared.bus.publisher import Publisher
 from trading_gateway.config import GatewaySettings
 from trading_gateway.identity import GatewayIdentity, load_or_create
 

@@ -11,7 +11,10 @@ from prometheus_client import CollectorRegistry
 
 from shared.auth import RevocationStore, TokenVerifier
 from shared.auth.verifier import gateway_audience
-from shared.bus import ConsumerConfig, GenerationTracker, Publisher, RedisDeduplicator, StreamConsumer
+from shared.bus.consumer import ConsumerConfig, StreamConsumer
+from shared.bus.dedupe import RedisDeduplicator
+from shared.bus.generations import GenerationTracker
+from shared.bus.publisher import Publisher
 from shared.bus.streams import commands_stream, gateway_group
 from shared.health import health_router
 from shared.http import install_http_plumbing
@@ -85,7 +88,9 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             identity = load_or_create(data_dir, settings.gateway_id)
             app.state.identity = identity
             signer = identity.event_signer()
-            events = EventPublisher(Publisher(events_redis, signer=signer), data_dir / OUTBOX_FILE)
+            events = EventPublisher(
+                Publisher(events_redis, signer=signer, retention=settings.stream_retention), data_dir / OUTBOX_FILE
+            )
             events.start()
             stack.push_async_callback(events.stop)
             # FreqAI models: bundles signed by the management server, verified with its published keys.
@@ -106,7 +111,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
 
             heartbeat = Heartbeat(
                 settings,
-                Publisher(redis, signer=signer),
+                Publisher(redis, signer=signer, retention=settings.stream_retention),
                 bots_running=fleet.bots_running,
                 capacity=fleet.capacity,
                 bots_by_state=fleet.bots_by_state,

@@ -18,7 +18,7 @@ def create_monitor(
     gateway_id = fleet.settings.gateway_id
 
     async def bus() -> list[Metric]:
-        return await bus_families(redis, [commands_stream(gateway_id)])
+        return await bus_families(redis, [commands_stream(gateway_id)], fleet.settings.stream_retention)
 
     async def bots() -> list[Metric]:
         family = GaugeMetricFamily(

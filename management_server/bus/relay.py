@@ -21,9 +21,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from management_server.bus.models import OutboxMessage
 from management_server.bus.service import OUTBOX_CHANNEL
-from shared.bus.publisher import DEFAULT_COMMAND_MAX_AGE, Publisher, raw_entry_fields
+from shared.bus.publisher import Publisher, raw_entry_fields
 from shared.bus.signing import CommandSigner
-from shared.bus.streams import is_commands_stream
+from shared.bus.streams import Retention, is_commands_stream
 from shared.logging import get_logger
 
 log = get_logger(__name__)
@@ -39,11 +39,11 @@ class OutboxRelay:
         poll_interval: float = 1.0,
         retention: timedelta = timedelta(days=7),
         signer: CommandSigner | None = None,
-        command_max_age: float = DEFAULT_COMMAND_MAX_AGE,
+        stream_retention: Retention | None = None,
     ) -> None:
         self.engine = engine
         self.sessionmaker = async_sessionmaker(engine, expire_on_commit=False)
-        self.publisher = Publisher(redis, command_max_age=command_max_age)  # old commands trimmed by age
+        self.publisher = Publisher(redis, retention=stream_retention)  # old commands trimmed by age
         self.batch = batch
         self.poll_interval = poll_interval
         self.retention = retention

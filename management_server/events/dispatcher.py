@@ -21,7 +21,8 @@ from management_server.bots import events as bot_events
 from management_server.freqai import events as model_events
 from management_server.gateways.service import record_heartbeat
 from management_server.gateways.signatures import EventSignatures
-from shared.bus import ConsumerConfig, Delivery, RedisDeduplicator, StreamConsumer
+from shared.bus.consumer import ConsumerConfig, Delivery, StreamConsumer
+from shared.bus.dedupe import RedisDeduplicator
 from shared.bus.messages import Envelope, GatewayHeartbeat, McpCall
 from shared.bus.streams import EVENTS_STREAM, MANAGEMENT_GROUP
 from shared.logging import get_logger
@@ -94,6 +95,9 @@ class EventDispatcher:
             await record_mcp_call(session, message)
 
 
+CONSUMED_EVENTS_KEPT = 600.0  # seconds an applied event stays readable with XRANGE
+
+
 def create_event_consumer(
     redis_url: str,
     redis: aioredis.Redis,
@@ -103,9 +107,16 @@ def create_event_consumer(
     trade_effects: TradeEffects | None = None,
     signatures: EventSignatures | None = None,
 ) -> StreamConsumer:
-    """One consumer per management process; the name is stable so a restart finds its pending entries."""
+    """One consumer per management process; the name is stable so a restart finds its pending entries.
+
+    Events every group has consumed are trimmed after ``CONSUMED_EVENTS_KEPT`` seconds, so the stream holds
+    minutes of events in normal operation and its age limit (``FREQFLEET_EVENTS_MAX_AGE``) only matters while
+    the management server is away."""
     config = ConsumerConfig(
-        stream=EVENTS_STREAM, group=MANAGEMENT_GROUP, consumer=f"management@{socket.gethostname()}:{instance}"
+        stream=EVENTS_STREAM,
+        group=MANAGEMENT_GROUP,
+        consumer=f"management@{socket.gethostname()}:{instance}",
+        trim_consumed_after_s=CONSUMED_EVENTS_KEPT,
     )
     dispatcher = EventDispatcher(sessionmaker, trade_effects)
     return StreamConsumer(

@@ -1,24 +1,6 @@
-"""The event bus over Redis Streams: envelopes, publisher, consumer, dedupe, generations."""
+"""The event bus over Redis Streams: envelopes (``messages``), ``publisher``, ``consumer``, ``dedupe``,
+``generations``, stream names and retention (``streams``), backlogs (``backlog``) and ``dead_letters``.
 
-from shared.bus.consumer import ConsumerConfig, ConsumerStats, Delivery, Handler, StreamConsumer
-from shared.bus.dedupe import Deduplicator, RedisDeduplicator
-from shared.bus.generations import GenerationTracker, skip_stale
-from shared.bus.messages import Envelope, UndecodableMessage, decode, encode
-from shared.bus.publisher import Publisher
-
-__all__ = [
-    "ConsumerConfig",
-    "ConsumerStats",
-    "Deduplicator",
-    "Delivery",
-    "Envelope",
-    "GenerationTracker",
-    "Handler",
-    "Publisher",
-    "RedisDeduplicator",
-    "StreamConsumer",
-    "UndecodableMessage",
-    "decode",
-    "encode",
-    "skip_stale",
-]
+Import from the modules themselves: this package imports nothing, so ``shared.settings`` can use
+``shared.bus.streams`` without pulling in the consumer (which logs, which reads the settings).
+"""

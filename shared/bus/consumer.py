@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from shared.bus.backlog import trim_consumed
 from shared.bus.dedupe import Deduplicator
 from shared.bus.messages import Envelope, UndecodableMessage, decode
 from shared.bus.publisher import ENVELOPE_FIELD
@@ -81,6 +83,9 @@ class ConsumerConfig:
     dead_letter_maxlen: int = DEAD_LETTER_MAXLEN
     backoff_min_s: float = 0.1
     backoff_max_s: float = 5.0
+    # Trim what every group has consumed once it is this old (the stream's sole reader does it: the management
+    # server on freqfleet:events); None: entries stay until the stream's own limit.
+    trim_consumed_after_s: float | None = None
 
     @property
     def dead_letter_stream(self) -> str:
@@ -94,6 +99,7 @@ class ConsumerStats:
     handler_errors: int = 0
     dead_lettered: int = 0
     trimmed_while_pending: int = 0
+    trimmed: int = 0  # consumed entries trimmed (trim_consumed_after_s)
     reclaimed: int = 0
     reconnects: int = 0
     last_error: str | None = None
@@ -253,6 +259,10 @@ class StreamConsumer:
                 return
             try:
                 await self.reclaim_once()
+                if cfg.trim_consumed_after_s is not None:
+                    self.stats.trimmed += await trim_consumed(
+                        self.redis, cfg.stream, keep=cfg.trim_consumed_after_s, now=time.time()
+                    )
             except TRANSIENT_ERRORS as exc:
                 log.debug("reclaim skipped: redis unavailable", error=str(exc))
 

@@ -7,6 +7,7 @@ so it will be now) and removes the dead letter, once the cause has been fixed.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,7 +15,7 @@ import redis.asyncio as aioredis
 
 from shared.bus.publisher import ENVELOPE_FIELD
 from shared.bus.signing import KEY_FIELD, SIGNATURE_FIELD, SIGNED_AT_FIELD, CommandSigner
-from shared.bus.streams import DEAD_LETTER_SUFFIX, is_commands_stream, maxlen_for
+from shared.bus.streams import DEAD_LETTER_SUFFIX, Retention, is_commands_stream
 
 ORIGINAL_FIELDS = ("type", "event_id", ENVELOPE_FIELD)
 SIGNATURE_FIELDS = (SIGNATURE_FIELD, KEY_FIELD, SIGNED_AT_FIELD)
@@ -67,7 +68,13 @@ class DeadLetterNotFound(LookupError):
     pass
 
 
-async def replay(redis: aioredis.Redis, stream: str, entry_id: str, signer: CommandSigner | None = None) -> str:
+async def replay(
+    redis: aioredis.Redis,
+    stream: str,
+    entry_id: str,
+    signer: CommandSigner | None = None,
+    retention: Retention | None = None,
+) -> str:
     """Put a dead letter's original message back on its source stream; returns the new entry id.
 
     A command for a gateway is signed anew with ``signer`` (its old signature is stale, or the reason it died):
@@ -86,6 +93,7 @@ async def replay(redis: aioredis.Redis, stream: str, entry_id: str, signer: Comm
     if signer is not None and is_commands_stream(letter.source_stream):
         envelope = _text(fields.get(ENVELOPE_FIELD.encode(), b""))
         original |= signer.fields(letter.source_stream, envelope)
-    new_id = await redis.xadd(letter.source_stream, original, maxlen=maxlen_for(letter.source_stream), approximate=True)
+    trim = (retention or Retention()).trim(letter.source_stream, time.time())
+    new_id = await redis.xadd(letter.source_stream, original, **trim)
     await redis.xdel(stream, entry_id)
     return _text(new_id)

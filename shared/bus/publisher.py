@@ -1,8 +1,8 @@
 """Publishing envelopes on a stream.
 
-Entries of a gateway's command stream are trimmed by age, not only by count: a command older than the bound
-gateways accept (``FREQFLEET_COMMAND_MAX_AGE``) is refused anyway, so it is dropped from Redis (``MINID ~``)
-instead of resting there for weeks. Other streams keep their length bound (``MAXLEN ~``).
+Every ``XADD`` trims its stream as ``Retention`` says: by age on the command and events streams (a command older
+than the bound gateways accept is refused anyway; an event is kept ``FREQFLEET_EVENTS_MAX_AGE`` while nobody
+consumes it), by count on dead-letter streams.
 """
 
 from __future__ import annotations
@@ -14,9 +14,7 @@ from asgi_correlation_id import correlation_id
 
 from shared.bus.messages import Envelope, encode
 from shared.bus.signing import EntrySigner
-from shared.bus.streams import is_commands_stream, maxlen_for
-
-DEFAULT_COMMAND_MAX_AGE = 3600.0
+from shared.bus.streams import Retention
 
 ENVELOPE_FIELD = "envelope"
 
@@ -45,11 +43,11 @@ class Publisher:
         redis: aioredis.Redis,
         *,
         signer: EntrySigner | None = None,
-        command_max_age: float = DEFAULT_COMMAND_MAX_AGE,
+        retention: Retention | None = None,
     ) -> None:
         self.redis = redis
         self.signer = signer
-        self.command_max_age = command_max_age
+        self.retention = retention or Retention()
 
     async def publish(self, stream: str, message: Envelope) -> str:
         """Append the message; returns the entry id. The same message twice gives two entries
@@ -59,14 +57,6 @@ class Publisher:
     async def publish_raw(self, stream: str, fields: dict[str, str]) -> str:
         if self.signer is not None:
             fields = fields | self.signer.fields(stream, fields[ENVELOPE_FIELD])
-        if is_commands_stream(stream):
-            oldest_ms = int((time.time() - self.command_max_age) * 1000)
-            entry_id = await self.redis.xadd(stream, fields, minid=f"{oldest_ms}-0", approximate=True)  # type: ignore[arg-type]
-        else:
-            entry_id = await self.redis.xadd(
-                stream,
-                fields,  # type: ignore[arg-type]
-                maxlen=maxlen_for(stream),
-                approximate=True,
-            )
+        trim = self.retention.trim(stream, time.time())
+        entry_id = await self.redis.xadd(stream, fields, **trim)  # type: ignore[arg-type]
         return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import redis.asyncio as aioredis
 
-from shared.bus import ConsumerConfig, Delivery, Publisher, StreamConsumer
+from shared.bus.consumer import ConsumerConfig, Delivery, StreamConsumer
 from shared.bus.messages import StopBot, StopBotData
+from shared.bus.publisher import Publisher
 from tests.helpers import until
 
 

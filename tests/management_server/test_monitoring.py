@@ -3,6 +3,8 @@ bots by state, live gateways, emergency stops; from real Redis and PostgreSQL.""
 
 from __future__ import annotations
 
+import time
+
 import redis.asyncio as aioredis
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -39,8 +41,8 @@ async def test_bus_bots_and_emergency_stops_are_measured(management: Management,
     # A gateway's command stream: three commands, one taken and not yet acked.
     stream, group = "freqfleet:commands:gw-metrics", "gateway:gw-metrics"
     await redis.xgroup_create(stream, group, id="0", mkstream=True)
-    for n in range(3):
-        await redis.xadd(stream, {"n": str(n)})
+    for n in range(3):  # the first two minutes old
+        await redis.xadd(stream, {"n": str(n)}, id=f"{int((time.time() - 120) * 1000)}-0" if n == 0 else "*")
     await redis.xreadgroup(group, "c1", {stream: ">"}, count=1)
     # An entry nobody can decode goes to the events' dead-letter stream at once.
     await redis.xadd(EVENTS_STREAM, {"type": "NOPE", "event_id": "x", "envelope": "not json"})
@@ -49,6 +51,10 @@ async def test_bus_bots_and_emergency_stops_are_measured(management: Management,
     found = await samples(management)
     assert value(found, "freqfleet_bus_pending_messages", stream=stream, group=group) == 1
     assert value(found, "freqfleet_bus_lag_messages", stream=stream, group=group) == 2
+    assert 120 <= value(found, "freqfleet_bus_oldest_unconsumed_age_seconds", stream=stream, group=group) < 600
+    assert value(found, "freqfleet_bus_oldest_unconsumed_age_seconds", stream=EVENTS_STREAM, group="management") == 0
+    assert value(found, "freqfleet_bus_max_age_seconds", stream=stream) == 3600
+    assert value(found, "freqfleet_bus_max_age_seconds", stream=EVENTS_STREAM) == 6 * 3600
     assert value(found, "freqfleet_bus_pending_messages", stream=EVENTS_STREAM, group="management") == 0
     assert value(found, "freqfleet_bus_dead_letters", stream=EVENTS_STREAM) == 1
     assert value(found, "freqfleet_bots", state="stopped") == 1

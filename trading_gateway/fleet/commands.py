@@ -32,7 +32,8 @@ import uuid
 
 from redis.exceptions import RedisError
 
-from shared.bus import Delivery, GenerationTracker
+from shared.bus.consumer import Delivery
+from shared.bus.generations import GenerationTracker
 from shared.bus.messages import (
     BotCommand,
     CommandAccepted,

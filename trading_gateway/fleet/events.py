@@ -30,9 +30,8 @@ from pathlib import Path
 
 from redis.exceptions import RedisError
 
-from shared.bus import Publisher
 from shared.bus.messages import Envelope
-from shared.bus.publisher import ENVELOPE_FIELD, entry_fields, with_request_correlation
+from shared.bus.publisher import ENVELOPE_FIELD, Publisher, entry_fields, with_request_correlation
 from shared.bus.streams import EVENTS_STREAM
 from shared.files import atomic_write
 from shared.logging import get_logger

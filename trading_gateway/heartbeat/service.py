@@ -17,8 +17,8 @@ from datetime import UTC, datetime
 
 import psutil
 
-from shared.bus import Publisher
 from shared.bus.messages import GatewayHeartbeat, GatewayHeartbeatData
+from shared.bus.publisher import Publisher
 from shared.bus.streams import EVENTS_STREAM
 from shared.logging import get_logger
 from trading_gateway.config import GatewaySettings

@@ -20,7 +20,7 @@ from management_server.db import create_engine, create_sessionmaker
 from management_server.security.passwords import build_hasher
 from management_server.users.models import User
 from management_server.users.service import create_user
-from shared.bus import ConsumerConfig, Delivery, StreamConsumer
+from shared.bus.consumer import ConsumerConfig, Delivery, StreamConsumer
 from shared.bus.messages import StopBot, StopBotData
 from shared.bus.signing import CommandRefused, verify
 from shared.bus.streams import commands_stream

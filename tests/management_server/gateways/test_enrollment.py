@@ -12,8 +12,8 @@ from sqlalchemy import select, text
 
 from management_server.gateways.models import Gateway
 from management_server.users.models import Role
-from shared.bus import Publisher
 from shared.bus.messages import BotStarted, BotStartedData, GatewayHeartbeat, GatewayHeartbeatData, StartBot, decode
+from shared.bus.publisher import Publisher
 from shared.bus.streams import EVENTS_STREAM, commands_stream, dead_letter_stream
 from shared.sealing import SealError, open_credentials
 from tests.enrollment import identity_for, publisher_for

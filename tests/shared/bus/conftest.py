@@ -6,8 +6,8 @@ from collections.abc import AsyncIterator
 import pytest_asyncio
 import redis.asyncio as aioredis
 
-from shared.bus import Publisher
 from shared.bus.messages import StopBot, StopBotData
+from shared.bus.publisher import Publisher
 
 
 @pytest_asyncio.fixture(loop_scope="session")

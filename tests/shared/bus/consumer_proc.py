@@ -16,7 +16,8 @@ import sys
 
 import redis.asyncio as aioredis
 
-from shared.bus import ConsumerConfig, Delivery, RedisDeduplicator, StreamConsumer
+from shared.bus.consumer import ConsumerConfig, Delivery, StreamConsumer
+from shared.bus.dedupe import RedisDeduplicator
 
 
 async def main(redis_url: str, stream: str, group: str, consumer: str, mode: str) -> None:

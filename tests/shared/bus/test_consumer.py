@@ -16,18 +16,11 @@ import structlog
 from asgi_correlation_id import correlation_id
 
 from freqfleet.embedded import EmbeddedValkey
-from shared.bus import (
-    ConsumerConfig,
-    Delivery,
-    GenerationTracker,
-    Handler,
-    Publisher,
-    RedisDeduplicator,
-    StreamConsumer,
-    skip_stale,
-)
+from shared.bus.consumer import ConsumerConfig, Delivery, Handler, StreamConsumer
+from shared.bus.dedupe import RedisDeduplicator
+from shared.bus.generations import GenerationTracker, skip_stale
 from shared.bus.messages import Envelope, GatewayHeartbeat, GatewayHeartbeatData
-from shared.bus.publisher import ENVELOPE_FIELD, entry_fields
+from shared.bus.publisher import ENVELOPE_FIELD, Publisher, entry_fields
 from shared.redis import create_redis
 from tests.helpers import free_port, until
 from tests.shared.bus.conftest import stop_bot
@@ -400,3 +393,21 @@ async def test_events_of_any_type_round_trip_through_a_stream(
     async with running(consumer):
         await until(lambda: len(got) == 1, timeout=10, what="the heartbeat")
     assert got == [beat]
+
+
+async def test_the_sole_reader_trims_what_it_consumed(
+    redis_url: str, redis: aioredis.Redis, publisher: Publisher
+) -> None:
+    stream, group = names()
+    for _ in range(500):
+        await publisher.publish(stream, stop_bot())
+    handled: list[Envelope] = []
+
+    async def handler(delivery: Delivery) -> None:
+        handled.append(delivery.message)
+
+    config = ConsumerConfig(stream, group, "c1", batch=100, reclaim_interval_s=0.2, trim_consumed_after_s=0)
+    async with running(StreamConsumer(redis_url, config, handler)) as consumer:
+        await until(lambda: consumer.stats.trimmed >= 400, timeout=15, what="the consumed entries to be trimmed")
+    assert len(handled) == 500
+    assert await redis.xlen(stream) <= 100  # what is left is the last node, whole nodes go

@@ -7,8 +7,9 @@ import uuid
 import pytest
 import redis.asyncio as aioredis
 
-from shared.bus import ConsumerConfig, Delivery, Publisher, StreamConsumer
+from shared.bus.consumer import ConsumerConfig, Delivery, StreamConsumer
 from shared.bus.dead_letters import DeadLetterNotFound, dead_letter_streams, list_dead_letters, replay
+from shared.bus.publisher import Publisher
 from tests.helpers import until
 from tests.shared.bus.conftest import stop_bot
 

@@ -31,7 +31,6 @@ from pydantic import SecretStr
 from management_server.security.keys import KeyRing, SigningKey
 from management_server.security.tokens import sign_token
 from shared.auth import TokenType
-from shared.bus import Publisher
 from shared.bus.messages import (
     BotSpec,
     EmergencyStop,
@@ -51,7 +50,7 @@ from shared.bus.messages import (
     UpdateConfigData,
     decode,
 )
-from shared.bus.publisher import ENVELOPE_FIELD, entry_fields, with_request_correlation
+from shared.bus.publisher import ENVELOPE_FIELD, Publisher, entry_fields, with_request_correlation
 from shared.bus.signing import CommandSigner
 from shared.bus.streams import EVENTS_STREAM, commands_stream
 from shared.settings import Environment

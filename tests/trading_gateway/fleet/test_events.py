@@ -9,9 +9,8 @@ from pathlib import Path
 import redis.asyncio as aioredis
 
 from freqfleet.embedded import EmbeddedValkey
-from shared.bus import Publisher
 from shared.bus.messages import BotStatus, BotStatusData, BotStopped, BotStoppedData, Envelope, decode
-from shared.bus.publisher import entry_fields
+from shared.bus.publisher import Publisher, entry_fields
 from shared.bus.streams import EVENTS_STREAM
 from shared.redis import create_redis
 from tests.helpers import free_port, until
