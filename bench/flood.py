@@ -14,6 +14,11 @@ of ``list_bots`` and unknown tools, one more sending 1 MiB frames as fast as it 
 Streamable HTTP sessions. The report gives each probe's p50/p99/max in both phases, how many of alice's calls
 were served and refused, and how the gateway's memory and CPU moved.
 
+Then the kill switch with real bots: 3 of the admin's bots are started (dry-run ``freqtrade trade`` on
+``freqfleet simulator``, through the management server's API as a user starts them) and halted with the gateway's
+local emergency stop, in rounds, first quiet, then under the same flood: the gateway's own ``seconds_to_all_paused``
+(every bot answered ``stopentry``) and the request's answer time, each against the quiet rounds.
+
     python -m bench.run flood          (or: python -m bench.flood [--quick])
 """
 
@@ -23,6 +28,9 @@ import asyncio
 import contextlib
 import itertools
 import json
+import os
+import statistics
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -35,11 +43,14 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from bench._servers import run_on_servers
 from bench.auth import AuthServer, server_env
-from bench.http_overhead import REQUEST_TIMEOUT, percentile
+from bench.gateway import free_range
+from bench.http_overhead import REQUEST_TIMEOUT, free_port, percentile
 from bench.mcp import GATEWAY_ID, INITIALIZE, INITIALIZED, GatewayServer, create_admin, populate
 from freqfleet.embedded import EmbeddedPostgres, EmbeddedValkey
 
 PASSWORD = "flood bench password 1"  # noqa: S105 - throwaway accounts in a temporary database
+RUNNING_BOTS = 3
+START_TIMEOUT = 180.0  # seconds for the bots to run (Freqtrade's imports, on 2 busy cores)
 
 
 @dataclass
@@ -196,12 +207,105 @@ async def flood(gateway: str, ws_url: str, alice: str, stop: asyncio.Event, coun
         await asyncio.gather(*tasks)
 
 
-async def bench(workdir: Path, pg: EmbeddedPostgres, valkey: EmbeddedValkey, seconds: float) -> str:
+@dataclass
+class Halt:
+    started: float  # the start requests sent to every bot running (s)
+    paused: float  # the gateway's seconds_to_all_paused
+    answered: float  # the emergency stop request's answer time (s)
+
+
+class Simulator:
+    """``freqfleet simulator`` in its own process."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._log = (workdir / "simulator.log").open("wb")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FREQFLEET_")}
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "freqfleet", "simulator"],
+            env=env | {"FREQFLEET_SIMULATOR_PORT": str(self.port), "FREQFLEET_LOG_FORMAT": "json"},
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    async def wait_started(self) -> None:
+        deadline = time.monotonic() + 60
+        async with httpx.AsyncClient(timeout=2) as client:
+            while time.monotonic() < deadline:
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await client.get(f"{self.url}/_sim/health")).status_code == 200:
+                        return
+                if self._proc.poll() is not None:
+                    raise RuntimeError("the simulator exited at start")
+                await asyncio.sleep(0.1)
+        raise RuntimeError("the simulator did not start")
+
+    def stop(self) -> None:
+        self._proc.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self._proc.wait(10)
+        self._proc.kill()
+        self._log.close()
+
+
+async def halt_round(management: int, gateway: str, admin: str, bot_ids: list[str]) -> Halt:
+    """Start the bots, wait until each runs, then the gateway's local emergency stop for all of them."""
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{management}/api/v1", timeout=30) as client:
+        t0 = time.monotonic()
+        for bot_id in bot_ids:
+            answer = await client.post(f"/bots/{bot_id}/start", headers=_bearer(admin))
+            if answer.status_code not in (200, 202):
+                raise RuntimeError(f"start answered {answer.status_code}: {answer.text[:200]}")
+        waiting = set(bot_ids)
+        while waiting:
+            if time.monotonic() - t0 > START_TIMEOUT:
+                raise RuntimeError(f"{len(waiting)} bots do not run {START_TIMEOUT:g} s after their start")
+            for bot_id in list(waiting):
+                bot = (await client.get(f"/bots/{bot_id}", headers=_bearer(admin))).json()
+                if bot.get("actual_state") == "running":
+                    waiting.discard(bot_id)
+            await asyncio.sleep(0.25)
+        started = time.monotonic() - t0
+    async with httpx.AsyncClient(base_url=gateway, timeout=60) as http:
+        t1 = time.perf_counter()
+        answer = await http.post("/api/v1/emergency-stop", json={"scope": "all"}, headers=_bearer(admin))
+        answered = time.perf_counter() - t1
+    answer.raise_for_status()
+    paused = answer.json().get("seconds_to_all_paused")
+    if paused is None:
+        raise RuntimeError(f"the emergency stop did not pause every bot: {answer.text[:300]}")
+    return Halt(started, float(paused), answered)
+
+
+def halt_lines(quiet: list[Halt], loud: list[Halt]) -> list[str]:
+    def median(halts: list[Halt], name: str) -> float:
+        return float(statistics.median(float(getattr(h, name)) for h in halts))
+
+    lines = [
+        f"  kill switch with {RUNNING_BOTS} running bots (local emergency stop, scope all), {len(quiet)} quiet and"
+        f" {len(loud)} flooded round(s), medians:",
+        f"  {'':<34} {'quiet':>8} {'flooded':>8} {'ratio':>6}",
+    ]
+    for name, label in (
+        ("paused", "all paused (s)"),
+        ("answered", "request answered (s)"),
+        ("started", "bots running after start (s)"),
+    ):
+        q, f = median(quiet, name), median(loud, name)
+        lines.append(f"  {label:<34} {q:>8.3f} {f:>8.3f} {f / q if q else float('nan'):>6.2f}")
+    return lines
+
+
+async def bench(workdir: Path, pg: EmbeddedPostgres, valkey: EmbeddedValkey, seconds: float, halt_rounds: int) -> str:
     await create_admin(workdir, pg.url(), valkey.url)
     env = server_env(workdir, pg.url(), valkey.url)
     management = AuthServer("management", workdir, env)
     gateway: GatewayServer | None = None
+    simulator = Simulator(workdir)
     try:
+        await simulator.wait_started()
         management.start()
         await management.wait_started()
         admin = await populate(management.port)
@@ -211,6 +315,9 @@ async def bench(workdir: Path, pg: EmbeddedPostgres, valkey: EmbeddedValkey, sec
             "FREQFLEET_GATEWAY_ID": GATEWAY_ID,
             "FREQFLEET_MANAGEMENT_URL": f"http://127.0.0.1:{management.port}",
             "FREQFLEET_RATE_LIMIT_ENABLED": "true",  # the management server's own limits, as in production
+            "FREQFLEET_SIMULATOR_URL": simulator.url,
+            "FREQFLEET_BOT_PORT_RANGE_START": str(first := free_range(40)),
+            "FREQFLEET_BOT_PORT_RANGE_END": str(first + 39),
         }
         gateway = GatewayServer(workdir, gateway_env)
         gateway.start()
@@ -218,6 +325,7 @@ async def bench(workdir: Path, pg: EmbeddedPostgres, valkey: EmbeddedValkey, sec
         url = f"http://127.0.0.1:{gateway.port}"
         ws_url = f"ws://127.0.0.1:{gateway.port}/mcp/ws"
         process = gateway._ps  # the gateway process (psutil)
+        assert process is not None
         rss_before, cpu_before = process.memory_info().rss, sum(process.cpu_times()[:2])
         quiet = await probes(url, ws_url, admin, bob, seconds)
         cpu_quiet = sum(process.cpu_times()[:2]) - cpu_before
@@ -232,6 +340,21 @@ async def bench(workdir: Path, pg: EmbeddedPostgres, valkey: EmbeddedValkey, sec
         stop.set()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(flooding, 30)
+
+        # The kill switch with real bots, quiet then flooded.
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{management.port}/api/v1", timeout=30) as client:
+            listed = (await client.get("/bots", headers=_bearer(admin))).json()
+        bot_ids = [str(b["id"]) for b in listed][:RUNNING_BOTS]
+        quiet_halts = [await halt_round(management.port, url, admin, bot_ids) for _ in range(halt_rounds)]
+        stop, counts_after = asyncio.Event(), Flood()
+        flooding = asyncio.create_task(flood(url, ws_url, alice, stop, counts_after))
+        try:
+            await asyncio.sleep(1.0)
+            loud_halts = [await halt_round(management.port, url, admin, bot_ids) for _ in range(halt_rounds)]
+        finally:
+            stop.set()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(flooding, 30)
         lines = [
             "An MCP flood by one user (alice): 7 WebSockets pipelining list_bots and unknown tools, one sending 1 MiB"
             " frames, a loop opening Streamable HTTP sessions; default MCP limits, management rate limits on",
@@ -248,17 +371,21 @@ async def bench(workdir: Path, pg: EmbeddedPostgres, valkey: EmbeddedValkey, sec
             f"  gateway RSS: {rss_before / 2**20:.0f} MiB before, {rss_start / 2**20:.0f} MiB as the flood began,"
             f" {rss_peak / 2**20:.0f} MiB at its end; gateway CPU: {cpu_quiet / seconds * 100:.0f}% of a core quiet,"
             f" {cpu_loud / seconds * 100:.0f}% flooded",
+            "",
+            *halt_lines(quiet_halts, loud_halts),
+            f"  alice's calls meanwhile: {counts_after.served} served, {counts_after.refused} refused",
         ]
         return "\n".join(lines)
     finally:
         if gateway is not None:
             gateway.stop()
         management.stop()
+        simulator.stop()
 
 
 def run(quick: bool = False) -> None:
-    seconds = 5.0 if quick else 20.0
-    print(run_on_servers("flood", lambda workdir, pg, valkey: bench(workdir, pg, valkey, seconds)), flush=True)
+    seconds, rounds = (5.0, 1) if quick else (20.0, 3)
+    print(run_on_servers("flood", lambda workdir, pg, valkey: bench(workdir, pg, valkey, seconds, rounds)), flush=True)
 
 
 if __name__ == "__main__":

@@ -81,10 +81,12 @@ from management_server.users.models import Role
 from management_server.users.service import create_user
 from shared.settings import Environment
 from trading_gateway.identity import load_or_create
+from trading_gateway.mcp.limits import CallRate
 
 EMAIL = "bench-admin@example.com"
 PASSWORD = "bench admin password 1"  # noqa: S105 - a throwaway account in a temporary database
 GATEWAY_ID = "gw-bench"
+OPEN_GATEWAY_ID = "gw-bench-open"  # the same gateway with its per-user MCP limits taken out: what they cost
 BOTS = 5
 AUDIT_WAIT = 300.0  # seconds the report waits for the audit rows of every call
 # Connections of the load. Within the management server's database pool (10): more requests in flight
@@ -126,6 +128,7 @@ class Target:
     key: str
     label: str
     tool_call: bool  # counts in the audit log
+    gateway: str = "limited"  # whose CPU it costs: the gateway with its MCP limits, or the "open" one without
 
 
 TARGETS = (
@@ -134,19 +137,30 @@ TARGETS = (
     Target("ws", "MCP        WebSocket list_bots", True),
     Target("http", "MCP        HTTP 2026-07-28 list_bots", True),
     Target("session", "MCP        HTTP session list_bots", True),
+    Target("ws-open", "no limits  WebSocket list_bots", True, "open"),
+    Target("http-open", "no limits  HTTP 2026-07-28 list_bots", True, "open"),
+    Target("session-open", "no limits  HTTP session list_bots", True, "open"),
 )
+LIMITED = {
+    "ws-open": "ws",
+    "http-open": "http",
+    "session-open": "session",
+}  # each "no limits" target beside the same target with them
 
 
 class GatewayServer(Server):
     """A ``bench._mcp_server`` process with its own environment."""
 
-    def __init__(self, workdir: Path, env: Mapping[str, str]) -> None:
-        super().__init__("gateway", "", workdir)
+    def __init__(self, workdir: Path, env: Mapping[str, str], *, limits: bool = True) -> None:
+        super().__init__("gateway" if limits else "gateway-open", "", workdir)
         self.env = dict(env)
+        self.limits = limits
 
     def start(self) -> None:
         self._log = self.log_path.open("wb")
         cmd = [sys.executable, "-m", "bench._mcp_server", "--port", str(self.port)]
+        if not self.limits:
+            cmd.append("--no-limits")
         self._proc = subprocess.Popen(
             cmd, cwd=ROOT, env=self.env, stdin=subprocess.DEVNULL, stdout=self._log, stderr=self._log
         )
@@ -314,16 +328,21 @@ class Result:
 @dataclass
 class Stack:
     gateway: GatewayServer
+    open_gateway: GatewayServer
     management: AuthServer
     backends: Backends
     token: str
     loads: dict[str, Callable[[int], Awaitable[tuple[float, list[float]]]]] = field(default_factory=dict)
 
 
-def build_loads(stack: Stack, sessions: Sequence[str]) -> None:
+def build_loads(stack: Stack, sessions: Sequence[str], open_sessions: Sequence[str]) -> None:
     gw, mg, token = stack.gateway.port, stack.management.port, stack.token
     ws_url = f"ws://127.0.0.1:{gw}/mcp/ws"
+    og = stack.open_gateway.port
     stack.loads = {
+        "ws-open": lambda n: drive_websockets(f"ws://127.0.0.1:{og}/mcp/ws", token, n, CONCURRENCY),
+        "http-open": lambda n: drive(og, modern_request(og, token), 200, n, CONCURRENCY),
+        "session-open": lambda n: drive_each(og, [session_request(og, token, s) for s in open_sessions], n),
         "baseline": lambda n: drive(gw, raw_get(gw, "/health/live"), 200, n, CONCURRENCY),
         "rest": lambda n: drive(mg, raw_get(mg, "/api/v1/bots", token), 200, n, CONCURRENCY),
         "ws": lambda n: drive_websockets(ws_url, token, n, CONCURRENCY),
@@ -334,10 +353,11 @@ def build_loads(stack: Stack, sessions: Sequence[str]) -> None:
 
 async def measure(result: Result, stack: Stack, profile: Profile) -> None:
     load = stack.loads[result.target.key]
+    gateway = stack.open_gateway if result.target.gateway == "open" else stack.gateway
     await load(profile.warmup)
-    before = stack.gateway.cpu_seconds(), stack.management.cpu_seconds(), stack.backends.snapshot()
+    before = gateway.cpu_seconds(), stack.management.cpu_seconds(), stack.backends.snapshot()
     elapsed, latencies = await load(profile.calls)
-    gateway_cpu = stack.gateway.cpu_seconds() - before[0]
+    gateway_cpu = gateway.cpu_seconds() - before[0]
     management_cpu = stack.management.cpu_seconds() - before[1]
     backend_cpu, _ = Backends.spent(before[2], stack.backends.snapshot())
     latencies.sort()
@@ -392,7 +412,7 @@ async def check_targets(stack: Stack, sessions: Sequence[str]) -> int:
 # --- setup ------------------------------------------------------------------------------------------
 
 
-async def create_admin(workdir: Path, pg_url: str, redis_url: str) -> None:
+async def create_admin(workdir: Path, pg_url: str, redis_url: str, gateways: Sequence[str] = (GATEWAY_ID,)) -> None:
     settings = ManagementSettings(
         env=Environment.test, data_dir=workdir / "data", database_url=pg_url, redis_url=redis_url
     )
@@ -400,9 +420,10 @@ async def create_admin(workdir: Path, pg_url: str, redis_url: str) -> None:
     try:
         async with db.create_sessionmaker(engine).begin() as session:
             await create_user(session, build_hasher(settings), EMAIL, PASSWORD, Role.admin)
-            # The gateway's identity, made where it will find it, and enrolled (its audit events count then).
-            identity = load_or_create(workdir / "data" / "gateway" / GATEWAY_ID, GATEWAY_ID)
-            await enroll(session, identity.enrollment(), None)
+            # Each gateway's identity, made where it will find it, and enrolled (its audit events count then).
+            for gateway_id in gateways:
+                identity = load_or_create(workdir / "data" / "gateway" / gateway_id, gateway_id)
+                await enroll(session, identity.enrollment(), None)
     finally:
         await engine.dispose()
 
@@ -466,11 +487,12 @@ async def audited(pg_url: str, redis_url: str, workdir: Path, expected: int) -> 
 
 
 async def bench(profile: Profile, workdir: Path, pg: EmbeddedPostgres, valkey: EmbeddedValkey) -> str:
-    await create_admin(workdir, pg.url(), valkey.url)
+    await create_admin(workdir, pg.url(), valkey.url, (GATEWAY_ID, OPEN_GATEWAY_ID))
     env = server_env(workdir, pg.url(), valkey.url)
     management = AuthServer("management", workdir, env)
     backends = Backends([pid for pid in (pg.pid, valkey.pid) if pid is not None])
     gateway: GatewayServer | None = None
+    open_gateway: GatewayServer | None = None
     try:
         management.start()
         await management.wait_started()
@@ -483,30 +505,49 @@ async def bench(profile: Profile, workdir: Path, pg: EmbeddedPostgres, valkey: E
         }
         gateway = GatewayServer(workdir, gateway_env)
         gateway.start()
+        open_gateway = GatewayServer(workdir, gateway_env | {"FREQFLEET_GATEWAY_ID": OPEN_GATEWAY_ID}, limits=False)
+        open_gateway.start()
         await gateway.wait_started()
-        stack = Stack(gateway, management, backends, token)
+        await open_gateway.wait_started()
+        stack = Stack(gateway, open_gateway, management, backends, token)
         sessions = [await open_session(gateway.port, token) for _ in range(CONCURRENCY)]
-        build_loads(stack, sessions)
+        open_sessions = [await open_session(open_gateway.port, token) for _ in range(CONCURRENCY)]
+        build_loads(stack, sessions, open_sessions)
         calls = await check_targets(stack, sessions)
         results = [Result(t) for t in TARGETS]
         for result in results:
             await stack.loads[result.target.key](profile.first_warmup)
             if result.target.tool_call:
                 calls += profile.first_warmup
-        started, (busy, steal), ours = time.monotonic(), machine_cpu(), our_cpu([gateway, management], backends)
+        servers = [gateway, open_gateway, management]
+        started, (busy, steal), ours = time.monotonic(), machine_cpu(), our_cpu(servers, backends)
         for i in range(profile.rounds):
             shift = i % len(results)
             for result in results[shift:] + results[:shift]:
                 await measure(result, stack, profile)
-        (busy_after, steal_after), ours_after = machine_cpu(), our_cpu([gateway, management], backends)
+        (busy_after, steal_after), ours_after = machine_cpu(), our_cpu(servers, backends)
         outside = Outside(time.monotonic() - started, (busy_after - busy) - (ours_after - ours), steal_after - steal)
         calls += sum(r.calls for r in results if r.target.tool_call)
         ok, other, waited = await audited(pg.url(), valkey.url, workdir, calls)
         return report(results, outside, profile, calls, ok, other, waited)
     finally:
-        if gateway is not None:
-            gateway.stop()
+        for server in (gateway, open_gateway):
+            if server is not None:
+                server.stop()
         management.stop()
+
+
+def limit_checks_us(calls: int = 200_000, users: int = 100) -> float:
+    """CPU per call of what the limits do on a WebSocket call (``wait`` before reading it, ``hit`` when it runs),
+    in this process: ``users`` users, their windows filling to thousands of calls each."""
+    rate = CallRate(10**8)
+    names = [f"user-{n}" for n in range(users)]
+    started = time.process_time()
+    for n in range(calls):
+        user = names[n % users]
+        rate.wait(user)
+        rate.hit(user)
+    return (time.process_time() - started) / calls * 1e6
 
 
 def report(
@@ -528,6 +569,8 @@ def report(
         f"  list_bots lists {BOTS} bots: token verified (EdDSA + revocation in Valkey), GET /api/v1/bots on the"
         " management server with the caller's token, the call's MCP_CALL audit event published",
         "  management server: rate limits OFF; its events consumer writes the audit rows meanwhile",
+        "  'no limits': a second gateway, the same code without its per-user MCP limits (bench._mcp_server"
+        " --no-limits); the first has them, set above this load (every call counted and checked)",
         "  CPU us/call from the kernel: gw = gateway process, mgmt = management server, db = PostgreSQL + Valkey",
         "",
         f"  {'target':<42} {'calls/s':>7} {'(min-max)':>11} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7}"
@@ -542,14 +585,29 @@ def report(
             f" {r.median('management_us'):>8.0f} {r.median('backend_us'):>7.0f}"
         )
     lines += ["", f"  {'MCP target':<42} {'calls/s':>7} {'p50':>7} {'p99':>7}   ratios to baseline | to reference"]
-    for r in results[2:]:
+    for r in results[2:5]:
         lines.append(
             f"  {r.target.label:<42} {r.median('rps') / base.median('rps'):>7.2f}"
             f" {r.median('p50') / base.median('p50'):>7.2f} {r.median('p99') / base.median('p99'):>7.2f}   |"
             f" {r.median('rps') / rest.median('rps'):>5.2f} {r.median('p50') / rest.median('p50'):>5.2f}"
             f" {r.median('p99') / rest.median('p99'):>5.2f}"
         )
-    mcp_gw = {r.target.key: r.median("gateway_us") - base.median("gateway_us") for r in results[2:]}
+    lines += [
+        "",
+        f"  {'what the per-user MCP limits cost':<42} {'calls/s':>7} {'gw CPU':>7}   with limits / without",
+    ]
+    for key, limited_key in LIMITED.items():
+        without, limited = by_key[key], by_key[limited_key]
+        lines.append(
+            f"  {limited.target.label.split(None, 1)[1]:<42} {limited.median('rps') / without.median('rps'):>7.3f}"
+            f" {limited.median('gateway_us') / without.median('gateway_us'):>7.3f}"
+        )
+    checks = limit_checks_us()
+    lines.append(
+        f"  the checks alone, timed in this process: {checks:.2f} us per call (CallRate.wait + hit, 100 users),"
+        f" {checks / by_key['ws'].median('gateway_us') * 100:.2f}% of a WebSocket call's gateway CPU"
+    )
+    mcp_gw = {r.target.key: r.median("gateway_us") - base.median("gateway_us") for r in results[2:5]}
     lines += [
         "",
         "  gateway CPU per call above /health/live's: "

@@ -74,8 +74,22 @@ async def test_alices_flood_leaves_bob_served_memory_bounded_and_no_event_trimme
             async with websocket_client(stack.ws_url, bob) as client:
                 return [result_data(await client.call_tool("list_bots", {})) for _ in range(20)]
 
-        *_, bobs = await asyncio.gather(pipelined(), big_frames(), sessions(), bob_served())
+        admin = await stack.admin()
+
+        async def kill_switch_answers() -> list[int]:  # the gateway's own safety endpoints, throughout
+            answers = []
+            async with httpx.AsyncClient(base_url=stack.gateway_url, timeout=30) as http:
+                for _ in range(10):
+                    answers.append((await http.get("/health/live")).status_code)
+                    halt = await http.post("/api/v1/emergency-stop", json={"scope": "all"}, headers=admin)
+                    answers.append(halt.status_code)
+            return answers
+
+        *_, bobs, safety = await asyncio.gather(
+            pipelined(), big_frames(), sessions(), bob_served(), kill_switch_answers()
+        )
         assert len(bobs) == 20  # every one of bob's calls answered with his bots
+        assert safety == [200] * 20  # how fast: bench/flood.py
         grown = process.memory_info().rss - before
         assert grown < 100 * MIB, f"RSS grew by {grown / MIB:.0f} MiB"
 
