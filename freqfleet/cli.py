@@ -300,11 +300,53 @@ bus_app = typer.Typer(help="Inspect the bus: dead letters, and replaying them on
 app.add_typer(bus_app, name="bus")
 
 
+class CommandFailed(Exception):
+    """A one-line reason an operations command could not run (printed, exit code 1)."""
+
+
 def _redis() -> Any:
+    """REDIS_URL's server, or the embedded Valkey of the data dir that `freqfleet up` runs (as `backup` finds
+    the embedded PostgreSQL)."""
+    import os
+
     from management_server.config import get_settings
     from shared.redis import create_redis
 
-    return create_redis(get_settings().redis_url.get_secret_value())
+    if "REDIS_URL" in os.environ or "FREQFLEET_REDIS_URL" in os.environ:
+        return create_redis(get_settings().redis_url.get_secret_value())
+    from freqfleet.embedded import EmbeddedValkey
+    from freqfleet.stack import StackSettings
+
+    settings = StackSettings()
+    data_dir = settings.data_dir.resolve()
+    if not (data_dir / "valkey").is_dir():
+        raise CommandFailed(
+            f"no embedded Valkey in {data_dir} (FREQFLEET_DATA_DIR): run `freqfleet up` there, or set REDIS_URL"
+        )
+    return create_redis(EmbeddedValkey(data_dir, settings.valkey_port).url)
+
+
+def _run_on_redis(command: str, work: Any) -> Any:
+    """``asyncio.run(work(redis))`` with one line on stderr, not a traceback, when Redis can't be reached."""
+    import asyncio
+
+    from redis.exceptions import RedisError
+
+    async def run() -> Any:
+        redis = _redis()
+        try:
+            return await work(redis)
+        finally:
+            await redis.aclose()
+
+    try:
+        return asyncio.run(run())
+    except CommandFailed as exc:
+        typer.echo(f"{command}: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    except (RedisError, OSError) as exc:
+        typer.echo(f"{command}: Redis is not reachable ({type(exc).__name__}: {str(exc)[:200]})", err=True)
+        raise typer.Exit(1) from exc
 
 
 @bus_app.command("dead-letters")
@@ -313,26 +355,26 @@ def dead_letters(
     count: Annotated[int, typer.Option(help="How many to show, oldest first.")] = 20,
 ) -> None:
     """List dead-letter streams, or the dead letters of one, with why each died."""
-    import asyncio
-
     from shared.bus.dead_letters import dead_letter_streams, list_dead_letters
 
-    async def run() -> None:
-        redis = _redis()
-        try:
-            if stream is None:
-                for name in await dead_letter_streams(redis):
-                    typer.echo(f"{name}\t{await redis.xlen(name)} dead letters")
-                return
-            for letter in await list_dead_letters(redis, stream, count):
-                typer.echo(
-                    f"{letter.entry_id}\t{letter.message_type or '?'}\tevent {letter.event_id or '?'}\t"
-                    f"from {letter.source_stream} ({letter.group}), {letter.deliveries} deliveries\t{letter.reason}"
-                )
-        finally:
-            await redis.aclose()
+    async def run(redis: Any) -> None:
+        if stream is None:
+            names = await dead_letter_streams(redis)
+            for name in names:
+                typer.echo(f"{name}\t{await redis.xlen(name)} dead letters")
+            if not names:
+                typer.echo("no dead letters: every message on the bus was handled")
+            return
+        letters = await list_dead_letters(redis, stream, count)
+        for letter in letters:
+            typer.echo(
+                f"{letter.entry_id}\t{letter.message_type or '?'}\tevent {letter.event_id or '?'}\t"
+                f"from {letter.source_stream} ({letter.group}), {letter.deliveries} deliveries\t{letter.reason}"
+            )
+        if not letters:
+            typer.echo(f"no dead letters in {stream}")
 
-    asyncio.run(run())
+    _run_on_redis("bus dead-letters", run)
 
 
 @bus_app.command("replay")
@@ -342,8 +384,6 @@ def replay(
 ) -> None:
     """Put a dead letter's message back on the stream it came from, to be handled again (a gateway's command is
     signed anew with the management server's command-signing key)."""
-    import asyncio
-
     from management_server.bus.signing import command_signer, load_command_keys
     from management_server.config import get_settings
     from shared.bus.dead_letters import DeadLetterNotFound
@@ -353,18 +393,13 @@ def replay(
     settings = get_settings()
     signer = command_signer(load_command_keys(settings)) if stream.startswith(COMMANDS_PREFIX) else None
 
-    async def run() -> str:
-        redis = _redis()
+    async def run(redis: Any) -> str:
         try:
-            return await replay_letter(redis, stream, entry_id, signer, settings.stream_retention)
-        finally:
-            await redis.aclose()
+            return str(await replay_letter(redis, stream, entry_id, signer, settings.stream_retention))
+        except DeadLetterNotFound as exc:
+            raise CommandFailed(str(exc)) from exc
 
-    try:
-        new_id = asyncio.run(run())
-    except DeadLetterNotFound as exc:
-        typer.echo(f"replay: {exc}", err=True)
-        raise typer.Exit(1) from exc
+    new_id = _run_on_redis("bus replay", run)
     typer.echo(f"replayed as entry {new_id}")
 
 

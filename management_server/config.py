@@ -118,6 +118,26 @@ class ManagementSettings(CommonSettings):
         description="Longest life of a cached analytics answer; a new trade makes the answers it changes stale "
         "at once.",
     )
+    reconcile_interval: float = Field(
+        default=5.0,
+        gt=0,
+        description="Seconds between reconcile passes: each bot's desired state against its gateway's inventory.",
+    )
+    reconcile_grace: float = Field(
+        default=15.0,
+        gt=0,
+        description="Seconds a command has to show in its gateway's inventory before the reconciler sends it again.",
+    )
+    reconcile_stale_after: float = Field(
+        default=30.0,
+        gt=0,
+        description="Seconds without a heartbeat after which a gateway's bots read `unknown`, not what they last said.",
+    )
+    reconcile_lost_after: float = Field(
+        default=300.0,
+        gt=0,
+        description="Seconds without a heartbeat after which a gateway's bots read `lost`.",
+    )
     trade_sync_interval: float = Field(
         default=60.0,
         gt=0,

@@ -20,6 +20,7 @@ from management_server.auth.router import jwks_router
 from management_server.auth.router import router as auth_router
 from management_server.auth.service import AuthService
 from management_server.bots.emergency_router import router as emergency_router
+from management_server.bots.reconcile import Reconciler
 from management_server.bots.router import router as bots_router
 from management_server.bus.relay import OutboxRelay
 from management_server.bus.signing import command_signer, load_command_keys
@@ -146,10 +147,22 @@ def create_app(settings: ManagementSettings | None = None) -> FastAPI:
             redis,
             settings.model_inline_max_bytes,
         )
+        # What runs converges to what should: each gateway's inventory against every bot's desired state.
+        reconciler = Reconciler(
+            settings,
+            app.state.sessionmaker,
+            app.state.master_keys,
+            app.state.audit,
+            app.state.model_registry,
+            on_commands=relay.wake,
+        )
+        app.state.reconciler = reconciler
+        reconciler.start()
         log.info("management server started", env=settings.env.value)
         try:
             yield
         finally:
+            await reconciler.stop()
             app.state.train_queue.close()
             app.state.check_queue.close()
             await events.stop()

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from asgi_correlation_id import CorrelationIdMiddleware, correlation_id
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry
 from prometheus_fastapi_instrumentator import Instrumentator
@@ -65,6 +66,46 @@ class AccessLogMiddleware:
                 )
 
 
+MAX_ERRORS = 20  # a 422 lists at most this many problems
+MAX_QUOTE = 80  # characters of a bad value a 422 quotes back
+
+
+def _quote(value: Any) -> Any:
+    """A bad value as a 422 shows it: scalars as they are (long strings cut), containers by their size."""
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if isinstance(value, str):
+        return value if len(value) <= MAX_QUOTE else value[:MAX_QUOTE] + f"... ({len(value):,} characters)"
+    if isinstance(value, dict):
+        return f"an object of {len(value):,} keys"
+    if isinstance(value, list | tuple):
+        return f"a list of {len(value):,} items"
+    return _quote(str(value))
+
+
+def bounded_errors(errors: Sequence[Any]) -> list[dict[str, Any]]:
+    """Pydantic's errors with what a person needs (where, what is wrong, a short quote of the value): never the
+    whole input back (a 10 MB body must not come back as a 10 MB answer), at most ``MAX_ERRORS`` of them."""
+    shown = []
+    for error in list(errors)[:MAX_ERRORS]:
+        item: dict[str, Any] = {
+            "type": str(error.get("type", "value_error"))[:64],
+            "loc": [part if isinstance(part, int) else str(part)[:64] for part in error.get("loc", ())][:10],
+            "msg": str(error.get("msg", ""))[:300],
+        }
+        if "input" in error:
+            item["input"] = _quote(error["input"])
+        shown.append(item)
+    if len(errors) > MAX_ERRORS:
+        shown.append({"type": "too_many_errors", "loc": [], "msg": f"and {len(errors) - MAX_ERRORS} more problems"})
+    return shown
+
+
+async def _invalid_request(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    return JSONResponse(status_code=422, content={"detail": bounded_errors(exc.errors())})
+
+
 async def _unhandled_error(request: Request, exc: Exception) -> JSONResponse:
     request_id = correlation_id.get()
     error_log.exception("unhandled error", method=request.method, path=request.url.path)
@@ -85,8 +126,8 @@ def install_http_plumbing(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     body_limits: Mapping[str, int] | None = None,
 ) -> None:
-    """Access log, correlation id (``X-Request-ID``), Prometheus ``/metrics``, a JSON 500, and bounded bodies
-    (413 before the body is read; ``body_limits`` gives paths limits of their own)."""
+    """Access log, correlation id (``X-Request-ID``), Prometheus ``/metrics``, a JSON 500, bounded bodies
+    (413 before the body is read; ``body_limits`` gives paths limits of their own) and bounded 422 answers."""
     # Added first, so it runs inside the correlation id and the access log: a 413 is logged like any answer.
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes, per_path=body_limits)
     Instrumentator(
@@ -96,6 +137,7 @@ def install_http_plumbing(
     ).instrument(app).expose(app, endpoint="/metrics", include_in_schema=False)
     app.add_middleware(AccessLogMiddleware, quiet_paths=frozenset({"/health/live", "/health/ready", "/metrics"}))
     app.add_middleware(CorrelationIdMiddleware, header_name=REQUEST_ID_HEADER, validator=is_safe_request_id)
+    app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(Exception, _unhandled_error)
 
 

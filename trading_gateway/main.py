@@ -115,6 +115,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
                 bots_running=fleet.bots_running,
                 capacity=fleet.capacity,
                 bots_by_state=fleet.bots_by_state,
+                inventory=fleet.inventory,
             )
             app.state.heartbeat = heartbeat
             heartbeat.start()

@@ -1,4 +1,5 @@
-"""Audit rows that arrive on the bus: the gateways' MCP tool calls (``MCP_CALL``).
+"""Audit rows that arrive on the bus: the gateways' MCP tool calls (``MCP_CALL``), and what a gateway did with a
+command an audited control action sent (``COMMAND_ACCEPTED`` / ``COMMAND_REJECTED``: ``record_command_outcome``).
 
 A gateway serves MCP to AI agents and publishes one ``MCP_CALL`` per tool call or resource read
 (who, which tool, the arguments with secrets masked, the outcome). The gateway has no database and
@@ -14,12 +15,13 @@ event is claimed in the inbox (``claim_event``) in the transaction that inserts 
 
 from __future__ import annotations
 
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from management_server.audit.models import AuditEntry
+from management_server.audit.models import AuditEntry, Outcome
 from management_server.bus.service import claim_event
 from management_server.users.models import User
-from shared.bus.messages import McpCall
+from shared.bus.messages import CommandAccepted, CommandRejected, McpCall
 from shared.bus.streams import MANAGEMENT_GROUP
 from shared.logging import redact
 
@@ -63,6 +65,39 @@ async def record_mcp_call(session: AsyncSession, message: McpCall) -> bool:
             ip=data.client_ip,
             correlation_id=message.correlation_id,
             details=redact(details),
+        )
+    )
+    return True
+
+
+async def record_command_outcome(session: AsyncSession, message: CommandAccepted | CommandRejected) -> bool:
+    """What the gateway did with a command a control action sent (``accepted``, or ``refused`` and why), as a row
+    of its own beside the action's ``requested`` one; False for a command no audited action sent, or seen before."""
+    data = message.data
+    asked = (
+        await session.execute(
+            select(AuditEntry)
+            .where(AuditEntry.command_id == data.command_id, AuditEntry.outcome == Outcome.requested.value)
+            .limit(1)
+        )
+    ).scalar_one_or_none()
+    if asked is None or not await claim_event(session, MANAGEMENT_GROUP, message):
+        return False
+    refused = isinstance(message, CommandRejected)
+    session.add(
+        AuditEntry(
+            occurred_at=message.occurred_at,
+            actor_id=asked.actor_id,
+            actor=asked.actor,
+            via=asked.via,
+            action=asked.action,
+            target_type=asked.target_type,
+            target_id=asked.target_id,
+            outcome=(Outcome.refused if refused else Outcome.accepted).value,
+            reason=message.data.reason if isinstance(message, CommandRejected) else None,
+            correlation_id=asked.correlation_id,
+            details={"gateway": message.source, "command_type": data.command_type},
+            command_id=data.command_id,
         )
     )
     return True

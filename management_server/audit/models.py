@@ -7,7 +7,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import BigInteger, DateTime, Identity, Index, String, Text, Uuid
+from sqlalchemy import BigInteger, DateTime, Identity, Index, String, Text, Uuid, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -18,6 +18,11 @@ class Outcome(StrEnum):
     success = "success"
     failure = "failure"  # the action was attempted and did not succeed (a wrong password, a bot that failed)
     denied = "denied"  # authentication or authorisation refused it
+    # A command to a gateway: ``requested`` when the API sent it, then a row of its own with what the gateway
+    # did with it, ``accepted`` or ``refused`` (with the gateway's reason).
+    requested = "requested"
+    accepted = "accepted"
+    refused = "refused"
 
 
 class AuditEntry(Base):
@@ -36,8 +41,10 @@ class AuditEntry(Base):
     ip: Mapped[str | None] = mapped_column(String(64), nullable=True)
     correlation_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
     details: Mapped[dict[str, Any] | None] = mapped_column(JSONB, nullable=True)
+    command_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, nullable=True)  # the command a control action sent
 
     __table_args__ = (
+        Index("ix_audit_log_command_id", "command_id", postgresql_where=text("command_id IS NOT NULL")),
         Index("ix_audit_log_occurred_at", "occurred_at"),
         Index("ix_audit_log_actor_id", "actor_id"),
         Index("ix_audit_log_action", "action"),

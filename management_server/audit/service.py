@@ -48,6 +48,7 @@ class AuditLog:
         ip: str | None = None,
         via: str = "rest",
         details: dict[str, Any] | None = None,
+        command_id: uuid.UUID | None = None,
     ) -> None:
         entry = AuditEntry(
             actor_id=actor.id,
@@ -61,6 +62,7 @@ class AuditLog:
             ip=ip,
             correlation_id=correlation_id.get(),
             details=redact(details) if details else None,
+            command_id=command_id,
         )
         async with self.sessionmaker.begin() as session:
             session.add(entry)

@@ -42,7 +42,7 @@ async def halt(session: AsyncSession, bots: list[Bot], requested_by: str, reason
     for bot in bots:
         bot.desired_state = DesiredState.halted.value
         bot.generation += 1
-        bot.updated_at = now
+        bot.updated_at = bot.commanded_at = now
         if bot.gateway_id is not None and bot.actual_state in ACTIVE:
             by_gateway[bot.gateway_id].append(bot)
         else:

@@ -14,11 +14,13 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from management_server.bots.models import ActualState, Bot, DesiredState, Trade
+from management_server.bots.service import restore_live_values
 from shared.bus.messages import (
     BotFailed,
     BotStarted,
     BotStatus,
     BotStopped,
+    CommandAccepted,
     CommandRejected,
     EmergencyStopCompleted,
     Envelope,
@@ -54,6 +56,16 @@ async def _current(session: AsyncSession, message: Envelope, generation: int | N
     return bot
 
 
+def _settles(bot: Bot, message: CommandAccepted | CommandRejected) -> bool:
+    """Whether this answer is the gateway's word on the bot's unanswered live change."""
+    pending = bot.pending_change
+    return (
+        message.data.command_type == "UPDATE_CONFIG"
+        and pending is not None
+        and pending.get("command_id") == str(message.data.command_id)
+    )
+
+
 def _from_its_gateway(bot: Bot, message: Envelope) -> bool:
     """A gateway reports only on the bots placed on it (the signature proved which gateway sent it)."""
     if bot.gateway_id is None or message.source == f"gateway:{bot.gateway_id}":
@@ -79,11 +91,24 @@ async def apply(session: AsyncSession, message: Envelope) -> None:
                 bot.actual_state = ActualState.halted.value
                 bot.last_error = outcome.detail
         return
+    if isinstance(message, CommandAccepted):
+        bot = await _current(session, message, None)
+        if bot is not None and _settles(bot, message):
+            bot.pending_change = None
+            if (bot.last_error or "").startswith("UPDATE_CONFIG refused"):
+                bot.last_error = None  # a later live change went through: the earlier refusal is history
+        return
     if isinstance(message, CommandRejected):
         bot = await _current(session, message, None)
         if bot is not None:
             bot.last_error = f"{message.data.command_type} refused by the gateway: {message.data.reason}"
-            if message.data.command_type in ("START_BOT", "RESTART_BOT") and bot.actual_state == ActualState.starting:
+            if _settles(bot, message):
+                assert bot.pending_change is not None
+                restore_live_values(bot, bot.pending_change["before"])
+                bot.pending_change = None
+                bot.last_error += "; the bot runs on with its previous pairs, stake and max open trades"
+            starting = (ActualState.starting, ActualState.unknown, ActualState.lost)
+            if message.data.command_type in ("START_BOT", "RESTART_BOT") and bot.actual_state in starting:
                 bot.actual_state = ActualState.failed.value
         return
     generation: int | None = getattr(message.data, "generation", None)

@@ -17,7 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from management_server.analytics.rearm import rearm
-from management_server.bots.models import ActualState, Bot, DesiredState
+from management_server.bots.models import ActualState, Bot, DesiredState, Trade
 from management_server.bus.service import enqueue
 from management_server.credentials import service as credentials
 from management_server.credentials.models import ExchangeCredential
@@ -183,6 +183,18 @@ def _command(
     )
 
 
+async def open_trade_ids(session: AsyncSession, bot: Bot) -> set[int]:
+    """The bot's open trades as its gateway last reported them: the trades recorded open, and those its latest
+    status lists that no trade event has told of yet."""
+    rows = await session.execute(select(Trade.trade_id, Trade.is_open).where(Trade.bot_id == bot.id))
+    recorded: dict[int, bool] = {trade_id: is_open for trade_id, is_open in rows.all()}
+    known = {trade_id for trade_id, is_open in recorded.items() if is_open}
+    for trade in (bot.last_status or {}).get("open_trades") or []:
+        if isinstance(trade, dict) and isinstance(trade.get("trade_id"), int) and trade["trade_id"] not in recorded:
+            known.add(trade["trade_id"])
+    return known
+
+
 DESIRED = {
     Action.start: DesiredState.running,
     Action.restart: DesiredState.running,
@@ -214,6 +226,15 @@ async def act(
             bot.actual_state = ActualState.starting.value
     elif not active or bot.gateway_id is None:
         raise ActionRefused(409, "The bot is not running: start it first.")
+    elif action is Action.forceexit and isinstance(trade_id, int):
+        gateway_id = bot.gateway_id
+        notice = None
+        known = await open_trade_ids(session, bot)
+        if trade_id not in known:
+            listed = ", ".join(str(t) for t in sorted(known)) or "none"
+            raise ActionRefused(
+                404, f"The bot has no open trade {trade_id} (its open trades, as last reported: {listed})."
+            )
     else:
         gateway_id = bot.gateway_id
         live = {g.gateway_id for g in await live_gateways(session)}
@@ -230,7 +251,8 @@ async def act(
         # FORCE_EXIT changes no desired state, and the gateway records no generation for it: bumping the
         # generation here would make every later report of the bot look older than it and be dropped.
         bot.generation += 1
-    bot.updated_at = datetime.now(UTC)
+    bot.updated_at = bot.commanded_at = datetime.now(UTC)
+    bot.reconcile_attempts = 0  # a new command: the reconciler's backoff starts over
     command = _command(action, bot, spec, trade_id, freqai_model)
     await enqueue(session, commands_stream(gateway_id), command)
     return ActionResult(bot, command, gateway_id, notice)
@@ -242,6 +264,7 @@ async def update_live(session: AsyncSession, bot: Bot, keys: MasterKeys) -> Acti
         return None
     spec = await bot_spec(session, bot, keys, bot.gateway_id)
     bot.generation += 1
+    bot.commanded_at = datetime.now(UTC)
     command = UpdateConfig(source=SOURCE, data=UpdateConfigData(bot_id=bot.id, generation=bot.generation, spec=spec))
     await enqueue(session, commands_stream(bot.gateway_id), command)
     live = {g.gateway_id for g in await live_gateways(session)}

@@ -45,6 +45,8 @@ class ActualState(StrEnum):
     failed = "failed"
     halted = "halted"
     orphaned = "orphaned"  # its gateway was revoked: it runs nowhere we trust until started again
+    unknown = "unknown"  # its gateway has not reported for a while: nobody can say (bots/reconcile.py)
+    lost = "lost"  # its gateway has been silent for minutes: it runs nowhere we know of
 
 
 class Bot(TimestampMixin, Base):
@@ -79,6 +81,13 @@ class Bot(TimestampMixin, Base):
     last_status: Mapped[dict[str, Any] | None] = mapped_column(JSONB, nullable=True)
     last_status_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # reconcile (bots/reconcile.py): commands it sent because the bot's gateway disagreed, and the last one's time
+    commanded_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)  # last command
+    # A live change (UPDATE_CONFIG) the gateway has not answered yet: its command id and the values the bot ran
+    # with before, put back if the gateway refuses it (bots/events.py).
+    pending_change: Mapped[dict[str, Any] | None] = mapped_column(JSONB, nullable=True)
+    reconcile_attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0, server_default="0")
+    reconciled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     # risk guard (management_server/analytics/risk.py): the bot's own drawdown limit (None: the setting's
     # default), why and when the guard last paused it, and the moment its high-water mark starts from.
     max_drawdown_ratio: Mapped[float | None] = mapped_column(Float, nullable=True)

@@ -86,12 +86,15 @@ async def update_bot(
     if bot is None:
         raise HTTPException(404, NOT_FOUND)
     try:
+        before = service.live_values(bot)
         changes = service.update(bot, body)
         live = (
             await update_live(session, bot, request.app.state.master_keys)
             if set(changes) - service.MANAGEMENT_FIELDS
             else None
         )
+        if live is not None:  # put back if the gateway refuses it: the database says what runs
+            bot.pending_change = {"command_id": str(live.command.event_id), "before": before}
         await session.commit()
     except (service.BotRefused, ActionRefused) as exc:
         raise HTTPException(exc.status, str(exc)) from None
@@ -101,12 +104,13 @@ async def update_bot(
         request.app.state.outbox_relay.wake()
     await request.app.state.audit.record(
         "bot.update",
-        Outcome.success,
+        Outcome.requested if live else Outcome.success,  # a live change waits for the gateway's answer
         principal.actor,
         target_type="bot",
         target_id=bot.id,
         ip=client_ip(request),
         details=changes | ({"live": True, "generation": bot.generation} if live else {}),
+        command_id=None if live is None else live.command.event_id,
     )
     return BotOut.model_validate(bot)
 
@@ -157,12 +161,13 @@ async def _act(
         raise HTTPException(exc.status, str(exc)) from None
     await audit.record(
         f"bot.{action.value}",
-        Outcome.success,
+        Outcome.requested,  # the gateway's answer follows in a row of its own (accepted, or refused and why)
         principal.actor,
         target_type="bot",
         target_id=bot_id,
         ip=client_ip(request),
         details={"generation": result.bot.generation, "gateway_id": result.gateway_id, "trade_id": trade_id},
+        command_id=result.command.event_id,
     )
     request.app.state.outbox_relay.wake()
     out = BotActionOut.model_validate(

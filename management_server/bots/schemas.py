@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import datetime
 from decimal import Decimal
@@ -11,10 +12,35 @@ from shared.bus.messages import PairName, Timeframe
 from shared.freqai.parameters import BotParameters, checked_section
 
 FREQTRADE_TIMEFRAMES = ("1m", "3m", "5m", "15m", "30m", "1h", "2h", "4h", "6h", "8h", "12h", "1d", "3d", "1w", "1M")
+MAX_STAKE = Decimal("1e12")
+NAME = re.compile(r"^[\w .-]+$")
 
 
 class BotFields(BaseModel):
+    """The rules every way of setting a bot's fields follows (create and PATCH alike): same checks, same words."""
+
     model_config = ConfigDict(extra="forbid")
+
+    @field_validator("name", check_fields=False)
+    @classmethod
+    def _readable_name(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        if not NAME.match(value):
+            raise ValueError("a name may hold letters, digits, spaces, '.', '_' and '-' only")
+        if not value.strip(" .-_"):
+            raise ValueError("a name needs a letter or a digit")
+        return value.strip()
+
+    @field_validator("stake_amount", check_fields=False)
+    @classmethod
+    def _stake_in_range(cls, value: Decimal | str | None) -> Decimal | str | None:
+        if isinstance(value, Decimal):
+            if not value.is_finite() or value <= 0:
+                raise ValueError("stake_amount must be above 0, or 'unlimited'")
+            if value > MAX_STAKE:
+                raise ValueError("stake_amount must be at most 1,000,000,000,000 (1e12)")
+        return value
 
     @field_validator("timeframe", check_fields=False)
     @classmethod
@@ -32,7 +58,7 @@ class BotFields(BaseModel):
 
 
 class BotCreate(BotFields):
-    name: str = Field(min_length=1, max_length=100, pattern=r"^[\w .-]+$")
+    name: str = Field(min_length=1, max_length=100)
     strategy_id: uuid.UUID
     exchange: str = Field(default="simulator", pattern=r"^[a-z][a-z0-9_]{1,40}$")
     pairs: list[PairName] = Field(min_length=1, max_length=200)
@@ -59,16 +85,9 @@ class BotCreate(BotFields):
     def _freqai_parameters(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
         return None if value is None else checked_section(BotParameters, value)
 
-    @field_validator("stake_amount")
-    @classmethod
-    def _positive_stake(cls, value: Decimal | str) -> Decimal | str:
-        if isinstance(value, Decimal) and not (Decimal(0) < value <= Decimal("1e12")):
-            raise ValueError("stake_amount must be above 0, or 'unlimited'")
-        return value
-
 
 class BotUpdate(BotFields):
-    name: str | None = Field(default=None, min_length=1, max_length=100, pattern=r"^[\w .-]+$")
+    name: str | None = Field(default=None, min_length=1, max_length=100)
     pairs: list[PairName] | None = Field(default=None, min_length=1, max_length=200)
     timeframe: Timeframe | None = None
     stake_amount: Decimal | Literal["unlimited"] | None = None
@@ -116,6 +135,14 @@ class BotOut(BaseModel):
     @classmethod
     def _unlimited(cls, value: object) -> object:
         return "unlimited" if value is None else value
+
+    @field_validator("stake_amount", "dry_run_wallet")
+    @classmethod
+    def _as_written(cls, value: Decimal | str | None) -> Decimal | str | None:
+        """10, not 10.00000000: the same figure whether it comes from the request or the database."""
+        if isinstance(value, Decimal) and value.is_finite():
+            return Decimal(format(value.normalize(), "f"))
+        return value
 
 
 class BotActionOut(BotOut):

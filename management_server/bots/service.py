@@ -32,10 +32,27 @@ async def visible(session: AsyncSession, viewer: Viewer, bot_id: uuid.UUID) -> B
     return bot
 
 
+FREQTRADE_DRY_RUN_WALLET = Decimal(1000)  # Freqtrade's dry_run_wallet when a config names none
+
+
 def _check_pairs(pairs: list[str], stake_currency: str) -> None:
     wrong = [p for p in pairs if p.split(":")[0].split("/")[1] != stake_currency]
     if wrong:
         raise BotRefused(400, f"pairs {', '.join(wrong)} are not quoted in the stake currency {stake_currency}")
+
+
+def _check_stake(stake: Decimal | None, dry_run: bool, wallet: Decimal | None, stake_currency: str) -> None:
+    """A dry-run bot's stake per trade fits its simulated wallet (a live bot's wallet is the exchange's)."""
+    if stake is None or not dry_run:
+        return
+    funds = wallet if wallet is not None else FREQTRADE_DRY_RUN_WALLET
+    if stake > funds:
+        source = "its dry_run_wallet" if wallet is not None else "the default dry-run wallet (dry_run_wallet unset)"
+        raise BotRefused(
+            400,
+            f"stake_amount {stake:f} {stake_currency} is more than {source} of {funds:f} {stake_currency}: "
+            "lower the stake, or create the bot with a larger dry_run_wallet.",
+        )
 
 
 async def create(session: AsyncSession, viewer: Viewer, body: BotCreate) -> Bot:
@@ -44,6 +61,8 @@ async def create(session: AsyncSession, viewer: Viewer, body: BotCreate) -> Bot:
     if strategy is None:
         raise BotRefused(404, "No such strategy.")
     _check_pairs(list(body.pairs), body.stake_currency)
+    stake = None if body.stake_amount == "unlimited" else Decimal(body.stake_amount)
+    _check_stake(stake, body.dry_run, body.dry_run_wallet, body.stake_currency)
     if not body.dry_run:
         if not viewer.admin:
             raise BotRefused(403, "Only an admin may create a live (dry_run: false) bot.")
@@ -76,7 +95,7 @@ async def create(session: AsyncSession, viewer: Viewer, body: BotCreate) -> Bot:
         pairs=list(body.pairs),
         timeframe=body.timeframe,
         stake_currency=body.stake_currency,
-        stake_amount=None if body.stake_amount == "unlimited" else Decimal(body.stake_amount),
+        stake_amount=stake,
         max_open_trades=body.max_open_trades,
         dry_run=body.dry_run,
         dry_run_wallet=body.dry_run_wallet,
@@ -124,6 +143,8 @@ def update(bot: Bot, body: BotUpdate) -> dict[str, object]:
         )
     if "pairs" in changes and changes["pairs"] is not None:
         _check_pairs(list(changes["pairs"]), bot.stake_currency)
+    if changes.get("stake_amount") not in (None, "unlimited"):
+        _check_stake(Decimal(changes["stake_amount"]), bot.dry_run, bot.dry_run_wallet, bot.stake_currency)
     for field, value in changes.items():
         if value is None and field not in NULLABLE_FIELDS:
             continue
@@ -131,6 +152,21 @@ def update(bot: Bot, body: BotUpdate) -> dict[str, object]:
             value = None if value == "unlimited" else Decimal(value)
         setattr(bot, field, value)
     return {k: str(v) for k, v in changes.items()}
+
+
+def live_values(bot: Bot) -> dict[str, Any]:
+    """The fields a running bot takes live, as JSON (what ``restore_live_values`` puts back)."""
+    return {
+        "pairs": list(bot.pairs),
+        "stake_amount": None if bot.stake_amount is None else str(bot.stake_amount),
+        "max_open_trades": bot.max_open_trades,
+    }
+
+
+def restore_live_values(bot: Bot, values: dict[str, Any]) -> None:
+    bot.pairs = list(values["pairs"])
+    bot.stake_amount = None if values["stake_amount"] is None else Decimal(values["stake_amount"])
+    bot.max_open_trades = int(values["max_open_trades"])
 
 
 PROCESS_STATES = (ActualState.running, ActualState.paused, ActualState.stopping)

@@ -3,8 +3,8 @@
 Each event type has a handler. Their effects are idempotent by design (upserts keyed by
 the event's subject, states set rather than toggled, older reports dropped), and the Redis
 deduplicator skips redeliveries; a handler whose effect could not be made idempotent would
-record the event in the inbox (``claim_event``) in its own transaction. Types without a
-handler (COMMAND_ACCEPTED ...) are acked and counted.
+record the event in the inbox (``claim_event``) in its own transaction (the audit rows of MCP calls and of
+commands' outcomes do). Types without a handler are acked and counted.
 """
 
 from __future__ import annotations
@@ -16,14 +16,14 @@ import redis.asyncio as aioredis
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from management_server.analytics.trades import TradeEffects
-from management_server.audit.events import record_mcp_call
+from management_server.audit.events import record_command_outcome, record_mcp_call
 from management_server.bots import events as bot_events
 from management_server.freqai import events as model_events
 from management_server.gateways.service import record_heartbeat
 from management_server.gateways.signatures import EventSignatures
 from shared.bus.consumer import ConsumerConfig, Delivery, StreamConsumer
 from shared.bus.dedupe import RedisDeduplicator
-from shared.bus.messages import Envelope, GatewayHeartbeat, McpCall
+from shared.bus.messages import CommandAccepted, CommandRejected, Envelope, GatewayHeartbeat, McpCall
 from shared.bus.streams import EVENTS_STREAM, MANAGEMENT_GROUP
 from shared.logging import get_logger
 from shared.metrics import MODEL_DEPLOYS
@@ -49,7 +49,11 @@ class EventDispatcher:
     ) -> None:
         self.sessionmaker = sessionmaker
         self.trade_effects = trade_effects  # risk guard and analytics cache (management_server/analytics)
-        self.handlers: dict[str, EventHandler] = {"GATEWAY_HEARTBEAT": self.on_heartbeat, "MCP_CALL": self.on_mcp_call}
+        self.handlers: dict[str, EventHandler] = {
+            "GATEWAY_HEARTBEAT": self.on_heartbeat,
+            "MCP_CALL": self.on_mcp_call,
+            "COMMAND_ACCEPTED": self.on_command_accepted,
+        }
         for event_type in BOT_EVENTS:
             self.handlers[event_type] = self.on_bot_event
         for event_type in ("MODEL_LOADED", "MODEL_REJECTED"):
@@ -74,6 +78,8 @@ class EventDispatcher:
         effects = self.trade_effects
         async with self.sessionmaker.begin() as session:
             await bot_events.apply(session, message)
+            if isinstance(message, CommandRejected):
+                await record_command_outcome(session, message)
             # a refused UPDATE_MODEL / ROLLBACK_MODEL (COMMAND_REJECTED)
             model_outcome = await model_events.apply(session, message)
             followup = await effects.in_transaction(session, message) if effects is not None else None
@@ -81,6 +87,12 @@ class EventDispatcher:
             MODEL_DEPLOYS.labels(model_outcome).inc()
         if effects is not None:
             await effects.after_commit(followup)
+
+    async def on_command_accepted(self, message: Envelope) -> None:
+        assert isinstance(message, CommandAccepted)
+        async with self.sessionmaker.begin() as session:
+            await bot_events.apply(session, message)  # a live change the gateway took: no longer pending
+            await record_command_outcome(session, message)
 
     async def on_model_event(self, message: Envelope) -> None:
         async with self.sessionmaker.begin() as session:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import DateTime, Integer, String, Uuid
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
 from management_server.db import Base
@@ -31,6 +33,9 @@ class Gateway(Base):
     capacity: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     # Where the management server reaches the gateway's REST API (its signed heartbeat says; None before).
     api_url: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    # The bots it last said it has (its heartbeat's inventory: id, generation, desired, actual) and when.
+    inventory: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONB, nullable=True)
+    inventory_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
     @property
     def enrolled(self) -> bool:

@@ -6,6 +6,7 @@ import base64
 import re
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -104,7 +105,7 @@ async def list_gateways(session: AsyncSession) -> list[Gateway]:
 async def record_heartbeat(session: AsyncSession, beat: GatewayHeartbeat) -> None:
     """Update the enrolled gateway from its (signed) heartbeat; an older beat (out of order) changes nothing."""
     data = beat.data
-    values = {
+    values: dict[str, Any] = {
         "host": data.host,
         "version": data.version,
         "started_at": data.started_at,
@@ -113,6 +114,9 @@ async def record_heartbeat(session: AsyncSession, beat: GatewayHeartbeat) -> Non
         "capacity": data.capacity,
         "api_url": data.api_url,
     }
+    if data.inventory is not None:
+        values["inventory"] = [entry.model_dump(mode="json") for entry in data.inventory]
+        values["inventory_at"] = beat.occurred_at
     await session.execute(
         update(Gateway)
         .where(

@@ -411,6 +411,16 @@ class EmergencyStopCompletedData(Payload):
     )
 
 
+class InventoryEntry(Payload):
+    """One bot a gateway has, as it sees it: the generation of the last command it applied, what it was told
+    (desired) and what is (actual)."""
+
+    bot_id: uuid.UUID
+    generation: int = Field(ge=0)
+    desired: Literal["running", "paused", "stopped", "halted"]
+    actual: Literal["stopped", "starting", "running", "paused", "stopping", "failed", "halted"]
+
+
 class GatewayHeartbeatData(Payload):
     gateway_id: str
     host: str
@@ -432,6 +442,12 @@ class GatewayHeartbeatData(Payload):
     )
     memory_total_bytes: int | None = Field(default=None, ge=0, description="The host's physical memory.")
     memory_percent: float | None = Field(default=None, ge=0, le=100, description="memory_used_bytes of the total.")
+    inventory: list[InventoryEntry] | None = Field(
+        default=None,
+        max_length=10_000,
+        description="Every bot the gateway has (None from a gateway that does not say): the management server "
+        "reconciles it with what each bot should be doing.",
+    )
     api_url: str | None = Field(
         default=None,
         max_length=255,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import signal
 import time
 from typing import Any
@@ -32,6 +33,7 @@ from tests.e2e.conftest import (
 )
 from tests.helpers import async_wait_for
 from tests.trading_gateway.bots.conftest import ALWAYS_ENTER_MARKET
+from trading_gateway.bots import STATE_FILE
 
 pytestmark = pytest.mark.slow
 
@@ -176,16 +178,19 @@ async def test_register_upload_approve_start_pause_resume_forceexit_stop(
     assert to_close <= {t["trade_id"] for t in listed}
     assert {t["pair"] for t in listed} <= set(PAIRS)
 
-    # Every control action is in the audit log, refused start included.
-    assert await audit_actions(client, stack, bot_id) == [
+    # Every control action is in the audit log, refused start included, each command with the gateway's answer.
+    audited = await audit_actions(client, stack, bot_id)
+    assert [row for row in audited if row[1] != "accepted"] == [
         ("bot.create", "success"),
         ("bot.start", "failure"),
-        ("bot.start", "success"),
-        ("bot.pause", "success"),
-        ("bot.resume", "success"),
-        ("bot.forceexit", "success"),
-        ("bot.stop", "success"),
+        ("bot.start", "requested"),
+        ("bot.pause", "requested"),
+        ("bot.resume", "requested"),
+        ("bot.forceexit", "requested"),
+        ("bot.stop", "requested"),
     ]
+    accepted = sorted(action for action, outcome in audited if outcome == "accepted")
+    assert accepted == sorted(["bot.start", "bot.pause", "bot.resume", "bot.forceexit", "bot.stop"])
 
 
 async def _has_trades(
@@ -357,8 +362,28 @@ async def test_a_start_waits_in_the_stream_while_the_gateway_is_down(client: htt
     gateway.start()
     stack.wait_ready("gateway")
     await wait_bot(client, user, bot_id, "running", timeout=90)
-    pid = await running_pid(stack, bot_id)
+    first = await running_pid(stack, bot_id)
     await wait_status(client, user, bot_id, "running")
+
+    # The gateway comes back on an empty folder (a restore, a new disk): it has no bot at all. Nobody calls;
+    # the management server sees the bot missing from its inventory and starts it again.
+    assert gateway.stop() == -signal.SIGTERM
+    assert not alive(first)
+    shutil.rmtree(stack.bots_root)  # its bots' folders and what it remembers of them; its identity stays
+    (stack.bots_root.parent / STATE_FILE).unlink()
+    gateway.start()
+    stack.wait_ready("gateway")
+
+    async def running_again() -> int | None:
+        view = (await gateway_bots(stack)).get(bot_id)
+        return view["pid"] if view is not None and view["actual"] == "running" else None
+
+    pid = await async_wait_for(running_again, timeout=120, interval=0.5, what="the bot started again, by itself")
+    await wait_bot(client, user, bot_id, "running", timeout=30)
+    reconciled = await client.get(
+        "/audit", params={"target_type": "bot", "target_id": bot_id}, headers=bearer(stack.admin_token)
+    )
+    assert ("bot.start", "freqfleet:reconcile") in [(e["action"], e["actor"]) for e in reconciled.json()["items"]]
 
     stopped = await client.post(f"/bots/{bot_id}/stop", headers=user)
     assert stopped.status_code == 200, stopped.text

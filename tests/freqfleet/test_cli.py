@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 from shared.bus.consumer import ConsumerConfig, Delivery, StreamConsumer
 from shared.bus.messages import StopBot, StopBotData
 from shared.bus.publisher import Publisher
-from tests.helpers import until
+from tests.helpers import free_port, until
 
 
 def freqfleet(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -84,6 +84,19 @@ async def test_dead_letters_are_listed_and_replayed(redis_url: str) -> None:
     finally:
         await consumer.stop()
         await redis.aclose()
+
+
+def test_operations_commands_say_in_one_line_what_is_missing(tmp_path: Path) -> None:
+    nothing = freqfleet("bus", "dead-letters", env={"FREQFLEET_DATA_DIR": str(tmp_path)})
+    assert nothing.returncode == 1
+    assert nothing.stderr.strip() == (
+        f"bus dead-letters: no embedded Valkey in {tmp_path.resolve()} (FREQFLEET_DATA_DIR): run `freqfleet up` "
+        "there, or set REDIS_URL"
+    )
+    closed = freqfleet("bus", "dead-letters", env={"FREQFLEET_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"})
+    assert closed.returncode == 1
+    assert closed.stderr.startswith("bus dead-letters: Redis is not reachable (ConnectionError")
+    assert len(closed.stderr.strip().splitlines()) == 1  # no traceback
 
 
 def test_a_gateway_is_enrolled_listed_and_revoked_from_the_command_line(database_url: str, tmp_path: Path) -> None:

@@ -25,6 +25,7 @@ from freqfleet.embedded import APP_ROLE, server_secrets
 from management_server.config import ManagementSettings
 from management_server.worker import PING_TASK, create_celery
 from shared.settings import Environment
+from tests.freqfleet.test_cli import freqfleet
 from tests.helpers import free_port, wait_for
 
 pytestmark = pytest.mark.slow
@@ -199,6 +200,14 @@ def test_up_serves_bootstraps_restarts_and_stops_cleanly(data_dir: Path, tmp_pat
         celery = create_celery(ManagementSettings(env=Environment.test, redis_url=SecretStr(up.redis_url)))
         result = celery.send_task(PING_TASK).get(timeout=60)
         assert "hostname" in result
+
+        # The operations commands find the data dir's embedded Valkey (as `backup` finds its PostgreSQL).
+        ops = {"FREQFLEET_DATA_DIR": str(data_dir), "FREQFLEET_VALKEY_PORT": str(up.valkey_port)}
+        letters = freqfleet("bus", "dead-letters", env=ops)
+        assert (letters.returncode, letters.stdout.strip()) == (
+            0,
+            "no dead letters: every message on the bus was handled",
+        )
 
         # A gateway that dies is restarted by `up`.
         old = up.child("gateway")

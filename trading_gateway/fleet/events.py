@@ -16,6 +16,9 @@ Decisions:
 - **At least once.** A flush that dies between XADD and rewriting the file sends those entries again
   with the same ``event_id``, which the management server's dedupe recognises. Lines are appended with
   ``fsync``; a torn last line (a crash mid-write) is logged and skipped.
+- **A Redis that hangs is away.** An XADD that gets no answer within ``send_timeout`` counts as Redis away
+  for ``away_for`` seconds: meanwhile events go to the outbox (snapshots are dropped) without trying, so no
+  event waits out the timeout behind another (a frozen Redis cost the kill switch's report 17 s, #17).
 - Events are encoded once, when published (the correlation id of the request or command that caused
   them is captured then), so a flushed event is byte for byte what would have been sent.
 """
@@ -26,6 +29,7 @@ import asyncio
 import contextlib
 import json
 import os
+import time
 from pathlib import Path
 
 from redis.exceptions import RedisError
@@ -48,12 +52,19 @@ class EventPublisher:
     """Publishes events on ``freqfleet:events``; queues them locally while Redis is away."""
 
     def __init__(
-        self, publisher: Publisher, outbox: Path, *, flush_interval: float = 1.0, send_timeout: float = 3.0
+        self,
+        publisher: Publisher,
+        outbox: Path,
+        *,
+        flush_interval: float = 1.0,
+        send_timeout: float = 3.0,
+        away_for: float = 5.0,
     ) -> None:
         self.publisher = publisher
         self.outbox = Path(outbox)
         self.flush_interval = flush_interval
         self.send_timeout = send_timeout
+        self.away_for = away_for
         self.published = 0
         self.queued = 0
         self.dropped = 0
@@ -62,6 +73,7 @@ class EventPublisher:
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._pending = len(self._read_lines())
+        self._away_until = 0.0  # Redis did not answer: no direct XADD before this (monotonic) time
 
     @property
     def pending(self) -> int:
@@ -96,10 +108,13 @@ class EventPublisher:
         """Publish ``message``; True when it is on the stream, False when it was queued (or dropped)."""
         fields = entry_fields(with_request_correlation(message))
         async with self._lock:
-            if self._pending == 0:
+            if self._pending == 0 and time.monotonic() >= self._away_until:
                 try:
                     await self._send(fields)
                 except UNAVAILABLE as exc:
+                    # Away for a while: the next events go straight to the outbox (or are dropped) instead of
+                    # each waiting out the timeout in turn, with this lock held.
+                    self._away_until = time.monotonic() + self.away_for
                     log.warning(
                         "event not published: redis unavailable",
                         message_type=message.type,
@@ -136,7 +151,9 @@ class EventPublisher:
                 try:
                     await self._send({k: fields[k] for k in _FIELDS})
                 except UNAVAILABLE:
+                    self._away_until = time.monotonic() + self.away_for
                     break
+                self._away_until = 0.0  # Redis answers again
                 done += 1
                 sent += 1
             if done:

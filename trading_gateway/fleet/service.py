@@ -81,6 +81,7 @@ from shared.bus.messages import (
     EmergencyStopCompleted,
     EmergencyStopCompletedData,
     Envelope,
+    InventoryEntry,
 )
 from shared.files import atomic_write, open_read_nofollow
 from shared.logging import get_logger
@@ -245,6 +246,7 @@ class Fleet:
         self._mutex = asyncio.Lock()  # commands that change intent, and emergency stops, one at a time
         self._watchdog: asyncio.Task[None] | None = None
         self._stopping = False
+        self._reports: set[asyncio.Task[None]] = set()  # emergency reports being published
         self.models = models or ModelService(settings, events)  # FreqAI models: without keys it refuses them
         self.sandboxing: BotSandboxing | None = None  # found out at start (a probe in a child process)
 
@@ -328,6 +330,8 @@ class Fleet:
             for bot in live:
                 await self._close_api(bot)
         await self.models.stop()
+        if self._reports:  # emergency reports still on their way to Redis or the outbox
+            await asyncio.gather(*self._reports, return_exceptions=True)
         log.info("fleet stopped", stopped_bots=stop_bots, bots_with_a_process=len(live))
 
     async def _stop_at_shutdown(self, bot: ManagedBot, grace: float) -> None:
@@ -378,6 +382,14 @@ class Fleet:
         for bot in self.bots.values():
             counts[bot.actual.value] += 1
         return counts
+
+    def inventory(self) -> list[InventoryEntry]:
+        """Every bot this gateway has, for the heartbeat: the management server reconciles it with what each bot
+        should be doing."""
+        return [
+            InventoryEntry(bot_id=b.uuid, generation=b.generation, desired=b.desired.value, actual=b.actual.value)
+            for b in self.bots.values()
+        ]
 
     def _active(self, exclude: str | None = None) -> int:
         return sum(
@@ -676,8 +688,21 @@ class Fleet:
                 seconds_to_all_paused=_rounded(fleet.seconds_to_all_paused),
                 seconds_to_all_exited=_rounded(fleet.seconds_to_all_exited),
             )
-        await self._publish(EmergencyStopCompleted(source=self.source, data=data))
+        # Reported without waiting for Redis: the kill switch answers once its bots are down, even with the bus
+        # frozen (the events go to the outbox then, and out when Redis answers again).
+        task = asyncio.create_task(self._report_emergency(known, EmergencyStopCompleted(source=self.source, data=data)))
+        self._reports.add(task)
+        task.add_done_callback(self._reports.discard)
         return data
+
+    async def _report_emergency(self, bots: list[ManagedBot], completed: EmergencyStopCompleted) -> None:
+        """The trades the emergency stop closed, then its completion (in that order on the bus)."""
+        for bot in bots:
+            try:
+                await self._sweep_trades(bot)
+            except Exception:  # one bot's trade file must not keep the completion from being reported
+                log.exception("trades of an emergency-stopped bot not reported", bot_id=bot.bot_id)
+        await self._publish(completed)
 
     async def _halt(self, known: list[ManagedBot], t0: float) -> tuple[list[EmergencyOutcome], FleetEmergencyResult]:
         """Steps 2 and 3 of an emergency stop (the caller holds the mutex and has recorded the intent)."""
@@ -709,7 +734,6 @@ class Fleet:
                 self._clear_failure(bot)
                 bot.actual = Actual.halted
             outcomes.append(result.to_message())
-            await self._sweep_trades(bot)
         return outcomes, fleet
 
     # ================================================================== supervision

@@ -1,8 +1,9 @@
 """The gateway's heartbeat: who it is, how loaded, every few seconds on ``freqfleet:events``.
 
 Each GATEWAY_HEARTBEAT carries the gateway's id, host and version, its free capacity, its bots by
-actual state, and the host's CPU and memory use (psutil). The CPU figure is the host's use since the
-previous heartbeat (``psutil.cpu_percent`` without an interval: nothing blocks), primed when the
+actual state, the inventory of its bots (id, generation, desired and actual state; the management server
+reconciles it with what should be), and the host's CPU and memory use (psutil). The CPU figure is the
+host's use since the previous heartbeat (``psutil.cpu_percent`` without an interval: nothing blocks), primed when the
 heartbeat is made so that even the first figure covers a real interval.
 """
 
@@ -17,7 +18,7 @@ from datetime import UTC, datetime
 
 import psutil
 
-from shared.bus.messages import GatewayHeartbeat, GatewayHeartbeatData
+from shared.bus.messages import GatewayHeartbeat, GatewayHeartbeatData, InventoryEntry
 from shared.bus.publisher import Publisher
 from shared.bus.streams import EVENTS_STREAM
 from shared.logging import get_logger
@@ -58,12 +59,14 @@ class Heartbeat:
         bots_running: Callable[[], int] = lambda: 0,
         capacity: Callable[[], int] | None = None,
         bots_by_state: Callable[[], Mapping[str, int]] = dict,
+        inventory: Callable[[], list[InventoryEntry]] | None = None,
     ) -> None:
         self.settings = settings
         self.publisher = publisher
         self.bots_running = bots_running
         self.capacity = capacity  # default: max_bots minus the bots running
         self.bots_by_state = bots_by_state
+        self.inventory = inventory
         self.started_at = datetime.now(UTC)
         self.sent = 0
         self._stopping = asyncio.Event()
@@ -88,6 +91,7 @@ class Heartbeat:
                 memory_used_bytes=load.memory_used_bytes,
                 memory_total_bytes=load.memory_total_bytes,
                 memory_percent=load.memory_percent,
+                inventory=None if self.inventory is None else self.inventory(),
                 api_url=self.settings.api_url,
             ),
         )

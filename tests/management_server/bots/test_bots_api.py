@@ -197,3 +197,43 @@ async def test_an_admins_token_without_the_admin_scope_acts_as_a_plain_users(man
     assert live.status_code in (403, 404)  # alice's strategy is not the PAT's to see; never a live bot
     # The same admin's login token still has admin power.
     assert (await management.client.get(f"/api/v1/bots/{alices_bot['id']}", headers=admin)).status_code == 200
+
+
+INVALID = [  # (field, value, status, words of the answer): refused alike by create and by PATCH
+    ("stake_amount", "-5", 422, "stake_amount must be above 0"),
+    ("stake_amount", "0", 422, "stake_amount must be above 0"),
+    ("stake_amount", "NaN", 422, "Input should be a finite number"),
+    ("stake_amount", "1e30", 422, "stake_amount must be at most 1,000,000,000,000"),
+    ("stake_amount", "1000000", 400, "more than the default dry-run wallet (dry_run_wallet unset) of 1000 USDT"),
+    ("pairs", ["BTC/EUR"], 400, "pairs BTC/EUR are not quoted in the stake currency USDT"),
+    ("pairs", ["BTC/USDT", "BTC/USDT"], 422, "a pair is listed twice"),
+    ("pairs", [], 422, "at least 1 item"),
+    ("name", "\U0001f680 to the moon", 422, "a name may hold letters, digits, spaces, '.', '_' and '-' only"),
+    ("name", "   ", 422, "a name needs a letter or a digit"),
+    ("timeframe", "7m", 422, "unknown timeframe"),
+    ("max_open_trades", 5000, 422, "less than or equal to 1000"),
+    ("stoploss", 0.5, 422, "less than 0"),
+]
+
+
+def _said(answer: Any) -> str:
+    detail = answer.json()["detail"]
+    return detail if isinstance(detail, str) else " | ".join(p["msg"] for p in detail)
+
+
+async def test_patch_refuses_what_create_refuses_with_the_same_words(management: Management) -> None:
+    admin = await session_of(management, "root@example.com", Role.admin)
+    strategy = (await upload(management, admin)).json()["id"]
+    bot = (await management.client.post("/api/v1/bots", json=bot_body(strategy), headers=admin)).json()
+    for field, value, status, words in INVALID:
+        created = await management.client.post(
+            "/api/v1/bots", json=bot_body(strategy, **({"name": "other"} | {field: value})), headers=admin
+        )
+        assert (created.status_code, words in _said(created)) == (status, True), (field, value, created.text)
+        patched = await management.client.patch(f"/api/v1/bots/{bot['id']}", json={field: value}, headers=admin)
+        assert (patched.status_code, words in _said(patched)) == (status, True), (field, value, patched.text)
+    after = (await management.client.get(f"/api/v1/bots/{bot['id']}", headers=admin)).json()
+    assert {k: after[k] for k in bot if k != "updated_at"} == {k: bot[k] for k in bot if k != "updated_at"}
+    # A name is kept without the spaces around it.
+    renamed = await management.client.patch(f"/api/v1/bots/{bot['id']}", json={"name": "  spaced out "}, headers=admin)
+    assert renamed.json()["name"] == "spaced out"

@@ -152,6 +152,14 @@ async def test_start_goes_through_the_outbox_and_events_come_back(management: Ma
     assert types == ["START_BOT", "PAUSE_BOT", "FORCE_EXIT", "STOP_BOT"]
     actions = [r.action for r in await management.audit() if r.action.startswith("bot.")]
     assert actions == ["bot.create", "bot.start", "bot.pause", "bot.forceexit", "bot.stop"]
+
+    # A trade the bot does not have open is refused at once, not later by the gateway.
+    await management.client.post(f"/api/v1/bots/{bot_id}/start", headers=admin)
+    missing = await management.client.post(f"/api/v1/bots/{bot_id}/forceexit", json={"trade_id": 1}, headers=admin)
+    assert missing.status_code == 404
+    assert missing.json()["detail"] == "The bot has no open trade 1 (its open trades, as last reported: none)."
+    refused = [r for r in await management.audit() if r.action == "bot.forceexit"][-1]
+    assert (refused.outcome, refused.reason) == ("failure", missing.json()["detail"])
     await redis.aclose()
 
 
@@ -222,6 +230,36 @@ async def test_a_running_bot_takes_pairs_and_stake_live(management: Management, 
     assert update["type"] == "UPDATE_CONFIG"
     assert (update["data"]["generation"], update["data"]["spec"]["pairs"]) == (2, ["SOL/USDT"])
     assert update["data"]["spec"]["max_open_trades"] == 1
+
+    # The gateway refuses the next live change: the database goes back to what runs, and says why.
+    third = await management.client.patch(f"/api/v1/bots/{bot_id}", json={"stake_amount": "25"}, headers=admin)
+    assert third.json()["stake_amount"] == "25"
+    publisher = gateway_events(management, redis)
+    await publisher.publish(
+        EVENTS_STREAM,
+        CommandRejected(
+            source=f"gateway:{GATEWAY}",
+            data=CommandRejectedData(
+                command_id=uuid.UUID((await _at_least(redis, 3))[2]["event_id"]),
+                command_type="UPDATE_CONFIG",
+                bot_id=uuid.UUID(bot_id),
+                reason="stake_amount 25 is over the bot's available balance",
+            ),
+        ),
+    )
+
+    async def reverted() -> dict[str, Any] | None:
+        bot: dict[str, Any] = (await management.client.get(f"/api/v1/bots/{bot_id}", headers=admin)).json()
+        return bot if bot["stake_amount"] == "10" else None
+
+    bot = await async_wait_for(reverted, timeout=15, what="the refused change to be undone")
+    assert (bot["pairs"], bot["max_open_trades"]) == (["SOL/USDT"], 1)  # the change it took stays
+    assert bot["last_error"] == (
+        "UPDATE_CONFIG refused by the gateway: stake_amount 25 is over the bot's available balance; "
+        "the bot runs on with its previous pairs, stake and max open trades"
+    )
+    audited = [(r.action, r.outcome, r.reason) for r in await management.audit() if r.action == "bot.update"]
+    assert audited[-1] == ("bot.update", "refused", "stake_amount 25 is over the bot's available balance")
     await redis.aclose()
 
 

@@ -1,12 +1,15 @@
 """Emergency stop of 5 running bots with open trades, all on one gateway: EMERGENCY_STOP over the bus
 (each bot paused, its trades closed, its process gone, each outcome in EMERGENCY_STOP_COMPLETED; halted
-bots stay down until a newer START), and the same with Redis down through the local kill switch
-(outcomes answered at once, events sent once Redis is back)."""
+bots stay down until a newer START), and the same with Redis frozen (SIGSTOP: a partition) through the local
+kill switch (outcomes answered without waiting for Redis, events sent once Redis is back)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
+import signal
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -157,7 +160,7 @@ async def test_emergency_stop_of_five_bots_over_the_bus(
 
 
 @pytest.mark.slow
-async def test_emergency_stop_of_five_bots_without_redis_through_the_local_endpoint(
+async def test_emergency_stop_of_five_bots_with_redis_frozen_through_the_local_endpoint(
     simulator: SimulatorProcess,
     tokens: Tokens,
     tmp_path: Path,
@@ -174,7 +177,9 @@ async def test_emergency_stop_of_five_bots_without_redis_through_the_local_endpo
         async with running_gateway(settings) as gw:
             pids = await _bots_with_open_trades(bus)
 
-            valkey.stop()
+            # Frozen, not stopped: a partition looks like this (connections hang instead of being refused).
+            assert valkey.pid is not None
+            os.kill(valkey.pid, signal.SIGSTOP)
             admin = bearer(tokens.mint("admin"))
             # Without Redis a token's revocation can't be checked: reads are refused ...
             listing = await gw.http.get("/api/v1/bots", headers=admin)
@@ -196,13 +201,20 @@ async def test_emergency_stop_of_five_bots_without_redis_through_the_local_endpo
             assert result["seconds_to_all_paused"] is not None
             assert result["seconds_to_all_exited"] is not None
 
-            # The completion (and the trades it closed) wait in the outbox, in order.
-            queued = [json.loads(line)["type"] for line in outbox.read_text().splitlines()]
+            # The answer did not wait for Redis: the completion (and the trades it closed) reach the outbox after
+            # it, in order, while Redis is still frozen.
+            def queued_types() -> list[str]:
+                return [json.loads(line)["type"] for line in outbox.read_text().splitlines()] if outbox.exists() else []
+
+            await until(
+                lambda: "EMERGENCY_STOP_COMPLETED" in queued_types(), timeout=60, what="the completion in the outbox"
+            )
+            queued = queued_types()
             assert queued.count("TRADE_CLOSED") == BOTS * len(PAIRS)  # each once
             assert "BOT_STOPPED" not in queued  # no supervisor came back to stop them a second time
             assert queued[-1] == "EMERGENCY_STOP_COMPLETED"
 
-            valkey.start()
+            os.kill(valkey.pid, signal.SIGCONT)
             completed = await bus.wait(EmergencyStopCompleted, timeout=30)
             assert completed.data.command_id is None
             assert completed.data.results == [EmergencyOutcome.model_validate(r) for r in result["results"]]
@@ -217,11 +229,14 @@ async def test_emergency_stop_of_five_bots_without_redis_through_the_local_endpo
             views = (await gw.http.get("/api/v1/bots", headers=admin)).json()["bots"]
             assert {(v["desired"], v["actual"], v["pid"]) for v in views} == {("halted", "halted", None)}
     finally:
+        if valkey.pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(valkey.pid, signal.SIGCONT)
         await bus.aclose()
         valkey.stop()
     with capfd.disabled():
         print(
-            f"\nlocal emergency stop of {BOTS} bots with {len(PAIRS)} trades each, Redis down: all paused "
+            f"\nlocal emergency stop of {BOTS} bots with {len(PAIRS)} trades each, Redis frozen: all paused "
             f"{result['seconds_to_all_paused']:.2f} s, all exited {result['seconds_to_all_exited']:.2f} s, "
             f"answered in {result['seconds']:.2f} s"
         )
