@@ -7,6 +7,8 @@ from typing import Annotated, Any
 
 import typer
 
+from freqfleet import daily
+
 app = typer.Typer(
     name="freqfleet",
     help="Freqfleet: run fleets of Freqtrade bots. `freqfleet up` starts everything on the embedded default.",
@@ -401,6 +403,15 @@ def replay(
 
     new_id = _run_on_redis("bus replay", run)
     typer.echo(f"replayed as entry {new_id}")
+
+
+# Daily work, as a client of the API (freqfleet/daily.py).
+app.command(help="Log in to a management server; the login is kept and renewed until you log out.")(daily.login)
+app.command(help="End the login and forget it.")(daily.logout)
+app.add_typer(daily.bots_app, name="bots")
+app.add_typer(daily.strategies_app, name="strategies")
+app.add_typer(daily.models_app, name="models")
+app.command("emergency-stop", help="Halt your bots now (or --all, or --bot ...).")(daily.emergency_stop)
 
 
 def main() -> None:

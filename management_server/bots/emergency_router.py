@@ -14,6 +14,7 @@ from management_server.bots.models import ActualState, Bot
 from management_server.bots.schemas import EmergencyIn, EmergencyOut, EmergencyOutcomeOut
 from management_server.db import SessionDep
 from management_server.errors import errors
+from management_server.users.models import Role
 from shared.metrics import EMERGENCY_STOPS
 
 router = APIRouter(prefix="/api/v1", tags=["bots"], responses=errors(401, 403, 404, 429))
@@ -30,8 +31,14 @@ async def emergency_stop(body: EmergencyIn, request: Request, session: SessionDe
     query = select(Bot).with_for_update()
     if body.scope == "all":
         if not principal.is_admin:  # the role and, for a personal access token, its admin scope
-            detail = "Only an admin may halt the whole fleet: use scope 'mine'."
-            raise await deny(request, 403, detail, "emergency stop of all bots by a non-admin", principal.actor)
+            detail = (
+                "This personal access token lacks the 'admin' scope: halting the whole fleet needs it (use a token "
+                "with it, or scope 'mine')."
+                if principal.user.role is Role.admin
+                else "Only an admin may halt the whole fleet: use scope 'mine'."
+            )
+            why = "a token without the admin scope" if principal.user.role is Role.admin else "a non-admin"
+            raise await deny(request, 403, detail, f"emergency stop of all bots by {why}", principal.actor)
     elif body.scope == "mine":
         query = query.where(Bot.owner_id == user.id)
     else:

@@ -7,17 +7,19 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response, status
+from fastapi.responses import StreamingResponse
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from management_server.audit.models import Outcome
 from management_server.auth.deps import Principal, Reader, Trader, client_ip
-from management_server.bots import service
+from management_server.bots import logs, service
 from management_server.bots.lifecycle import Action, ActionRefused, act, update_live
 from management_server.bots.models import Bot, Trade
 from management_server.bots.schemas import (
     BotActionOut,
     BotCreate,
+    BotLogOut,
     BotOut,
     BotUpdate,
     ForceExitIn,
@@ -251,3 +253,33 @@ async def bot_status(bot_id: uuid.UUID, session: SessionDep, principal: Reader) 
         updated_at=bot.last_status_at,
         age_seconds=age,
     )
+
+
+@router.get(
+    "/{bot_id}/logs",
+    response_model=BotLogOut,
+    responses=errors(409, 503) | {200: {"content": {"text/event-stream": {}}}},
+)
+async def bot_logs(
+    bot_id: uuid.UUID,
+    request: Request,
+    session: SessionDep,
+    principal: Reader,
+    lines: Annotated[int, Query(ge=1, le=1000, description="How many of the latest lines.")] = 100,
+    follow: Annotated[bool, Query(description="Then every new line, as Server-Sent Events (event: line).")] = False,
+) -> BotLogOut | StreamingResponse:
+    """The bot's last log lines, read on its gateway (its secrets taken out), oldest first; with `follow=true`
+    a stream of them and of every new one as it comes (`event: line`, `data: {"line": ...}`), until you close it."""
+    bot = await service.visible(session, principal.viewer, bot_id)
+    if bot is None:
+        raise HTTPException(404, NOT_FOUND)
+    client = request.app.state.gateway_client
+    try:
+        gateway_id, api_url = await logs.where(session, bot)
+        await session.close()  # no connection held while the gateway answers (or for a whole stream)
+        if follow:
+            stream = logs.follow(client, gateway_id, api_url, bot_id, lines, request.is_disconnected)
+            return StreamingResponse(stream, media_type="text/event-stream", headers={"Cache-Control": "no-store"})
+        return BotLogOut.model_validate(await logs.read(client, gateway_id, api_url, bot_id, lines))
+    except logs.LogUnavailable as exc:
+        raise HTTPException(exc.status, str(exc)) from None

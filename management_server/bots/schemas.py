@@ -145,6 +145,13 @@ class BotOut(BaseModel):
         return value
 
 
+class BotLogOut(BaseModel):
+    bot_id: uuid.UUID
+    gateway_id: str = Field(description="The gateway the lines were read on.")
+    source: str = Field(description="Where: the bot's API while it runs, else its log file.")
+    lines: list[str] = Field(description="The last lines, oldest first, with the bot's secrets taken out.")
+
+
 class BotActionOut(BotOut):
     command_id: uuid.UUID = Field(description="event_id of the command sent to the gateway.")
     notice: str | None = Field(default=None, description="Set when the gateway is not answering right now.")

@@ -374,9 +374,11 @@ def register_train_task(app: Celery, settings: ManagementSettings) -> None:
     def train(self: Task[Any, Any], model_id: str) -> dict[str, Any]:
         """Train a queued model version and register its bundle (idempotent per version)."""
 
+        task_id = self.request.id  # the training reports from its own thread, where Celery's request is empty
+
         def report(doc: dict[str, Any]) -> None:
             try:
-                self.update_state(state="PROGRESS", meta={"model_id": model_id, **doc})
+                self.update_state(task_id=task_id, state="PROGRESS", meta={"model_id": model_id, **doc})
             except Exception as exc:  # progress is for watchers; a Redis hiccup must not fail the training
                 log.warning("could not report training progress", error=f"{type(exc).__name__}: {exc}")
 

@@ -63,16 +63,28 @@ class GatewayClient:
         self._tokens[gateway_id] = (token, time.monotonic() + TOKEN_LIFETIME.total_seconds() - RENEW_BEFORE)
         return token
 
-    async def closed_trades(self, gateway_id: str, api_url: str, bot_id: uuid.UUID) -> dict[str, Any]:
-        """``GET /api/v1/bots/{bot_id}/trades`` of gateway ``gateway_id`` at ``api_url``."""
-        url = f"{api_url.rstrip('/')}/api/v1/bots/{bot_id}/trades"
+    async def _get(self, gateway_id: str, api_url: str, path: str, params: dict[str, Any] | None = None) -> Any:
+        url = f"{api_url.rstrip('/')}{path}"
         try:
-            response = await self.http.get(url, headers={"Authorization": f"Bearer {self.token(gateway_id)}"})
+            response = await self.http.get(
+                url, params=params, headers={"Authorization": f"Bearer {self.token(gateway_id)}"}
+            )
         except httpx.HTTPError as exc:
             raise GatewayUnavailable(f"{url}: {type(exc).__name__}: {exc}") from None
         if response.status_code != 200:
             raise GatewayUnavailable(f"{url} answered {response.status_code}: {response.text[:300]}")
-        body: Any = response.json()
+        return response.json()
+
+    async def closed_trades(self, gateway_id: str, api_url: str, bot_id: uuid.UUID) -> dict[str, Any]:
+        """``GET /api/v1/bots/{bot_id}/trades`` of gateway ``gateway_id`` at ``api_url``."""
+        body = await self._get(gateway_id, api_url, f"/api/v1/bots/{bot_id}/trades")
         if not isinstance(body, dict) or not isinstance(body.get("trades"), list):
-            raise GatewayUnavailable(f"{url} answered something that is not a list of trades")
+            raise GatewayUnavailable(f"gateway {gateway_id} answered something that is not a list of trades")
+        return body
+
+    async def bot_log(self, gateway_id: str, api_url: str, bot_id: uuid.UUID, lines: int) -> dict[str, Any]:
+        """``GET /api/v1/bots/{bot_id}/logs?lines=N`` of gateway ``gateway_id``: its source and lines."""
+        body = await self._get(gateway_id, api_url, f"/api/v1/bots/{bot_id}/logs", {"lines": lines})
+        if not isinstance(body, dict) or not isinstance(body.get("lines"), list):
+            raise GatewayUnavailable(f"gateway {gateway_id} answered something that is not a bot's log")
         return body

@@ -71,7 +71,7 @@ async def list_tokens(session: SessionDep, principal: CurrentPrincipal) -> list[
     return [PatOut.model_validate(r) for r in rows.scalars()]
 
 
-@router.post("/me/tokens", status_code=status.HTTP_201_CREATED, response_model=PatCreated)
+@router.post("/me/tokens", status_code=status.HTTP_201_CREATED, response_model=PatCreated, responses=errors(400))
 async def create_token(
     body: PatCreate, request: Request, session: SessionDep, principal: CurrentPrincipal
 ) -> PatCreated:
@@ -82,7 +82,11 @@ async def create_token(
         raise HTTPException(403, "Only an admin may mint a token with the 'admin' scope.")
     if principal.claims.token_type.value == "pat":
         raise HTTPException(403, "A personal access token can't mint other tokens: log in to do this.")
-    days = min(body.expires_in_days, request.app.state.settings.pat_max_days)
+    days = body.expires_in_days
+    if days > (longest := request.app.state.settings.pat_max_days):
+        raise HTTPException(
+            400, f"expires_in_days may be at most {longest} on this server (FREQFLEET_PAT_MAX_DAYS): ask for fewer."
+        )
     token, row = await auth.mint_pat(session, principal.user, body.name, wanted, days)
     await session.commit()
     await audit.record(

@@ -28,6 +28,7 @@ the caller removes the folder.
 
 from __future__ import annotations
 
+import ast
 import json
 import math
 import os
@@ -220,6 +221,38 @@ def _timeframe_seconds(timeframe: str) -> int:
     return int(match[1]) * _TF_SECONDS[match[2]]
 
 
+FEATURE_METHODS = ("feature_engineering_expand_all", "feature_engineering_expand_basic", "feature_engineering_standard")
+
+
+def missing_freqai_parts(source: str, class_name: str) -> list[str]:
+    """What the strategy lacks to be trained by FreqAI (read from its source, not run): its targets
+    (``set_freqai_targets``), features (a ``feature_engineering_*`` method) and the ``self.freqai.start(...)`` call."""
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError, MemoryError, RecursionError):
+        return ["source that parses"]
+    found = next((n for n in ast.walk(tree) if isinstance(n, ast.ClassDef) and n.name == class_name), None)
+    if found is None:
+        return [f"a class {class_name}"]
+    methods = {n.name for n in found.body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)}
+    starts = any(
+        isinstance(n, ast.Call)
+        and isinstance(n.func, ast.Attribute)
+        and n.func.attr == "start"
+        and isinstance(n.func.value, ast.Attribute)
+        and n.func.value.attr == "freqai"
+        for n in ast.walk(found)
+    )
+    missing = []
+    if "set_freqai_targets" not in methods:
+        missing.append("set_freqai_targets (its '&-' target columns)")
+    if not methods.intersection(FEATURE_METHODS):
+        missing.append("a feature_engineering_* method (its '%-' features)")
+    if not starts:
+        missing.append("a call of self.freqai.start(dataframe, metadata, self) in populate_indicators")
+    return missing
+
+
 def validate_request(request: TrainingRequest, now: datetime | None = None) -> None:
     """Raise ``ValueError`` with a readable reason when ``request`` can't be trained."""
     if not _CLASS_NAME.fullmatch(request.strategy_class):
@@ -260,6 +293,12 @@ def validate_request(request: TrainingRequest, now: datetime | None = None) -> N
         raise ValueError(
             f"the training window must end {request.holdout_hours:g} h before now, so that FreqAI can predict the "
             f"holdout after it: end at {latest.strftime('%Y-%m-%d %H:%M')} UTC or earlier"
+        )
+    # Last: the checks above guard the command line, whatever the strategy is.
+    if missing := missing_freqai_parts(request.strategy_source, request.strategy_class):
+        raise ValueError(
+            f"{request.strategy_class} is not a FreqAI strategy: it lacks {'; '.join(missing)} "
+            "(examples/strategies/FreqaiExample.py has all three)"
         )
 
 

@@ -137,6 +137,26 @@ async def test_register_upload_approve_start_pause_resume_forceexit_stop(
     assert {t["pair"] for t in status["open_trades"]} <= set(PAIRS)
     pid = await running_pid(stack, bot_id)
 
+    # Its log over REST, read on its gateway, without its secrets; and followed as Server-Sent Events.
+    logged = await client.get(f"/bots/{bot_id}/logs", params={"lines": 30}, headers=user)
+    assert logged.status_code == 200, logged.text
+    log = logged.json()
+    assert (log["gateway_id"], log["source"]) == (stack.gateway_id, "the bot's Freqtrade API (its in-memory log)")
+    assert 0 < len(log["lines"]) <= 30
+    secret = json.loads((stack.bots_root / bot_id / "config.json").read_text())["api_server"]["password"]
+    assert secret not in logged.text
+    stranger = await register(client, "stranger@e2e.example.com")
+    assert (await client.get(f"/bots/{bot_id}/logs", headers=stranger)).status_code == 404
+    async with client.stream("GET", f"/bots/{bot_id}/logs", params={"lines": 5, "follow": "true"}, headers=user) as sse:
+        assert sse.headers["content-type"].startswith("text/event-stream")
+        events = []
+        async for line in sse.aiter_lines():
+            if line.startswith("data: "):
+                events.append(json.loads(line.removeprefix("data: ")))
+            if len(events) >= 5:
+                break
+    assert all("line" in e for e in events)
+
     # The open trades reach the bot's trade list too (TRADE_OPENED).
     opened = {t["trade_id"] for t in status["open_trades"]}
     await async_wait_for(

@@ -81,6 +81,7 @@ async def test_train_deploy_swap_and_roll_back_a_model_in_a_running_bot(
 
     v1 = await async_wait_for(trained, timeout=300, interval=1, what="the training")
     training_seconds = time.monotonic() - started
+    assert "could not report training progress" not in stack.services["worker"].last_run()
 
     # Version 2 of another name: an externally trained bundle, uploaded.
     other = trained_models(tmp_path, stack.simulator.url).b

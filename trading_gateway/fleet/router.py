@@ -1,18 +1,28 @@
-"""``GET /api/v1/bots`` (actual state), ``GET /api/v1/bots/{bot_id}/trades`` (a bot's closed trades) and
-``POST /api/v1/emergency-stop`` (the local kill switch)."""
+"""``GET /api/v1/bots`` (actual state), ``GET /api/v1/bots/{bot_id}/trades`` (a bot's closed trades),
+``GET /api/v1/bots/{bot_id}/logs`` (its last log lines) and ``POST /api/v1/emergency-stop`` (the local kill
+switch)."""
 
 from __future__ import annotations
 
 import dataclasses
 import uuid
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, HTTPException, Query, Request
 
 from shared.logging import get_logger
 from trading_gateway.fleet.deps import EmergencyOperator, Reader
 from trading_gateway.fleet.history import closed_trades
-from trading_gateway.fleet.schemas import BotOut, BotsOut, BotTradesOut, EmergencyStopIn, EmergencyStopOut, ErrorOut
+from trading_gateway.fleet.logs import MAX_LINES, bot_log
+from trading_gateway.fleet.schemas import (
+    BotLogOut,
+    BotOut,
+    BotsOut,
+    BotTradesOut,
+    EmergencyStopIn,
+    EmergencyStopOut,
+    ErrorOut,
+)
 from trading_gateway.fleet.service import Fleet
 
 log = get_logger(__name__)
@@ -57,6 +67,22 @@ async def bot_trades(bot_id: uuid.UUID, request: Request, principal: Reader) -> 
         raise HTTPException(404, f"This gateway ({fleet.settings.gateway_id}) has no bot {bot_id}.")
     source, trades = found
     return BotTradesOut(gateway_id=fleet.settings.gateway_id, bot_id=bot_id, source=source, trades=trades)
+
+
+@router.get(
+    "/bots/{bot_id}/logs",
+    summary="A bot's last log lines, its secrets taken out (the management server's /bots/{id}/logs reads them here)",
+    responses=_errors(401, 403, 404, 503),
+)
+async def bot_logs(
+    bot_id: uuid.UUID, request: Request, principal: Reader, lines: Annotated[int, Query(ge=1, le=MAX_LINES)] = 100
+) -> BotLogOut:
+    fleet = _fleet(request)
+    found = await bot_log(fleet, bot_id, lines)
+    if found is None:
+        raise HTTPException(404, f"This gateway ({fleet.settings.gateway_id}) has no bot {bot_id}.")
+    source, read = found
+    return BotLogOut(gateway_id=fleet.settings.gateway_id, bot_id=bot_id, source=source, lines=read)
 
 
 @router.post(

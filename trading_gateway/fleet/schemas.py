@@ -75,3 +75,10 @@ class BotTradesOut(BaseModel):
         description="Read from the bot's REST API (it runs), its database (it does not), or nowhere (no database)."
     )
     trades: list[TradeClosedData]
+
+
+class BotLogOut(BaseModel):
+    gateway_id: str
+    bot_id: uuid.UUID
+    source: str = Field(description="Where the lines were read: the bot's API while it runs, else its log file.")
+    lines: list[str] = Field(description="The last lines, oldest first, with the bot's secrets taken out.")

@@ -29,9 +29,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import re
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -42,10 +41,9 @@ from pydantic_core import to_jsonable_python
 
 from shared.auth.claims import Scope
 from shared.bus.messages import PairName
-from shared.files import open_read_nofollow
 from shared.logging import get_logger
-from shared.settings import redact_url
 from trading_gateway.bots.client import BotApiError, FreqtradeClient
+from trading_gateway.fleet.logs import bot_log
 from trading_gateway.fleet.service import Fleet, ManagedBot
 from trading_gateway.mcp import untrusted
 from trading_gateway.mcp.audit import Target
@@ -218,28 +216,6 @@ def _bot_unanswered(bot_id: uuid.UUID) -> ToolFailure:
     return ToolFailure(f"Bot {bot_id}'s Freqtrade API did not answer; it may be busy or restarting: try again shortly.")
 
 
-# ====================================================================== log redaction
-
-_JWT = re.compile(r"eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}")
-_BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{6,}")
-_SECRET_VALUE = re.compile(
-    r"(?i)([\"']?\b(?:password|passwd|pass|secret|token|api[_-]?key|apikey|jwt_secret_key|ws_token|private[_-]?key"
-    r"|key)\b[\"']?\s*[:=]\s*[\"']?)([^\s\"',;}]+)"
-)
-_URL_PASSWORD = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s:/@]+:)[^\s@/]+@")
-
-
-def redact_line(line: str, secrets: Sequence[str]) -> str:
-    """A log line without the bot's secrets, tokens, passwords in URLs and ``key=value`` secrets."""
-    for secret in secrets:
-        if secret and secret in line:
-            line = line.replace(secret, "***")
-    line = _JWT.sub("***", line)
-    line = _BEARER.sub(lambda m: f"{m.group(1)} ***", line)
-    line = _SECRET_VALUE.sub(lambda m: f"{m.group(1)}***", line)
-    return _URL_PASSWORD.sub(lambda m: f"{m.group(1)}***@", line)
-
-
 # ====================================================================== reads
 
 
@@ -366,44 +342,17 @@ async def get_performance(ctx: ToolContext, args: BotArgs) -> Result:
 
 async def get_logs(ctx: ToolContext, args: LogsArgs) -> Result:
     bot = await ctx.api.bot(ctx.caller, args.bot_id)
-    managed = ctx.fleet.bot(args.bot_id)
-    if managed is None:
+    found = await bot_log(ctx.fleet, args.bot_id, args.limit)
+    if found is None:
         raise ToolFailure(
             f"Bot {args.bot_id} does not run on this gateway ({ctx.gateway_id}): {_where(bot, ctx.gateway_id)}."
         )
-    secrets = ctx.fleet.secrets_of(managed)  # the bot's API and exchange secrets, as they may appear in its log
-    process, api = managed.process, managed.api
-    lines: list[str]
-    if process is not None and api is not None and process.is_alive():
-        try:
-            lines = [str(line) for line in await api.logs(args.limit)]
-            source = "the bot's Freqtrade API (its in-memory log)"
-        except BotApiError:
-            lines, source = _log_file_tail(managed, args.limit), "the bot's log file (its API did not answer)"
-    else:
-        lines, source = _log_file_tail(managed, args.limit), "the bot's log file (it has no running process)"
+    source, lines = found
     return {
         "bot_id": str(args.bot_id),
         "source": source,
-        "lines": [
-            untrusted.clean(redact_url(redact_line(line, secrets)), untrusted.LINE) for line in lines[-args.limit :]
-        ],
+        "lines": [untrusted.clean(line, untrusted.LINE) for line in lines],
     }
-
-
-def _log_file_tail(bot: ManagedBot, limit: int) -> list[str]:
-    for path in (bot.files.log, bot.files.console_log):
-        try:
-            with open_read_nofollow(path) as log_file:
-                log_file.seek(0, 2)
-                size = log_file.tell()
-                log_file.seek(max(0, size - 256 * 1024))
-                lines = log_file.read().decode(errors="replace").splitlines()
-        except OSError:  # missing, or not a regular file (a symlink is never followed)
-            continue
-        if lines:
-            return lines[-limit:]
-    return []
 
 
 # ====================================================================== actions through the management server
@@ -463,6 +412,11 @@ async def emergency_stop(ctx: ToolContext, args: EmergencyArgs) -> Result:
         raise ToolFailure(NOT_CONFIRMED)
     caller = ctx.caller
     if args.scope == "all" and not caller.is_admin:
+        if caller.role == "admin":
+            raise ToolDenied(
+                "This personal access token lacks the 'admin' scope: halting the whole fleet needs it (use a token "
+                'with it, or scope "mine", or name your bots in bot_ids).'
+            )
         raise ToolDenied('Only an admin may halt the whole fleet: use scope "mine" or name your bots in bot_ids.')
     wanted = await _emergency_targets(ctx, args)
     local_ids = None if wanted is None else [b for b in wanted if ctx.fleet.bot(b) is not None]

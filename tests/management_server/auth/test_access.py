@@ -71,6 +71,13 @@ async def test_personal_access_tokens_are_scoped_shown_once_and_revocable(manage
         "/api/v1/users/me/tokens", json={"name": "x", "scopes": ["admin"]}, headers=session
     )
     assert too_much.status_code == 403
+    too_long = await management.client.post(
+        "/api/v1/users/me/tokens", json={"name": "x", "scopes": ["read"], "expires_in_days": 400}, headers=session
+    )
+    assert too_long.status_code == 400  # not silently cut to the server's longest
+    assert too_long.json()["detail"] == (
+        "expires_in_days may be at most 365 on this server (FREQFLEET_PAT_MAX_DAYS): ask for fewer."
+    )
     created = await management.client.post(
         "/api/v1/users/me/tokens", json={"name": "claude", "scopes": ["read"], "expires_in_days": 30}, headers=session
     )

@@ -156,10 +156,19 @@ async def test_all_needs_an_admin_token_with_the_admin_scope_and_a_refusal_is_au
 
     refused = await management.client.post("/api/v1/emergency-stop", json={"scope": "all"}, headers=agent)
     assert refused.status_code == 403, refused.text
-    assert refused.json() == {"detail": "Only an admin may halt the whole fleet: use scope 'mine'."}
+    assert refused.json() == {
+        "detail": "This personal access token lacks the 'admin' scope: halting the whole fleet needs it (use a token "
+        "with it, or scope 'mine')."
+    }
     mine = await management.client.post("/api/v1/emergency-stop", json={"scope": "mine"}, headers=agent)
     assert mine.status_code == 200, mine.text
 
     denied = [(e.actor, e.target_id, e.reason) for e in await management.audit("authz.denied")]
-    assert denied == [("root@example.com", "POST /api/v1/emergency-stop", "emergency stop of all bots by a non-admin")]
+    assert denied == [
+        (
+            "root@example.com",
+            "POST /api/v1/emergency-stop",
+            "emergency stop of all bots by a token without the admin scope",
+        )
+    ]
     assert [e.target_id for e in await management.audit("bot.emergency_stop")] == ["mine"]

@@ -32,6 +32,7 @@ from tests.management_server.freqai.conftest import (
     upload_bundle,
     upload_strategy,
 )
+from tests.trading_gateway.bots.conftest import ALWAYS_ENTER
 
 
 async def queued_trainings(redis_url: str) -> list[dict[str, Any]]:
@@ -174,6 +175,21 @@ async def test_only_an_approved_strategy_is_trained(management: Management, redi
     queued = await management.client.post("/api/v1/models/train", json=body, headers=alice)
     assert queued.status_code == 202, queued.text
     assert (queued.json()["strategy_id"], queued.json()["name"]) == (strategy["id"], "mine")
+    assert len(await queued_trainings(redis_url)) == 1
+
+    # A strategy with no FreqAI in it is refused when asked, not queued to fail on the worker.
+    plain = await management.client.post(
+        "/api/v1/strategies", json={"name": "plain", "source": ALWAYS_ENTER.read_text()}, headers=admin
+    )
+    body = {"strategy_id": plain.json()["id"], "pairs": PAIRS, "name": "no-freqai"}
+    refused = await management.client.post("/api/v1/models/train", json=body, headers=admin)
+    assert refused.status_code == 400
+    assert refused.json()["detail"] == (
+        "This training can't run: AlwaysEnter is not a FreqAI strategy: it lacks set_freqai_targets (its '&-' "
+        "target columns); a feature_engineering_* method (its '%-' features); a call of "
+        "self.freqai.start(dataframe, metadata, self) in populate_indicators "
+        "(examples/strategies/FreqaiExample.py has all three)."
+    )
     assert len(await queued_trainings(redis_url)) == 1
 
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from trading_gateway.fleet.logs import redact_line
 from trading_gateway.mcp.audit import MAX_ARGUMENTS_JSON, audited_arguments
-from trading_gateway.mcp.tools import redact_line
 
 JWT = "eyJhbGciOiJFZERTQSJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJlLXBhcnQ"
 
