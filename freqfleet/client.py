@@ -153,9 +153,13 @@ class Api:
         return self._keep(session.email, response.json())
 
     def logout(self) -> str:
+        """End the login on the server (when it still can be) and forget it here, whatever the server says."""
         session = self.session()
-        headers = {"Authorization": f"Bearer {self._token(session)}"}
-        self._send("POST", "/auth/logout", json={"refresh_token": session.refresh_token}, headers=headers)
+        try:
+            headers = {"Authorization": f"Bearer {self._token(session)}"}
+            self._send("POST", "/auth/logout", json={"refresh_token": session.refresh_token}, headers=headers)
+        except ClientError:
+            pass  # ended or unreachable: nothing more to end there
         data = _load()
         data["servers"].pop(self.url, None)
         if data.get("current") == self.url:

@@ -20,6 +20,7 @@ from management_server.auth.router import jwks_router
 from management_server.auth.router import router as auth_router
 from management_server.auth.service import AuthService
 from management_server.bots.emergency_router import router as emergency_router
+from management_server.bots.markets import Markets
 from management_server.bots.reconcile import Reconciler
 from management_server.bots.router import router as bots_router
 from management_server.bus.relay import OutboxRelay
@@ -115,6 +116,7 @@ def create_app(settings: ManagementSettings | None = None) -> FastAPI:
         app.state.analytics_cache = AnalyticsCache(redis, settings.analytics_cache_seconds)
         app.state.risk_guard = RiskGuard(settings, app.state.master_keys, app.state.audit)
         trade_effects = TradeEffects(app.state.analytics_cache, app.state.risk_guard)
+        app.state.markets = Markets(settings.check_simulator_url)  # pairs refused that the exchange does not trade
         app.state.gateway_client = GatewayClient(keys, issuer=settings.jwt_issuer, audience=settings.jwt_audience)
         trade_sync = TradeSync(
             app.state.sessionmaker, app.state.gateway_client, trade_effects, settings.trade_sync_interval
@@ -169,6 +171,7 @@ def create_app(settings: ManagementSettings | None = None) -> FastAPI:
             await trade_sync.stop()
             await monitor.stop()
             await app.state.gateway_client.aclose()
+            await app.state.markets.aclose()
             await relay.stop()
             await redis.aclose()
             await engine.dispose()

@@ -55,10 +55,11 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             redis = create_redis(redis_url)
             stack.push_async_callback(redis.aclose)
             # Events and token checks get clients of their own that give up fast: with Redis away, events
-            # go to the outbox and the local kill switch still answers.
+            # go to the outbox and the local kill switch still answers (a revocation check waits at most
+            # 0.5 s for a Redis that hangs: a partition must not slow the kill switch by seconds).
             events_redis = create_redis(redis_url, socket_timeout=3.0, retries=1)
             stack.push_async_callback(events_redis.aclose)
-            auth_redis = create_redis(redis_url, socket_timeout=2.0, retries=0)
+            auth_redis = create_redis(redis_url, socket_timeout=0.5, retries=0)
             stack.push_async_callback(auth_redis.aclose)
             app.state.settings = settings
             app.state.redis = redis

@@ -40,7 +40,8 @@ NOT_FOUND = "No such bot."
 async def create_bot(body: BotCreate, request: Request, session: SessionDep, principal: Trader) -> BotOut:
     """Create a bot (stopped). It trades on the exchange simulator unless `exchange` names a real one."""
     try:
-        bot = await service.create(session, principal.viewer, body)
+        known = await request.app.state.markets.pairs(body.exchange)
+        bot = await service.create(session, principal.viewer, body, known)
         await session.commit()
     except service.BotRefused as exc:
         raise HTTPException(exc.status, str(exc)) from None
@@ -89,7 +90,8 @@ async def update_bot(
         raise HTTPException(404, NOT_FOUND)
     try:
         before = service.live_values(bot)
-        changes = service.update(bot, body)
+        known = await request.app.state.markets.pairs(bot.exchange) if body.pairs is not None else None
+        changes = service.update(bot, body, known)
         live = (
             await update_live(session, bot, request.app.state.master_keys)
             if set(changes) - service.MANAGEMENT_FIELDS

@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from management_server.bots.markets import unknown_pairs
 from management_server.bots.models import ActualState, Bot, DesiredState
 from management_server.bots.schemas import BotCreate, BotUpdate
 from management_server.credentials.models import ExchangeCredential
@@ -41,6 +42,13 @@ def _check_pairs(pairs: list[str], stake_currency: str) -> None:
         raise BotRefused(400, f"pairs {', '.join(wrong)} are not quoted in the stake currency {stake_currency}")
 
 
+def _check_markets(pairs: list[str], exchange: str, known: frozenset[str] | None) -> None:
+    if missing := unknown_pairs(pairs, known):
+        assert known is not None
+        listed = ", ".join(sorted(known)[:12]) + (", ..." if len(known) > 12 else "")
+        raise BotRefused(400, f"{', '.join(missing)} not traded on {exchange}: it trades {listed}.")
+
+
 def _check_stake(stake: Decimal | None, dry_run: bool, wallet: Decimal | None, stake_currency: str) -> None:
     """A dry-run bot's stake per trade fits its simulated wallet (a live bot's wallet is the exchange's)."""
     if stake is None or not dry_run:
@@ -55,12 +63,16 @@ def _check_stake(stake: Decimal | None, dry_run: bool, wallet: Decimal | None, s
         )
 
 
-async def create(session: AsyncSession, viewer: Viewer, body: BotCreate) -> Bot:
+async def create(
+    session: AsyncSession, viewer: Viewer, body: BotCreate, known_pairs: frozenset[str] | None = None
+) -> Bot:
+    """A stopped bot; ``known_pairs``: what its exchange trades (``markets.Markets``), None when not known."""
     owner = viewer.user
     strategy = await strategies.visible(session, viewer, body.strategy_id)
     if strategy is None:
         raise BotRefused(404, "No such strategy.")
     _check_pairs(list(body.pairs), body.stake_currency)
+    _check_markets(list(body.pairs), body.exchange, known_pairs)
     stake = None if body.stake_amount == "unlimited" else Decimal(body.stake_amount)
     _check_stake(stake, body.dry_run, body.dry_run_wallet, body.stake_currency)
     if not body.dry_run:
@@ -126,7 +138,7 @@ MANAGEMENT_FIELDS = frozenset({"max_drawdown_ratio"})  # the gateway never sees 
 NULLABLE_FIELDS = frozenset({"stoploss", "max_drawdown_ratio"})  # null means "the default"
 
 
-def update(bot: Bot, body: BotUpdate) -> dict[str, object]:
+def update(bot: Bot, body: BotUpdate, known_pairs: frozenset[str] | None = None) -> dict[str, object]:
     """Apply the changes; the changed fields, for the audit log.
 
     A running bot takes new pairs, stake and max open trades live (the caller sends
@@ -143,6 +155,7 @@ def update(bot: Bot, body: BotUpdate) -> dict[str, object]:
         )
     if "pairs" in changes and changes["pairs"] is not None:
         _check_pairs(list(changes["pairs"]), bot.stake_currency)
+        _check_markets(list(changes["pairs"]), bot.exchange, known_pairs)
     if changes.get("stake_amount") not in (None, "unlimited"):
         _check_stake(Decimal(changes["stake_amount"]), bot.dry_run, bot.dry_run_wallet, bot.stake_currency)
     for field, value in changes.items():

@@ -7,8 +7,8 @@ start them. The first admin comes from ``freqfleet create-admin``. Tests talk to
 HTTP, as a user with curl would; bots are real Freqtrade processes trading on the simulator.
 
 Differences from ``freqfleet up``'s defaults, to keep the tests short: the gateway reads its bots'
-status and beats every second, the management server reconciles every second and the bots loop every
-second; the request rate limits are off (the tests poll; the limits have their own tests); an emergency
+status and beats every second, the management server reconciles every second (a command has 3 s to show) and the
+bots loop every second; the request rate limits are off (the tests poll; the limits have their own tests); an emergency
 stop waits up to 30 s for its reports.
 """
 
@@ -175,6 +175,7 @@ def _env(data_dir: Path, database_url: str, redis_url: str, simulator: Simulator
         "FREQFLEET_EMERGENCY_WAIT_SECONDS": "30",
         "FREQFLEET_HEARTBEAT_INTERVAL": "1",
         "FREQFLEET_RECONCILE_INTERVAL": "1",
+        "FREQFLEET_RECONCILE_GRACE": "3",
         "FREQFLEET_STATUS_INTERVAL": "1",
         "FREQFLEET_BOT_PROCESS_THROTTLE_SECS": "1",
         "FREQFLEET_BOT_START_TIMEOUT": "60",

@@ -347,63 +347,63 @@ async def gateway_last_seen_age(stack: Stack) -> float:
     return float(age)
 
 
-async def test_a_start_waits_in_the_stream_while_the_gateway_is_down(client: httpx.AsyncClient, stack: Stack) -> None:
+async def test_a_command_waits_while_the_gateway_is_down_and_a_lost_bot_is_brought_back(
+    client: httpx.AsyncClient, stack: Stack
+) -> None:
     user = await register(client, "dave@e2e.example.com")
     bot_id = await approved_bot(client, stack, user, "dave-bot", ["SOL/USDT"])
+    await start(client, user, bot_id)
+    await wait_bot(client, user, bot_id, "running", timeout=90)
+    first = await running_pid(stack, bot_id)
 
+    # The gateway goes, and comes back on an empty folder (a restore, a new disk): it will have no bot at all.
     gateway = stack.services["gateway"]
     assert gateway.stop() == -signal.SIGTERM  # uvicorn shuts down cleanly, then re-raises the signal
     assert "gateway stopped" in gateway.last_run()
+    assert not alive(first)
+    shutil.rmtree(stack.bots_root)  # its bots' folders and what it remembers of them; its identity stays
+    (stack.bots_root.parent / STATE_FILE).unlink()
     # The management server counts a gateway silent once it missed its heartbeats for LIVE_WINDOW.
     silent = LIVE_WINDOW.total_seconds()
     await async_wait_for(
         lambda: _older_than(stack, silent), timeout=silent + 30, interval=0.5, what="the gateway to count as silent"
     )
 
-    answer = await start(client, user, bot_id)
-    assert (answer["desired_state"], answer["actual_state"]) == ("running", "starting")
-    assert answer["gateway_id"] == stack.gateway_id
+    # A command meanwhile waits on the gateway's stream, and the answer says so.
+    answer = (await client.post(f"/bots/{bot_id}/pause", headers=user)).json()
+    assert (answer["desired_state"], answer["gateway_id"]) == ("paused", stack.gateway_id)
     assert answer["notice"] == (
         f"Gateway {stack.gateway_id} has not reported for over {int(silent)} s: "
         "the command is queued and runs when it is back."
     )
-    # The START_BOT waits on the gateway's stream; the bot stays "starting" meanwhile.
     redis = aioredis.Redis.from_url(stack.redis_url)
     try:
 
         async def on_the_stream() -> bool:
             return answer["command_id"] in await _command_ids(redis, stack.gateway_id)
 
-        await async_wait_for(on_the_stream, timeout=10, what="the START_BOT on the gateway's stream")
+        await async_wait_for(on_the_stream, timeout=10, what="the PAUSE_BOT on the gateway's stream")
     finally:
         await redis.aclose()
-    assert (await get_bot(client, user, bot_id))["actual_state"] == "starting"
 
-    gateway.start()
-    stack.wait_ready("gateway")
-    await wait_bot(client, user, bot_id, "running", timeout=90)
-    first = await running_pid(stack, bot_id)
-    await wait_status(client, user, bot_id, "running")
-
-    # The gateway comes back on an empty folder (a restore, a new disk): it has no bot at all. Nobody calls;
-    # the management server sees the bot missing from its inventory and starts it again.
-    assert gateway.stop() == -signal.SIGTERM
-    assert not alive(first)
-    shutil.rmtree(stack.bots_root)  # its bots' folders and what it remembers of them; its identity stays
-    (stack.bots_root.parent / STATE_FILE).unlink()
+    # Back, the gateway refuses the pause (it has no such bot); nobody calls, and the management server, seeing
+    # the bot missing from the gateway's inventory, starts it again, paused as it should be.
     gateway.start()
     stack.wait_ready("gateway")
 
-    async def running_again() -> int | None:
+    async def paused_again() -> int | None:
         view = (await gateway_bots(stack)).get(bot_id)
-        return view["pid"] if view is not None and view["actual"] == "running" else None
+        return view["pid"] if view is not None and view["actual"] == "paused" else None
 
-    pid = await async_wait_for(running_again, timeout=120, interval=0.5, what="the bot started again, by itself")
-    await wait_bot(client, user, bot_id, "running", timeout=30)
-    reconciled = await client.get(
+    pid = await async_wait_for(paused_again, timeout=120, interval=0.5, what="the bot back, paused, by itself")
+    assert pid != first
+    await wait_bot(client, user, bot_id, "paused", timeout=30)
+    audited = await client.get(
         "/audit", params={"target_type": "bot", "target_id": bot_id}, headers=bearer(stack.admin_token)
     )
-    assert ("bot.start", "freqfleet:reconcile") in [(e["action"], e["actor"]) for e in reconciled.json()["items"]]
+    rows = [(e["action"], e["outcome"], e["actor"]) for e in audited.json()["items"]]
+    assert ("bot.pause", "refused", "dave@e2e.example.com") in rows  # the gateway's answer to the queued pause
+    assert ("bot.start", "requested", "freqfleet:reconcile") in rows
 
     stopped = await client.post(f"/bots/{bot_id}/stop", headers=user)
     assert stopped.status_code == 200, stopped.text

@@ -79,6 +79,9 @@ async def test_your_first_bot_from_the_command_line(stack: Stack, client: httpx.
         run("bots", "create", "greedy", "--strategy", "GreenCandle", "--pair", "BTC/USDT", "--stake", "1000000")
     )
     assert "more than the default dry-run wallet" in too_much
+    foo = refused(run("bots", "create", "foo", "--strategy", "GreenCandle", "--pair", "FOO/USDT"))
+    assert foo.startswith("bots create: POST /bots refused (400): FOO/USDT not traded on simulator: it trades ")
+    assert "BTC/USDT" in foo  # the simulator's own list, as its exchangeInfo gives it
     assert "cli-bot: start sent" in ok(run("bots", "start", "cli-bot"))
 
     async def running() -> dict[str, Any] | None:

@@ -5,12 +5,21 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import text
 
+from management_server.config import ManagementSettings
 from management_server.users.models import Role
+from tests.exchange_simulator.conftest import sim_url  # noqa: F401 - a fixture: the module's simulator
 from tests.management_server.conftest import Management, bearer
 
 SOURCE = (Path(__file__).parents[2] / "exchange_simulator" / "strategies" / "AlwaysEnter.py").read_text()
+
+
+@pytest.fixture
+def management_settings(management_settings: ManagementSettings, sim_url: str) -> ManagementSettings:  # noqa: F811
+    # The simulator's markets are known: a pair it does not trade is refused like any bad value.
+    return management_settings.model_copy(update={"check_simulator_url": sim_url})
 
 
 async def session_of(management: Management, email: str, role: Role = Role.user) -> dict[str, str]:
@@ -208,6 +217,7 @@ INVALID = [  # (field, value, status, words of the answer): refused alike by cre
     ("pairs", ["BTC/EUR"], 400, "pairs BTC/EUR are not quoted in the stake currency USDT"),
     ("pairs", ["BTC/USDT", "BTC/USDT"], 422, "a pair is listed twice"),
     ("pairs", [], 422, "at least 1 item"),
+    ("pairs", ["BTC/USDT", "FOO/USDT"], 400, "FOO/USDT not traded on simulator: it trades BTC/USDT, "),
     ("name", "\U0001f680 to the moon", 422, "a name may hold letters, digits, spaces, '.', '_' and '-' only"),
     ("name", "   ", 422, "a name needs a letter or a digit"),
     ("timeframe", "7m", 422, "unknown timeframe"),
