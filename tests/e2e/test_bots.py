@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import signal
 import time
@@ -22,11 +23,13 @@ from management_server.gateways.service import LIVE_WINDOW
 from shared.bus.streams import commands_stream
 from tests.e2e.conftest import (
     ADMIN_EMAIL,
+    PASSWORD,
     Stack,
     alive,
     bearer,
     gateway_bots,
     get_bot,
+    login,
     register,
     wait_bot,
     wait_status,
@@ -34,6 +37,7 @@ from tests.e2e.conftest import (
 from tests.helpers import async_wait_for
 from tests.trading_gateway.bots.conftest import ALWAYS_ENTER_MARKET
 from trading_gateway.bots import STATE_FILE
+from trading_gateway.bots.adoption import find_orphans
 
 pytestmark = pytest.mark.slow
 
@@ -418,3 +422,75 @@ async def _older_than(stack: Stack, seconds: float) -> bool:
 async def _command_ids(redis: aioredis.Redis, gateway_id: str) -> set[str]:
     entries = await redis.xrange(commands_stream(gateway_id))
     return {json.loads(fields[b"envelope"])["event_id"] for _, fields in entries}
+
+
+def _kill9(service: Any) -> None:
+    """kill -9 a service's process group (its bots run in sessions of their own and live on)."""
+    assert service.proc is not None
+    os.killpg(service.proc.pid, signal.SIGKILL)
+    service.proc.wait(10)
+
+
+async def test_killed_gateway_and_management_server_converge_to_what_should_run(
+    client: httpx.AsyncClient, stack: Stack
+) -> None:
+    """kill -9 of the gateway and the management server while one bot is being started and another stopped: once
+    both are back, every bot is in its desired state with one process or none, and the API says so, by itself. Then a
+    bot killed while its gateway is frozen comes back once the gateway is thawed."""
+    user = await register(client, "erin@e2e.example.com")
+    keep = await approved_bot(client, stack, user, "erin-keep", ["BTC/USDT"])
+    strategy = (await get_bot(client, user, keep))["strategy_id"]
+    ids = {"keep": keep}
+    for name in ("going", "coming"):
+        created = await client.post("/bots", json=bot_body(f"erin-{name}", strategy, ["ETH/USDT"]), headers=user)
+        assert created.status_code == 201, created.text
+        ids[name] = created.json()["id"]
+    for name in ("keep", "going"):
+        await start(client, user, ids[name])
+    for name in ("keep", "going"):
+        await wait_bot(client, user, ids[name], "running", timeout=90)
+
+    # One stopped, one started, and before anything settles both services die.
+    assert (await client.post(f"/bots/{ids['going']}/stop", headers=user)).status_code == 200
+    await start(client, user, ids["coming"])
+    _kill9(stack.services["gateway"])
+    _kill9(stack.services["management"])
+    stack.services["management"].start()
+    stack.wait_ready("management")
+    stack.services["gateway"].start()
+    stack.wait_ready("gateway")
+    user = bearer(login(stack, "erin@e2e.example.com", PASSWORD))  # a new login: the old token is still fine too
+
+    desired = {"keep": "running", "going": "stopped", "coming": "running"}
+
+    async def converged() -> dict[str, int] | None:
+        states = {name: (await get_bot(client, user, bot_id))["actual_state"] for name, bot_id in ids.items()}
+        processes = {name: 0 for name in ids}
+        for orphan in find_orphans(stack.bots_root):
+            for name, bot_id in ids.items():
+                processes[name] += orphan.bot_id == bot_id
+        wanted = {name: int(state == "running") for name, state in desired.items()}
+        return processes if states == desired and processes == wanted else None
+
+    found = await async_wait_for(converged, timeout=120, interval=0.5, what="every bot in its desired state")
+    assert found == {"keep": 1, "going": 0, "coming": 1}
+
+    # A bot killed while its gateway is frozen (SIGSTOP): thawed, the gateway finds it gone and brings it back.
+    [before] = [o.pid for o in find_orphans(stack.bots_root) if o.bot_id == ids["keep"]]
+    gateway = stack.services["gateway"].proc
+    assert gateway is not None
+    os.kill(gateway.pid, signal.SIGSTOP)
+    try:
+        os.killpg(before, signal.SIGKILL)
+    finally:
+        os.kill(gateway.pid, signal.SIGCONT)
+
+    async def back() -> list[int] | None:
+        pids = [o.pid for o in find_orphans(stack.bots_root) if o.bot_id == ids["keep"]]
+        return pids if len(pids) == 1 and pids[0] != before else None
+
+    await async_wait_for(back, timeout=90, interval=0.5, what="the killed bot back, once")
+    await wait_bot(client, user, ids["keep"], "running", timeout=60)
+    for name in ("keep", "coming"):
+        assert (await client.post(f"/bots/{ids[name]}/stop", headers=user)).status_code == 200
+        await wait_bot(client, user, ids[name], "stopped")
