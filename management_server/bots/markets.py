@@ -13,11 +13,11 @@ import time
 
 import httpx
 
+from shared.exchange import SIMULATOR
 from shared.logging import get_logger
 
 log = get_logger(__name__)
 
-SIMULATOR = "simulator"
 TTL = 600.0
 
 

@@ -90,7 +90,6 @@ class Reconciler:
         self.audit = audit
         self.registry = registry
         self.on_commands = on_commands  # called after a pass that enqueued commands (wakes the outbox relay)
-        self.passes = 0
         self._started = time.monotonic()
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -138,7 +137,6 @@ class Reconciler:
             )
             for gateway in gateways.scalars():
                 corrections += await self._gateway(session, gateway, now)
-        self.passes += 1
         for c in corrections:
             log.info(
                 "reconciled",
@@ -287,7 +285,8 @@ class Reconciler:
                         sent.append((Action.pause, (await act(session, bot, Action.pause, self.keys)).command.event_id))
         except (ActionRefused, ModelRefused) as exc:
             bot.last_error = f"Freqfleet could not bring the bot back to {desired.value}: {exc}"
-            bot.reconcile_attempts, bot.reconciled_at = attempt, now
-            return [Correction(bot.id, gateway_id, "start", str(exc), Outcome.failure)]
-        bot.reconcile_attempts, bot.reconciled_at = attempt, now
-        return [Correction(bot.id, gateway_id, a.value, detail, command_id=c) for a, c in sent]
+            done = [Correction(bot.id, gateway_id, "start", str(exc), Outcome.failure)]
+        else:
+            done = [Correction(bot.id, gateway_id, a.value, detail, command_id=c) for a, c in sent]
+        bot.reconcile_attempts, bot.reconciled_at = attempt, now  # after act(), which resets them for a person
+        return done

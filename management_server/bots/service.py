@@ -15,8 +15,7 @@ from management_server.credentials.models import ExchangeCredential
 from management_server.freqai import service as models
 from management_server.strategies import service as strategies
 from management_server.users.viewer import Viewer
-
-SIMULATOR = "simulator"
+from shared.exchange import SIMULATOR
 
 
 class BotRefused(Exception):

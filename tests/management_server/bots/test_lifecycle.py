@@ -22,6 +22,7 @@ from shared.bus.messages import (
     CommandRejectedData,
     GatewayHeartbeat,
     GatewayHeartbeatData,
+    InventoryEntry,
     TradeClosed,
     TradeClosedData,
     TradeOpened,
@@ -36,13 +37,27 @@ from tests.management_server.conftest import Management
 GATEWAY = "gw-test"
 
 
-async def heartbeat(management: Management, gateway_id: str = GATEWAY, age: timedelta = timedelta(0)) -> None:
-    at = datetime.now(UTC) - age
+async def heartbeat(
+    management: Management,
+    gateway_id: str = GATEWAY,
+    age: timedelta = timedelta(0),
+    *,
+    at: datetime | None = None,
+    inventory: list[InventoryEntry] | None = None,
+) -> None:
+    """A signed heartbeat of ``gateway_id`` applied (``age`` ago, or ``at``), with its inventory when given."""
+    at = at or datetime.now(UTC) - age
     beat = GatewayHeartbeat(
         source=f"gateway:{gateway_id}",
         occurred_at=at,
         data=GatewayHeartbeatData(
-            gateway_id=gateway_id, host="h", version="t", started_at=at, bots_running=0, capacity=10
+            gateway_id=gateway_id,
+            host="h",
+            version="t",
+            started_at=at,
+            bots_running=0,
+            capacity=10,
+            inventory=inventory,
         ),
     )
     async with management.app.state.sessionmaker.begin() as session:

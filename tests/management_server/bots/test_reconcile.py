@@ -15,11 +15,9 @@ from management_server.bots.models import Bot
 from management_server.bots.reconcile import Reconciler
 from management_server.bus.models import OutboxMessage
 from management_server.config import ManagementSettings
-from management_server.gateways.service import record_heartbeat
 from management_server.users.models import Role
-from shared.bus.messages import GatewayHeartbeat, GatewayHeartbeatData, InventoryEntry
+from shared.bus.messages import InventoryEntry
 from shared.bus.streams import commands_stream
-from tests.enrollment import ensure_enrolled
 from tests.management_server.bots.test_bots_api import bot_body, session_of, upload
 from tests.management_server.bots.test_lifecycle import GATEWAY, heartbeat
 from tests.management_server.conftest import PASSWORD, Management, bearer
@@ -37,26 +35,9 @@ def entry(bot_id: str | uuid.UUID, generation: int, desired: str, actual: str) -
     return InventoryEntry(bot_id=uuid.UUID(str(bot_id)), generation=generation, desired=desired, actual=actual)  # type: ignore[arg-type]
 
 
-async def inventory(
-    management: Management, entries: list[InventoryEntry], at: datetime | None = None, gateway_id: str = GATEWAY
-) -> None:
-    at = at or datetime.now(UTC)
-    beat = GatewayHeartbeat(
-        source=f"gateway:{gateway_id}",
-        occurred_at=at,
-        data=GatewayHeartbeatData(
-            gateway_id=gateway_id,
-            host="h",
-            version="t",
-            started_at=at,
-            bots_running=0,
-            capacity=10,
-            inventory=entries,
-        ),
-    )
-    async with management.app.state.sessionmaker.begin() as session:
-        await ensure_enrolled(session, gateway_id)
-        await record_heartbeat(session, beat)
+async def inventory(management: Management, entries: list[InventoryEntry], at: datetime | None = None) -> None:
+    """GATEWAY's heartbeat saying it has these bots."""
+    await heartbeat(management, at=at, inventory=entries)
 
 
 async def set_bot(management: Management, bot_id: str, **values: Any) -> None:
