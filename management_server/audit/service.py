@@ -50,6 +50,39 @@ class AuditLog:
         details: dict[str, Any] | None = None,
         command_id: uuid.UUID | None = None,
     ) -> None:
+        """Write the row in a transaction of its own (a refusal is recorded though the request rolls back)."""
+        async with self.sessionmaker.begin() as session:
+            self.add(
+                session,
+                action,
+                outcome,
+                actor,
+                target_type=target_type,
+                target_id=target_id,
+                reason=reason,
+                ip=ip,
+                via=via,
+                details=details,
+                command_id=command_id,
+            )
+
+    def add(
+        self,
+        session: AsyncSession,
+        action: str,
+        outcome: Outcome,
+        actor: Actor,
+        *,
+        target_type: str | None = None,
+        target_id: str | uuid.UUID | None = None,
+        reason: str | None = None,
+        ip: str | None = None,
+        via: str = "rest",
+        details: dict[str, Any] | None = None,
+        command_id: uuid.UUID | None = None,
+    ) -> AuditEntry:
+        """Add the row to the caller's transaction: a command's ``requested`` row commits with its outbox entry,
+        so the gateway's answer (``audit.events.record_command_outcome``) always finds it."""
         entry = AuditEntry(
             actor_id=actor.id,
             actor=actor.label[:320],
@@ -64,8 +97,7 @@ class AuditLog:
             details=redact(details) if details else None,
             command_id=command_id,
         )
-        async with self.sessionmaker.begin() as session:
-            session.add(entry)
+        session.add(entry)
         log.info(
             "audit",
             action=action,
@@ -74,6 +106,7 @@ class AuditLog:
             target_type=target_type,
             target_id=entry.target_id,
         )
+        return entry
 
 
 @dataclass(frozen=True)

@@ -137,26 +137,27 @@ class Reconciler:
             )
             for gateway in gateways.scalars():
                 corrections += await self._gateway(session, gateway, now)
-        for c in corrections:
-            log.info(
-                "reconciled",
-                bot_id=None if c.bot_id is None else str(c.bot_id),
-                gateway_id=c.gateway_id,
-                action=c.action,
-                detail=c.detail,
-            )
-            if c.command:
-                await self.audit.record(
-                    f"bot.{c.action}",
-                    c.outcome,
-                    ACTOR,
-                    target_type="bot",
-                    target_id=c.bot_id,
-                    reason=c.detail,
-                    via="reconcile",
-                    details={"gateway_id": c.gateway_id},
-                    command_id=c.command_id,
+            for c in corrections:
+                log.info(
+                    "reconciled",
+                    bot_id=None if c.bot_id is None else str(c.bot_id),
+                    gateway_id=c.gateway_id,
+                    action=c.action,
+                    detail=c.detail,
                 )
+                if c.command:  # with the commands, so the gateways' answers always find their rows
+                    self.audit.add(
+                        session,
+                        f"bot.{c.action}",
+                        c.outcome,
+                        ACTOR,
+                        target_type="bot",
+                        target_id=c.bot_id,
+                        reason=c.detail,
+                        via="reconcile",
+                        details={"gateway_id": c.gateway_id},
+                        command_id=c.command_id,
+                    )
         if self.on_commands is not None and any(c.command_id is not None for c in corrections):
             self.on_commands()
         return corrections

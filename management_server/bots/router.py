@@ -99,6 +99,17 @@ async def update_bot(
         )
         if live is not None:  # put back if the gateway refuses it: the database says what runs
             bot.pending_change = {"command_id": str(live.command.event_id), "before": before}
+        request.app.state.audit.add(  # with the command (a live change waits for the gateway's answer)
+            session,
+            "bot.update",
+            Outcome.requested if live else Outcome.success,
+            principal.actor,
+            target_type="bot",
+            target_id=bot.id,
+            ip=client_ip(request),
+            details=changes | ({"live": True, "generation": bot.generation} if live else {}),
+            command_id=None if live is None else live.command.event_id,
+        )
         await session.commit()
     except (service.BotRefused, ActionRefused) as exc:
         raise HTTPException(exc.status, str(exc)) from None
@@ -106,16 +117,6 @@ async def update_bot(
         raise HTTPException(409, "You have a bot with that name already: choose another name.") from None
     if live is not None:
         request.app.state.outbox_relay.wake()
-    await request.app.state.audit.record(
-        "bot.update",
-        Outcome.requested if live else Outcome.success,  # a live change waits for the gateway's answer
-        principal.actor,
-        target_type="bot",
-        target_id=bot.id,
-        ip=client_ip(request),
-        details=changes | ({"live": True, "generation": bot.generation} if live else {}),
-        command_id=None if live is None else live.command.event_id,
-    )
     return BotOut.model_validate(bot)
 
 
@@ -150,6 +151,17 @@ async def _act(
         # A FreqAI bot's start carries its model (management_server/freqai).
         bundle = await start_bundle(session, request.app.state.model_registry, bot) if action is Action.start else None
         result = await act(session, bot, action, request.app.state.master_keys, trade_id, bundle)
+        audit.add(  # with the command, so the gateway's answer (accepted, or refused and why) always finds it
+            session,
+            f"bot.{action.value}",
+            Outcome.requested,
+            principal.actor,
+            target_type="bot",
+            target_id=bot_id,
+            ip=client_ip(request),
+            details={"generation": result.bot.generation, "gateway_id": result.gateway_id, "trade_id": trade_id},
+            command_id=result.command.event_id,
+        )
         await session.commit()
     except (ActionRefused, ModelRefused) as exc:
         await session.rollback()
@@ -163,16 +175,6 @@ async def _act(
             ip=client_ip(request),
         )
         raise HTTPException(exc.status, str(exc)) from None
-    await audit.record(
-        f"bot.{action.value}",
-        Outcome.requested,  # the gateway's answer follows in a row of its own (accepted, or refused and why)
-        principal.actor,
-        target_type="bot",
-        target_id=bot_id,
-        ip=client_ip(request),
-        details={"generation": result.bot.generation, "gateway_id": result.gateway_id, "trade_id": trade_id},
-        command_id=result.command.event_id,
-    )
     request.app.state.outbox_relay.wake()
     out = BotActionOut.model_validate(
         {

@@ -250,12 +250,13 @@ async def test_a_running_bot_takes_pairs_and_stake_live(management: Management, 
     third = await management.client.patch(f"/api/v1/bots/{bot_id}", json={"stake_amount": "25"}, headers=admin)
     assert third.json()["stake_amount"] == "25"
     publisher = gateway_events(management, redis)
+    sent = await async_wait_for(lambda: _at_least(redis, 3), timeout=10, what="the second UPDATE_CONFIG")
     await publisher.publish(
         EVENTS_STREAM,
         CommandRejected(
             source=f"gateway:{GATEWAY}",
             data=CommandRejectedData(
-                command_id=uuid.UUID((await _at_least(redis, 3))[2]["event_id"]),
+                command_id=uuid.UUID(sent[2]["event_id"]),
                 command_type="UPDATE_CONFIG",
                 bot_id=uuid.UUID(bot_id),
                 reason="stake_amount 25 is over the bot's available balance",
