@@ -1,5 +1,6 @@
-"""Audit rows that arrive on the bus: the gateways' MCP tool calls (``MCP_CALL``), and what a gateway did with a
-command an audited control action sent (``COMMAND_ACCEPTED`` / ``COMMAND_REJECTED``: ``record_command_outcome``).
+"""Audit rows that arrive on the bus: the gateways' MCP tool calls (``MCP_CALL``), what a gateway did with a
+command an audited control action sent (``COMMAND_ACCEPTED`` / ``COMMAND_REJECTED``: ``record_command_outcome``),
+and whether the bot then got there (``record_command_done``).
 
 A gateway serves MCP to AI agents and publishes one ``MCP_CALL`` per tool call or resource read
 (who, which tool, the arguments with secrets masked, the outcome). The gateway has no database and
@@ -15,13 +16,15 @@ event is claimed in the inbox (``claim_event``) in the transaction that inserts 
 
 from __future__ import annotations
 
+import uuid
+
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from management_server.audit.models import AuditEntry, Outcome
 from management_server.bus.service import claim_event
 from management_server.users.models import User
-from shared.bus.messages import CommandAccepted, CommandRejected, McpCall
+from shared.bus.messages import CommandAccepted, CommandRejected, Envelope, McpCall, TradeClosed
 from shared.bus.streams import MANAGEMENT_GROUP
 from shared.logging import redact
 
@@ -98,6 +101,87 @@ async def record_command_outcome(session: AsyncSession, message: CommandAccepted
             correlation_id=asked.correlation_id,
             details={"gateway": message.source, "command_type": data.command_type},
             command_id=data.command_id,
+        )
+    )
+    return True
+
+
+# The state each control action asks for: its ``done`` row is written when the bot's reports reach it.
+GOALS = {
+    "bot.start": "running",
+    "bot.restart": "running",
+    "bot.resume": "running",
+    "bot.pause": "paused",
+    "bot.stop": "stopped",
+}
+
+
+async def record_command_done(
+    session: AsyncSession, bot_id: uuid.UUID, reached: str, message: Envelope, reason: str | None = None
+) -> bool:
+    """After a bot's actual state changed to ``reached``: the final row of the latest control action sent to it,
+    ``done`` when that is the state it asked for, ``failure`` (with ``reason``) when the bot failed instead.
+
+    Only the latest action counts (a later one supersedes it), and only once: a row with this command's final
+    outcome already there (a redelivered report, a state reached twice) adds nothing. A force-exit of one trade is
+    done when its ``TRADE_CLOSED`` arrives (``reached`` is ``closed``); of all, when a status report finds no open
+    trade left where the one before had some (``flat``)."""
+    exits = reached in ("closed", "flat")
+    actions = ("bot.forceexit",) if exits else tuple(GOALS)
+    asked = (
+        await session.execute(
+            select(AuditEntry)
+            .where(
+                AuditEntry.target_type == "bot",
+                AuditEntry.target_id == str(bot_id),
+                AuditEntry.action.in_(actions),
+                AuditEntry.outcome == Outcome.requested.value,
+                AuditEntry.command_id.is_not(None),
+            )
+            .order_by(AuditEntry.id.desc())
+            .limit(1)
+        )
+    ).scalar_one_or_none()
+    if asked is None:
+        return False
+    if exits:
+        wanted = str((asked.details or {}).get("trade_id"))
+        closed = str(message.data.trade_id) if isinstance(message, TradeClosed) else None
+        if wanted != ("all" if reached == "flat" else closed):
+            return False
+        outcome = Outcome.done
+    elif reached == GOALS[asked.action]:
+        outcome = Outcome.done
+    elif reached == "failed" and GOALS[asked.action] == "running":
+        outcome = Outcome.failure
+    else:
+        return False
+    final = (
+        await session.execute(
+            select(AuditEntry.id)
+            .where(
+                AuditEntry.command_id == asked.command_id,
+                AuditEntry.outcome.in_((Outcome.done.value, Outcome.failure.value, Outcome.refused.value)),
+            )
+            .limit(1)
+        )
+    ).scalar_one_or_none()
+    if final is not None:
+        return False
+    session.add(
+        AuditEntry(
+            occurred_at=message.occurred_at,
+            actor_id=asked.actor_id,
+            actor=asked.actor,
+            via=asked.via,
+            action=asked.action,
+            target_type=asked.target_type,
+            target_id=asked.target_id,
+            outcome=outcome.value,
+            reason=reason if outcome is Outcome.failure else None,
+            correlation_id=asked.correlation_id,
+            details={"gateway": message.source, "reached": reached},
+            command_id=asked.command_id,
         )
     )
     return True

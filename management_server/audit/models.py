@@ -19,10 +19,12 @@ class Outcome(StrEnum):
     failure = "failure"  # the action was attempted and did not succeed (a wrong password, a bot that failed)
     denied = "denied"  # authentication or authorisation refused it
     # A command to a gateway: ``requested`` when the API sent it, then a row of its own with what the gateway
-    # did with it, ``accepted`` or ``refused`` (with the gateway's reason).
+    # did with it, ``accepted`` or ``refused`` (with the gateway's reason), and ``done`` once the bot reached what
+    # was asked (running, paused, stopped; the trade closed), or ``failure`` with why if it failed on the way.
     requested = "requested"
     accepted = "accepted"
     refused = "refused"
+    done = "done"
 
 
 class AuditEntry(Base):

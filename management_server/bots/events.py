@@ -8,13 +8,15 @@ from before the latest command), but their trades are still recorded.
 
 from __future__ import annotations
 
+import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from management_server.bots.models import ActualState, Bot, DesiredState, Trade
-from management_server.bots.service import restore_live_values
+from management_server.bots.service import settle_live_change
 from shared.bus.messages import (
     BotFailed,
     BotStarted,
@@ -56,16 +58,6 @@ async def _current(session: AsyncSession, message: Envelope, generation: int | N
     return bot
 
 
-def _settles(bot: Bot, message: CommandAccepted | CommandRejected) -> bool:
-    """Whether this answer is the gateway's word on the bot's unanswered live change."""
-    pending = bot.pending_change
-    return (
-        message.data.command_type == "UPDATE_CONFIG"
-        and pending is not None
-        and pending.get("command_id") == str(message.data.command_id)
-    )
-
-
 def _from_its_gateway(bot: Bot, message: Envelope) -> bool:
     """A gateway reports only on the bots placed on it (the signature proved which gateway sent it)."""
     if bot.gateway_id is None or message.source == f"gateway:{bot.gateway_id}":
@@ -80,46 +72,61 @@ def _from_its_gateway(bot: Bot, message: Envelope) -> bool:
     return False
 
 
-async def apply(session: AsyncSession, message: Envelope) -> None:
+@dataclass(frozen=True)
+class Reached:
+    """Where a report took a bot, for the audit's final rows (``audit/events.py``, ``record_command_done``)."""
+
+    bot_id: uuid.UUID
+    state: str  # the new actual state, "closed" (one trade closed) or "flat" (its last open trade closed)
+    reason: str | None = None
+
+
+async def apply(session: AsyncSession, message: Envelope) -> list[Reached]:
+    """Apply one report; where it took the bot (a state it had not before, a trade closed)."""
     if isinstance(message, TradeOpened | TradeClosed):
-        await _record_trade(session, message)
-        return
+        recorded = await _record_trade(session, message)
+        return [Reached(message.data.bot_id, "closed")] if recorded and isinstance(message, TradeClosed) else []
     if isinstance(message, EmergencyStopCompleted):
         for outcome in message.data.results:
             bot = await session.get(Bot, outcome.bot_id, with_for_update=True)
             if bot is not None and _from_its_gateway(bot, message) and outcome.outcome in ("halted", "not_running"):
                 bot.actual_state = ActualState.halted.value
                 bot.last_error = outcome.detail
-        return
+        return []
     if isinstance(message, CommandAccepted):
         bot = await _current(session, message, None)
-        if bot is not None and _settles(bot, message):
-            bot.pending_change = None
-            if (bot.last_error or "").startswith("UPDATE_CONFIG refused"):
-                bot.last_error = None  # a later live change went through: the earlier refusal is history
-        return
+        settled = (
+            bot is not None
+            and message.data.command_type == "UPDATE_CONFIG"
+            and settle_live_change(bot, message.data.command_id, accepted=True) is not None
+        )
+        if settled and bot is not None and (bot.last_error or "").startswith("UPDATE_CONFIG refused"):
+            bot.last_error = None  # a later live change went through: the earlier refusal is history
+        return []
     if isinstance(message, CommandRejected):
         bot = await _current(session, message, None)
         if bot is not None:
             bot.last_error = f"{message.data.command_type} refused by the gateway: {message.data.reason}"
-            if _settles(bot, message):
-                assert bot.pending_change is not None
-                restore_live_values(bot, bot.pending_change["before"])
-                bot.pending_change = None
+            if message.data.command_type == "UPDATE_CONFIG" and settle_live_change(
+                bot, message.data.command_id, accepted=False
+            ):
                 bot.last_error += "; the bot runs on with its previous pairs, stake and max open trades"
             starting = (ActualState.starting, ActualState.unknown, ActualState.lost)
             if message.data.command_type in ("START_BOT", "RESTART_BOT") and bot.actual_state in starting:
                 bot.actual_state = ActualState.failed.value
-        return
+        return []
     generation: int | None = getattr(message.data, "generation", None)
     bot = await _current(session, message, generation)
     if bot is None:
-        return
+        return []
+    was: str | None = bot.actual_state
+    reached: list[Reached] = []
     if isinstance(message, BotStarted):
         bot.actual_state = ActualState.running.value
         bot.started_at = message.data.started_at
         bot.gateway_id = message.source.removeprefix("gateway:") or bot.gateway_id
         bot.last_error = None
+        was = None  # a new process: running again is news even if the last report said running
     elif isinstance(message, BotStopped):
         halted = bot.desired_state == DesiredState.halted
         bot.actual_state = (ActualState.halted if halted else ActualState.stopped).value
@@ -128,21 +135,27 @@ async def apply(session: AsyncSession, message: Envelope) -> None:
         bot.last_error = message.data.reason
     elif isinstance(message, BotStatus):
         if bot.last_status_at is not None and message.occurred_at <= bot.last_status_at:
-            return
+            return []
+        had_trades = bool((bot.last_status or {}).get("open_trades"))
         bot.last_status = {
             "state": message.data.state,
             "open_trades": message.data.open_trades,
             "profit": message.data.profit,
         }
         bot.last_status_at = message.occurred_at
+        if had_trades and not message.data.open_trades:
+            reached.append(Reached(bot.id, "flat"))
         if (state := FREQTRADE_STATES.get(message.data.state)) is not None and bot.actual_state not in (
             ActualState.stopping,
             ActualState.halted,
         ):
             bot.actual_state = state.value
+    if bot.actual_state != was:
+        reached.append(Reached(bot.id, bot.actual_state, bot.last_error))
+    return reached
 
 
-async def _record_trade(session: AsyncSession, message: TradeOpened | TradeClosed) -> None:
+async def _record_trade(session: AsyncSession, message: TradeOpened | TradeClosed) -> bool:
     data = message.data
     values: dict[str, Any] = {
         "bot_id": data.bot_id,
@@ -168,9 +181,9 @@ async def _record_trade(session: AsyncSession, message: TradeOpened | TradeClose
     bot = await session.get(Bot, data.bot_id)
     if bot is None:
         log.info("trade of an unknown bot", bot_id=str(data.bot_id))
-        return
+        return False
     if not _from_its_gateway(bot, message):
-        return
+        return False
     statement = insert(Trade).values(**values)
     if isinstance(message, TradeClosed):
         update = {k: statement.excluded[k] for k in values if k not in ("bot_id", "trade_id")}
@@ -178,3 +191,4 @@ async def _record_trade(session: AsyncSession, message: TradeOpened | TradeClose
     else:
         # An "opened" that arrives after its "closed" must not reopen the trade.
         await session.execute(statement.on_conflict_do_nothing(constraint="uq_trades_bot_id_trade_id"))
+    return True

@@ -85,7 +85,7 @@ async def get_bot(bot_id: uuid.UUID, session: SessionDep, principal: Reader) -> 
 async def update_bot(
     bot_id: uuid.UUID, body: BotUpdate, request: Request, session: SessionDep, principal: Trader
 ) -> BotOut:
-    bot = await service.visible(session, principal.viewer, bot_id)
+    bot = await service.visible(session, principal.viewer, bot_id, lock=True)
     if bot is None:
         raise HTTPException(404, NOT_FOUND)
     try:
@@ -98,7 +98,7 @@ async def update_bot(
             else None
         )
         if live is not None:  # put back if the gateway refuses it: the database says what runs
-            bot.pending_change = {"command_id": str(live.command.event_id), "before": before}
+            service.note_live_change(bot, live.command.event_id, before)
         request.app.state.audit.add(  # with the command (a live change waits for the gateway's answer)
             session,
             "bot.update",
@@ -122,7 +122,7 @@ async def update_bot(
 
 @router.delete("/{bot_id}", status_code=status.HTTP_204_NO_CONTENT)
 async def delete_bot(bot_id: uuid.UUID, request: Request, session: SessionDep, principal: Trader) -> Response:
-    bot = await service.visible(session, principal.viewer, bot_id)
+    bot = await service.visible(session, principal.viewer, bot_id, lock=True)
     if bot is None:
         raise HTTPException(404, NOT_FOUND)
     if not service.is_stopped(bot):
@@ -143,7 +143,7 @@ async def _act(
     principal: Principal,
     trade_id: int | str | None = None,
 ) -> BotActionOut:
-    bot = await service.visible(session, principal.viewer, bot_id)
+    bot = await service.visible(session, principal.viewer, bot_id, lock=True)
     if bot is None:
         raise HTTPException(404, NOT_FOUND)
     audit = request.app.state.audit

@@ -24,9 +24,12 @@ class BotRefused(Exception):
         self.status = status
 
 
-async def visible(session: AsyncSession, viewer: Viewer, bot_id: uuid.UUID) -> Bot | None:
-    """The bot if this viewer may see it: their own, or any for an admin. Otherwise as if it did not exist."""
-    bot = await session.get(Bot, bot_id)
+async def visible(session: AsyncSession, viewer: Viewer, bot_id: uuid.UUID, *, lock: bool = False) -> Bot | None:
+    """The bot if this viewer may see it: their own, or any for an admin. Otherwise as if it did not exist.
+
+    ``lock`` for a change: the row stays locked until the transaction ends, so a gateway's answer applied
+    meanwhile (``bots/events.py`` locks it too) is not overwritten with what this request read before it."""
+    bot = await session.get(Bot, bot_id, with_for_update=lock)
     if bot is None or not viewer.may_see(bot.owner_id):
         return None
     return bot
@@ -179,6 +182,47 @@ def restore_live_values(bot: Bot, values: dict[str, Any]) -> None:
     bot.pairs = list(values["pairs"])
     bot.stake_amount = None if values["stake_amount"] is None else Decimal(values["stake_amount"])
     bot.max_open_trades = int(values["max_open_trades"])
+
+
+def note_live_change(bot: Bot, command_id: uuid.UUID, running: dict[str, Any]) -> None:
+    """Remember a live change sent to the gateway until it answers.
+
+    ``pending_change`` holds what is known to run (``before``: the values before the first unanswered change, or
+    those of the last one the gateway took) and each unanswered change with its values (``sent``, oldest first;
+    every UPDATE_CONFIG carries the whole spec). ``running`` is the bot's live values before this change."""
+    pending = bot.pending_change
+    sent = list(pending.get("sent") or []) if pending else []
+    before = pending["before"] if pending else running
+    sent.append({"command_id": str(command_id), "values": live_values(bot)})
+    bot.pending_change = {"command_id": str(command_id), "before": before, "sent": sent}
+
+
+def settle_live_change(bot: Bot, command_id: uuid.UUID, accepted: bool) -> bool | None:
+    """The gateway's answer to one of the bot's unanswered live changes; None when it answers none of them.
+
+    A change it took becomes what runs (and the changes sent before it are settled: the gateway answers in order).
+    When the latest change is refused, the bot's values go back to what runs, and True says so."""
+    pending = bot.pending_change
+    if pending is None:
+        return None
+    key = str(command_id)
+    sent: list[dict[str, Any]] = list(pending.get("sent") or [{"command_id": pending["command_id"], "values": None}])
+    at = next((i for i, change in enumerate(sent) if change["command_id"] == key), None)
+    if at is None:
+        return None
+    before = pending["before"]
+    if accepted:
+        before = sent[at]["values"] or live_values(bot)
+        del sent[: at + 1]
+    else:
+        del sent[at]
+    if pending["command_id"] == key:  # the latest: nothing of this bot is unanswered any more
+        if not accepted:
+            restore_live_values(bot, before)
+        bot.pending_change = None
+        return not accepted
+    bot.pending_change = {"command_id": pending["command_id"], "before": before, "sent": sent}
+    return False
 
 
 PROCESS_STATES = (ActualState.running, ActualState.paused, ActualState.stopping)

@@ -16,7 +16,7 @@ import redis.asyncio as aioredis
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from management_server.analytics.trades import TradeEffects
-from management_server.audit.events import record_command_outcome, record_mcp_call
+from management_server.audit.events import record_command_done, record_command_outcome, record_mcp_call
 from management_server.bots import events as bot_events
 from management_server.freqai import events as model_events
 from management_server.gateways.service import record_heartbeat
@@ -77,7 +77,8 @@ class EventDispatcher:
     async def on_bot_event(self, message: Envelope) -> None:
         effects = self.trade_effects
         async with self.sessionmaker.begin() as session:
-            await bot_events.apply(session, message)
+            for reached in await bot_events.apply(session, message):
+                await record_command_done(session, reached.bot_id, reached.state, message, reached.reason)
             if isinstance(message, CommandRejected):
                 await record_command_outcome(session, message)
             # a refused UPDATE_MODEL / ROLLBACK_MODEL (COMMAND_REJECTED)

@@ -188,6 +188,11 @@ async def test_register_upload_approve_start_pause_resume_forceexit_stop(
     assert {t["exit_reason"] for t in closed} == {"force_exit"}
     assert all(t["close_rate"] is not None and t["profit_abs"] is not None for t in closed)
 
+    async def exits_done() -> bool:  # the first status with no open trade left after the force-exit
+        return ("bot.forceexit", "done") in await audit_actions(client, stack, bot_id)
+
+    await async_wait_for(exits_done, timeout=30, what="the force-exit's done row")
+
     stopped = await client.post(f"/bots/{bot_id}/stop", headers=user)
     assert stopped.status_code == 200, stopped.text
     assert stopped.json()["desired_state"] == "stopped"
@@ -202,16 +207,22 @@ async def test_register_upload_approve_start_pause_resume_forceexit_stop(
     assert to_close <= {t["trade_id"] for t in listed}
     assert {t["pair"] for t in listed} <= set(PAIRS)
 
-    # Every control action is in the audit log, refused start included, each command with the gateway's answer.
+    # Every control action is in the audit log, refused start included, each command with the gateway's answer and
+    # then with what came of it.
     audited = await audit_actions(client, stack, bot_id)
     assert [row for row in audited if row[1] != "accepted"] == [
         ("bot.create", "success"),
         ("bot.start", "failure"),
         ("bot.start", "requested"),
+        ("bot.start", "done"),
         ("bot.pause", "requested"),
+        ("bot.pause", "done"),
         ("bot.resume", "requested"),
+        ("bot.resume", "done"),
         ("bot.forceexit", "requested"),
+        ("bot.forceexit", "done"),
         ("bot.stop", "requested"),
+        ("bot.stop", "done"),
     ]
     accepted = sorted(action for action, outcome in audited if outcome == "accepted")
     assert accepted == sorted(["bot.start", "bot.pause", "bot.resume", "bot.forceexit", "bot.stop"])

@@ -18,6 +18,8 @@ from shared.bus.messages import (
     BotStatusData,
     BotStopped,
     BotStoppedData,
+    CommandAccepted,
+    CommandAcceptedData,
     CommandRejected,
     CommandRejectedData,
     GatewayHeartbeat,
@@ -150,6 +152,9 @@ async def test_start_goes_through_the_outbox_and_events_come_back(management: Ma
     assert 0 <= status["age_seconds"] < 60
     [trade] = (await management.client.get(f"/api/v1/bots/{bot_id}/trades", headers=admin)).json()
     assert (trade["profit_abs"], trade["exit_reason"]) == (0.09, "force_exit")
+    # The start's final row, once (every report came twice), under the request's correlation id.
+    start_rows = [(r.outcome, r.correlation_id) for r in await management.audit() if r.action == "bot.start"]
+    assert start_rows == [("requested", "req-start-1"), ("done", "req-start-1")]
 
     paused = await management.client.post(f"/api/v1/bots/{bot_id}/pause", headers=admin)
     assert (paused.json()["desired_state"], paused.json()["generation"]) == ("paused", 2)
@@ -165,8 +170,21 @@ async def test_start_goes_through_the_outbox_and_events_come_back(management: Ma
     assert (stopped.json()["desired_state"], stopped.json()["actual_state"]) == ("stopped", "stopping")
     types = [c["type"] for c in await async_wait_for(lambda: _at_least(redis, 4), timeout=10, what="four commands")]
     assert types == ["START_BOT", "PAUSE_BOT", "FORCE_EXIT", "STOP_BOT"]
-    actions = [r.action for r in await management.audit() if r.action.startswith("bot.")]
-    assert actions == ["bot.create", "bot.start", "bot.pause", "bot.forceexit", "bot.stop"]
+    rows = [r for r in await management.audit() if r.action.startswith("bot.") and r.outcome != "done"]
+    assert [r.action for r in rows] == ["bot.create", "bot.start", "bot.pause", "bot.forceexit", "bot.stop"]
+
+    # The stop is done when the bot is reported stopped (the pause and the force-exit were superseded by it).
+    stop_generation = stopped.json()["generation"]
+    await publisher.publish(
+        EVENTS_STREAM, BotStopped(source=src, data=BotStoppedData(bot_id=uid, generation=stop_generation))
+    )
+
+    async def stop_done() -> list[Any]:
+        return [r for r in await management.audit() if r.outcome == "done" and r.action == "bot.stop"]
+
+    [done] = await async_wait_for(stop_done, timeout=10, what="the stop's done row")
+    assert done.details == {"gateway": src, "reached": "stopped"}
+    assert [r.action for r in await management.audit() if r.outcome == "done"] == ["bot.start", "bot.stop"]
 
     # A trade the bot does not have open is refused at once, not later by the gateway.
     await management.client.post(f"/api/v1/bots/{bot_id}/start", headers=admin)
@@ -246,23 +264,35 @@ async def test_a_running_bot_takes_pairs_and_stake_live(management: Management, 
     assert (update["data"]["generation"], update["data"]["spec"]["pairs"]) == (2, ["SOL/USDT"])
     assert update["data"]["spec"]["max_open_trades"] == 1
 
-    # The gateway refuses the next live change: the database goes back to what runs, and says why.
-    third = await management.client.patch(f"/api/v1/bots/{bot_id}", json={"stake_amount": "25"}, headers=admin)
-    assert third.json()["stake_amount"] == "25"
+    # The gateway takes that one, then refuses the next two (sent before it answered either): the database goes
+    # back to what runs, the first change's values, and says why.
     publisher = gateway_events(management, redis)
-    sent = await async_wait_for(lambda: _at_least(redis, 3), timeout=10, what="the second UPDATE_CONFIG")
     await publisher.publish(
         EVENTS_STREAM,
-        CommandRejected(
+        CommandAccepted(
             source=f"gateway:{GATEWAY}",
-            data=CommandRejectedData(
-                command_id=uuid.UUID(sent[2]["event_id"]),
-                command_type="UPDATE_CONFIG",
-                bot_id=uuid.UUID(bot_id),
-                reason="stake_amount 25 is over the bot's available balance",
+            data=CommandAcceptedData(
+                command_id=uuid.UUID(update["event_id"]), command_type="UPDATE_CONFIG", bot_id=uuid.UUID(bot_id)
             ),
         ),
     )
+    for stake in ("25", "30"):
+        later = await management.client.patch(f"/api/v1/bots/{bot_id}", json={"stake_amount": stake}, headers=admin)
+        assert later.json()["stake_amount"] == stake
+    sent = await async_wait_for(lambda: _at_least(redis, 4), timeout=10, what="the next two UPDATE_CONFIGs")
+    for command, stake in ((sent[2], "25"), (sent[3], "30")):
+        await publisher.publish(
+            EVENTS_STREAM,
+            CommandRejected(
+                source=f"gateway:{GATEWAY}",
+                data=CommandRejectedData(
+                    command_id=uuid.UUID(command["event_id"]),
+                    command_type="UPDATE_CONFIG",
+                    bot_id=uuid.UUID(bot_id),
+                    reason=f"stake_amount {stake} is over the bot's available balance",
+                ),
+            ),
+        )
 
     async def reverted() -> dict[str, Any] | None:
         bot: dict[str, Any] = (await management.client.get(f"/api/v1/bots/{bot_id}", headers=admin)).json()
@@ -271,11 +301,12 @@ async def test_a_running_bot_takes_pairs_and_stake_live(management: Management, 
     bot = await async_wait_for(reverted, timeout=15, what="the refused change to be undone")
     assert (bot["pairs"], bot["max_open_trades"]) == (["SOL/USDT"], 1)  # the change it took stays
     assert bot["last_error"] == (
-        "UPDATE_CONFIG refused by the gateway: stake_amount 25 is over the bot's available balance; "
+        "UPDATE_CONFIG refused by the gateway: stake_amount 30 is over the bot's available balance; "
         "the bot runs on with its previous pairs, stake and max open trades"
     )
     audited = [(r.action, r.outcome, r.reason) for r in await management.audit() if r.action == "bot.update"]
-    assert audited[-1] == ("bot.update", "refused", "stake_amount 25 is over the bot's available balance")
+    assert audited[-1] == ("bot.update", "refused", "stake_amount 30 is over the bot's available balance")
+    assert [r[1] for r in audited].count("refused") == 2
     await redis.aclose()
 
 

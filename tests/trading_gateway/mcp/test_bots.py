@@ -194,7 +194,8 @@ async def drive_a_bot(stack: Stack, connect: Callable[[Stack, str], Any], *, rea
     # The pause went through the management server as Alice, under the MCP call's correlation id.
     rows = await stack.management.audit()
     [pause] = [r for r in rows if r.action == "mcp.pause_bot"]
-    [rest_pause, accepted] = [r for r in rows if r.action == "bot.pause"]
+    [rest_pause, accepted, done] = [r for r in rows if r.action == "bot.pause"]
+    assert done.outcome == "done"  # the bot reported paused
     assert (pause.via, rest_pause.via) == ("mcp", "rest")
     assert rest_pause.correlation_id == accepted.correlation_id == pause.correlation_id
     assert rest_pause.actor == accepted.actor == pause.actor == "alice@example.com"
