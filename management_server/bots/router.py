@@ -240,15 +240,18 @@ async def bot_trades(
 
 
 @router.get("/{bot_id}/status", response_model=LiveStatusOut)
-async def bot_status(bot_id: uuid.UUID, session: SessionDep, principal: Reader) -> LiveStatusOut:
+async def bot_status(bot_id: uuid.UUID, request: Request, session: SessionDep, principal: Reader) -> LiveStatusOut:
     """The latest live status the gateway reported (every few seconds), with its age. While no process of the
     bot runs (stopped, halted, failed, starting), `state` is null and `open_trades` empty; `profit` and the
-    time are those of the last report."""
+    time are those of the last report. A report older than `FREQFLEET_RECONCILE_STALE_AFTER` seconds says
+    nothing of now: `state` is then `unknown` and `open_trades` empty."""
     bot = await service.visible(session, principal.viewer, bot_id)
     if bot is None:
         raise HTTPException(404, NOT_FOUND)
     live = service.live_status(bot) or {}
     age = (datetime.now(UTC) - bot.last_status_at).total_seconds() if bot.last_status_at else None
+    if live and age is not None and age > request.app.state.settings.reconcile_stale_after:
+        live = {"state": "unknown"}
     return LiveStatusOut(
         state=live.get("state"),
         actual_state=bot.actual_state,

@@ -190,7 +190,8 @@ class TradeOut(BaseModel):
 class LiveStatusOut(BaseModel):
     state: str | None = Field(
         description="Freqtrade's state as the bot's running process last reported it; null while no process runs "
-        "(stopped, halted, failed, starting) or before its first report."
+        "(stopped, halted, failed, starting) or before its first report; unknown when that report is too old to "
+        "say anything of now."
     )
     actual_state: str
     open_trades: list[dict[str, Any]] = Field(description="The running process's open trades; empty while none runs.")

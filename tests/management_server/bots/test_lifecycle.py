@@ -331,7 +331,7 @@ async def test_the_status_of_an_ended_process_does_not_read_as_live(management: 
         generation: int = response.json()["generation"]
         return generation
 
-    first = datetime.now(UTC) - timedelta(seconds=30)
+    first = datetime.now(UTC) - timedelta(seconds=60)
     generation = await act("start")
     for event in (
         BotStarted(
@@ -353,8 +353,9 @@ async def test_the_status_of_an_ended_process_does_not_read_as_live(management: 
         ),
     ):
         await publisher.publish(EVENTS_STREAM, event)
-    await async_wait_for(lambda: _state_is(status, "running"), timeout=10, what="the live status")
-    assert (await status())["open_trades"] == [{"trade_id": 1, "pair": "BTC/USDT"}]
+    # Its last report is 55 s old (over FREQFLEET_RECONCILE_STALE_AFTER): it says nothing of now.
+    stale = await async_wait_for(lambda: _reported(status), timeout=10, what="the status applied")
+    assert (stale["state"], stale["open_trades"], stale["age_seconds"] > 50) == ("unknown", [], True)
 
     # Stopped: no process, so no live state nor open trades; the last report's profit and time stay.
     generation = await act("stop")
@@ -392,6 +393,11 @@ async def test_the_status_of_an_ended_process_does_not_read_as_live(management: 
     await async_wait_for(lambda: _state_is(status, "running"), timeout=10, what="the new process's status")
     assert (await status())["open_trades"] == []
     await redis.aclose()
+
+
+async def _reported(status: Any) -> dict[str, Any] | None:
+    body: dict[str, Any] = await status()
+    return body if body["age_seconds"] is not None and body["actual_state"] == "running" else None
 
 
 async def _state_is(status: Any, state: str) -> bool:
