@@ -36,7 +36,7 @@ from shared.bus.streams import commands_stream
 from shared.logging import configure_logging
 from shared.redis import create_redis
 from shared.settings import LogFormat
-from trading_gateway.command_signatures import CommandSignatures
+from trading_gateway.bus.signatures import CommandSignatures
 
 
 @dataclass

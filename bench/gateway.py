@@ -80,7 +80,7 @@ from trading_gateway.bots.adoption import find_orphans
 from trading_gateway.bots.credentials import ApiCredentials
 from trading_gateway.bots.files import BotFiles, render_config
 from trading_gateway.bots.process import bot_environment, default_executable
-from trading_gateway.command_signatures import COMMAND_KEYS_CACHE
+from trading_gateway.bus.signatures import COMMAND_KEYS_CACHE
 
 T = TypeVar("T")
 GATEWAY_ID = "gw-bench"

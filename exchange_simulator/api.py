@@ -13,11 +13,12 @@ import re
 from fastapi import APIRouter, Request, Response
 from starlette.datastructures import QueryParams
 
-from exchange_simulator import binance, timeframes
+from exchange_simulator import binance
 from exchange_simulator.binance import BinanceError
 from exchange_simulator.book import DEFAULT_LEVELS, MAX_LEVELS, OrderBook, order_book, round_price
 from exchange_simulator.market import Market
 from exchange_simulator.markets import MarketSpec
+from shared import timeframes
 
 PREFIX = "/api/v3"
 KLINES_DEFAULT_LIMIT = 500

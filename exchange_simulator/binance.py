@@ -13,11 +13,11 @@ from typing import Any
 
 import numpy as np
 
-from exchange_simulator import timeframes as tf
 from exchange_simulator.book import OrderBook, round_price
 from exchange_simulator.market import Candles, Ticker24h
 from exchange_simulator.markets import MarketSpec
 from exchange_simulator.noise import stream_key, uniform
+from shared import timeframes as tf
 
 TRADES_PER_MINUTE = 50  # how many trades an average minute's volume is split into
 

@@ -28,11 +28,11 @@ from typing import Generic, TypeVar
 
 import numpy as np
 
-from exchange_simulator import timeframes as tf
 from exchange_simulator.markets import MarketSpec, build_markets
 from exchange_simulator.noise import FloatArray, IntArray, normals, stream_key
 from exchange_simulator.overlays import Timeline
-from exchange_simulator.timeframes import DAY_MS, MINUTE_MS
+from shared import timeframes as tf
+from shared.timeframes import DAY_MS, MINUTE_MS
 
 LISTING_MS = 1_577_836_800_000  # 2020-01-01T00:00:00Z: every market's first candle
 LISTING_DAY = LISTING_MS // DAY_MS

@@ -10,7 +10,7 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 import asyncpg
@@ -24,6 +24,7 @@ from freqfleet.embedded import APP_ROLE, EmbeddedPostgres, EmbeddedValkey
 from management_server.config import ManagementSettings
 from shared.logging import configure_logging
 from shared.settings import Environment, LogFormat
+from tests.exchange_simulator.conftest import SimulatorProcess, start_simulator_process, stop_simulator_process
 from tests.helpers import free_port
 from trading_gateway.config import GatewaySettings
 
@@ -124,3 +125,27 @@ def gateway_settings(redis_url: str, tmp_path: Path) -> GatewaySettings:
         redis_url=SecretStr(redis_url),
         gateway_id="gw-test",
     )
+
+
+@contextmanager
+def _simulator_at(log: Path) -> Iterator[SimulatorProcess]:
+    sim = start_simulator_process(log)
+    try:
+        yield sim
+    finally:
+        stop_simulator_process(sim)
+
+
+@pytest.fixture(scope="session")
+def simulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimulatorProcess]:
+    """One ``freqfleet simulator`` process per test worker, for every test that only reads its market (bots,
+    checks, trainings). A test that moves its prices (``/_sim/path``, ``/_sim/shock``) takes ``own_simulator``."""
+    with _simulator_at(tmp_path_factory.mktemp("simulator") / "simulator.log") as sim:
+        yield sim
+
+
+@pytest.fixture
+def own_simulator(tmp_path: Path) -> Iterator[SimulatorProcess]:
+    """A simulator of this test's own, whose market it may move."""
+    with _simulator_at(tmp_path / "simulator.log") as sim:
+        yield sim

@@ -28,7 +28,7 @@ from shared.bus.messages import decode
 from shared.bus.streams import EVENTS_STREAM, commands_stream
 from tests.e2e.conftest import Service
 from tests.enrollment import enroll_with_the_cli
-from tests.exchange_simulator.conftest import SimulatorProcess, start_simulator_process, stop_simulator_process
+from tests.exchange_simulator.conftest import SimulatorProcess
 from tests.helpers import async_wait_for, free_port, wait_for
 from tests.trading_gateway.bots.conftest import ALWAYS_ENTER_MARKET
 from trading_gateway.bots import BOTS_DIR
@@ -39,15 +39,6 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 ADMIN = "admin@corr.example.com"
 PASSWORD = "an admin password for the correlation test"
-
-
-@pytest.fixture
-def simulator(tmp_path: Path) -> Iterator[SimulatorProcess]:
-    sim = start_simulator_process(tmp_path / "simulator.log")
-    try:
-        yield sim
-    finally:
-        stop_simulator_process(sim)
 
 
 def json_lines(path: Path) -> list[dict[str, Any]]:

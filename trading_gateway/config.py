@@ -77,7 +77,7 @@ class GatewaySettings(CommonSettings):
     )
     jwt_issuer: str = Field(default="freqfleet", description="`iss` the management server's tokens must carry.")
     jwt_audience: str = Field(default="freqfleet", description="`aud` the management server's tokens must carry.")
-    # FreqAI models (trading_gateway/models)
+    # FreqAI models (trading_gateway/freqai)
     model_keys_url: str | None = Field(
         default=None,
         pattern=r"^https?://",

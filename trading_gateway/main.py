@@ -23,20 +23,20 @@ from shared.metrics import install as install_metrics
 from shared.redis import create_redis
 from shared.security_headers import SecurityHeadersMiddleware, install_cors
 from shared.settings import Environment
-from trading_gateway.command_signatures import COMMAND_KEYS_CACHE, COMMAND_KEYS_PATH, CommandSignatures
+from trading_gateway.auth import JWKS_CACHE, CachedJwksKeySource, GatewayAuth
+from trading_gateway.bus.commands import CommandHandler
+from trading_gateway.bus.events import OUTBOX_FILE, EventPublisher
+from trading_gateway.bus.signatures import COMMAND_KEYS_CACHE, COMMAND_KEYS_PATH, CommandSignatures
 from trading_gateway.config import GatewaySettings, get_settings
-from trading_gateway.fleet.commands import CommandHandler
-from trading_gateway.fleet.deps import JWKS_CACHE, CachedJwksKeySource, GatewayAuth
-from trading_gateway.fleet.events import OUTBOX_FILE, EventPublisher
 from trading_gateway.fleet.router import router as fleet_router
 from trading_gateway.fleet.service import Fleet
+from trading_gateway.freqai.keys import MODEL_KEYS_CACHE, MODEL_KEYS_PATH, ModelKeySource
+from trading_gateway.freqai.router import router as models_router
+from trading_gateway.freqai.service import ModelService
 from trading_gateway.heartbeat.service import Heartbeat
 from trading_gateway.identity import load_or_create
 from trading_gateway.mcp.server import McpService
 from trading_gateway.mcp.transports import install as install_mcp
-from trading_gateway.models.keys import MODEL_KEYS_CACHE, MODEL_KEYS_PATH, ModelKeySource
-from trading_gateway.models.router import router as models_router
-from trading_gateway.models.service import ModelService
 from trading_gateway.monitoring import create_monitor
 
 log = get_logger(__name__)

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from exchange_simulator.app import create_app
-from exchange_simulator.timeframes import DAY_MS, MINUTE_MS
+from shared.timeframes import DAY_MS, MINUTE_MS
 from tests.exchange_simulator.conftest import PAIRS, simulator_settings
 from tests.helpers import serve
 

@@ -6,7 +6,7 @@ import json
 
 from exchange_simulator.binance import KlineRowCache, klines_json
 from exchange_simulator.market import Market
-from exchange_simulator.timeframes import MINUTE_MS
+from shared.timeframes import MINUTE_MS
 
 NOW_MS = 1_773_581_862_000
 PAIRS = ["BTC/USDT", "DOGE/USDT"]

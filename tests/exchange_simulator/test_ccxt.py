@@ -12,8 +12,8 @@ import pytest
 import pytest_asyncio
 from ccxt.base.errors import BadSymbol, OperationFailed, RequestTimeout
 
-from exchange_simulator.timeframes import DAY_MS, MINUTE_MS
 from shared.exchange import render_exchange_section
+from shared.timeframes import DAY_MS, MINUTE_MS
 from tests.exchange_simulator.conftest import PAIRS
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from exchange_simulator import timeframes as tf
 from exchange_simulator.market import LISTING_MS, Market
-from exchange_simulator.timeframes import DAY_MS, MINUTE_MS
+from shared import timeframes as tf
+from shared.timeframes import DAY_MS, MINUTE_MS
 
 PAIRS = ["BTC/USDT", "ETH/USDT", "DOGE/USDT"]
 # A fixed "now" (2026-03-15 13:37:42.000 UTC) so every figure below is reproducible.

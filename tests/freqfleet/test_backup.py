@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tarfile
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -59,7 +59,7 @@ from management_server.worker import create_celery
 from shared.bus.messages import GatewayHeartbeat, GatewayHeartbeatData, TradeClosed, TradeClosedData
 from shared.settings import Environment
 from tests.enrollment import ensure_enrolled, identity_for
-from tests.exchange_simulator.conftest import SimulatorProcess, start_simulator_process, stop_simulator_process
+from tests.exchange_simulator.conftest import SimulatorProcess
 from tests.helpers import async_wait_for, free_port, serve, wait_for
 from tests.trading_gateway.bots.conftest import ALWAYS_ENTER_MARKET
 from trading_gateway.bots.adoption import find_orphans
@@ -124,15 +124,6 @@ async def counts(database_url: str) -> dict[str, int]:
         return {t: int(await conn.fetchval(f'SELECT count(*) FROM "{t}"')) for t in sorted(tables)}  # noqa: S608
     finally:
         await conn.close()
-
-
-@pytest.fixture
-def simulator(tmp_path: Path) -> Iterator[SimulatorProcess]:
-    sim = start_simulator_process(tmp_path / "simulator.log")
-    try:
-        yield sim
-    finally:
-        stop_simulator_process(sim)
 
 
 async def populate(settings: ManagementSettings) -> dict[str, Any]:

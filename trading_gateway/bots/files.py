@@ -37,7 +37,6 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from exchange_simulator.timeframes import INTERVALS as SIMULATOR_TIMEFRAMES
 from shared.bus.messages import BotSpec, SealedCredentials
 from shared.exchange import (
     SIMULATOR,
@@ -51,6 +50,7 @@ from shared.freqai.catalog import DEFAULT_MODEL, FREQAIMODELS_DIR, freqfleet_cla
 from shared.freqai.live import ModelRuntime, live_freqai_section
 from shared.sandbox.host import hand_over
 from shared.sealing import SealError
+from shared.timeframes import INTERVALS as SIMULATOR_TIMEFRAMES
 from trading_gateway.bots.credentials import ApiCredentials
 
 BOT_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -293,7 +293,7 @@ def render_config(
         a whole number).
     :param initial_state: Freqtrade's state once it has started (and after a ``reload_config``): ``paused``
         for a bot that must not enter trades.
-    :param freqai_model: the FreqAI model installed for the bot (``trading_gateway/models``), if any. A bot
+    :param freqai_model: the FreqAI model installed for the bot (``trading_gateway/freqai``), if any. A bot
         with a ``freqai`` section or a model runs FreqAI as a receiving bot: the Freqfleet variant of the
         model's class (``LightGBMRegressor`` until a model arrives), the model's feature parameters, never
         training (:func:`shared.freqai.live.live_freqai_section`).

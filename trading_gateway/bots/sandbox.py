@@ -7,7 +7,7 @@
 - **Hand-over.** Before each spawn the bot's folder is given to that uid (``lchown``: a symlink the bot made
   is never followed) and stays 0700, its ``config.json`` 0600: readable by that bot alone (and the gateway).
 - **Policy.** Read-write: its own folder (its FreqAI models are copies in it, see
-  :mod:`trading_gateway.models.installs`). Read: the Python installation and the venv, Freqfleet's model
+  :mod:`trading_gateway.freqai.installs`). Read: the Python installation and the venv, Freqfleet's model
   classes. TCP: bind its API port, connect to its exchange (the simulator's port, or 443). See
   :mod:`shared.sandbox.policy`.
 """

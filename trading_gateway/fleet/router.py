@@ -11,7 +11,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Query, Request
 
 from shared.logging import get_logger
-from trading_gateway.fleet.deps import EmergencyOperator, Reader
+from trading_gateway.auth import EmergencyOperator, Reader
 from trading_gateway.fleet.history import closed_trades
 from trading_gateway.fleet.logs import MAX_LINES, bot_log
 from trading_gateway.fleet.schemas import (

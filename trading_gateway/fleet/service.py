@@ -98,12 +98,12 @@ from trading_gateway.bots.ports import NoFreePort, PortPool
 from trading_gateway.bots.process import BotProcess, BotStartError
 from trading_gateway.bots.sandbox import BotSandboxing
 from trading_gateway.bots.state import BotRecord, Desired, StateFile
+from trading_gateway.bus.events import EventPublisher
 from trading_gateway.config import GatewaySettings
-from trading_gateway.fleet.events import EventPublisher
 from trading_gateway.fleet.trades import TradeReporter, closed_trades_from_api, closed_trades_from_db
+from trading_gateway.freqai.installs import MODELS_FILE
+from trading_gateway.freqai.service import ModelDelivery, ModelService
 from trading_gateway.identity import GatewayIdentity, load_or_create
-from trading_gateway.models.installs import MODELS_FILE
-from trading_gateway.models.service import ModelDelivery, ModelService
 
 log = get_logger(__name__)
 

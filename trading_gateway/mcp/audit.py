@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 from shared.bus.messages import McpCall, McpCallData
 from shared.logging import get_logger, redact
-from trading_gateway.fleet.events import EventPublisher
+from trading_gateway.bus.events import EventPublisher
 from trading_gateway.mcp.auth import Caller
 
 log = get_logger(__name__)

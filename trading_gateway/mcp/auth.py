@@ -31,7 +31,7 @@ from redis.exceptions import RedisError
 from shared.auth import InvalidToken, TokenClaims
 from shared.auth.claims import Scope
 from shared.logging import get_logger
-from trading_gateway.fleet.deps import INVALID, KEYS_UNAVAILABLE, REVOCATION_UNAVAILABLE, GatewayAuth, KeysUnavailable
+from trading_gateway.auth import INVALID, KEYS_UNAVAILABLE, REVOCATION_UNAVAILABLE, GatewayAuth, KeysUnavailable
 
 log = get_logger(__name__)
 

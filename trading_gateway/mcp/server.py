@@ -46,9 +46,9 @@ from starlette.requests import Request
 from shared.auth.claims import Scope
 from shared.http import is_safe_request_id
 from shared.logging import get_logger
+from trading_gateway.auth import GatewayAuth
+from trading_gateway.bus.events import EventPublisher
 from trading_gateway.config import GatewaySettings
-from trading_gateway.fleet.deps import GatewayAuth
-from trading_gateway.fleet.events import EventPublisher
 from trading_gateway.fleet.service import Fleet
 from trading_gateway.mcp import resources, untrusted
 from trading_gateway.mcp.audit import McpAuditor, Outcome, Target

@@ -9,7 +9,7 @@ import os
 import random
 import signal
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -32,7 +32,7 @@ from shared.bus.messages import TradeClosed
 from shared.bus.streams import EVENTS_STREAM
 from shared.settings import Environment
 from tests.enrollment import enroll_settings
-from tests.exchange_simulator.conftest import SimulatorProcess, start_simulator_process, stop_simulator_process
+from tests.exchange_simulator.conftest import SimulatorProcess
 from tests.helpers import async_wait_for, free_port, serve
 from tests.management_server.conftest import PASSWORD, bearer
 from tests.trading_gateway.bots.conftest import ALWAYS_ENTER_MARKET
@@ -62,18 +62,9 @@ class System:
         return fleet
 
 
-@pytest.fixture
-def simulator(tmp_path: Path) -> Iterator[SimulatorProcess]:
-    sim = start_simulator_process(tmp_path / "simulator.log")
-    try:
-        yield sim
-    finally:
-        stop_simulator_process(sim)
-
-
 @pytest_asyncio.fixture(loop_scope="session")
 async def system(
-    database_url: str, redis_url: str, tmp_path: Path, simulator: SimulatorProcess
+    database_url: str, redis_url: str, tmp_path: Path, own_simulator: SimulatorProcess
 ) -> AsyncIterator[System]:
     management_settings = ManagementSettings(
         env=Environment.test,
@@ -94,7 +85,7 @@ async def system(
             gateway_id=f"gw-analytics-{uuid.uuid4().hex[:6]}",
             management_url=management_url,
             gateway_public_url=f"http://127.0.0.1:{gateway_port}",
-            simulator_url=simulator.url,
+            simulator_url=own_simulator.url,
             bot_port_range_start=ports,
             bot_port_range_end=ports + 9,
             status_interval=0.5,
@@ -110,7 +101,7 @@ async def system(
             async with (
                 serve(gateway, gateway_port),
                 httpx.AsyncClient(base_url=management_url + "/api/v1", timeout=60) as api,
-                httpx.AsyncClient(base_url=simulator.url, timeout=30) as sim,
+                httpx.AsyncClient(base_url=own_simulator.url, timeout=30) as sim,
             ):
                 async with management.state.sessionmaker.begin() as session:
                     hasher = management.state.password_hasher

@@ -21,7 +21,7 @@ from management_server.freqai.service import EXAMPLE_CLASS, EXAMPLE_STRATEGY
 from management_server.users.models import Role
 from shared.bus.streams import commands_stream
 from shared.freqai.bundle import PackedBundle
-from tests.exchange_simulator.conftest import SimulatorProcess, start_simulator_process, stop_simulator_process
+from tests.exchange_simulator.conftest import SimulatorProcess
 from tests.freqai_models import trained_models
 from tests.management_server.conftest import Management, bearer
 
@@ -35,15 +35,6 @@ class Trained:
 
     path: Path
     packed: PackedBundle
-
-
-@pytest.fixture(scope="package")
-def simulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimulatorProcess]:
-    sim = start_simulator_process(tmp_path_factory.mktemp("simulator") / "simulator.log")
-    try:
-        yield sim
-    finally:
-        stop_simulator_process(sim)
 
 
 @pytest.fixture(scope="package")

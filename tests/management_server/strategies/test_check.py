@@ -37,7 +37,7 @@ from management_server.users.models import Role
 from management_server.worker import PING_TASK, create_celery
 from shared.sandbox.host import detect
 from shared.sandbox.policy import Limits
-from tests.exchange_simulator.conftest import SimulatorProcess, start_simulator_process, stop_simulator_process
+from tests.exchange_simulator.conftest import SimulatorProcess
 from tests.helpers import free_port
 from tests.hostile import assert_contained, worker_targets
 from tests.management_server.conftest import Management, bearer
@@ -63,15 +63,6 @@ NEVER_ENTERS = variant("NeverEnters", 'dataframe["enter_long"] = 1', 'dataframe[
 IMPORTS_MISSING = variant(
     "ImportsMissing", "from pandas import DataFrame", "import freqfleet_no_such_module\nfrom pandas import DataFrame"
 )
-
-
-@pytest.fixture(scope="module")
-def simulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimulatorProcess]:
-    sim = start_simulator_process(tmp_path_factory.mktemp("simulator") / "simulator.log")
-    try:
-        yield sim
-    finally:
-        stop_simulator_process(sim)
 
 
 def klines_served(sim: SimulatorProcess) -> int:

@@ -17,7 +17,6 @@ import pytest
 
 import tests.exchange_simulator
 from shared.bus.messages import BotSpec
-from tests.exchange_simulator.conftest import SimulatorProcess, start_simulator_process, stop_simulator_process
 from trading_gateway.bots.adoption import find_orphans
 from trading_gateway.bots.ports import PortPool
 
@@ -56,16 +55,6 @@ def make_spec(pairs: tuple[str, ...] = ("BTC/USDT",), **overrides: Any) -> BotSp
 
 def new_bot_id() -> str:
     return str(uuid.uuid4())
-
-
-@pytest.fixture(scope="package")
-def simulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimulatorProcess]:
-    """One ``freqfleet simulator`` process for all the bot tests."""
-    sim = start_simulator_process(tmp_path_factory.mktemp("simulator") / "simulator.log")
-    try:
-        yield sim
-    finally:
-        stop_simulator_process(sim)
 
 
 @pytest.fixture

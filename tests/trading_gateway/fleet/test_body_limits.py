@@ -8,7 +8,7 @@ import psutil
 
 from tests.exchange_simulator.conftest import SimulatorProcess
 from tests.helpers import OVERSIZED, api_requests, send_oversized
-from tests.trading_gateway.fleet.conftest import Tokens, running_gateway, settings_for
+from tests.trading_gateway.conftest import Tokens, running_gateway, settings_for
 from trading_gateway.config import GatewaySettings
 
 MIB = 1024 * 1024

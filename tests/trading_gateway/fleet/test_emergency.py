@@ -36,7 +36,7 @@ from shared.bus.messages import (
 )
 from tests.exchange_simulator.conftest import SimulatorProcess
 from tests.helpers import async_wait_for, free_port, serve, until
-from tests.trading_gateway.fleet.conftest import (
+from tests.trading_gateway.conftest import (
     Bus,
     Tokens,
     bearer,
@@ -51,8 +51,8 @@ from tests.trading_gateway.fleet.conftest import (
     start,
 )
 from trading_gateway.bots.adoption import find_orphans
+from trading_gateway.bus.events import OUTBOX_FILE
 from trading_gateway.config import GatewaySettings
-from trading_gateway.fleet.events import OUTBOX_FILE
 
 E = TypeVar("E", bound=Envelope)
 PAIRS = ("BTC/USDT", "ETH/USDT")

@@ -25,7 +25,7 @@ from shared.bus.messages import (
 )
 from tests.exchange_simulator.conftest import SimulatorProcess
 from tests.helpers import until
-from tests.trading_gateway.fleet.conftest import (
+from tests.trading_gateway.conftest import (
     Bus,
     Tokens,
     bearer,

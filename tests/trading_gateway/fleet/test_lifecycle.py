@@ -26,7 +26,7 @@ from shared.bus.messages import (
 )
 from tests.exchange_simulator.conftest import SimulatorProcess
 from tests.helpers import async_wait_for
-from tests.trading_gateway.fleet.conftest import (
+from tests.trading_gateway.conftest import (
     Bus,
     Tokens,
     bearer,

@@ -13,7 +13,7 @@ from shared.bus.messages import CommandAccepted
 from shared.bus.streams import commands_stream, gateway_group
 from tests.exchange_simulator.conftest import SimulatorProcess
 from tests.helpers import async_wait_for
-from tests.trading_gateway.fleet.conftest import Bus, Gateway, Tokens, bearer, running_gateway, settings_for, stop
+from tests.trading_gateway.conftest import Bus, Gateway, Tokens, bearer, running_gateway, settings_for, stop
 from trading_gateway.config import GatewaySettings
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]

@@ -12,7 +12,7 @@ from management_server.security.keys import KeyRing, SigningKey
 from shared.auth.keyset import endorse
 from shared.metrics import KEYSETS_REFUSED
 from tests.helpers import serve
-from trading_gateway.fleet.deps import CachedJwksKeySource
+from trading_gateway.auth import CachedJwksKeySource
 
 
 async def test_a_rotation_endorsed_by_a_pinned_key_passes_and_a_substitution_does_not(tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ from shared.bus.messages import (
 from shared.sealing import seal_credentials
 from tests.exchange_simulator.conftest import SimulatorProcess
 from tests.trading_gateway.bots.conftest import make_spec
-from tests.trading_gateway.fleet.conftest import (
+from tests.trading_gateway.conftest import (
     Bus,
     Tokens,
     bots_root,

@@ -16,7 +16,7 @@ import pytest
 
 from shared.bus.messages import BotFailed, BotStarted, BotStatus, BotStopped, CommandAccepted
 from tests.exchange_simulator.conftest import SimulatorProcess
-from tests.trading_gateway.fleet.conftest import (
+from tests.trading_gateway.conftest import (
     Bus,
     Tokens,
     bearer,

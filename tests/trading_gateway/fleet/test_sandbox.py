@@ -25,7 +25,7 @@ from tests.helpers import async_wait_for, free_port
 from tests.hostile import hostile_source, read_probe
 from tests.non_root import NON_ROOT_UID, as_user
 from tests.trading_gateway.bots.conftest import ALWAYS_ENTER_MARKET
-from tests.trading_gateway.fleet.conftest import Bus, Tokens, bots_root, running_gateway, settings_for, spec_for, start
+from tests.trading_gateway.conftest import Bus, Tokens, bots_root, running_gateway, settings_for, spec_for, start
 from trading_gateway.config import GatewaySettings
 
 pytestmark = pytest.mark.slow

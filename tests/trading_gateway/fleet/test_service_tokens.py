@@ -12,7 +12,7 @@ from shared.auth import TokenVerifier
 from shared.auth.verifier import InvalidToken
 from tests.exchange_simulator.conftest import SimulatorProcess
 from tests.management_server.conftest import bearer
-from tests.trading_gateway.fleet.conftest import Tokens, running_gateway, settings_for
+from tests.trading_gateway.conftest import Tokens, running_gateway, settings_for
 from trading_gateway.config import GatewaySettings
 
 

@@ -13,14 +13,13 @@ import os
 import random
 import signal
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 import pytest_asyncio
 from fastapi import FastAPI
 from pydantic import SecretStr
@@ -32,7 +31,7 @@ from management_server.main import create_app as create_management
 from management_server.users.models import Role
 from shared.settings import Environment
 from tests.enrollment import enroll_settings
-from tests.exchange_simulator.conftest import SimulatorProcess, start_simulator_process, stop_simulator_process
+from tests.exchange_simulator.conftest import SimulatorProcess
 from tests.helpers import async_wait_for, serve
 from tests.management_server.bots.test_bots_api import SOURCE
 from tests.management_server.conftest import Management, bearer
@@ -41,15 +40,6 @@ from trading_gateway.config import GatewaySettings
 from trading_gateway.main import create_app as create_gateway
 
 ALLOWED_ORIGIN = "https://agents.example"
-
-
-@pytest.fixture(scope="package")
-def simulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimulatorProcess]:
-    sim = start_simulator_process(tmp_path_factory.mktemp("simulator") / "simulator.log")
-    try:
-        yield sim
-    finally:
-        stop_simulator_process(sim)
 
 
 @dataclass

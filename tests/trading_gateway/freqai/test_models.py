@@ -35,8 +35,8 @@ from shared.freqai.transfer import model_bundle
 from tests.exchange_simulator.conftest import SimulatorProcess
 from tests.freqai_models import FREQAI, PAIRS, TrainedModel, TrainedModels, flip_byte, freqai_spec, tar_of, zstd
 from tests.helpers import async_wait_for
-from tests.trading_gateway.fleet.conftest import Bus, Gateway, bearer, running_gateway, settings_for
-from tests.trading_gateway.models.conftest import Authority
+from tests.trading_gateway.conftest import Bus, Gateway, bearer, running_gateway, settings_for
+from tests.trading_gateway.freqai.conftest import Authority
 from trading_gateway.config import GatewaySettings
 
 MAX_BUNDLE = 64 * 1024 * 1024

@@ -52,7 +52,7 @@ from shared.freqai.bundle import (
 )
 from shared.freqai.transfer import ChunkStore, decode_inline, read_chunks
 from shared.logging import get_logger
-from trading_gateway.models.keys import ModelKeySource, ModelKeysUnavailable
+from trading_gateway.freqai.keys import ModelKeySource, ModelKeysUnavailable
 
 log = get_logger(__name__)
 

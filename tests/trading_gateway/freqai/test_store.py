@@ -17,9 +17,9 @@ from shared.freqai.bundle import BadEncoding, BundleError, HashMismatch, Signatu
 from shared.freqai.transfer import model_bundle
 from tests.freqai_models import fake_model_dir, flip_byte, pack_fake
 from tests.helpers import free_port, serve
-from tests.trading_gateway.models.conftest import Authority, inline_bundle
-from trading_gateway.models.keys import MODEL_KEYS_PATH, ModelKeySource
-from trading_gateway.models.store import IncompatibleBundle, ModelStore
+from tests.trading_gateway.freqai.conftest import Authority, inline_bundle
+from trading_gateway.freqai.keys import MODEL_KEYS_PATH, ModelKeySource
+from trading_gateway.freqai.store import IncompatibleBundle, ModelStore
 
 LIMIT = 10 * 1024 * 1024
 

@@ -17,7 +17,7 @@ from shared.bus.signing import CommandSigner
 from shared.bus.streams import commands_stream
 from tests.exchange_simulator.conftest import SimulatorProcess
 from tests.helpers import async_wait_for
-from tests.trading_gateway.fleet.conftest import (
+from tests.trading_gateway.conftest import (
     COMMAND_KEYS,
     COMMAND_SIGNER,
     Bus,

@@ -34,7 +34,7 @@ COMMAND_KEYS_CACHE = "command-keys.json"
 
 
 class KeyLookup(Protocol):
-    """Where the command keys come from (a :class:`~trading_gateway.fleet.deps.CachedJwksKeySource`)."""
+    """Where the command keys come from (a :class:`~trading_gateway.auth.CachedJwksKeySource`)."""
 
     async def key(self, kid: str) -> PublicKey | None: ...
 

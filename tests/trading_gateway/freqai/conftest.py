@@ -24,14 +24,7 @@ from shared.freqai.bundle import sign_bundle
 from tests.exchange_simulator.conftest import SimulatorProcess
 from tests.freqai_models import TrainedModels, trained_models
 from tests.helpers import serve
-from tests.trading_gateway.fleet.conftest import (  # noqa: F401 - fixtures used by this package's tests
-    Tokens,
-    bus_factory,
-    cleanup,
-    new_keys,
-    serve_command_keys,
-    simulator,
-)
+from tests.trading_gateway.conftest import Tokens, new_keys, serve_command_keys
 
 
 @dataclass
@@ -111,5 +104,5 @@ async def authority() -> AsyncIterator[Authority]:
 
 
 @pytest.fixture(scope="package")
-def models(tmp_path_factory: pytest.TempPathFactory, simulator: SimulatorProcess) -> TrainedModels:  # noqa: F811
+def models(tmp_path_factory: pytest.TempPathFactory, simulator: SimulatorProcess) -> TrainedModels:
     return trained_models(tmp_path_factory.getbasetemp() / "freqai-models", simulator.url)

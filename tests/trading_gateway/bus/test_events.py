@@ -14,7 +14,7 @@ from shared.bus.publisher import Publisher, entry_fields
 from shared.bus.streams import EVENTS_STREAM
 from shared.redis import create_redis
 from tests.helpers import free_port, until
-from trading_gateway.fleet.events import EventPublisher
+from trading_gateway.bus.events import EventPublisher
 
 
 def stopped(n: int) -> BotStopped:

@@ -16,7 +16,7 @@ import httpx
 
 from shared.auth.verifier import PublicKey
 from shared.logging import get_logger
-from trading_gateway.fleet.deps import CachedJwksKeySource
+from trading_gateway.auth import CachedJwksKeySource
 
 log = get_logger(__name__)
 

@@ -54,7 +54,7 @@ from shared.bus.publisher import ENVELOPE_FIELD, Publisher, entry_fields, with_r
 from shared.bus.signing import CommandSigner
 from shared.bus.streams import EVENTS_STREAM, commands_stream
 from shared.settings import Environment
-from tests.exchange_simulator.conftest import SimulatorProcess, start_simulator_process, stop_simulator_process
+from tests.exchange_simulator.conftest import SimulatorProcess
 from tests.helpers import async_wait_for, serve
 from tests.trading_gateway.bots.conftest import ALWAYS_ENTER_MARKET, make_spec
 from trading_gateway.bots.adoption import find_orphans
@@ -111,15 +111,6 @@ class HangsInItsLoop(IStrategy):
 
 def hanging_spec() -> BotSpec:
     return make_spec(strategy_class="HangsInItsLoop", strategy_source=HANGING_STRATEGY)
-
-
-@pytest.fixture(scope="package")
-def simulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimulatorProcess]:
-    sim = start_simulator_process(tmp_path_factory.mktemp("simulator") / "simulator.log")
-    try:
-        yield sim
-    finally:
-        stop_simulator_process(sim)
 
 
 @dataclass

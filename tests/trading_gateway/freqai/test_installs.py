@@ -20,8 +20,8 @@ from tests.freqai_models import fake_model_dir, pack_fake
 from tests.trading_gateway.bots.conftest import make_spec
 from trading_gateway.bots.credentials import ApiCredentials
 from trading_gateway.bots.files import BotFiles, render_config
-from trading_gateway.models import installs
-from trading_gateway.models.store import StoredBundle
+from trading_gateway.freqai import installs
+from trading_gateway.freqai.store import StoredBundle
 
 
 def render(tmp_path: Path, freqai: dict[str, object] | None, model: ModelRuntime | None) -> dict[str, object]:

@@ -54,9 +54,9 @@ from shared.bus.messages import (
     UpdateModel,
 )
 from shared.logging import get_logger
-from trading_gateway.fleet.events import EventPublisher
+from trading_gateway.bus.events import EventPublisher
 from trading_gateway.fleet.service import CommandRefused, Fleet, describe_error
-from trading_gateway.models.service import ModelRefused
+from trading_gateway.freqai.service import ModelRefused
 
 log = get_logger(__name__)
 

@@ -39,7 +39,7 @@ from shared.freqai.live import (
 )
 from shared.logging import get_logger
 from trading_gateway.bots.files import BotFiles
-from trading_gateway.models.store import StoredBundle
+from trading_gateway.freqai.store import StoredBundle
 
 log = get_logger(__name__)
 

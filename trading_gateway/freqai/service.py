@@ -1,6 +1,6 @@
 """FreqAI models on the gateway: receive, install, swap into running bots, acknowledge, roll back, predict.
 
-- **Receiving** (START_BOT with ``freqai_model``, UPDATE_MODEL): :class:`~trading_gateway.models.store.ModelStore`
+- **Receiving** (START_BOT with ``freqai_model``, UPDATE_MODEL): :class:`~trading_gateway.freqai.store.ModelStore`
   verifies size, signature, transfer, hash and archive before anything lands where a bot loads from; then
   the model must fit the bot (same timeframe, a model for each of its pairs). A refusal publishes
   MODEL_REJECTED with the reason (and the command is answered COMMAND_REJECTED); the bot keeps its model.
@@ -48,12 +48,12 @@ from shared.freqai.bundle import BundleError
 from shared.freqai.live import ModelRuntime, utcnow
 from shared.freqai.transfer import ChunkStore
 from shared.logging import get_logger
+from trading_gateway.bus.events import EventPublisher
 from trading_gateway.config import GatewaySettings
-from trading_gateway.fleet.events import EventPublisher
-from trading_gateway.models import installs
-from trading_gateway.models.installs import InstallRecord
-from trading_gateway.models.keys import ModelKeySource
-from trading_gateway.models.store import IncompatibleBundle, ModelStore, StoredBundle
+from trading_gateway.freqai import installs
+from trading_gateway.freqai.installs import InstallRecord
+from trading_gateway.freqai.keys import ModelKeySource
+from trading_gateway.freqai.store import IncompatibleBundle, ModelStore, StoredBundle
 
 if TYPE_CHECKING:
     from trading_gateway.fleet.service import Fleet, ManagedBot
