@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import contextlib
 import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from redis.exceptions import RedisError
 
@@ -55,8 +57,9 @@ from shared.bus.messages import (
 )
 from shared.logging import get_logger
 from trading_gateway.bus.events import EventPublisher
-from trading_gateway.fleet.service import CommandRefused, Fleet, describe_error
-from trading_gateway.freqai.service import ModelRefused
+from trading_gateway.fleet.bot import CommandRefused, describe_error
+from trading_gateway.fleet.service import Fleet
+from trading_gateway.freqai.service import Deployment, ModelRefused
 
 log = get_logger(__name__)
 
@@ -76,6 +79,17 @@ class CommandHandler:
         self.tracker = tracker
         self.max_deliveries = max_deliveries
         self.source = fleet.source
+        self.handlers: dict[str, Callable[[Any], Awaitable[None]]] = {
+            "START_BOT": self.on_start,
+            "STOP_BOT": self.on_stop,
+            "RESTART_BOT": self.on_restart,
+            "PAUSE_BOT": self.on_pause_or_resume,
+            "RESUME_BOT": self.on_pause_or_resume,
+            "FORCE_EXIT": self.on_force_exit,
+            "UPDATE_CONFIG": self.on_update_config,
+            "UPDATE_MODEL": self.on_update_model,
+            "ROLLBACK_MODEL": self.on_rollback_model,
+        }
 
     async def __call__(self, delivery: Delivery) -> None:
         message = delivery.message
@@ -103,45 +117,79 @@ class CommandHandler:
             log.info("stale command ignored", bot_id=str(data.bot_id), generation=data.generation, reason=why)
             await self._reject(message, why)
             return
+        handler = self.handlers.get(message.type)
         try:
-            await self._apply(message, data)
+            if handler is None:
+                raise CommandRefused(f"{message.type} is not supported by this gateway version")
+            await handler(message)
         except (CommandRefused, ModelRefused) as exc:
             log.info("command rejected", bot_id=str(data.bot_id), reason=str(exc))
             await self._reject(message, str(exc))
             return
         await self._accept(message)
 
-    async def _apply(self, message: Envelope, data: BotCommand) -> None:
-        fleet, cid = self.fleet, message.correlation_id
-        if isinstance(message, StartBot):
-            model = None
-            if message.data.freqai_model is not None:  # verified and stored before anything starts
-                model = await fleet.models.receive(
-                    data.bot_id, message.data.freqai_model, message.data.spec, correlation_id=cid
-                )
-            await fleet.start_bot(data.bot_id, data.generation, message.data.spec, correlation_id=cid, model=model)
-        elif isinstance(message, StopBot):
-            known = await fleet.stop_bot(data.bot_id, data.generation, reason=message.data.reason, correlation_id=cid)
-            if not known:
-                log.info("stop of a bot this gateway does not run: nothing to do", bot_id=str(data.bot_id))
-        elif isinstance(message, RestartBot):
-            await fleet.restart_bot(data.bot_id, data.generation, correlation_id=cid)
-        elif isinstance(message, PauseBot | ResumeBot):
-            paused = isinstance(message, PauseBot)
-            await fleet.pause_bot(data.bot_id, data.generation, paused=paused, correlation_id=cid)
-        elif isinstance(message, ForceExit):
-            answer = await fleet.force_exit(data.bot_id, message.data.trade_id)
-            log.info("force exit", bot_id=str(data.bot_id), trade_id=message.data.trade_id, answer=answer)
-        elif isinstance(message, UpdateConfig):
-            await fleet.update_config(data.bot_id, data.generation, message.data.spec, correlation_id=cid)
-        elif isinstance(message, UpdateModel):
-            how = await fleet.models.update(fleet, message.data, correlation_id=cid)
-            log.info("model update", bot_id=str(data.bot_id), model_id=str(message.data.model.model_id), how=how)
-        elif isinstance(message, RollbackModel):
-            how = await fleet.models.rollback(fleet, message.data, correlation_id=cid)
-            log.info("model rollback", bot_id=str(data.bot_id), how=how)
-        else:
-            raise CommandRefused(f"{message.type} is not supported by this gateway version")
+    # One handler per command type (as the management server's event dispatcher has one per event type).
+
+    async def on_start(self, message: StartBot) -> None:
+        data, cid = message.data, message.correlation_id
+        model = None
+        if data.freqai_model is not None:  # verified and stored before anything starts
+            model = await self.fleet.models.receive(data.bot_id, data.freqai_model, data.spec, correlation_id=cid)
+        await self.fleet.start_bot(data.bot_id, data.generation, data.spec, correlation_id=cid, model=model)
+
+    async def on_stop(self, message: StopBot) -> None:
+        data = message.data
+        known = await self.fleet.stop_bot(
+            data.bot_id, data.generation, reason=data.reason, correlation_id=message.correlation_id
+        )
+        if not known:
+            log.info("stop of a bot this gateway does not run: nothing to do", bot_id=str(data.bot_id))
+
+    async def on_restart(self, message: RestartBot) -> None:
+        data = message.data
+        await self.fleet.restart_bot(data.bot_id, data.generation, correlation_id=message.correlation_id)
+
+    async def on_pause_or_resume(self, message: PauseBot | ResumeBot) -> None:
+        data, paused = message.data, isinstance(message, PauseBot)
+        await self.fleet.pause_bot(data.bot_id, data.generation, paused=paused, correlation_id=message.correlation_id)
+
+    async def on_force_exit(self, message: ForceExit) -> None:
+        data = message.data
+        answer = await self.fleet.force_exit(data.bot_id, data.trade_id)
+        log.info("force exit", bot_id=str(data.bot_id), trade_id=data.trade_id, answer=answer)
+
+    async def on_update_config(self, message: UpdateConfig) -> None:
+        data = message.data
+        await self.fleet.update_config(data.bot_id, data.generation, data.spec, correlation_id=message.correlation_id)
+
+    async def on_update_model(self, message: UpdateModel) -> None:
+        data, cid = message.data, message.correlation_id
+        deployed = await self.fleet.models.update(self.fleet.bot(data.bot_id), data, correlation_id=cid)
+        how = await self._deployed(deployed, data.bot_id, data.generation, cid)
+        log.info("model update", bot_id=str(data.bot_id), model_id=str(data.model.model_id), how=how)
+
+    async def on_rollback_model(self, message: RollbackModel) -> None:
+        data = message.data
+        deployed = await self.fleet.models.rollback(self.fleet.bot(data.bot_id), data)
+        how = await self._deployed(deployed, data.bot_id, data.generation, message.correlation_id)
+        log.info("model rollback", bot_id=str(data.bot_id), how=how)
+
+    async def _deployed(
+        self, deployed: Deployment, bot_id: uuid.UUID, generation: int, correlation_id: str | None
+    ) -> str:
+        """What a model installed for a bot leaves to the fleet: the bot's config rendered again and reloaded when
+        the model changes it; then its acknowledgement watched for, and the model store collected. How it went."""
+        fleet, how = self.fleet, deployed.how
+        bot = fleet.bot(bot_id)
+        if bot is None:  # the bot was there for the install a moment ago; nothing removes one but a restart
+            raise CommandRefused(f"this gateway has no bot {bot_id}")
+        if deployed.reconfigure and bot.spec is not None:
+            applied = await fleet.update_config(bot_id, generation, bot.spec, correlation_id=correlation_id)
+            how = f"{how}; {applied}"
+        fleet.models.watch(bot, deployed.record)
+        await fleet.models.collect(fleet.bots.values())
+        log.info("model deployed", bot_id=str(bot_id), model_id=str(deployed.record.model_id), how=how)
+        return how
 
     async def _stale(self, data: BotCommand) -> str | None:
         """Why the command is stale, or None when it may be applied (then its generation is recorded)."""

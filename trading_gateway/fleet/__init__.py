@@ -1,9 +1,11 @@
-"""The gateway's fleet: bus commands turned into bot actions, and everything the bots do reported back.
+"""The gateway's fleet: its bots, what each should be doing, and what each does.
 
-- :mod:`.service`: ``Fleet``, the bots' desired and actual state, a supervisor task per bot (launch,
-  stop, restart policy, health poller, reconcile), emergency stop, adoption at start.
-- :mod:`.commands`: ``CommandHandler`` for ``freqfleet:commands:{gateway_id}``.
-- :mod:`.events`: ``EventPublisher``, events on ``freqfleet:events`` with a local outbox file.
-- :mod:`.trades`: TRADE_OPENED / TRADE_CLOSED with deterministic ids.
-- :mod:`.router`, :mod:`.deps`, :mod:`.schemas`: ``GET /api/v1/bots`` and ``POST /api/v1/emergency-stop``.
+- :mod:`.bot`: ``ManagedBot`` (one bot in memory), ``Actual``, ``BotView``, the bot's own files (spec, failure).
+- :mod:`.supervisor`: ``Supervisor``, the one state machine every bot's task runs (launch, poll, stop, restart
+  policy) and the bot's records in the state file.
+- :mod:`.service`: ``Fleet``, the commands that change what bots should do, reads, emergency stop, adoption.
+- :mod:`.trades`: TRADE_OPENED / TRADE_CLOSED with deterministic ids; :mod:`.history`: closed trades read back.
+- :mod:`.router`, :mod:`.schemas`, :mod:`.logs`: ``GET /api/v1/bots``, logs, ``POST /api/v1/emergency-stop``.
+
+The command consumer and the event outbox are the gateway's side of the bus (:mod:`trading_gateway.bus`).
 """

@@ -17,7 +17,8 @@ from collections.abc import Sequence
 from shared.files import open_read_nofollow
 from shared.settings import redact_url
 from trading_gateway.bots.client import BotApiError
-from trading_gateway.fleet.service import Fleet, ManagedBot
+from trading_gateway.fleet.bot import ManagedBot, secrets_of
+from trading_gateway.fleet.service import Fleet
 
 MAX_LINES = 1000
 TAIL_BYTES = 256 * 1024  # how much of a log file is read for its last lines
@@ -63,7 +64,7 @@ async def bot_log(fleet: Fleet, bot_id: uuid.UUID, limit: int) -> tuple[str, lis
     if bot is None:
         return None
     limit = max(1, min(limit, MAX_LINES))
-    secrets = fleet.secrets_of(bot)  # the bot's API and exchange secrets, as they may appear in its log
+    secrets = secrets_of(bot)  # the bot's API and exchange secrets, as they may appear in its log
     process, api = bot.process, bot.api
     if process is not None and api is not None and process.is_alive():
         try:

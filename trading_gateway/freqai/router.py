@@ -14,8 +14,9 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from shared.freqai.predictions import InstalledModelOut, PredictionOut, PredictionsOut
 from trading_gateway.auth import Reader
 from trading_gateway.bots.client import BotApiError
+from trading_gateway.fleet.bot import ManagedBot
 from trading_gateway.fleet.schemas import ErrorOut
-from trading_gateway.fleet.service import Fleet, ManagedBot
+from trading_gateway.fleet.service import Fleet
 from trading_gateway.freqai.schemas import BotModelsOut
 from trading_gateway.freqai.service import ModelRefused, ModelService
 

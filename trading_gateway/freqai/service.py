@@ -29,10 +29,10 @@ import contextlib
 import math
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from shared.bus.messages import (
     BotSpec,
@@ -50,13 +50,11 @@ from shared.freqai.transfer import ChunkStore
 from shared.logging import get_logger
 from trading_gateway.bus.events import EventPublisher
 from trading_gateway.config import GatewaySettings
+from trading_gateway.fleet.bot import ManagedBot
 from trading_gateway.freqai import installs
 from trading_gateway.freqai.installs import InstallRecord
 from trading_gateway.freqai.keys import ModelKeySource
 from trading_gateway.freqai.store import IncompatibleBundle, ModelStore, StoredBundle
-
-if TYPE_CHECKING:
-    from trading_gateway.fleet.service import Fleet, ManagedBot
 
 log = get_logger(__name__)
 
@@ -76,6 +74,20 @@ class ModelDelivery:
     stored: StoredBundle
     model_id: uuid.UUID
     version: int
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """A model installed for a bot by UPDATE_MODEL or ROLLBACK_MODEL, and what is left for the fleet to do.
+
+    ``reconfigure``: the model changes the bot's FreqAI config (another class, other features, its first model),
+    so its config must be rendered again and reloaded (``Fleet.update_config``); otherwise ``how`` says how the
+    bot takes it (a running one swaps it in by itself). Either way the caller then watches for the bot's
+    acknowledgement (:meth:`ModelService.watch`) and collects the store (:meth:`ModelService.collect`)."""
+
+    record: InstallRecord
+    reconfigure: bool
+    how: str
 
 
 @dataclass(frozen=True)
@@ -215,24 +227,22 @@ class ModelService:
         )
         return record
 
-    async def collect(self, fleet: Fleet) -> None:
-        """Drop stored versions that no bot's recent history names (the files are removed in a thread)."""
+    async def collect(self, bots: Iterable[ManagedBot]) -> None:
+        """Drop stored versions that none of ``bots``' recent history names (the files are removed in a thread)."""
         keep: set[str] = set()
-        for bot in list(fleet.bots.values()):
+        for bot in list(bots):
             keep.update(installs.load(bot.files).recent_versions(self.settings.model_history))
         await asyncio.to_thread(self.store.collect, keep)
 
-    async def update(self, fleet: Fleet, data: UpdateModelData, *, correlation_id: str | None) -> str:
-        """UPDATE_MODEL: verify, install, swap in. How it was applied."""
-        bot = fleet.bot(data.bot_id)
+    async def update(self, bot: ManagedBot | None, data: UpdateModelData, *, correlation_id: str | None) -> Deployment:
+        """UPDATE_MODEL for ``bot`` (None: this gateway has no such bot): verify, install."""
         if bot is None or bot.spec is None:
             raise ModelRefused(f"this gateway has no bot {data.bot_id}: send START_BOT with the model first")
         delivery = await self.receive(data.bot_id, data.model, bot.spec, correlation_id=correlation_id)
-        return await self._deploy(fleet, bot, delivery, "update", data.generation, correlation_id)
+        return await self._deploy(bot, delivery, "update")
 
-    async def rollback(self, fleet: Fleet, data: RollbackModelData, *, correlation_id: str | None) -> str:
+    async def rollback(self, bot: ManagedBot | None, data: RollbackModelData) -> Deployment:
         """ROLLBACK_MODEL: install the previous (or the named) version again, from the store."""
-        bot = fleet.bot(data.bot_id)
         if bot is None or bot.spec is None:
             raise ModelRefused(f"this gateway has no bot {data.bot_id}")
         state = installs.load(bot.files)
@@ -259,53 +269,44 @@ class ModelService:
                 f"{self.settings.model_history} versions of each bot): deploy it again"
             )
         delivery = ModelDelivery(stored=stored, model_id=target.model_id, version=target.version)
-        return await self._deploy(fleet, bot, delivery, "rollback", data.generation, correlation_id)
+        return await self._deploy(bot, delivery, "rollback")
 
     async def _deploy(
-        self,
-        fleet: Fleet,
-        bot: ManagedBot,
-        delivery: ModelDelivery,
-        reason: Literal["update", "rollback"],
-        generation: int,
-        correlation_id: str | None,
-    ) -> str:
+        self, bot: ManagedBot, delivery: ModelDelivery, reason: Literal["update", "rollback"]
+    ) -> Deployment:
         async with self._lock(bot):
             before = self.runtime(bot)
             record = self.install(bot, delivery, reason=reason)
             assert record is not None
             after = self.runtime(bot)
-        running = bot.process is not None and bot.process.is_alive()
         if after != before and bot.spec is not None:
-            how = await fleet.update_config(bot.uuid, generation, bot.spec, correlation_id=correlation_id)
-            how = f"the model changes the bot's FreqAI config (class or features); {how}"
-        elif running:
-            how = "installed; the running bot swaps it in without a new process"
-        else:
-            how = "installed; the bot loads it when it starts"
-        self.watch(fleet, bot, record)
-        await self.collect(fleet)
-        log.info("model deployed", bot_id=bot.bot_id, model_id=str(record.model_id), how=how)
-        return how
+            return Deployment(
+                record, reconfigure=True, how="the model changes the bot's FreqAI config (class or features)"
+            )
+        if bot.process is not None and bot.process.is_alive():
+            return Deployment(
+                record, reconfigure=False, how="installed; the running bot swaps it in without a new process"
+            )
+        return Deployment(record, reconfigure=False, how="installed; the bot loads it when it starts")
 
     # ================================================================== acknowledgements
 
-    def watch(self, fleet: Fleet, bot: ManagedBot, record: InstallRecord) -> None:
+    def watch(self, bot: ManagedBot, record: InstallRecord) -> None:
         """Watch for the bot's acknowledgement of ``record`` (a previous watcher of the bot ends)."""
         previous = self._watchers.pop(bot.bot_id, None)
         if previous is not None:
             previous.cancel()
-        task = asyncio.create_task(self._watch(fleet, bot, record), name=f"model-ack:{bot.bot_id}")
+        task = asyncio.create_task(self._watch(bot, record), name=f"model-ack:{bot.bot_id}")
         self._watchers[bot.bot_id] = task
         task.add_done_callback(
             lambda t: self._watchers.pop(bot.bot_id, None) if self._watchers.get(bot.bot_id) is t else None
         )
 
-    async def _watch(self, fleet: Fleet, bot: ManagedBot, record: InstallRecord) -> None:
+    async def _watch(self, bot: ManagedBot, record: InstallRecord) -> None:
         deadline = time.monotonic() + self.settings.model_load_timeout
         while True:
             try:
-                if await self.settle(fleet, bot):
+                if await self.settle(bot):
                     return
             except Exception:
                 log.exception("model acknowledgement check failed", bot_id=bot.bot_id)
@@ -323,7 +324,7 @@ class ModelService:
                 return
             await asyncio.sleep(WATCH_POLL)
 
-    async def settle(self, fleet: Fleet, bot: ManagedBot) -> bool:
+    async def settle(self, bot: ManagedBot) -> bool:
         """Act on the bot's acknowledgement of its pending install; True when nothing is pending any more."""
         async with self._lock(bot):
             state = installs.load(bot.files)
@@ -385,7 +386,7 @@ class ModelService:
                 bot.uuid, current.model_id, reason, bot.correlation_id, key=f"{bot.bot_id}:{current.install_id}:failed"
             )
         if restored is not None:
-            self.watch(fleet, bot, restored)
+            self.watch(bot, restored)
         return True
 
     # ================================================================== predictions

@@ -43,8 +43,9 @@ from shared.auth.claims import Scope
 from shared.bus.messages import PairName
 from shared.logging import get_logger
 from trading_gateway.bots.client import BotApiError, FreqtradeClient
+from trading_gateway.fleet.bot import ManagedBot
 from trading_gateway.fleet.logs import bot_log
-from trading_gateway.fleet.service import Fleet, ManagedBot
+from trading_gateway.fleet.service import Fleet
 from trading_gateway.mcp import untrusted
 from trading_gateway.mcp.audit import Target
 from trading_gateway.mcp.auth import Caller

@@ -37,7 +37,8 @@ from tests.trading_gateway.conftest import (
 from trading_gateway.bots import STATE_FILE
 from trading_gateway.bots.adoption import find_orphans
 from trading_gateway.config import GatewaySettings
-from trading_gateway.fleet.service import Actual, Fleet
+from trading_gateway.fleet.bot import Actual
+from trading_gateway.fleet.service import Fleet
 
 pytestmark = pytest.mark.slow
 

@@ -13,7 +13,7 @@ from shared.bus.messages import GatewayHeartbeat, GatewayHeartbeatData, decode
 from shared.bus.streams import EVENTS_STREAM
 from tests.helpers import async_wait_for, serve
 from trading_gateway.config import GatewaySettings
-from trading_gateway.fleet.service import Actual
+from trading_gateway.fleet.bot import Actual
 from trading_gateway.main import create_app
 
 
