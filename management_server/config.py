@@ -164,7 +164,7 @@ class ManagementSettings(CommonSettings):
     def _empty_is_none(cls, value: object) -> object:
         return None if isinstance(value, str) and value.strip().lower() in ("", "none", "off") else value
 
-    # FreqAI models (management_server/models)
+    # FreqAI models (management_server/freqai)
     model_store_dir: Path | None = Field(
         default=None,
         description="Where the model registry keeps its bundles, encrypted (AES-256-GCM under the master keys); the "

@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from freqfleet import database
 from freqfleet.embedded import APP_ROLE, EmbeddedPostgres
-from management_server.models import Base
+from management_server.orm import Base
 
 
 def _tables(pg: EmbeddedPostgres, name: str) -> set[str]:

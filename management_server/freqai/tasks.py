@@ -48,7 +48,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import NullPool
 
-import management_server.models  # noqa: F401  (the whole schema: a worker imports no other model)
+import management_server.orm  # noqa: F401  (the whole schema: a worker imports no other model)
 from management_server.config import ManagementSettings
 from management_server.freqai.models import ModelStatus, ModelVersion
 from management_server.freqai.service import describe, example_source, register_trained, training_request

@@ -31,7 +31,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import NullPool
 
-import management_server.models  # noqa: F401  (the whole schema: a worker imports no other model, and flushes need users)
+import management_server.orm  # noqa: F401  (the whole schema: a worker imports no other model, and flushes need users)
 from management_server.config import ManagementSettings
 from management_server.strategies.check import CheckResult, run_backtest_check
 from management_server.strategies.models import CheckStatus, Strategy, StrategyStatus
