@@ -29,11 +29,22 @@ from tests.helpers import free_port
 from trading_gateway.config import GatewaySettings
 
 TEMPLATE_DB = "freqfleet_template"
+SANDBOX_UID_BASE = 610_000  # the default; worker n of pytest-xdist starts n * 100,000 above it
 
 
 @pytest.fixture(scope="session", autouse=True)
 def _logging() -> None:
     configure_logging("tests", "INFO", LogFormat.console)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _sandbox_uids_of_this_worker(worker_id: str) -> Iterator[None]:
+    """Each pytest-xdist worker's sandboxed processes run as uids of its own range, as two gateways on one host
+    must (``FREQFLEET_SANDBOX_UID_BASE``): no bot of one worker shares an uid with a bot of the other."""
+    number = int(worker_id.removeprefix("gw")) if worker_id.startswith("gw") else 0
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("FREQFLEET_SANDBOX_UID_BASE", str(SANDBOX_UID_BASE + 100_000 * number))
+        yield
 
 
 def server_dir(prefix: str) -> Iterator[Path]:
