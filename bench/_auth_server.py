@@ -8,15 +8,16 @@
   from the ``FREQFLEET_*`` environment (the benchmark sets the database, Redis, data folder and turns
   the request rate limits off), JSON logging configured first, then ``create_app``.
 
-Both kinds are served with the same uvicorn settings (those of ``bench._http_server``).
+Both kinds are served with the same uvicorn settings (``bench._common.serve``).
 """
 
 from __future__ import annotations
 
 import argparse
 
-import uvicorn
 from fastapi import FastAPI
+
+from bench._common import serve
 
 KINDS = ("bare", "management")
 BARE_PATH = "/bench/bare"
@@ -53,15 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args(argv)
     app = bare_app() if args.kind == "bare" else management_app()
-    uvicorn.run(
-        app,
-        host="127.0.0.1",
-        port=args.port,
-        log_config=None,
-        access_log=False,
-        proxy_headers=False,
-        workers=1,
-    )
+    serve(app, args.port)
 
 
 if __name__ == "__main__":

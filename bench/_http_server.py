@@ -8,7 +8,7 @@
 - ``gateway-logged``: the same gateway plus ``GET /bench/live``, a route outside the access log's
   quiet paths, so every request writes one JSON access-log line to stderr.
 
-Every kind is served with the same uvicorn settings.
+Every kind is served with the same uvicorn settings (``bench._common.serve``).
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import uvicorn
 from fastapi import FastAPI
 from pydantic import SecretStr
 
+from bench._common import serve
 from shared.logging import configure_logging
 from shared.settings import Environment, LogFormat
 from trading_gateway.config import GatewaySettings
@@ -71,15 +71,7 @@ def main(argv: list[str] | None = None) -> None:
         app = baseline_app()
     else:
         app = gateway_app(args.redis_url, args.data_dir, logged_route=args.kind == "gateway-logged")
-    uvicorn.run(
-        app,
-        host="127.0.0.1",
-        port=args.port,
-        log_config=None,
-        access_log=False,
-        proxy_headers=False,
-        workers=1,
-    )
+    serve(app, args.port)
 
 
 if __name__ == "__main__":

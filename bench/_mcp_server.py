@@ -2,7 +2,7 @@
 
 ``python -m bench._mcp_server --port N``: settings from the ``FREQFLEET_*`` environment (the benchmark
 sets Redis, the data folder, the gateway id and the management server's URL), JSON logging configured
-first, then ``create_app``, served with the uvicorn settings of ``bench._http_server``.
+first, then ``create_app``, served with the uvicorn settings of every server side (``bench._common.serve``).
 
 ``--no-limits``: the gateway without its per-user MCP limits (calls per minute, connections and sessions per
 user, requests in flight per connection; the message size limit stays), the "before" of what they cost. Only
@@ -14,8 +14,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-import uvicorn
-
+from bench._common import serve
 from shared.logging import configure_logging
 from trading_gateway.config import get_settings
 from trading_gateway.main import create_app
@@ -69,16 +68,7 @@ def main(argv: list[str] | None = None) -> None:
         setattr(mcp_server, "McpLimits", _without_limits)  # noqa: B010 - the name server.py builds its limits with
     settings = get_settings()
     configure_logging("gateway", settings.log_level, settings.log_format)
-    uvicorn.run(
-        create_app(settings),
-        host="127.0.0.1",
-        port=args.port,
-        log_config=None,
-        access_log=False,
-        proxy_headers=False,
-        workers=1,
-        ws_max_size=settings.mcp_max_message_bytes,  # as `freqfleet gateway` runs it
-    )
+    serve(create_app(settings), args.port, ws_max_size=settings.mcp_max_message_bytes)  # as `freqfleet gateway` runs it
 
 
 if __name__ == "__main__":

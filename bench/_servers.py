@@ -9,7 +9,7 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
-from bench.http_overhead import _loop_factory, free_port
+from bench._common import free_port, loop_factory
 from freqfleet import database
 from freqfleet.embedded import EmbeddedPostgres, EmbeddedValkey
 from shared.logging import configure_logging
@@ -32,7 +32,7 @@ def run_on_servers(name: str, bench: Callable[[Path, EmbeddedPostgres, EmbeddedV
             pg.start()
             try:
                 database.upgrade(pg.url())
-                with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+                with asyncio.Runner(loop_factory=loop_factory()) as runner:
                     return runner.run(bench(workdir, pg, valkey))
             finally:
                 pg.stop()

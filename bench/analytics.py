@@ -5,7 +5,7 @@ A real embedded PostgreSQL (migrated to head) and Valkey in a temporary folder; 
 ``management_server.main`` builds it, under uvicorn in its own process (``bench._auth_server management``,
 JSON logs to a file, request rate limits off), with an admin created by ``create_user``. 100 bots are
 created through the API; their 100,000 trades (seeded random walks over 200 days, 12 pairs) are written
-with ``COPY``. Targets, each measured with ``bench.http_overhead``'s load generator:
+with ``COPY``. Targets, each measured with ``bench._common``'s load generator:
 
 - **bare SQL**: what PostgreSQL alone takes for the aggregates a dashboard would ask it for, from this
   process over asyncpg: counts, win rate, profit, profit factor over all trades (one query), and the same
@@ -22,7 +22,6 @@ with ``COPY``. Targets, each measured with ``bench.http_overhead``'s load genera
 
 from __future__ import annotations
 
-import asyncio
 import json
 import secrets
 import statistics
@@ -41,20 +40,27 @@ import numpy as np
 from pydantic import SecretStr
 from sqlalchemy.engine import make_url
 
-from bench._servers import run_on_servers
-from bench.auth import EMAIL, AuthServer, Backends, login_over_http, machine_cpu, server_env
-from bench.http_overhead import (
+from bench._common import (
     REQUEST_TIMEOUT,
+    AuthServer,
+    Backends,
     BenchError,
+    Outside,
+    OutsideWatch,
     Server,
-    _close,
-    _exchange,
-    _open,
-    _server_stack,
+    close_connections,
     drive,
+    exchange,
+    login_over_http,
+    open_connections,
     percentile,
     raw_get,
+    request_once,
+    server_env,
+    server_stack,
 )
+from bench._servers import run_on_servers
+from bench.auth import EMAIL
 from freqfleet.embedded import EmbeddedPostgres, EmbeddedValkey
 from management_server import db
 from management_server.analytics.cache import PREFIX
@@ -126,9 +132,9 @@ class Row:
         return percentile(sorted(self.latencies), q)
 
 
-async def seed(pg_url: str, port: int, password: str) -> tuple[str, list[str]]:
-    """100 bots through the API, their trades with COPY; the token and the bot ids."""
-    token = await login_over_http(port, password)
+async def seed(conn: asyncpg.Connection, port: int, password: str) -> tuple[str, list[str]]:
+    """100 bots through the API, their trades with COPY on ``conn``; the token and the bot ids."""
+    token = await login_over_http(port, EMAIL, password)
     headers = {"Authorization": f"Bearer {token}"}
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}/api/v1", timeout=60) as api:
         strategy = await api.post("/strategies", json={"name": "bench", "source": STRATEGY}, headers=headers)
@@ -168,35 +174,16 @@ async def seed(pg_url: str, port: int, password: str) -> tuple[str, list[str]]:
                     round(100.0 * ratio, 8), ratio, "exit_signal",
                 )
             )  # fmt: skip
-    url = make_url(pg_url)
-    conn = await asyncpg.connect(host=url.query["host"], user=url.username or "postgres", database=url.database)
-    try:
-        await conn.copy_records_to_table(
-            "trades",
-            records=records,
-            columns=[
-                "bot_id", "trade_id", "pair", "is_short", "is_open", "open_date", "close_date", "open_rate",
-                "close_rate", "amount", "stake_amount", "profit_abs", "profit_ratio", "exit_reason",
-            ],
-        )  # fmt: skip
-        await conn.execute("ANALYZE trades")
-    finally:
-        await conn.close()
+    await conn.copy_records_to_table(
+        "trades",
+        records=records,
+        columns=[
+            "bot_id", "trade_id", "pair", "is_short", "is_open", "open_date", "close_date", "open_rate",
+            "close_rate", "amount", "stake_amount", "profit_abs", "profit_ratio", "exit_reason",
+        ],
+    )  # fmt: skip
+    await conn.execute("ANALYZE trades")
     return token, bot_ids
-
-
-async def one(port: int, raw: bytes) -> tuple[float, bytes]:
-    conns = await _open(port, 1)
-    try:
-        async with asyncio.timeout(REQUEST_TIMEOUT * 6):
-            started = time.perf_counter()
-            status, body = await _exchange(conns[0], raw)
-            elapsed = (time.perf_counter() - started) * 1000
-    finally:
-        await _close(conns)
-    if status != 200:
-        raise BenchError(f"answered {status}: {body[:300]!r}")
-    return elapsed, body
 
 
 async def cold(
@@ -204,17 +191,17 @@ async def cold(
 ) -> None:
     """``n`` requests one at a time, each after the answer was made stale (as a new trade makes it)."""
     cpu, back = server.cpu_seconds(), backends.snapshot()
-    conns = await _open(server.port, 1)
+    conns = await open_connections(server.port, 1)
     try:
         for _ in range(n):
             await bump()
             started = time.perf_counter()
-            status, body = await _exchange(conns[0], raw)
+            status, body = await exchange(conns[0], raw)
             row.latencies.append((time.perf_counter() - started) * 1000)
             if status != 200:
                 raise BenchError(f"answered {status}: {body[:300]!r}")
     finally:
-        await _close(conns)
+        await close_connections(conns)
     row.cpu_us.append((server.cpu_seconds() - cpu) / n * 1e6)
     row.db_us.append(Backends.spent(back, backends.snapshot())[0] / n * 1e6)
 
@@ -253,7 +240,7 @@ async def bench(profile: Profile, workdir: Path, pg: EmbeddedPostgres, valkey: E
         await create_user(session, build_hasher(settings), EMAIL, password, Role.admin)
     await engine.dispose()
     server = AuthServer("management", workdir, server_env(workdir, pg.url(), valkey.url))
-    backends = Backends([pid for pid in (pg.pid, valkey.pid) if pid is not None])
+    backends = Backends.of(pg, valkey)
     redis = create_redis(valkey.url)
     url = make_url(pg.url())
     conn = await asyncpg.connect(
@@ -263,11 +250,13 @@ async def bench(profile: Profile, workdir: Path, pg: EmbeddedPostgres, valkey: E
         server.start()
         await server.wait_started()
         seeded = time.perf_counter()
-        token, bot_ids = await seed(pg.url(), server.port, password)
+        token, bot_ids = await seed(conn, server.port, password)
         seconds_to_seed = time.perf_counter() - seeded
         fleet = raw_get(server.port, FLEET_PATH, token)
         bot = raw_get(server.port, f"/api/v1/analytics/bots/{bot_ids[0]}", token)
-        _, body = await one(server.port, fleet)
+        status, body = await request_once(server.port, fleet, timeout=REQUEST_TIMEOUT * 6)
+        if status != 200:
+            raise BenchError(f"answered {status}: {body[:300]!r}")
         answer = json.loads(body)
         if (answer["bot_count"], answer["closed_trade_count"]) != (BOTS, BOTS * TRADES_PER_BOT):
             raise BenchError(
@@ -293,8 +282,7 @@ async def bench(profile: Profile, workdir: Path, pg: EmbeddedPostgres, valkey: E
         }
         await cold(Row("warm-up"), server, backends, fleet, bump_fleet, 2)
         await sql(Row("warm-up"), conn, SUM_SQL, backends, 2)
-        started, (busy, _) = time.monotonic(), machine_cpu()
-        own_before = _own_cpu(server, backends)
+        watch = OutsideWatch([server], backends)
         for _ in range(profile.rounds):
             await sql(rows["sql"], conn, SUM_SQL, backends, profile.sql)
             await sql(rows["sql_bots"], conn, PER_BOT_SQL, backends, profile.sql)
@@ -302,23 +290,14 @@ async def bench(profile: Profile, workdir: Path, pg: EmbeddedPostgres, valkey: E
             await cached(rows["cached"], server, backends, fleet, profile.cached)
             await cold(rows["bot_cold"], server, backends, bot, bump_bot, profile.cold)
             await cached(rows["bot_cached"], server, backends, bot, profile.cached)
-        elapsed = time.monotonic() - started
-        others = (machine_cpu()[0] - busy) - (_own_cpu(server, backends) - own_before)
-        print(report(rows, profile, len(body), seconds_to_seed, elapsed, others), flush=True)
+        print(report(rows, profile, len(body), seconds_to_seed, watch.outside()), flush=True)
     finally:
         await conn.close()
         await redis.aclose()
         server.stop()
 
 
-def _own_cpu(server: Server, backends: Backends) -> float:
-    import psutil
-
-    own = psutil.Process().cpu_times()
-    return float(own.user + own.system) + server.cpu_seconds() + sum(backends.snapshot().values())
-
-
-def report(rows: dict[str, Row], profile: Profile, size: int, seeding: float, elapsed: float, others: float) -> str:
+def report(rows: dict[str, Row], profile: Profile, size: int, seeding: float, outside: Outside) -> str:
     base = rows["sql"].p(50)
     lines = [
         f"Analytics: GET /api/v1/analytics/fleet over {BOTS} bots x {TRADES_PER_BOT} closed trades, against a bare SQL"
@@ -329,7 +308,7 @@ def report(rows: dict[str, Row], profile: Profile, size: int, seeding: float, el
         f" {profile.cached // 4}; SQL {profile.sql} runs of each query over asyncpg, in this process. req/s of the"
         f" cached answers: {profile.cached} requests over {CONCURRENCY} keep-alive connections. {profile.rounds}"
         " round(s); percentiles over all rounds",
-        f"  server: {_server_stack()}; management server as in production (JSON logs to a file), rate limits off",
+        f"  server: {server_stack()}; management server as in production (JSON logs to a file), rate limits off",
         "",
         f"  {'target':<42} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>7} {'/ SQL p50':>9} {'srv CPU ms/req':>14}"
         f" {'db CPU ms/req':>13}",
@@ -346,8 +325,7 @@ def report(rows: dict[str, Row], profile: Profile, size: int, seeding: float, el
         "  SQL rows: PostgreSQL's own time for sums and counts (no drawdown, Sharpe, Sortino, Calmar, curve).",
         "  cold = read 100,000 trades + every figure of the fleet and of each bot + JSON + Redis; cached = one",
         "  Redis round trip (version and answer) and the stored JSON sent as is.",
-        f"  while the rounds ran ({elapsed:.0f} s), other processes on this machine used {max(0.0, others):.1f} CPU-s"
-        f" ({max(0.0, others) / elapsed * 100:.0f}% of a core)",
+        outside.line(steal=False),
     ]
     return "\n".join(lines)
 

@@ -10,7 +10,7 @@ Set-up, as a user would do it: one user (``bench.auth.setup``) with one approved
 one heartbeat (``record_heartbeat``, so starts are placed), then over HTTP: log in, create 100 bots, start each.
 No gateway consumes the commands: they stay on its stream, where the benchmark counts them at the end.
 
-Targets (raw HTTP/1.1 over keep-alive connections, ``bench.http_overhead.drive``; fixed concurrency, fixed
+Targets (raw HTTP/1.1 over keep-alive connections, ``bench._common.drive``; fixed concurrency, fixed
 request count after a warm-up, targets alternated, medians over rounds):
 
 - baseline: the bare ``GET /bench/bare`` and ``POST /bench/bare``;
@@ -36,7 +36,7 @@ import json
 import statistics
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -48,32 +48,29 @@ from pydantic import TypeAdapter
 from sqlalchemy import select
 
 from bench._auth_server import BARE_BODY, BARE_PATH
-from bench._servers import run_on_servers
-from bench.auth import (
-    EMAIL,
+from bench._common import (
+    ALWAYS_ENTER,
+    REQUEST_TIMEOUT,
     AuthServer,
     Backends,
-    Context,
-    Outside,
-    login_over_http,
-    machine_cpu,
-    our_cpu,
-    server_env,
-    setup,
-)
-from bench.http_overhead import (
-    REQUEST_TIMEOUT,
     BenchError,
-    Server,
-    _close,
-    _exchange,
-    _open,
-    _server_stack,
+    Outside,
+    OutsideWatch,
+    Profile,
+    Result,
+    alternated,
     drive,
-    percentile,
+    login_over_http,
+    measure_server,
     raw_get,
     raw_post,
+    request_once,
+    running,
+    server_env,
+    server_stack,
 )
+from bench._servers import run_on_servers
+from bench.auth import EMAIL, Context, setup
 from freqfleet.embedded import EmbeddedPostgres, EmbeddedValkey
 from management_server.bots.models import Bot
 from management_server.bots.schemas import BotOut
@@ -91,39 +88,7 @@ GATEWAY = "gw-bench"
 # Keep-alive connections of the load, as in bench.auth: within the server's database pool (10), so no request
 # waits for or opens an overflow connection (a pause commits its own transaction before the audit's).
 CONCURRENCY = 8
-STRATEGY = '''"""Enters on every candle (never run here: the benchmark has no gateway)."""
-
-from freqtrade.strategy import IStrategy
-from pandas import DataFrame
-
-
-class BenchEnter(IStrategy):
-    INTERFACE_VERSION = 3
-    timeframe = "5m"
-    minimal_roi = {"0": 1.0}
-    stoploss = -0.1
-
-    def populate_indicators(self, dataframe: DataFrame, metadata: dict) -> DataFrame:
-        return dataframe
-
-    def populate_entry_trend(self, dataframe: DataFrame, metadata: dict) -> DataFrame:
-        dataframe["enter_long"] = 1
-        return dataframe
-
-    def populate_exit_trend(self, dataframe: DataFrame, metadata: dict) -> DataFrame:
-        dataframe["exit_long"] = 0
-        return dataframe
-'''
-
-
-@dataclass(frozen=True)
-class Profile:
-    rounds: int
-    requests: int
-    warmup: int
-    first_warmup: int
-
-
+STRATEGY = ALWAYS_ENTER.read_text()  # enters on every candle (never run here: the benchmark has no gateway)
 FULL = Profile(rounds=3, requests=600, warmup=60, first_warmup=120)
 QUICK = Profile(rounds=1, requests=200, warmup=30, first_warmup=30)
 
@@ -143,28 +108,6 @@ TARGETS = (
     Target("bots", f"ours      management  GET /bots ({BOTS})", "management", "bare_get"),
     Target("pause", "ours      management  POST /bots/{id}/pause", "management", "bare_post"),
 )
-
-
-@dataclass
-class Round:
-    rps: float
-    p50: float
-    p95: float
-    p99: float
-    cpu_us: float
-    backend_us: float
-    new_backend_procs: int
-    log_bytes: float
-    bytes_per_answer: float
-
-
-@dataclass
-class Result:
-    target: Target
-    rounds: list[Round] = field(default_factory=list)
-
-    def median(self, name: str) -> float:
-        return statistics.median(float(getattr(r, name)) for r in self.rounds)
 
 
 # --- set-up -----------------------------------------------------------------------------------------
@@ -229,12 +172,7 @@ def requests_for(target: Target, port: int, token: str, bot_ids: list[str]) -> l
 
 async def check(port: int, raw: bytes, target: Target, bot_ids: list[str]) -> None:
     """One request of the target, answered with what we mean to measure."""
-    conns = await _open(port, 1)
-    try:
-        async with asyncio.timeout(REQUEST_TIMEOUT):
-            status, body = await _exchange(conns[0], raw)
-    finally:
-        await _close(conns)
+    status, body = await request_once(port, raw)
     data: Any = json.loads(body)
     good = (
         status == 200
@@ -281,41 +219,9 @@ async def bench_pieces(ctx: Context, rounds: int) -> dict[str, float]:
 # --- measurement ------------------------------------------------------------------------------------
 
 
-async def measure(requests: list[bytes], target: Target, server: Server, backends: Backends, profile: Profile) -> Round:
-    await drive(server.port, requests, 200, profile.warmup, CONCURRENCY)
-    cpu_before, backends_before, log_before = server.cpu_seconds(), backends.snapshot(), server.log_size()
-    elapsed, latencies = await drive(server.port, requests, 200, profile.requests, CONCURRENCY)
-    cpu = server.cpu_seconds() - cpu_before
-    backend_cpu, new_procs = Backends.spent(backends_before, backends.snapshot())
-    log_bytes = server.log_size() - log_before
-    latencies.sort()
-    n = len(latencies)
-    return Round(
-        rps=n / elapsed,
-        p50=percentile(latencies, 50),
-        p95=percentile(latencies, 95),
-        p99=percentile(latencies, 99),
-        cpu_us=cpu / n * 1e6,
-        backend_us=backend_cpu / n * 1e6,
-        new_backend_procs=new_procs,
-        log_bytes=log_bytes / n,
-        bytes_per_answer=0.0,
-    )
-
-
-async def answer_size(port: int, raw: bytes) -> int:
-    conns = await _open(port, 1)
-    try:
-        async with asyncio.timeout(REQUEST_TIMEOUT):
-            _, body = await _exchange(conns[0], raw)
-    finally:
-        await _close(conns)
-    return len(body)
-
-
 @dataclass
 class Outcome:
-    results: list[Result]
+    results: list[Result[Target]]
     outside: Outside
     pauses_sent: int
     commands_on_stream: int
@@ -344,14 +250,10 @@ async def bench_api(
     strategy_id = await prepare(ctx)
     env = server_env(workdir, pg.url(), valkey.url)
     servers = {kind: AuthServer(kind, workdir, env) for kind in ("bare", "management")}
-    backends = Backends([pid for pid in (pg.pid, valkey.pid) if pid is not None])
-    try:
-        for server in servers.values():
-            server.start()
-        for server in servers.values():
-            await server.wait_started()
+    backends = Backends.of(pg, valkey)
+    async with running(servers.values()):
         port = servers["management"].port
-        token = await login_over_http(port, ctx.password)
+        token = await login_over_http(port, EMAIL, ctx.password)
         bot_ids = await create_bots(port, token, strategy_id)
         requests = {t.key: requests_for(t, servers[t.server].port, token, bot_ids) for t in TARGETS}
         pauses = 0
@@ -359,26 +261,19 @@ async def bench_api(
             await check(servers[target.server].port, requests[target.key][0], target, bot_ids)
             await drive(servers[target.server].port, requests[target.key], 200, profile.first_warmup, CONCURRENCY)
             pauses += 1 + profile.first_warmup if target.key == "pause" else 0
-        answer_bytes = {t.key: await answer_size(servers[t.server].port, requests[t.key][0]) for t in TARGETS[:4]}
+        answer_bytes = {
+            t.key: len((await request_once(servers[t.server].port, requests[t.key][0]))[1]) for t in TARGETS[:4]
+        }
         results = [Result(t) for t in TARGETS]
-        started, (busy, steal), ours = time.monotonic(), machine_cpu(), our_cpu(list(servers.values()), backends)
-        for i in range(profile.rounds):
-            shift = i % len(results)
-            for result in results[shift:] + results[:shift]:
-                target = result.target
-                result.rounds.append(
-                    await measure(requests[target.key], target, servers[target.server], backends, profile)
-                )
-        (busy_after, steal_after), ours_after = machine_cpu(), our_cpu(list(servers.values()), backends)
-        others = (busy_after - busy) - (ours_after - ours)
-        outside = Outside(time.monotonic() - started, others, steal_after - steal)
+        watch = OutsideWatch(list(servers.values()), backends)
+        for result in alternated(results, profile.rounds):
+            raw, server = requests[result.target.key], servers[result.target.server]
+            result.rounds.append(await measure_server(server, backends, raw, 200, profile, CONCURRENCY))
+        outside = watch.outside()
         pauses += profile.rounds * (profile.warmup + profile.requests)
         on_stream, waited = await count_commands(valkey.url, BOTS + pauses)
         pieces = await bench_pieces(ctx, profile.rounds * 10)
         return Outcome(results, outside, pauses, on_stream, waited, answer_bytes, pieces)
-    finally:
-        for server in servers.values():
-            server.stop()
 
 
 def report(outcome: Outcome, profile: Profile) -> str:
@@ -388,7 +283,7 @@ def report(outcome: Outcome, profile: Profile) -> str:
         " FastAPI routes",
         f"  {profile.requests} requests per round after {profile.warmup} warm-up, {CONCURRENCY} keep-alive"
         f" connections, {profile.rounds} round(s), targets alternated; medians over rounds",
-        f"  servers: {_server_stack()}, one process each",
+        f"  servers: {server_stack()}, one process each",
         "  management server: env=production, JSON logs to a file, per-IP and per-user rate limits OFF; one user's"
         f" token; pauses go to the {BOTS} bots in turn",
         "  'db CPU' is PostgreSQL's (all its processes) plus Valkey's, per request",
@@ -397,12 +292,8 @@ def report(outcome: Outcome, profile: Profile) -> str:
         f" {'srv CPU us/req':>14} {'db CPU us/req':>13} {'log B/req':>9} {'new db procs':>12}",
     ]
     for r in outcome.results:
-        rps = [x.rps for x in r.rounds]
-        spread = f"({min(rps):.0f}-{max(rps):.0f})"
         lines.append(
-            f"  {r.target.label:<44} {r.median('rps'):>6.0f} {spread:>11} {r.median('p50'):>7.2f}"
-            f" {r.median('p95'):>7.2f} {r.median('p99'):>7.2f} {r.median('cpu_us'):>14.0f}"
-            f" {r.median('backend_us'):>13.0f} {r.median('log_bytes'):>9.0f}"
+            r.row(44) + f" {r.median('cpu_us'):>14.0f} {r.median('backend_us'):>13.0f} {r.median('log_bytes'):>9.0f}"
             f" {sum(x.new_backend_procs for x in r.rounds):>12}"
         )
     lines += [
@@ -410,14 +301,7 @@ def report(outcome: Outcome, profile: Profile) -> str:
         f"  {'ours / its bare baseline':<44} {'req/s':>6} {'p50':>7} {'p99':>7} {'srv CPU/req':>12}"
         f" {'added srv CPU us':>17}",
     ]
-    for r in outcome.results[2:]:
-        base = by_key[r.target.baseline]
-        added = r.median("cpu_us") - base.median("cpu_us")
-        lines.append(
-            f"  {r.target.label:<44} {r.median('rps') / base.median('rps'):>6.2f}"
-            f" {r.median('p50') / base.median('p50'):>7.2f} {r.median('p99') / base.median('p99'):>7.2f}"
-            f" {r.median('cpu_us') / base.median('cpu_us'):>12.2f} {added:>17.0f}"
-        )
+    lines += [r.against(by_key[r.target.baseline], 44) for r in outcome.results[2:]]
     me = by_key["me"].median("cpu_us")
     size, pieces = outcome.answer_bytes, outcome.pieces
     bots_beyond, pause_beyond = by_key["bots"].median("cpu_us") - me, by_key["pause"].median("cpu_us") - me
@@ -436,10 +320,7 @@ def report(outcome: Outcome, profile: Profile) -> str:
         f" {'done' if relayed else 'NOT done'} {outcome.relay_seconds:.2f} s after the last answer)",
         "  'new db procs': PostgreSQL backends started during the target's measured requests (all rounds): the",
         "  server's pool (10) overflowed, and SQLAlchemy opened (and later closed) extra connections",
-        f"  while the rounds ran ({outcome.outside.elapsed:.0f} s), other processes on this machine used"
-        f" {max(0.0, outcome.outside.others):.1f} CPU-s"
-        f" ({max(0.0, outcome.outside.others) / outcome.outside.elapsed * 100:.0f}% of a core),"
-        f" steal {outcome.outside.steal:.1f} s",
+        outcome.outside.line(),
     ]
     return "\n".join(line.rstrip() for line in lines)
 

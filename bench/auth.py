@@ -18,7 +18,7 @@ with one user created through ``management_server.users.service.create_user``. T
    ``GET /api/v1/users/me`` with a Bearer access token obtained by ``POST /api/v1/auth/token``, and the
    same route with a token whose signature is broken (a 401 and an audit row). The per-IP and per-user
    request rate limits are off (``FREQFLEET_RATE_LIMIT_ENABLED=false``): they would cap the load. The
-   load generator is built on ``bench.http_overhead``'s (raw HTTP/1.1 over keep-alive connections, here
+   load generator is ``bench._common``'s (raw HTTP/1.1 over keep-alive connections, here
    with an ``Authorization`` header; fixed concurrency, fixed request count after a warm-up, targets
    alternated), and the server's CPU time per request is read from the kernel (psutil).
 
@@ -27,41 +27,41 @@ with one user created through ``management_server.users.service.create_user``. T
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
 import secrets
 import statistics
-import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import jwt
-import psutil
 from argon2 import PasswordHasher
 from pydantic import SecretStr
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 
 from bench._auth_server import BARE_BODY, BARE_PATH
-from bench._servers import run_on_servers
-from bench.http_overhead import (
-    REQUEST_TIMEOUT,
-    ROOT,
+from bench._common import (
+    AuthServer,
+    Backends,
     BenchError,
-    Server,
-    _close,
-    _exchange,
-    _open,
-    _server_stack,
+    Outside,
+    OutsideWatch,
+    Result,
+    alternated,
     drive,
+    login_over_http,
+    measure_server,
     percentile,
     raw_get,
+    request_once,
+    running,
+    server_env,
+    server_stack,
 )
+from bench._servers import run_on_servers
 from freqfleet.embedded import EmbeddedPostgres, EmbeddedValkey
 from management_server import db
 from management_server.auth.service import AuthError, AuthService
@@ -74,7 +74,7 @@ from management_server.users.service import create_user
 from shared.auth import RevocationStore, StaticKeySource, TokenType, TokenVerifier
 from shared.auth.claims import ALGORITHM
 from shared.redis import create_redis
-from shared.settings import Environment, LogFormat
+from shared.settings import Environment
 
 EMAIL = "bench-user@example.com"
 UNKNOWN_EMAIL = "nobody@example.com"
@@ -182,14 +182,12 @@ async def bench_verification(ctx: Context, pg_url: str, profile: Profile) -> lis
         for micro in micros:  # warm-up: prepared statements, connections, caches
             for _ in range(max(20, profile.micro_ops // 10)):
                 await micro.op()
-        for i in range(profile.micro_rounds):
-            shift = i % len(micros)
-            for micro in micros[shift:] + micros[:shift]:
-                started, cpu_started = time.perf_counter(), time.process_time()
-                for _ in range(profile.micro_ops):
-                    await micro.op()
-                micro.per_op_us.append((time.perf_counter() - started) / profile.micro_ops * 1e6)
-                micro.cpu_us.append((time.process_time() - cpu_started) / profile.micro_ops * 1e6)
+        for micro in alternated(micros, profile.micro_rounds):
+            started, cpu_started = time.perf_counter(), time.process_time()
+            for _ in range(profile.micro_ops):
+                await micro.op()
+            micro.per_op_us.append((time.perf_counter() - started) / profile.micro_ops * 1e6)
+            micro.cpu_us.append((time.process_time() - cpu_started) / profile.micro_ops * 1e6)
     finally:
         await no_ping.dispose()
     return micros
@@ -257,10 +255,8 @@ async def bench_login(ctx: Context, profile: Profile) -> dict[str, list[float]]:
     for path in LOGIN_PATHS:  # warm-up
         await attempt(path)
     times: dict[str, list[float]] = {path: [] for path in LOGIN_PATHS}
-    for i in range(profile.logins):
-        shift = i % len(LOGIN_PATHS)
-        for path in LOGIN_PATHS[shift:] + LOGIN_PATHS[:shift]:
-            times[path].append(await attempt(path))
+    for path in alternated(LOGIN_PATHS, profile.logins):
+        times[path].append(await attempt(path))
     return times
 
 
@@ -313,131 +309,6 @@ TARGETS = (
 )
 
 
-class AuthServer(Server):
-    """A ``bench._auth_server`` process with its own environment; the rest as ``bench.http_overhead.Server``."""
-
-    def __init__(self, kind: str, workdir: Path, env: Mapping[str, str]) -> None:
-        super().__init__(kind, "", workdir)
-        self.env = dict(env)
-
-    def start(self) -> None:
-        self._log = self.log_path.open("wb")
-        cmd = [sys.executable, "-m", "bench._auth_server", self.kind, "--port", str(self.port)]
-        self._proc = subprocess.Popen(
-            cmd, cwd=ROOT, env=self.env, stdin=subprocess.DEVNULL, stdout=self._log, stderr=self._log
-        )
-        self._ps = psutil.Process(self._proc.pid)
-
-
-class Backends:
-    """CPU time of PostgreSQL (the postmaster and all its processes) and Valkey."""
-
-    def __init__(self, pids: Sequence[int]) -> None:
-        self.pids = list(pids)
-
-    def snapshot(self) -> dict[int, float]:
-        procs: list[psutil.Process] = []
-        for pid in self.pids:
-            try:
-                proc = psutil.Process(pid)
-                procs += [proc, *proc.children(recursive=True)]
-            except psutil.Error:
-                continue
-        cpu: dict[int, float] = {}
-        for proc in procs:
-            try:
-                times = proc.cpu_times()
-            except psutil.Error:
-                continue
-            cpu[proc.pid] = float(times.user + times.system)
-        return cpu
-
-    @staticmethod
-    def spent(before: Mapping[int, float], after: Mapping[int, float]) -> tuple[float, int]:
-        """CPU seconds between the snapshots and how many processes were new in the second one."""
-        return sum(t - before.get(pid, 0.0) for pid, t in after.items()), len(after.keys() - before.keys())
-
-
-@dataclass(frozen=True)
-class Outside:
-    """CPU the machine spent outside this benchmark's processes while the rounds ran: other work shares it."""
-
-    elapsed: float
-    others: float
-    steal: float
-
-
-def machine_cpu() -> tuple[float, float]:
-    """CPU seconds the whole machine has been busy, and the seconds stolen by the hypervisor."""
-    t = psutil.cpu_times()
-    busy = t.user + t.nice + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)
-    return float(busy), float(getattr(t, "steal", 0.0))
-
-
-def our_cpu(servers: Sequence[Server], backends: Backends) -> float:
-    own = psutil.Process().cpu_times()
-    return float(own.user + own.system) + sum(s.cpu_seconds() for s in servers) + sum(backends.snapshot().values())
-
-
-@dataclass
-class Round:
-    rps: float
-    p50: float
-    p95: float
-    p99: float
-    cpu_us: float
-    backend_us: float
-    new_backend_procs: int
-    log_bytes: float
-
-
-@dataclass
-class Result:
-    target: Target
-    rounds: list[Round] = field(default_factory=list)
-
-    def median(self, name: str) -> float:
-        return statistics.median(float(getattr(r, name)) for r in self.rounds)
-
-
-async def measure(raw: bytes, target: Target, server: Server, backends: Backends, profile: Profile) -> Round:
-    await drive(server.port, raw, target.status, profile.warmup, CONCURRENCY)
-    cpu_before, backends_before, log_before = server.cpu_seconds(), backends.snapshot(), server.log_size()
-    elapsed, latencies = await drive(server.port, raw, target.status, profile.requests, CONCURRENCY)
-    cpu = server.cpu_seconds() - cpu_before
-    backend_cpu, new_procs = Backends.spent(backends_before, backends.snapshot())
-    log_bytes = server.log_size() - log_before
-    latencies.sort()
-    n = len(latencies)
-    return Round(
-        rps=n / elapsed,
-        p50=percentile(latencies, 50),
-        p95=percentile(latencies, 95),
-        p99=percentile(latencies, 99),
-        cpu_us=cpu / n * 1e6,
-        backend_us=backend_cpu / n * 1e6,
-        new_backend_procs=new_procs,
-        log_bytes=log_bytes / n,
-    )
-
-
-def server_env(workdir: Path, pg_url: str, redis_url: str) -> dict[str, str]:
-    """This process's environment without any Freqfleet setting, plus the management server's."""
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith("FREQFLEET_") and k not in {"DATABASE_URL", "REDIS_URL"}
-    }
-    env.update(
-        FREQFLEET_ENV=Environment.production.value,
-        FREQFLEET_DATABASE_URL=pg_url,
-        FREQFLEET_REDIS_URL=redis_url,
-        FREQFLEET_DATA_DIR=str(workdir / "data"),
-        FREQFLEET_LOG_LEVEL="INFO",
-        FREQFLEET_LOG_FORMAT=LogFormat.json.value,
-        FREQFLEET_RATE_LIMIT_ENABLED="false",
-    )
-    return env
-
-
 def tamper(token: str) -> str:
     """The token with one character of its signature changed: it decodes, but does not verify."""
     head, payload, signature = token.split(".")
@@ -446,24 +317,8 @@ def tamper(token: str) -> str:
     return f"{head}.{payload}.{signature[:i]}{swapped}{signature[i + 1 :]}"
 
 
-async def login_over_http(port: int, password: str) -> str:
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=REQUEST_TIMEOUT) as client:
-        response = await client.post("/api/v1/auth/token", data={"username": EMAIL, "password": password})
-    if response.status_code != 200:
-        raise BenchError(f"login answered {response.status_code}: {response.text[:200]}")
-    token = response.json()["access_token"]
-    if not isinstance(token, str):
-        raise BenchError("login answered without an access token")
-    return token
-
-
 async def check(port: int, raw: bytes, target: Target) -> None:
-    conns = await _open(port, 1)
-    try:
-        async with asyncio.timeout(REQUEST_TIMEOUT):
-            status, body = await _exchange(conns[0], raw)
-    finally:
-        await _close(conns)
+    status, body = await request_once(port, raw)
     data: Any = json.loads(body)
     good = (
         status == target.status
@@ -480,43 +335,33 @@ async def check(port: int, raw: bytes, target: Target) -> None:
 
 async def bench_http(
     ctx: Context, profile: Profile, workdir: Path, pg: EmbeddedPostgres, valkey: EmbeddedValkey
-) -> tuple[list[Result], Outside]:
+) -> tuple[list[Result[Target]], Outside]:
     env = server_env(workdir, pg.url(), valkey.url)
     servers = {kind: AuthServer(kind, workdir, env) for kind in ("bare", "management")}
-    backends = Backends([pid for pid in (pg.pid, valkey.pid) if pid is not None])
-    try:
-        for server in servers.values():
-            server.start()
-        for server in servers.values():
-            await server.wait_started()
-        token = await login_over_http(servers["management"].port, ctx.password)
+    backends = Backends.of(pg, valkey)
+    async with running(servers.values()):
+        token = await login_over_http(servers["management"].port, EMAIL, ctx.password)
         tokens = {"": None, "good": token, "bad": tamper(token)}
         raws = {t.key: raw_get(servers[t.server].port, t.path, tokens[t.token]) for t in TARGETS}
         for target in TARGETS:
             await check(servers[target.server].port, raws[target.key], target)
             await drive(servers[target.server].port, raws[target.key], target.status, profile.first_warmup, CONCURRENCY)
         results = [Result(t) for t in TARGETS]
-        started, (busy, steal), ours = time.monotonic(), machine_cpu(), our_cpu(list(servers.values()), backends)
-        for i in range(profile.http_rounds):
-            shift = i % len(results)
-            for result in results[shift:] + results[:shift]:
-                target = result.target
-                result.rounds.append(await measure(raws[target.key], target, servers[target.server], backends, profile))
-        (busy_after, steal_after), ours_after = machine_cpu(), our_cpu(list(servers.values()), backends)
-        others = (busy_after - busy) - (ours_after - ours)
-        return results, Outside(time.monotonic() - started, others, steal_after - steal)
-    finally:
-        for server in servers.values():
-            server.stop()
+        watch = OutsideWatch(list(servers.values()), backends)
+        for result in alternated(results, profile.http_rounds):
+            target = result.target
+            raw, server = raws[target.key], servers[target.server]
+            result.rounds.append(await measure_server(server, backends, raw, target.status, profile, CONCURRENCY))
+        return results, watch.outside()
 
 
-def report_http(results: list[Result], outside: Outside, profile: Profile, settings: ManagementSettings) -> str:
+def report_http(results: list[Result[Target]], outside: Outside, profile: Profile, settings: ManagementSettings) -> str:
     base = results[0]
     lines = [
         "3. HTTP: the management server's authenticated GET /api/v1/users/me against a bare FastAPI route",
         f"  {profile.requests} GETs per round after {profile.warmup} warm-up, {CONCURRENCY} keep-alive connections,"
         f" {profile.http_rounds} round(s), targets alternated; medians over rounds",
-        f"  servers: {_server_stack()}, one process each",
+        f"  servers: {server_stack()}, one process each",
         "  management server: env=production, JSON logs to a file; per-IP and per-user request rate limits OFF",
         f"  (FREQFLEET_RATE_LIMIT_ENABLED=false: they would cap the load at {settings.rate_limit_per_ip} per IP"
         f" and {settings.rate_limit_per_user} per user)",
@@ -527,24 +372,14 @@ def report_http(results: list[Result], outside: Outside, profile: Profile, setti
         f" {'srv CPU us/req':>14} {'db CPU us/req':>13} {'log B/req':>9}",
     ]
     for r in results:
-        rps = [x.rps for x in r.rounds]
-        spread = f"({min(rps):.0f}-{max(rps):.0f})"
         lines.append(
-            f"  {r.target.label:<40} {r.median('rps'):>6.0f} {spread:>11} {r.median('p50'):>7.2f}"
-            f" {r.median('p95'):>7.2f} {r.median('p99'):>7.2f} {r.median('cpu_us'):>14.0f}"
-            f" {r.median('backend_us'):>13.0f} {r.median('log_bytes'):>9.0f}"
+            r.row(40) + f" {r.median('cpu_us'):>14.0f} {r.median('backend_us'):>13.0f} {r.median('log_bytes'):>9.0f}"
         )
     lines += [
         "",
         f"  {'ours / baseline':<40} {'req/s':>6} {'p50':>7} {'p99':>7} {'srv CPU/req':>12} {'added srv CPU us':>17}",
     ]
-    for r in results[1:]:
-        added = r.median("cpu_us") - base.median("cpu_us")
-        lines.append(
-            f"  {r.target.label:<40} {r.median('rps') / base.median('rps'):>6.2f}"
-            f" {r.median('p50') / base.median('p50'):>7.2f} {r.median('p99') / base.median('p99'):>7.2f}"
-            f" {r.median('cpu_us') / base.median('cpu_us'):>12.2f} {added:>17.0f}"
-        )
+    lines += [r.against(base, 40) for r in results[1:]]
     by_key = {r.target.key: r for r in results}
     auth_cost = by_key["me"].median("cpu_us") - by_key["plumbing"].median("cpu_us")
     new_procs = sum(x.new_backend_procs for r in results for x in r.rounds)
@@ -556,9 +391,7 @@ def report_http(results: list[Result], outside: Outside, profile: Profile, setti
         "  The bad token is refused after the signature check: a 401, one audit row written in its own",
         "  transaction, an 'audit' and an access-log line.",
         f"  PostgreSQL/Valkey processes started during the measured requests: {new_procs}",
-        f"  while the rounds ran ({outside.elapsed:.0f} s), other processes on this machine used"
-        f" {max(0.0, outside.others):.1f} CPU-s ({max(0.0, outside.others) / outside.elapsed * 100:.0f}% of a core),"
-        f" steal {outside.steal:.1f} s",
+        outside.line(),
     ]
     return "\n".join(line.rstrip() for line in lines)
 

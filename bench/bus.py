@@ -26,6 +26,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from bench._common import free_port
 from freqfleet.embedded import EmbeddedValkey
 from shared.bus.consumer import ConsumerConfig, Delivery, StreamConsumer
 from shared.bus.dedupe import RedisDeduplicator
@@ -195,12 +196,7 @@ def report(results: list[tuple[Figures, ...]]) -> str:
 def run(quick: bool = False) -> None:
     configure_logging("bench", "WARNING", LogFormat.json)
     with tempfile.TemporaryDirectory(prefix="bench-bus-") as tmp:
-        import socket
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        valkey = EmbeddedValkey(Path(tmp), port)
+        valkey = EmbeddedValkey(Path(tmp), free_port())
         valkey.start()
         try:
             results = asyncio.run(bench(valkey.url, quick))

@@ -28,9 +28,7 @@ import asyncio
 import contextlib
 import itertools
 import json
-import os
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -41,11 +39,18 @@ import httpx
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from bench._common import (
+    REQUEST_TIMEOUT,
+    AuthServer,
+    GatewayServer,
+    SimulatorServer,
+    free_range,
+    percentile,
+    running,
+    server_env,
+)
 from bench._servers import run_on_servers
-from bench.auth import AuthServer, server_env
-from bench.gateway import free_range
-from bench.http_overhead import REQUEST_TIMEOUT, free_port, percentile
-from bench.mcp import GATEWAY_ID, INITIALIZE, INITIALIZED, GatewayServer, create_admin, populate
+from bench.mcp import GATEWAY_ID, INITIALIZE, INITIALIZED, create_admin, populate
 from freqfleet.embedded import EmbeddedPostgres, EmbeddedValkey
 
 PASSWORD = "flood bench password 1"  # noqa: S105 - throwaway accounts in a temporary database
@@ -214,42 +219,6 @@ class Halt:
     answered: float  # the emergency stop request's answer time (s)
 
 
-class Simulator:
-    """``freqfleet simulator`` in its own process."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._log = (workdir / "simulator.log").open("wb")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("FREQFLEET_")}
-        self._proc = subprocess.Popen(
-            [sys.executable, "-m", "freqfleet", "simulator"],
-            env=env | {"FREQFLEET_SIMULATOR_PORT": str(self.port), "FREQFLEET_LOG_FORMAT": "json"},
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    async def wait_started(self) -> None:
-        deadline = time.monotonic() + 60
-        async with httpx.AsyncClient(timeout=2) as client:
-            while time.monotonic() < deadline:
-                with contextlib.suppress(httpx.HTTPError):
-                    if (await client.get(f"{self.url}/_sim/health")).status_code == 200:
-                        return
-                if self._proc.poll() is not None:
-                    raise RuntimeError("the simulator exited at start")
-                await asyncio.sleep(0.1)
-        raise RuntimeError("the simulator did not start")
-
-    def stop(self) -> None:
-        self._proc.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self._proc.wait(10)
-        self._proc.kill()
-        self._log.close()
-
-
 async def halt_round(management: int, gateway: str, admin: str, bot_ids: list[str]) -> Halt:
     """Start the bots, wait until each runs, then the gateway's local emergency stop for all of them."""
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{management}/api/v1", timeout=30) as client:
@@ -301,13 +270,10 @@ def halt_lines(quiet: list[Halt], loud: list[Halt]) -> list[str]:
 async def bench(workdir: Path, pg: EmbeddedPostgres, valkey: EmbeddedValkey, seconds: float, halt_rounds: int) -> str:
     await create_admin(workdir, pg.url(), valkey.url)
     env = server_env(workdir, pg.url(), valkey.url)
+    simulator = SimulatorServer(workdir, {"FREQFLEET_LOG_FORMAT": "json"})
     management = AuthServer("management", workdir, env)
-    gateway: GatewayServer | None = None
-    simulator = Simulator(workdir)
-    try:
-        await simulator.wait_started()
-        management.start()
-        await management.wait_started()
+    async with contextlib.AsyncExitStack() as servers:
+        await servers.enter_async_context(running([simulator, management]))
         admin = await populate(management.port)
         alice = await account(management.port, admin, "alice@example.com")
         bob = await account(management.port, admin, "bob@example.com")
@@ -320,12 +286,10 @@ async def bench(workdir: Path, pg: EmbeddedPostgres, valkey: EmbeddedValkey, sec
             "FREQFLEET_BOT_PORT_RANGE_END": str(first + 39),
         }
         gateway = GatewayServer(workdir, gateway_env)
-        gateway.start()
-        await gateway.wait_started()
+        await servers.enter_async_context(running([gateway]))  # stopped first
         url = f"http://127.0.0.1:{gateway.port}"
         ws_url = f"ws://127.0.0.1:{gateway.port}/mcp/ws"
-        process = gateway._ps  # the gateway process (psutil)
-        assert process is not None
+        process = gateway.process
         rss_before, cpu_before = process.memory_info().rss, sum(process.cpu_times()[:2])
         quiet = await probes(url, ws_url, admin, bob, seconds)
         cpu_quiet = sum(process.cpu_times()[:2]) - cpu_before
@@ -376,11 +340,6 @@ async def bench(workdir: Path, pg: EmbeddedPostgres, valkey: EmbeddedValkey, sec
             f"  alice's calls meanwhile: {counts_after.served} served, {counts_after.refused} refused",
         ]
         return "\n".join(lines)
-    finally:
-        if gateway is not None:
-            gateway.stop()
-        management.stop()
-        simulator.stop()
 
 
 def run(quick: bool = False) -> None:

@@ -36,7 +36,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -54,6 +53,7 @@ import psutil
 import redis.asyncio as aioredis
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from bench._common import free_port, free_range, own_env
 from exchange_simulator.config import DEFAULT_PAIRS
 from freqfleet.embedded import EmbeddedValkey
 from management_server.security.keys import KeyRing, SigningKey
@@ -73,7 +73,7 @@ from shared.bus.messages import (
     TradeOpened,
     decode,
 )
-from shared.bus.publisher import ENVELOPE_FIELD, Publisher, entry_fields
+from shared.bus.publisher import Publisher
 from shared.bus.signing import CommandSigner
 from shared.bus.streams import EVENTS_STREAM, commands_stream
 from trading_gateway.bots.adoption import find_orphans
@@ -149,28 +149,6 @@ def spec_for(i: int) -> BotSpec:
     )
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def free_range(count: int) -> int:
-    """The first port of ``count`` consecutive ports that are free now."""
-    for base in range(21_000, 60_000, 500):
-        ok = True
-        for port in range(base, base + count):
-            with socket.socket() as s:
-                try:
-                    s.bind(("127.0.0.1", port))
-                except OSError:
-                    ok = False
-                    break
-        if ok:
-            return base
-    raise RuntimeError(f"no {count} consecutive free ports")
-
-
 async def wait_until(check: Callable[[], Awaitable[T | None]], timeout: float, what: str, every: float = POLL) -> T:
     deadline = time.monotonic() + timeout
     while True:
@@ -223,14 +201,9 @@ def kill_group(pid: int) -> None:
 COMMAND_KEYS = KeyRing([SigningKey.of(Ed25519PrivateKey.generate())])
 
 
-class SignedPublisher(Publisher):
+def command_publisher(redis: aioredis.Redis) -> Publisher:
     """Publishes commands signed as the management server's outbox relay signs them."""
-
-    signer = CommandSigner(COMMAND_KEYS.active.private, COMMAND_KEYS.active.kid)
-
-    async def publish(self, stream: str, message: Envelope) -> str:
-        fields = entry_fields(message)
-        return await self.publish_raw(stream, fields | self.signer.fields(stream, fields[ENVELOPE_FIELD]))
+    return Publisher(redis, signer=CommandSigner(COMMAND_KEYS.active.private, COMMAND_KEYS.active.kid))
 
 
 @dataclass
@@ -256,8 +229,7 @@ class Stack:
         return self.root / "bare"
 
     def _env(self, extra: dict[str, str]) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("FREQFLEET_")}
-        return env | {"FREQFLEET_LOG_FORMAT": "json", "FREQFLEET_LOG_LEVEL": "INFO"} | extra
+        return own_env() | {"FREQFLEET_LOG_FORMAT": "json", "FREQFLEET_LOG_LEVEL": "INFO"} | extra
 
     def _spawn(self, name: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
         out = (self.root / f"{name}.log").open("wb")
@@ -514,9 +486,7 @@ def wall_to_monotonic(moment: datetime) -> float:
     return time.monotonic() - (time.time() - moment.timestamp())
 
 
-async def gateway_round(
-    stack: Stack, n: int, profile: Profile, events: Events, publisher: SignedPublisher
-) -> GatewayFigures:
+async def gateway_round(stack: Stack, n: int, profile: Profile, events: Events, publisher: Publisher) -> GatewayFigures:
     assert stack.gateway is not None
     gw = psutil.Process(stack.gateway.pid)
     await events.pull()
@@ -638,7 +608,7 @@ async def bench(profile: Profile) -> None:
         stack.start(max_bots)
         redis = aioredis.Redis.from_url(stack.redis_url)
         try:
-            events, publisher = Events(redis), SignedPublisher(redis)
+            events, publisher = Events(redis), command_publisher(redis)
             for n in profile.sizes:
                 available = psutil.virtual_memory().available
                 if n * BOT_MEMORY_GUESS * 1.5 > available:

@@ -13,7 +13,7 @@ consumer writes to the audit log.
 
 Targets, on the same gateway process and in the same run (alternated, order rotated each round):
 
-- **baseline**: ``GET /health/live`` on the gateway (raw HTTP/1.1 keep-alive, ``bench.http_overhead``'s
+- **baseline**: ``GET /health/live`` on the gateway (raw HTTP/1.1 keep-alive, ``bench._common``'s
   load generator);
 - **reference**: ``GET /api/v1/bots`` on the management server with the same token: the REST round trip
   inside ``list_bots``;
@@ -40,8 +40,6 @@ import asyncio
 import contextlib
 import itertools
 import json
-import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -50,27 +48,32 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psutil
 from sqlalchemy import func, select
 from websockets.asyncio.client import ClientConnection, connect
 
-from bench._servers import run_on_servers
-from bench.auth import AuthServer, Backends, Outside, machine_cpu, our_cpu, server_env
-from bench.http_overhead import (
-    PHASE_TIMEOUT,
+from bench._common import (
+    ALWAYS_ENTER,
     REQUEST_TIMEOUT,
-    ROOT,
+    AuthServer,
+    Backends,
     BenchError,
-    Connection,
-    Server,
-    _close,
-    _exchange,
-    _open,
-    _server_stack,
+    GatewayServer,
+    Outside,
+    OutsideWatch,
+    Profile,
+    Result,
+    Round,
+    alternated,
     drive,
-    percentile,
+    drive_each,
     raw_get,
+    request_once,
+    running,
+    server_env,
+    server_stack,
+    timed,
 )
+from bench._servers import run_on_servers
 from freqfleet.embedded import EmbeddedPostgres, EmbeddedValkey
 from management_server import db
 from management_server.audit.models import AuditEntry
@@ -108,19 +111,9 @@ INITIALIZE = {
     },
 }
 INITIALIZED = {"jsonrpc": "2.0", "method": "notifications/initialized"}
-STRATEGY = (ROOT / "tests" / "exchange_simulator" / "strategies" / "AlwaysEnter.py").read_text()
-
-
-@dataclass(frozen=True)
-class Profile:
-    rounds: int
-    calls: int
-    warmup: int
-    first_warmup: int
-
-
-FULL = Profile(rounds=3, calls=600, warmup=60, first_warmup=120)
-QUICK = Profile(rounds=1, calls=200, warmup=50, first_warmup=100)
+STRATEGY = ALWAYS_ENTER.read_text()
+FULL = Profile(rounds=3, requests=600, warmup=60, first_warmup=120)  # requests: tool calls
+QUICK = Profile(rounds=1, requests=200, warmup=50, first_warmup=100)
 
 
 @dataclass(frozen=True)
@@ -146,25 +139,6 @@ LIMITED = {
     "http-open": "http",
     "session-open": "session",
 }  # each "no limits" target beside the same target with them
-
-
-class GatewayServer(Server):
-    """A ``bench._mcp_server`` process with its own environment."""
-
-    def __init__(self, workdir: Path, env: Mapping[str, str], *, limits: bool = True) -> None:
-        super().__init__("gateway" if limits else "gateway-open", "", workdir)
-        self.env = dict(env)
-        self.limits = limits
-
-    def start(self) -> None:
-        self._log = self.log_path.open("wb")
-        cmd = [sys.executable, "-m", "bench._mcp_server", "--port", str(self.port)]
-        if not self.limits:
-            cmd.append("--no-limits")
-        self._proc = subprocess.Popen(
-            cmd, cwd=ROOT, env=self.env, stdin=subprocess.DEVNULL, stdout=self._log, stderr=self._log
-        )
-        self._ps = psutil.Process(self._proc.pid)
 
 
 # --- requests ---------------------------------------------------------------------------------------
@@ -232,32 +206,6 @@ def check_call(body: bytes | str) -> None:
 # --- load generators --------------------------------------------------------------------------------
 
 
-async def drive_each(port: int, raws: Sequence[bytes], total: int) -> tuple[float, list[float]]:
-    """Like ``bench.http_overhead.drive``, but each keep-alive connection sends its own request."""
-    conns = await _open(port, len(raws))
-    remaining = total
-    latencies: list[float] = []
-
-    async def worker(conn: Connection, raw: bytes) -> None:
-        nonlocal remaining
-        while remaining > 0:
-            remaining -= 1
-            started = time.perf_counter()
-            status, body = await _exchange(conn, raw)
-            latencies.append((time.perf_counter() - started) * 1000)
-            if status != 200:
-                raise BenchError(f"answered {status}: {body[:200]!r}")
-
-    try:
-        started = time.perf_counter()
-        async with asyncio.timeout(PHASE_TIMEOUT):
-            await asyncio.gather(*(worker(c, r) for c, r in zip(conns, raws, strict=True)))
-        elapsed = time.perf_counter() - started
-    finally:
-        await _close(conns)
-    return elapsed, latencies
-
-
 async def open_websockets(url: str, token: str, count: int) -> list[ClientConnection]:
     sockets = []
     for _ in range(count):
@@ -271,58 +219,29 @@ async def open_websockets(url: str, token: str, count: int) -> list[ClientConnec
 
 
 async def drive_websockets(url: str, token: str, total: int, concurrency: int) -> tuple[float, list[float]]:
+    """``total`` list_bots calls over ``concurrency`` WebSockets, one at a time each (see ``bench._common.drive``)."""
     sockets = await open_websockets(url, token, concurrency)
-    remaining = total
-    latencies: list[float] = []
     ids = itertools.count(1)
 
-    async def worker(ws: ClientConnection) -> None:
-        nonlocal remaining
-        while remaining > 0:
-            remaining -= 1
+    def sender(ws: ClientConnection) -> Callable[[int], Awaitable[None]]:
+        async def send(left: int) -> None:
             request_id = next(ids)
-            payload = json.dumps(tools_call(request_id, modern=False), separators=(",", ":"))
-            started = time.perf_counter()
-            await ws.send(payload)
+            await ws.send(json.dumps(tools_call(request_id, modern=False), separators=(",", ":")))
             answer = str(await ws.recv())
-            latencies.append((time.perf_counter() - started) * 1000)
             if f'"id":{request_id},' not in answer or '"isError":false' not in answer:
                 raise BenchError(f"unexpected answer: {answer[:200]}")
 
+        return send
+
     try:
-        started = time.perf_counter()
-        async with asyncio.timeout(PHASE_TIMEOUT):
-            await asyncio.gather(*(worker(ws) for ws in sockets))
-        elapsed = time.perf_counter() - started
+        return await timed(total, [sender(ws) for ws in sockets])
     finally:
         for ws in sockets:
             with contextlib.suppress(Exception):
                 await ws.close()
-    return elapsed, latencies
 
 
 # --- measurement ------------------------------------------------------------------------------------
-
-
-@dataclass
-class Round:
-    rps: float
-    p50: float
-    p95: float
-    p99: float
-    gateway_us: float
-    management_us: float
-    backend_us: float
-
-
-@dataclass
-class Result:
-    target: Target
-    rounds: list[Round] = field(default_factory=list)
-    calls: int = 0
-
-    def median(self, name: str) -> float:
-        return statistics.median(float(getattr(r, name)) for r in self.rounds)
 
 
 @dataclass
@@ -342,38 +261,31 @@ def build_loads(stack: Stack, sessions: Sequence[str], open_sessions: Sequence[s
     stack.loads = {
         "ws-open": lambda n: drive_websockets(f"ws://127.0.0.1:{og}/mcp/ws", token, n, CONCURRENCY),
         "http-open": lambda n: drive(og, modern_request(og, token), 200, n, CONCURRENCY),
-        "session-open": lambda n: drive_each(og, [session_request(og, token, s) for s in open_sessions], n),
+        "session-open": lambda n: drive_each(og, [session_request(og, token, s) for s in open_sessions], 200, n),
         "baseline": lambda n: drive(gw, raw_get(gw, "/health/live"), 200, n, CONCURRENCY),
         "rest": lambda n: drive(mg, raw_get(mg, "/api/v1/bots", token), 200, n, CONCURRENCY),
         "ws": lambda n: drive_websockets(ws_url, token, n, CONCURRENCY),
         "http": lambda n: drive(gw, modern_request(gw, token), 200, n, CONCURRENCY),
-        "session": lambda n: drive_each(gw, [session_request(gw, token, s) for s in sessions], n),
+        "session": lambda n: drive_each(gw, [session_request(gw, token, s) for s in sessions], 200, n),
     }
 
 
-async def measure(result: Result, stack: Stack, profile: Profile) -> None:
+async def measure(result: Result[Target], stack: Stack, profile: Profile) -> int:
+    """One round of the target, added to ``result``; the calls it made (its warm-up's too)."""
     load = stack.loads[result.target.key]
     gateway = stack.open_gateway if result.target.gateway == "open" else stack.gateway
     await load(profile.warmup)
     before = gateway.cpu_seconds(), stack.management.cpu_seconds(), stack.backends.snapshot()
-    elapsed, latencies = await load(profile.calls)
+    elapsed, latencies = await load(profile.requests)
     gateway_cpu = gateway.cpu_seconds() - before[0]
     management_cpu = stack.management.cpu_seconds() - before[1]
     backend_cpu, _ = Backends.spent(before[2], stack.backends.snapshot())
-    latencies.sort()
     n = len(latencies)
-    result.calls += profile.warmup + n
+    gateway_us, management_us, backend_us = gateway_cpu / n * 1e6, management_cpu / n * 1e6, backend_cpu / n * 1e6
     result.rounds.append(
-        Round(
-            rps=n / elapsed,
-            p50=percentile(latencies, 50),
-            p95=percentile(latencies, 95),
-            p99=percentile(latencies, 99),
-            gateway_us=gateway_cpu / n * 1e6,
-            management_us=management_cpu / n * 1e6,
-            backend_us=backend_cpu / n * 1e6,
-        )
+        Round.of(elapsed, latencies, gateway_us=gateway_us, management_us=management_us, backend_us=backend_us)
     )
+    return profile.warmup + n
 
 
 async def check_targets(stack: Stack, sessions: Sequence[str]) -> int:
@@ -388,18 +300,11 @@ async def check_targets(stack: Stack, sessions: Sequence[str]) -> int:
         )
         if bots.status_code != 200 or len(bots.json()) != BOTS:
             raise BenchError(f"GET /api/v1/bots answered {bots.status_code}: {bots.text[:200]}")
-    conns = await _open(gw, 2)
-    try:
-        async with asyncio.timeout(REQUEST_TIMEOUT):
-            for conn, raw in zip(
-                conns, (modern_request(gw, stack.token), session_request(gw, stack.token, sessions[0])), strict=True
-            ):
-                status, body = await _exchange(conn, raw)
-                if status != 200:
-                    raise BenchError(f"POST /mcp answered {status}: {body[:200]!r}")
-                check_call(body)
-    finally:
-        await _close(conns)
+    for raw in (modern_request(gw, stack.token), session_request(gw, stack.token, sessions[0])):
+        status, body = await request_once(gw, raw)
+        if status != 200:
+            raise BenchError(f"POST /mcp answered {status}: {body[:200]!r}")
+        check_call(body)
     [ws] = await open_websockets(f"ws://127.0.0.1:{gw}/mcp/ws", stack.token, 1)
     try:
         await ws.send(json.dumps(tools_call(1, modern=False)))
@@ -490,12 +395,8 @@ async def bench(profile: Profile, workdir: Path, pg: EmbeddedPostgres, valkey: E
     await create_admin(workdir, pg.url(), valkey.url, (GATEWAY_ID, OPEN_GATEWAY_ID))
     env = server_env(workdir, pg.url(), valkey.url)
     management = AuthServer("management", workdir, env)
-    backends = Backends([pid for pid in (pg.pid, valkey.pid) if pid is not None])
-    gateway: GatewayServer | None = None
-    open_gateway: GatewayServer | None = None
-    try:
-        management.start()
-        await management.wait_started()
+    backends = Backends.of(pg, valkey)
+    async with running([management]):
         token = await populate(management.port)
         gateway_env = env | {
             "FREQFLEET_GATEWAY_ID": GATEWAY_ID,
@@ -504,37 +405,25 @@ async def bench(profile: Profile, workdir: Path, pg: EmbeddedPostgres, valkey: E
             "FREQFLEET_MCP_CALLS_PER_MINUTE": "100000000",
         }
         gateway = GatewayServer(workdir, gateway_env)
-        gateway.start()
         open_gateway = GatewayServer(workdir, gateway_env | {"FREQFLEET_GATEWAY_ID": OPEN_GATEWAY_ID}, limits=False)
-        open_gateway.start()
-        await gateway.wait_started()
-        await open_gateway.wait_started()
-        stack = Stack(gateway, open_gateway, management, backends, token)
-        sessions = [await open_session(gateway.port, token) for _ in range(CONCURRENCY)]
-        open_sessions = [await open_session(open_gateway.port, token) for _ in range(CONCURRENCY)]
-        build_loads(stack, sessions, open_sessions)
-        calls = await check_targets(stack, sessions)
-        results = [Result(t) for t in TARGETS]
-        for result in results:
-            await stack.loads[result.target.key](profile.first_warmup)
-            if result.target.tool_call:
-                calls += profile.first_warmup
-        servers = [gateway, open_gateway, management]
-        started, (busy, steal), ours = time.monotonic(), machine_cpu(), our_cpu(servers, backends)
-        for i in range(profile.rounds):
-            shift = i % len(results)
-            for result in results[shift:] + results[:shift]:
-                await measure(result, stack, profile)
-        (busy_after, steal_after), ours_after = machine_cpu(), our_cpu(servers, backends)
-        outside = Outside(time.monotonic() - started, (busy_after - busy) - (ours_after - ours), steal_after - steal)
-        calls += sum(r.calls for r in results if r.target.tool_call)
-        ok, other, waited = await audited(pg.url(), valkey.url, workdir, calls)
-        return report(results, outside, profile, calls, ok, other, waited)
-    finally:
-        for server in (gateway, open_gateway):
-            if server is not None:
-                server.stop()
-        management.stop()
+        async with running([gateway, open_gateway]):
+            stack = Stack(gateway, open_gateway, management, backends, token)
+            sessions = [await open_session(gateway.port, token) for _ in range(CONCURRENCY)]
+            open_sessions = [await open_session(open_gateway.port, token) for _ in range(CONCURRENCY)]
+            build_loads(stack, sessions, open_sessions)
+            calls = await check_targets(stack, sessions)
+            results = [Result(t) for t in TARGETS]
+            for result in results:
+                await stack.loads[result.target.key](profile.first_warmup)
+                if result.target.tool_call:
+                    calls += profile.first_warmup
+            watch = OutsideWatch([gateway, open_gateway, management], backends)
+            for result in alternated(results, profile.rounds):
+                made = await measure(result, stack, profile)
+                calls += made if result.target.tool_call else 0
+            outside = watch.outside()
+            ok, other, waited = await audited(pg.url(), valkey.url, workdir, calls)
+            return report(results, outside, profile, calls, ok, other, waited)
 
 
 def limit_checks_us(calls: int = 200_000, users: int = 100) -> float:
@@ -551,7 +440,7 @@ def limit_checks_us(calls: int = 200_000, users: int = 100) -> float:
 
 
 def report(
-    results: list[Result],
+    results: list[Result[Target]],
     outside: Outside,
     profile: Profile,
     calls: int,
@@ -563,9 +452,9 @@ def report(
     base, rest = by_key["baseline"], by_key["rest"]
     lines = [
         "MCP tool calls on the gateway: list_bots over WebSocket and Streamable HTTP, beside GET /health/live",
-        f"  {profile.calls} calls per round after {profile.warmup} warm-up, {CONCURRENCY} connections (one call at a"
+        f"  {profile.requests} calls per round after {profile.warmup} warm-up, {CONCURRENCY} connections (one call at a"
         f" time each), {profile.rounds} round(s), targets alternated; medians over rounds",
-        f"  servers: {_server_stack()}, one process each; env=production, JSON logs to files",
+        f"  servers: {server_stack()}, one process each; env=production, JSON logs to files",
         f"  list_bots lists {BOTS} bots: token verified (EdDSA + revocation in Valkey), GET /api/v1/bots on the"
         " management server with the caller's token, the call's MCP_CALL audit event published",
         "  management server: rate limits OFF; its events consumer writes the audit rows meanwhile",
@@ -577,13 +466,8 @@ def report(
         f" {'gw CPU':>7} {'mgmt CPU':>8} {'db CPU':>7}",
     ]
     for r in results:
-        rps = [x.rps for x in r.rounds]
-        spread = f"({min(rps):.0f}-{max(rps):.0f})"
-        lines.append(
-            f"  {r.target.label:<42} {r.median('rps'):>7.0f} {spread:>11} {r.median('p50'):>7.2f}"
-            f" {r.median('p95'):>7.2f} {r.median('p99'):>7.2f} {r.median('gateway_us'):>7.0f}"
-            f" {r.median('management_us'):>8.0f} {r.median('backend_us'):>7.0f}"
-        )
+        costs = f" {r.median('gateway_us'):>7.0f} {r.median('management_us'):>8.0f} {r.median('backend_us'):>7.0f}"
+        lines.append(r.row(42, 7) + costs)
     lines += ["", f"  {'MCP target':<42} {'calls/s':>7} {'p50':>7} {'p99':>7}   ratios to baseline | to reference"]
     for r in results[2:5]:
         lines.append(
@@ -614,9 +498,7 @@ def report(
         + ", ".join(f"{by_key[k].target.label.split(None, 1)[1].strip()} {v:.0f} us" for k, v in mcp_gw.items()),
         f"  audit log: {ok} successful mcp.list_bots rows for {calls} calls made ({sum(other.values())} other MCP"
         f" rows); the consumer had written them {waited:.1f} s after the last call",
-        f"  while the rounds ran ({outside.elapsed:.0f} s), other processes on this machine used"
-        f" {max(0.0, outside.others):.1f} CPU-s ({max(0.0, outside.others) / outside.elapsed * 100:.0f}% of a core),"
-        f" steal {outside.steal:.1f} s",
+        outside.line(),
     ]
     if ok < calls:
         lines.append(f"  WARNING: {calls - ok} calls have no successful audit row")

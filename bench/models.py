@@ -36,11 +36,9 @@ import argparse
 import asyncio
 import contextlib
 import os
-import random
 import secrets
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -59,6 +57,7 @@ import psutil
 import redis.asyncio as aioredis
 from pydantic import SecretStr
 
+from bench._common import ROOT, BenchError, free_port, free_range, own_env
 from exchange_simulator.config import DEFAULT_PAIRS
 from freqfleet import database
 from freqfleet.embedded import EmbeddedPostgres, EmbeddedValkey
@@ -67,8 +66,8 @@ from shared.freqai.bundle import PackedBundle, pack_bundle
 from shared.freqai.training import TrainingRequest, TrainingResult, train_model
 from shared.settings import Environment
 from trading_gateway.bots.adoption import find_orphans
+from trading_gateway.identity import load_or_create
 
-ROOT = Path(__file__).resolve().parent.parent
 STRATEGY = (ROOT / "examples" / "strategies" / "FreqaiExample.py").read_text()
 STRATEGY_CLASS = "FreqaiExample"
 EMAIL = "bench@example.com"
@@ -89,10 +88,6 @@ DEPLOY_TIMEOUT = 600.0
 START_TIMEOUT = 900.0
 SAMPLE_INTERVAL = 0.01
 MIB = 1024 * 1024
-
-
-class BenchError(RuntimeError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -127,12 +122,7 @@ class Stack:
         return self.root / "data"
 
     def _env(self, extra: dict[str, str]) -> dict[str, str]:
-        env = {
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith("FREQFLEET_") and k not in ("DATABASE_URL", "REDIS_URL")
-        }
-        return env | {"FREQFLEET_LOG_FORMAT": "json", "FREQFLEET_LOG_LEVEL": "INFO"} | extra
+        return own_env() | {"FREQFLEET_LOG_FORMAT": "json", "FREQFLEET_LOG_LEVEL": "INFO"} | extra
 
     def spawn(self, name: str, env: dict[str, str], health: str) -> None:
         out = (self.root / f"{name}.log").open("wb")
@@ -161,9 +151,9 @@ class Stack:
         self.pg = EmbeddedPostgres(self.root / "pg")
         self.pg.start()
         database.upgrade(self.pg.url())
-        self.valkey = EmbeddedValkey(self.root / "valkey", _free_port())
+        self.valkey = EmbeddedValkey(self.root / "valkey", free_port())
         self.valkey.start()
-        port = _free_port()
+        port = free_port()
         self.urls["simulator"] = f"http://127.0.0.1:{port}"
         self.spawn("simulator", {"FREQFLEET_SIMULATOR_PORT": str(port)}, f"{self.urls['simulator']}/_sim/health")
 
@@ -177,13 +167,16 @@ class Stack:
             redis_url=SecretStr(self.valkey.url),
         )
         database.create_admin(settings, EMAIL, PASSWORD)
+        # Only an enrolled gateway gets bots: its identity made where it will find it, and enrolled (as `up` does).
+        identity = load_or_create(self.data_dir / "gateway" / GATEWAY_ID, GATEWAY_ID)
+        database.enroll_gateway(settings, identity.enrollment())
         common = {
             "FREQFLEET_DATA_DIR": str(self.data_dir),
             "FREQFLEET_DATABASE_URL": self.pg.url(),
             "FREQFLEET_REDIS_URL": self.valkey.url,
             "FREQFLEET_SIMULATOR_URL": self.urls["simulator"],
         }
-        mport, gport, first = _free_port(), _free_port(), _free_port_range(20)
+        mport, gport, first = free_port(), free_port(), free_range(20)
         self.urls["management"] = f"http://127.0.0.1:{mport}"
         self.urls["gateway"] = f"http://127.0.0.1:{gport}"
         self.spawn(
@@ -227,26 +220,6 @@ class Stack:
             self.pg.stop()
         for out in self.logs:
             out.close()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _free_port_range(size: int) -> int:
-    for _ in range(200):
-        first = random.randrange(20_000, 60_000 - size)
-        try:
-            with contextlib.ExitStack() as stack:
-                for port in range(first, first + size):
-                    sock = stack.enter_context(socket.socket())
-                    sock.bind(("127.0.0.1", port))
-            return first
-        except OSError:
-            continue
-    raise BenchError("no free range of ports")
 
 
 # --------------------------------------------------------------------------------------------- measuring

@@ -17,17 +17,16 @@ import asyncio
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import psutil
 
-from bench.gateway import free_port, spec_for
+from bench._common import SimulatorServer, free_port
+from bench.gateway import spec_for
 from shared.sandbox.host import detect
 from shared.sandbox.policy import Limits, Policy, wrap
 from trading_gateway.bots.credentials import ApiCredentials
@@ -47,28 +46,6 @@ class Profile:
 
 FULL = Profile(rounds=9, window=20.0, launcher_runs=30)
 QUICK = Profile(rounds=2, window=8.0, launcher_runs=10)
-
-
-def _start_simulator(root: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FREQFLEET_")}
-    out = (root / "simulator.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "freqfleet", "simulator"],
-        env=env | {"FREQFLEET_SIMULATOR_PORT": str(port)},
-        stdout=out,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/_sim/health", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    raise RuntimeError("the simulator did not answer")
 
 
 async def _start(root: Path, sandboxing: BotSandboxing | None, port: int, url: str, i: int) -> tuple[BotProcess, float]:
@@ -110,11 +87,14 @@ async def measure(profile: Profile) -> None:
     with tempfile.TemporaryDirectory(prefix="freqfleet-bench-sandbox-") as tmp:
         root = Path(tmp)
         os.chmod(root, 0o755)  # noqa: S103 (the bots of each kind get their own folder in it)
-        simulator, url = _start_simulator(root)
-        sandboxing = BotSandboxing(host, root, simulator_url=url)
+        simulator = SimulatorServer(root)
         starts: dict[str, list[float]] = {"bare": [], "sandboxed": []}
         cpu: dict[str, list[float]] = {"bare": [], "sandboxed": []}
         try:
+            simulator.start()
+            await simulator.wait_started()
+            url = simulator.url
+            sandboxing = BotSandboxing(host, root, simulator_url=url)
             for r in range(profile.rounds):
                 order = ["bare", "sandboxed"] if r % 2 == 0 else ["sandboxed", "bare"]
                 running: dict[str, BotProcess] = {}
@@ -132,8 +112,7 @@ async def measure(profile: Profile) -> None:
                 for process in running.values():
                     await process.stop(grace=15)
         finally:
-            simulator.terminate()
-            simulator.wait(10)
+            simulator.stop()
         bare_run, sandboxed_run = _launcher_overhead(root, profile.launcher_runs)
 
     def line(name: str, values: dict[str, list[float]], unit: str) -> None:

@@ -23,13 +23,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import math
 import os
 import platform
 import random
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,13 +33,22 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
 
-import psutil
+from bench._common import (
+    ROOT,
+    BenchError,
+    Connection,
+    Server,
+    SimulatorServer,
+    exchange,
+    loop_factory,
+    own_env,
+    percentile,
+    running,
+)
 
 RATE = 100.0  # requests per second: about 40 bots
 CONNECTIONS = 40  # one keep-alive connection per bot
-START_TIMEOUT = 60.0
 SEED = 42
 PAIRS = ["BTCUSDT", "ETHUSDT", "BNBUSDT", "SOLUSDT", "XRPUSDT", "ADAUSDT", "DOGEUSDT", "LTCUSDT", "DOTUSDT", "LINKUSDT"]
 BASELINE_BODY = {"status": "ok", "service": "baseline"}
@@ -103,16 +108,6 @@ MIX: list[tuple[str, float, PathFactory]] = [
 ]
 
 
-class BenchError(RuntimeError):
-    pass
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 # --- servers --------------------------------------------------------------------------------------
 
 
@@ -131,91 +126,25 @@ def serve_baseline(port: int) -> None:
     uvicorn.run(app, host="127.0.0.1", port=port, log_config=None, access_log=False, proxy_headers=False)
 
 
-@dataclass
-class Server:
-    name: str
-    proc: subprocess.Popen[bytes]
-    port: int
-    log: IO[bytes]
+class BaselineServer(Server):
+    """The baseline server in its own process (:func:`serve_baseline`)."""
 
-    def cpu_seconds(self) -> float:
-        times = psutil.Process(self.proc.pid).cpu_times()
-        return float(times.user + times.system)
+    health_path = "/baseline"
 
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self.log.close()
+    def __init__(self, workdir: Path) -> None:
+        super().__init__("baseline", workdir, own_env() | {"PYTHONPATH": str(ROOT)})
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "bench.simulator", "--serve-baseline", str(self.port)]
 
 
-def _wait_answering(server: Server, path: str) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if server.proc.poll() is not None:
-            server.log.seek(0)
-            raise BenchError(f"{server.name} exited: {server.log.read()[-2000:].decode(errors='replace')}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", server.port), timeout=1) as sock:
-            sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
-            if sock.recv(12).startswith(b"HTTP/1.1 200"):
-                return
-        time.sleep(0.1)
-    raise BenchError(f"{server.name} did not answer within {START_TIMEOUT:g}s")
-
-
-def start_servers(workdir: Path) -> tuple[Server, Server]:
-    root = Path(__file__).resolve().parent.parent
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FREQFLEET_")}
-    env["PYTHONPATH"] = str(root)
-    base_port, sim_port = free_port(), free_port()
-    base_log = (workdir / "baseline.log").open("w+b")
-    baseline = Server(
-        "baseline",
-        subprocess.Popen(
-            [sys.executable, "-m", "bench.simulator", "--serve-baseline", str(base_port)],
-            cwd=root,
-            env=env,
-            stdout=base_log,
-            stderr=subprocess.STDOUT,
-        ),
-        base_port,
-        base_log,
-    )
-    sim_env = env | {
-        "FREQFLEET_SIMULATOR_PORT": str(sim_port),
-        "FREQFLEET_SIMULATOR_SEED": str(SEED),
-        "FREQFLEET_LOG_FORMAT": "json",
-    }
-    sim_log = (workdir / "simulator.log").open("w+b")
-    simulator = Server(
-        "simulator",
-        subprocess.Popen(
-            [sys.executable, "-m", "freqfleet", "simulator"],
-            cwd=root,
-            env=sim_env,
-            stdout=sim_log,
-            stderr=subprocess.STDOUT,
-        ),
-        sim_port,
-        sim_log,
-    )
-    try:
-        _wait_answering(baseline, "/baseline")
-        _wait_answering(simulator, "/api/v3/ping")
-    except BaseException:
-        baseline.stop()
-        simulator.stop()
-        raise
-    return baseline, simulator
+def servers(workdir: Path) -> tuple[Server, Server]:
+    """The baseline and ``freqfleet simulator`` (exactly as ``freqfleet up`` starts it, JSON logs), not started."""
+    env = {"PYTHONPATH": str(ROOT), "FREQFLEET_SIMULATOR_SEED": str(SEED), "FREQFLEET_LOG_FORMAT": "json"}
+    return BaselineServer(workdir), SimulatorServer(workdir, env)
 
 
 # --- load -----------------------------------------------------------------------------------------
-
-Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
 
 @dataclass
@@ -231,21 +160,6 @@ class Phase:
     seconds: float = 0.0
     cpu_seconds: float = 0.0
     queued: int = 0  # requests that waited for a free connection (all 40 busy)
-
-
-async def _exchange(conn: Connection, raw: bytes) -> int:
-    reader, writer = conn
-    writer.write(raw)
-    head = await reader.readuntil(b"\r\n\r\n")
-    length = -1
-    for line in head.split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
-            length = int(value.strip())
-    if length < 0:
-        raise BenchError(f"answer without Content-Length: {head[:200]!r}")
-    await reader.readexactly(length)
-    return int(head[9:12])
 
 
 async def drive(port: int, seconds: float, rng: random.Random, fixed_path: str | None) -> Phase:
@@ -264,7 +178,7 @@ async def drive(port: int, seconds: float, rng: random.Random, fixed_path: str |
             phase.queued += 1
         conn = await pool.get()
         try:
-            status = await _exchange(conn, f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+            status, _ = await exchange(conn, f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
         finally:
             pool.put_nowait(conn)
         phase.samples.append(Sample(label, (time.perf_counter() - scheduled) * 1000, status))
@@ -286,11 +200,6 @@ async def drive(port: int, seconds: float, rng: random.Random, fixed_path: str |
         _, writer = pool.get_nowait()
         writer.close()
     return phase
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
 
 @dataclass
@@ -327,7 +236,7 @@ async def measure(baseline: Server, simulator: Server, profile: Profile) -> tupl
             cpu = server.cpu_seconds()
             phase = await drive(server.port, profile.seconds, rng, "/baseline" if server is baseline else None)
             phase.cpu_seconds = server.cpu_seconds() - cpu
-            results[server.name].phases.append(phase)
+            results[server.kind].phases.append(phase)
         order.reverse()
     return results["baseline"], results["simulator"]
 
@@ -335,7 +244,8 @@ async def measure(baseline: Server, simulator: Server, profile: Profile) -> tupl
 async def drive_one(port: int, path: str) -> int:
     conn = await asyncio.open_connection("127.0.0.1", port)
     try:
-        return await _exchange(conn, f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+        status, _ = await exchange(conn, f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+        return status
     finally:
         conn[1].close()
 
@@ -346,9 +256,10 @@ async def drive_one(port: int, path: str) -> int:
 def _row(label: str, values: Sequence[float], count: int, extra: str = "") -> str:
     if not values:
         return f"  {label:<22}{0:>7}"
+    ordered = sorted(values)
     return (
-        f"  {label:<22}{count:>7}{percentile(values, 0.5):>9.2f}{percentile(values, 0.95):>9.2f}"
-        f"{percentile(values, 0.99):>9.2f}{max(values):>9.2f}{extra}"
+        f"  {label:<22}{count:>7}{percentile(ordered, 50):>9.2f}{percentile(ordered, 95):>9.2f}"
+        f"{percentile(ordered, 99):>9.2f}{max(values):>9.2f}{extra}"
     )
 
 
@@ -382,40 +293,34 @@ def report(baseline: Result, simulator: Result, profile: Profile) -> None:
                 values = result.latencies(label)
                 print(_row(f"  {label}", values, len(values)))
     print()
-    b, s = baseline.latencies(), simulator.latencies()
+    b, s = sorted(baseline.latencies()), sorted(simulator.latencies())
     print(
         "  simulator / baseline: "
-        f"p50 {percentile(s, 0.5) / percentile(b, 0.5):.2f}x, p95 {percentile(s, 0.95) / percentile(b, 0.95):.2f}x, "
-        f"p99 {percentile(s, 0.99) / percentile(b, 0.99):.2f}x, "
+        f"p50 {percentile(s, 50) / percentile(b, 50):.2f}x, p95 {percentile(s, 95) / percentile(b, 95):.2f}x, "
+        f"p99 {percentile(s, 99) / percentile(b, 99):.2f}x, "
         f"server CPU/req {simulator.cpu_us_per_request / baseline.cpu_us_per_request:.2f}x, "
         f"rate {simulator.rate / baseline.rate:.2f}x"
     )
     print(f"  ({len(s)} measured simulator requests in {seconds:g}s)")
 
 
+async def start_and_measure(workdir: Path, profile: Profile) -> tuple[Result, Result]:
+    baseline, simulator = servers(workdir)
+    async with running([baseline, simulator]):
+        return await measure(baseline, simulator, profile)
+
+
 def run(quick: bool = False) -> None:
     profile = QUICK if quick else FULL
-    with tempfile.TemporaryDirectory(prefix="freqfleet-bench-sim-") as tmp:
-        baseline, simulator = start_servers(Path(tmp))
-        try:
-            with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-                base, sim = runner.run(measure(baseline, simulator, profile))
-        finally:
-            baseline.stop()
-            simulator.stop()
+    with (
+        tempfile.TemporaryDirectory(prefix="freqfleet-bench-sim-") as tmp,
+        asyncio.Runner(loop_factory=loop_factory()) as runner,
+    ):
+        base, sim = runner.run(start_and_measure(Path(tmp), profile))
     bad = [s for s in sim.samples if s.status != 200]
     if bad:
         raise BenchError(f"{len(bad)} simulator requests failed, e.g. status {bad[0].status} on {bad[0].label}")
     report(base, sim, profile)
-
-
-def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop comes with uvicorn[standard]; fall back anyway
-        return None
-    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
-    return factory
 
 
 def main(argv: list[str] | None = None) -> None:

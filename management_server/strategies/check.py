@@ -19,7 +19,8 @@ the export).
 This is not a sandbox. The strategy's code runs with the rights of the calling process's user; its
 environment is cut down to a few harmless variables (no ``FREQFLEET_*`` settings, no database or Redis
 URL, no ``PYTEST_*``, in whose presence Freqtrade would set up no logging), and it runs in a temporary
-folder that is removed afterwards.
+folder that is removed afterwards. The subprocesses are run by :mod:`shared.freqtrade_steps`, as FreqAI's
+training's are.
 """
 
 from __future__ import annotations
@@ -28,44 +29,43 @@ import json
 import math
 import os
 import re
-import subprocess
 import sys
-import sysconfig
 import tempfile
 import time
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from shared.exchange import SIMULATOR, offline_config, render_exchange_section
+from shared.exchange import SIMULATOR_CCXT_NAME
 from shared.files import open_read_nofollow
-from shared.processes import kill_group
-from shared.sandbox.host import CHECK_UID_OFFSET, HostSandbox, exchange_ports, popen_sandboxed, stray_entry
-from shared.sandbox.policy import Policy
+from shared.freqtrade_steps import (
+    CLASS_NAME,
+    DRY_RUN_WALLET,
+    LOG_LINE,
+    FreqtradeSteps,
+    config_skeleton,
+    freqtrade_beside_python,
+    freqtrade_version,
+    notify,
+)
+from shared.sandbox.host import CHECK_UID_OFFSET, HostSandbox
 
 DEFAULT_PAIRS: tuple[str, ...] = ("BTC/USDT", "ETH/USDT")
-DRY_RUN_WALLET = 1000
 LOG_TAIL_LINES = 20
 MAX_EXPORT_BYTES = 256 * 1024 * 1024
 NO_TRADES_NOTE = "The strategy loaded and ran to the end but made no trades in this period."
-# Variables the freqtrade subprocesses keep; everything else (settings, credentials, pytest's markers) is dropped.
-ENV_ALLOWED = ("PATH", "HOME", "LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "LD_LIBRARY_PATH")
 
-_CLASS_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,99}")
 _PAIR = re.compile(r"[A-Z0-9]{2,12}/[A-Z0-9]{2,12}")
 _TIMEFRAME = re.compile(r"[1-9][0-9]{0,2}[smhdwM]")
-_LOG_PREFIX = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ - (?P<logger>[\w.]+) - (?P<level>[A-Z]+) - (?P<msg>.*)$")
 _FRAME = re.compile(r'^\s*File "(?P<file>[^"]+)", line (?P<line>\d+), in (?P<func>\S+)')
 _EXCEPTION_LINE = re.compile(r"^(?P<type>[A-Za-z_][\w.]*)(?::\s?(?P<msg>.*))?$")
 _EXCEPTION_SUFFIXES = ("Error", "Exception", "Exit", "Interrupt", "Warning")
 _COULD_NOT_IMPORT = re.compile(r"Could not import .* due to '(?P<why>.*)'$")
-_VERSION = re.compile(r" - freqtrade - INFO - freqtrade (?P<version>\S+)$")
 
 
 @dataclass(frozen=True)
@@ -84,12 +84,6 @@ class CheckResult:
 
 class _StepFailed(Exception):
     pass
-
-
-def checked_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment the freqtrade subprocesses get: only the allowed variables of ``environ``."""
-    source = os.environ if environ is None else environ
-    return {name: source[name] for name in ENV_ALLOWED if name in source}
 
 
 def run_backtest_check(
@@ -120,7 +114,7 @@ def run_backtest_check(
     _validate_arguments(class_name, pairs, timeframe, days, timeout)
     started = time.monotonic()
     deadline = started + timeout
-    freqtrade = Path(sys.executable).with_name("freqtrade")
+    freqtrade = freqtrade_beside_python()
     if not freqtrade.is_file():
         return CheckResult(False, error=f"The check could not run: there is no freqtrade beside {sys.executable}.")
     try:
@@ -133,22 +127,22 @@ def run_backtest_check(
         )
     workdir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="check-", dir=workdir) as tmp:
-        policy = None
-        if sandbox is not None:
-            policy = sandbox.policy(
-                Path(tmp),
-                env=checked_env(),
-                uid=sandbox.uid_base + CHECK_UID_OFFSET,
-                connect_ports=exchange_ports(simulator_url, SIMULATOR),
-            )
-        run = _Run(Path(tmp), freqtrade, deadline, timeout, policy)
+        run = _Run(
+            Path(tmp),
+            deadline,
+            timeout,
+            freqtrade=freqtrade,
+            sandbox=sandbox,
+            uid_offset=CHECK_UID_OFFSET,
+            simulator_url=simulator_url,
+        )
         try:
-            config = run.write_inputs(source, class_name, simulator_url, pairs, timeframe)
-            _notify(progress, "download")
+            config = run.write_inputs(source, class_name, pairs, timeframe)
+            notify(progress, "download")
             run.download(config, pairs, timeframe, days)
-            _notify(progress, "backtest")
+            notify(progress, "backtest")
             log = run.backtest(config, class_name)
-            _notify(progress, "read")
+            notify(progress, "read")
             stats = run.read_export(class_name)
             try:
                 summary = _summary(stats, log, round(time.monotonic() - started, 1))
@@ -160,13 +154,8 @@ def run_backtest_check(
         return CheckResult(True, summary=summary)
 
 
-def _notify(progress: Callable[[str], None] | None, step: str) -> None:
-    if progress is not None:
-        progress(step)
-
-
 def _validate_arguments(class_name: str, pairs: Sequence[str], timeframe: str, days: int, timeout: float) -> None:
-    if not _CLASS_NAME.fullmatch(class_name):
+    if not CLASS_NAME.fullmatch(class_name):
         raise ValueError(f"not a class name: {class_name!r}")
     if isinstance(pairs, str) or not pairs:
         raise ValueError("at least one pair is needed, as a list")
@@ -183,64 +172,39 @@ def _validate_arguments(class_name: str, pairs: Sequence[str], timeframe: str, d
         raise ValueError("timeout must be positive")
 
 
-class _Run:
+class _Run(FreqtradeSteps):
     """One check's temporary folder and its freqtrade subprocesses."""
 
-    def __init__(self, home: Path, freqtrade: Path, deadline: float, timeout: float, policy: Policy | None) -> None:
-        self.home = home
-        self.policy = policy
-        self.freqtrade = freqtrade
-        self.deadline = deadline
-        self.timeout = timeout
-        self.userdir = home / "user_data"
-        self.strategies = home / "strategies"
-        self.results = home / "backtest_results"
-        self.env = checked_env()
+    hide_site_packages = True  # the strategy's owner sees the log's tail: no server folders in it
 
-    def write_inputs(
-        self, source: str, class_name: str, simulator_url: str, pairs: Sequence[str], timeframe: str
-    ) -> Path:
-        for folder in (self.userdir, self.strategies, self.results):
-            folder.mkdir()
-        (self.strategies / f"{class_name}.py").write_text(source, encoding="utf-8")
-        config = {
-            "bot_name": "freqfleet-check",
-            "dry_run": True,
-            "dry_run_wallet": DRY_RUN_WALLET,
-            "trading_mode": "spot",
-            "stake_currency": pairs[0].split("/")[1],
-            "stake_amount": "unlimited",
-            "max_open_trades": len(pairs),
-            "timeframe": timeframe,
-            "exchange": render_exchange_section(SIMULATOR, list(pairs), simulator_url=simulator_url),
-            "pairlists": [{"method": "StaticPairList"}],
-            "entry_pricing": {"price_side": "other", "use_order_book": True, "order_book_top": 1},
-            "exit_pricing": {"price_side": "other", "use_order_book": True, "order_book_top": 1},
-            # No api_server section (off by default; its schema wants every field even when disabled).
-            **offline_config(),
-        }
-        path = self.home / "config.json"
-        path.write_text(json.dumps(config, indent=2), encoding="utf-8")
-        return path
+    @property
+    def results(self) -> Path:
+        return self.home / "backtest_results"
+
+    def stray_failure(self, step: str, stray: Path) -> _StepFailed:
+        return _StepFailed(
+            f"freqtrade {step} left {stray.name}, a symlink or special file: the check reads nothing it made."
+        )
+
+    def write_inputs(self, source: str, class_name: str, pairs: Sequence[str], timeframe: str) -> Path:
+        config = config_skeleton("freqfleet-check", pairs, timeframe, self.exchange_section(pairs))
+        return self.prepare(class_name, source, config, self.results)
 
     def download(self, config: Path, pairs: Sequence[str], timeframe: str, days: int) -> None:
-        argv = ["download-data", "--config", str(config), "--userdir", str(self.userdir)]
-        argv += ["--pairs", *pairs, "--timeframes", timeframe, "--days", str(days)]
-        code, log = self._freqtrade("download-data", argv)
+        argv = [*self.download_args(config, pairs, [timeframe]), "--days", str(days)]
+        code, log = self.run_step("download-data", argv)
         if code != 0:
             raise self._failure("download-data", code, log, "downloading the candles failed")
-        data = self.userdir / "data" / "binance"
-        missing = [p for p in pairs if not any(data.glob(f"{p.replace('/', '_')}-{timeframe}.*"))]
+        missing = [pair for pair, _ in self.missing_candles(pairs, [timeframe], SIMULATOR_CCXT_NAME)]
         if missing:
             raise self._failure(
                 "download-data", code, log, f"no {timeframe} candles came for {', '.join(missing)} from the simulator"
             )
 
     def backtest(self, config: Path, class_name: str) -> list[str]:
-        argv = ["backtesting", "--config", str(config), "--userdir", str(self.userdir)]
-        argv += ["--strategy", class_name, "--strategy-path", str(self.strategies)]
+        argv = self.backtest_args(config, class_name)
         argv += ["--export", "trades", "--backtest-directory", str(self.results), "--cache", "none"]
-        code, log = self._freqtrade("backtesting", argv)
+        code, log = self.run_step("backtesting", argv)
         if code != 0 or not (self.results / ".last_result.json").is_file():
             raise self._failure("backtesting", code, log, "the backtest did not finish")
         return log
@@ -265,44 +229,6 @@ class _Run:
         except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as exc:
             raise _StepFailed(f"Freqtrade's backtest export could not be read ({type(exc).__name__}: {exc}).") from None
 
-    # -- subprocesses ------------------------------------------------------------------------
-
-    def _freqtrade(self, step: str, args: list[str]) -> tuple[int | None, list[str]]:
-        """Run one freqtrade command; its exit code (None when it ran out of time) and its log lines."""
-        logfile = self.home / f"{step}.log"
-        output = self.home / f"{step}.output"
-        argv = [str(self.freqtrade), *args, "--logfile", str(logfile)]
-        with output.open("wb") as out:
-            proc = popen_sandboxed(argv, home=self.home, policy=self.policy, env=self.env, stdout=out)
-            try:
-                code: int | None = proc.wait(timeout=max(self.deadline - time.monotonic(), 0.1))
-            except subprocess.TimeoutExpired:
-                code = None
-                kill_group(proc)
-            except BaseException:  # a time limit or a shutdown of the caller: leave no freqtrade behind
-                kill_group(proc)
-                raise
-        stray = stray_entry(self.home)
-        if stray is not None:
-            raise _StepFailed(
-                f"freqtrade {step} left {stray.name}, a symlink or special file: the check reads nothing it made."
-            )
-        # The log file has whole lines; what it printed on its own (before its logging was set up) is the fallback.
-        chosen = logfile if logfile.is_file() and logfile.stat().st_size > 0 else output
-        with open_read_nofollow(chosen) as f:
-            text = f.read().decode("utf-8", errors="replace")
-        return code, self._clean(text.splitlines())
-
-    def _clean(self, lines: list[str]) -> list[str]:
-        """Without progress bars and blank lines, and without the server's folders in the paths."""
-        home = str(self.home) + os.sep
-        site = sysconfig.get_paths()["purelib"] + os.sep
-        return [
-            line.replace(home, "").replace(site, "")
-            for line in lines
-            if line.strip() and "━" not in line  # rich's progress bars
-        ]
-
     def _failure(self, step: str, code: int | None, log: list[str], what: str) -> _StepFailed:
         if code is None:
             reason = f"freqtrade {step} did not finish within the check's {self.timeout:g} s and was stopped."
@@ -316,7 +242,7 @@ class _Run:
 
 def _reason(log: list[str]) -> str | None:
     """Why freqtrade failed, from its log: the strategy's exception, an import error, or its last error."""
-    errors = [m for line in log if (m := _LOG_PREFIX.match(line)) and m["level"] in ("ERROR", "CRITICAL")]
+    errors = [m for line in log if (m := LOG_LINE.match(line)) and m["level"] in ("ERROR", "CRITICAL")]
     last_error = errors[-1]["msg"].strip() if errors else None
     if any(line.startswith("Traceback (most recent call last)") for line in log):
         raised = _raised(log)
@@ -329,7 +255,7 @@ def _reason(log: list[str]) -> str | None:
         return "the strategy could not be loaded: " + last_error
     if last_error is not None:
         return last_error if last_error.endswith(".") else last_error + "."
-    warnings = [m["msg"].strip() for line in log if (m := _LOG_PREFIX.match(line)) and m["level"] == "WARNING"]
+    warnings = [m["msg"].strip() for line in log if (m := LOG_LINE.match(line)) and m["level"] == "WARNING"]
     return warnings[-1] if warnings else None
 
 
@@ -366,7 +292,6 @@ def _iso(milliseconds: Any) -> str:
 
 
 def _summary(stats: Mapping[str, Any], log: list[str], seconds: float) -> dict[str, Any]:
-    versions = [m["version"] for line in log if (m := _VERSION.search(line))]
     summary: dict[str, Any] = {
         "trades": int(stats["total_trades"]),
         "wins": int(stats["wins"]),
@@ -380,7 +305,7 @@ def _summary(stats: Mapping[str, Any], log: list[str], seconds: float) -> dict[s
         "timerange": {"start": _iso(stats["backtest_start_ts"]), "end": _iso(stats["backtest_end_ts"])},
         "pairs": [str(p) for p in stats.get("pairlist", [])],
         "timeframe": str(stats["timeframe"]),
-        "freqtrade_version": versions[-1] if versions else metadata.version("freqtrade"),
+        "freqtrade_version": freqtrade_version(log),
         "seconds": seconds,
     }
     if summary["trades"] == 0:

@@ -13,7 +13,8 @@ default) behind the Freqfleet mixin, which adds metrics on FreqAI's test split
 
 - **Subprocesses** get an allow-listed environment (no ``FREQFLEET_*`` settings, no database or Redis URL,
   no ``PYTEST_*``, in whose presence Freqtrade sets up no logging), their own process group (killed as a
-  whole on time-out or when the caller is interrupted), and a log file.
+  whole on time-out or when the caller is interrupted), and a log file: :mod:`shared.freqtrade_steps` runs
+  them, as it runs the strategy check's.
 - **Progress** comes from the log as it is written: Freqtrade logs ``Training <pair>, i/n pairs`` and
   ``Done training <pair>``; the callback gets a :class:`TrainingProgress` after the download and after each pair.
 - **Failure** is a :class:`TrainingFailed` whose message says why (the exception of a pair's training,
@@ -31,42 +32,31 @@ from __future__ import annotations
 import ast
 import json
 import math
-import os
 import re
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal
 
-from shared.exchange import SIMULATOR, offline_config, render_exchange_section
-from shared.files import open_read_nofollow
+from shared.exchange import SIMULATOR
 from shared.freqai.bundle import PackedBundle, pack_bundle
 from shared.freqai.catalog import DEFAULT_MODEL, FREQAIMODELS_DIR, check_model, freqfleet_class
-from shared.processes import kill_group
-from shared.sandbox.host import TRAINING_UID_OFFSET, HostSandbox, exchange_ports, popen_sandboxed, stray_entry
-from shared.sandbox.policy import Policy
+from shared.freqtrade_steps import CLASS_NAME, LOG_LINE, FreqtradeSteps, config_skeleton, freqtrade_version, notify
+from shared.sandbox.host import TRAINING_UID_OFFSET, HostSandbox
 
 IDENTIFIER = "freqfleet-train"
 METRICS_FILE = "freqfleet_metrics.json"  # written by the mixin beside each model
 LOG_TAIL_LINES = 30
-ENV_ALLOWED = ("PATH", "HOME", "LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "LD_LIBRARY_PATH")
-POLL = 0.25
 MAX_METRICS_BYTES = 1024 * 1024
 
-_CLASS_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,99}")
 _PAIR = re.compile(r"[A-Z0-9]{1,20}/[A-Z0-9]{1,20}")
 _TIMEFRAME = re.compile(r"([1-9][0-9]{0,2})([mhdw])")
 _TF_SECONDS = {"m": 60, "h": 3600, "d": 86400, "w": 604800}
-_LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ - (?P<logger>[\w.]+) - (?P<level>[A-Z]+) - (?P<msg>.*)$")
 _TRAINING = re.compile(r"Training (?P<pair>\S+), (?P<i>\d+)/(?P<n>\d+) pairs")
 _DONE = re.compile(r"Done training (?P<pair>\S+) \((?P<secs>[\d.]+) secs\)")
 _PAIR_FAILED = re.compile(r"Training (?P<pair>\S+) raised exception (?P<exc>\w+)\. Message: (?P<msg>.*), skipping\.$")
-_VERSION = re.compile(r" - freqtrade - INFO - freqtrade (?P<version>\S+)$")
 
 # What a training run always sets in the freqai section (the rest is the caller's, over DEFAULT_FREQAI).
 DEFAULT_FREQAI: dict[str, Any] = {
@@ -174,12 +164,6 @@ class TrainingResult:
 ProgressCallback = Callable[[TrainingProgress], None]
 
 
-def training_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment of the freqtrade subprocesses: only the allowed variables of ``environ``."""
-    source = os.environ if environ is None else environ
-    return {name: source[name] for name in ENV_ALLOWED if name in source}
-
-
 def _merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
     merged = dict(base)
     for key, value in over.items():
@@ -255,7 +239,7 @@ def missing_freqai_parts(source: str, class_name: str) -> list[str]:
 
 def validate_request(request: TrainingRequest, now: datetime | None = None) -> None:
     """Raise ``ValueError`` with a readable reason when ``request`` can't be trained."""
-    if not _CLASS_NAME.fullmatch(request.strategy_class):
+    if not CLASS_NAME.fullmatch(request.strategy_class):
         raise ValueError(f"not a class name: {request.strategy_class!r}")
     if f"class {request.strategy_class}" not in request.strategy_source:
         raise ValueError(f"the strategy source does not define class {request.strategy_class}")
@@ -325,83 +309,49 @@ def train_model(
     validate_request(request)
     started = time.monotonic()
     deadline = started + timeout
-    program = freqtrade or Path(sys.executable).with_name("freqtrade")
-    if not program.is_file():
-        raise TrainingFailed(f"the training could not run: there is no freqtrade at {program}")
-    policy = None
-    if sandbox is not None:
-        workdir.mkdir(parents=True, exist_ok=True)
-        policy = sandbox.policy(
-            workdir,
-            env=training_env(),
-            uid=sandbox.uid_base + TRAINING_UID_OFFSET,
-            connect_ports=exchange_ports(simulator_url, exchange),
-        )
-    run = _Run(workdir, program, deadline, timeout, policy)
+    run = _Run(
+        workdir,
+        deadline,
+        timeout,
+        freqtrade=freqtrade,
+        sandbox=sandbox,
+        uid_offset=TRAINING_UID_OFFSET,
+        exchange=exchange,
+        simulator_url=simulator_url,
+    )
+    if not run.freqtrade.is_file():
+        raise TrainingFailed(f"the training could not run: there is no freqtrade at {run.freqtrade}")
     section = training_freqai_section(request)
-    config = run.write_inputs(request, section, exchange, simulator_url)
+    config = run.write_inputs(request, section)
     total = len(request.pairs)
-    _notify(progress, TrainingProgress("download", 0, total))
+    notify(progress, TrainingProgress("download", 0, total))
     run.download(config, request, section)
-    _notify(progress, TrainingProgress("train", 0, total))
+    notify(progress, TrainingProgress("train", 0, total))
     log = run.train(config, request, progress)
     result = run.collect(request, section, log, round(time.monotonic() - started, 1))
-    _notify(progress, TrainingProgress("done", total, total))
+    notify(progress, TrainingProgress("done", total, total))
     return result
 
 
-def _notify(progress: ProgressCallback | None, state: TrainingProgress) -> None:
-    if progress is not None:
-        progress(state)
-
-
-class _Run:
+class _Run(FreqtradeSteps):
     """One training's folder and its freqtrade subprocesses."""
 
-    def __init__(self, home: Path, freqtrade: Path, deadline: float, timeout: float, policy: Policy | None) -> None:
-        self.home = home
-        self.policy = policy
-        self.freqtrade = freqtrade
-        self.deadline = deadline
-        self.timeout = timeout
-        self.userdir = home / "user_data"
-        self.strategies = home / "strategies"
-        self.env = training_env()
+    def stray_failure(self, step: str, stray: Path) -> TrainingFailed:
+        return TrainingFailed(f"freqtrade {step} left {stray.name}, a symlink or special file: nothing it made is read")
 
     @property
     def model_dir(self) -> Path:
         return self.userdir / "models" / IDENTIFIER
 
-    def write_inputs(
-        self, request: TrainingRequest, section: Mapping[str, Any], exchange: str, simulator_url: str | None
-    ) -> Path:
-        for folder in (self.home, self.userdir, self.strategies):
-            folder.mkdir(parents=True, exist_ok=True)
-        (self.strategies / f"{request.strategy_class}.py").write_text(request.strategy_source, encoding="utf-8")
+    def write_inputs(self, request: TrainingRequest, section: Mapping[str, Any]) -> Path:
         pairs = list(request.pairs)
-        config = {
-            "bot_name": "freqfleet-training",
-            "dry_run": True,
-            "dry_run_wallet": 1000,
-            "trading_mode": "spot",
-            "stake_currency": pairs[0].split("/")[1],
-            "stake_amount": "unlimited",
-            "max_open_trades": len(pairs),
-            "timeframe": request.timeframe,
-            "exchange": render_exchange_section(
-                exchange, pairs, simulator_url=simulator_url if exchange == SIMULATOR else None
-            ),
-            "pairlists": [{"method": "StaticPairList"}],
-            "entry_pricing": {"price_side": "other", "use_order_book": True, "order_book_top": 1},
-            "exit_pricing": {"price_side": "other", "use_order_book": True, "order_book_top": 1},
+        freqai = {
             "freqai": dict(section),
             "freqaimodel": freqfleet_class(request.freqai_model),
             "freqaimodel_path": str(FREQAIMODELS_DIR),
-            **offline_config(),
         }
-        path = self.home / "config.json"
-        path.write_text(json.dumps(config, indent=2), encoding="utf-8")
-        return path
+        config = config_skeleton("freqfleet-training", pairs, request.timeframe, self.exchange_section(pairs), freqai)
+        return self.prepare(request.strategy_class, request.strategy_source, config)
 
     def download(self, config: Path, request: TrainingRequest, section: Mapping[str, Any]) -> None:
         features = section.get("feature_parameters") or {}
@@ -411,19 +361,13 @@ class _Run:
         margin = timedelta(seconds=max(86400, 300 * longest))  # the strategy's start-up candles
         start = int((request.start - margin).timestamp())
         stop = int((request.end + timedelta(hours=request.holdout_hours)).timestamp())
-        argv = ["download-data", "--config", str(config), "--userdir", str(self.userdir)]
-        argv += ["--pairs", *pairs, "--timeframes", *timeframes, "--timerange", f"{start}-{stop}"]
-        code, log = self._freqtrade("download-data", argv)
+        argv = [*self.download_args(config, pairs, timeframes), "--timerange", f"{start}-{stop}"]
+        code, log = self.run_step("download-data", argv)
         if code is None:
             raise TrainingFailed(
                 f"downloading the candles did not finish within {self.timeout:g} s", log[-LOG_TAIL_LINES:]
             )
-        missing = [
-            f"{p} {t}"
-            for p in pairs
-            for t in timeframes
-            if not any(self.userdir.glob(f"data/*/{p.replace('/', '_')}-{t}.*"))
-        ]
+        missing = [f"{p} {t}" for p, t in self.missing_candles(pairs, timeframes)]
         if code != 0 or missing:
             why = _last_error(log) or (f"no candles came for {', '.join(missing)}" if missing else f"exit code {code}")
             raise TrainingFailed(f"downloading the candles failed: {why}", log[-LOG_TAIL_LINES:])
@@ -431,8 +375,7 @@ class _Run:
     def train(self, config: Path, request: TrainingRequest, progress: ProgressCallback | None) -> list[str]:
         start = int(request.end.timestamp())
         stop = int((request.end + timedelta(hours=request.holdout_hours)).timestamp())
-        argv = ["backtesting", "--config", str(config), "--userdir", str(self.userdir)]
-        argv += ["--strategy", request.strategy_class, "--strategy-path", str(self.strategies)]
+        argv = self.backtest_args(config, request.strategy_class)
         argv += ["--timerange", f"{start}-{stop}", "--export", "none", "--cache", "none"]
         total = len(request.pairs)
         done: list[str] = []
@@ -440,9 +383,9 @@ class _Run:
         def on_line(line: str) -> None:
             if (m := _DONE.search(line)) and m["pair"] not in done:
                 done.append(m["pair"])
-                _notify(progress, TrainingProgress("train", len(done), total, m["pair"]))
+                notify(progress, TrainingProgress("train", len(done), total, m["pair"]))
 
-        code, log = self._freqtrade("backtesting", argv, on_line=on_line)
+        code, log = self.run_step("backtesting", argv, on_line=on_line)
         if code is None:
             raise TrainingFailed(
                 f"the training did not finish within {self.timeout:g} s and was stopped "
@@ -484,7 +427,6 @@ class _Run:
             why = "; ".join(f"{p}: {failures[p]}" for p in missing if p in failures) or _last_error(log)
             detail = f" ({why})" if why else " (FreqAI found too little data for it?)"
             raise TrainingFailed(f"no model was trained for {', '.join(missing)}{detail}", log[-LOG_TAIL_LINES:])
-        versions = [m["version"] for line in log if (m := _VERSION.search(line))]
         return TrainingResult(
             model_dir=self.model_dir,
             freqai_model=request.freqai_model,
@@ -496,78 +438,18 @@ class _Run:
             trained_to=request.end.astimezone(UTC),
             metrics=metrics,
             freqai=dict(section),
-            freqtrade_version=versions[-1] if versions else metadata.version("freqtrade"),
+            freqtrade_version=freqtrade_version(log),
             seconds=seconds,
             log_tail=log[-LOG_TAIL_LINES:],
         )
 
-    # -- subprocesses ----------------------------------------------------------------------------
-
-    def _freqtrade(
-        self, step: str, args: list[str], on_line: Callable[[str], None] | None = None
-    ) -> tuple[int | None, list[str]]:
-        """Run one freqtrade command; its exit code (None when it ran out of time) and its log lines."""
-        logfile = self.home / f"{step}.log"
-        output = self.home / f"{step}.output"
-        argv = [str(self.freqtrade), *args, "--logfile", str(logfile)]
-        offset = 0
-        pending = b""
-
-        def follow() -> None:
-            nonlocal offset, pending
-            if on_line is None:
-                return
-            try:
-                with open_read_nofollow(logfile) as f:
-                    f.seek(offset)
-                    data = f.read()
-            except OSError:  # not there yet, or not a regular file (never followed)
-                return
-            offset += len(data)
-            *lines, pending = (pending + data).split(b"\n")
-            for line in lines:
-                on_line(line.decode("utf-8", errors="replace"))
-
-        with output.open("wb") as out:
-            proc = popen_sandboxed(argv, home=self.home, policy=self.policy, env=self.env, stdout=out)
-            code: int | None = None
-            try:
-                while True:
-                    try:
-                        code = proc.wait(timeout=POLL)
-                        break
-                    except subprocess.TimeoutExpired:
-                        follow()
-                        if time.monotonic() >= self.deadline:
-                            kill_group(proc)
-                            code = None
-                            break
-            except BaseException:  # a time limit or a shutdown of the caller: leave no freqtrade behind
-                kill_group(proc)
-                raise
-        stray = stray_entry(self.home)
-        if stray is not None:
-            raise TrainingFailed(
-                f"freqtrade {step} left {stray.name}, a symlink or special file: nothing it made is read"
-            )
-        follow()
-        chosen = logfile if logfile.is_file() and logfile.stat().st_size > 0 else output
-        with open_read_nofollow(chosen) as f:
-            lines = f.read().decode("utf-8", errors="replace").splitlines()
-        return code, self._clean(lines)
-
-    def _clean(self, lines: list[str]) -> list[str]:
-        """Without progress bars and blank lines, and without the work folder in the paths."""
-        home = str(self.home) + os.sep
-        return [line.replace(home, "") for line in lines if line.strip() and "━" not in line]
-
 
 def _last_error(log: Sequence[str]) -> str | None:
     """Freqtrade's last ERROR line, else the last line of a traceback."""
-    errors = [m["msg"].strip() for line in log if (m := _LOG_LINE.match(line)) and m["level"] in ("ERROR", "CRITICAL")]
+    errors = [m["msg"].strip() for line in log if (m := LOG_LINE.match(line)) and m["level"] in ("ERROR", "CRITICAL")]
     if errors:
         return errors[-1]
-    plain = [line for line in log if not _LOG_LINE.match(line) and not line.startswith((" ", "\t"))]
+    plain = [line for line in log if not LOG_LINE.match(line) and not line.startswith((" ", "\t"))]
     if any(line.startswith("Traceback") for line in plain):
         return plain[-1].strip()
     return None
