@@ -231,13 +231,14 @@ def test_up_serves_bootstraps_restarts_and_stops_cleanly(data_dir: Path, tmp_pat
         raise
 
     pids = up.all_pids()
-    assert len(pids) >= 9  # up, simulator, management, gateway, worker (+pool), valkey, postgres and its workers
     # Ctrl-C reaches `up` alone: every server and service runs in a session of its own, and `up` stops the
     # services first and the servers after them (Valkey is told by `up`, with SIGTERM, not by the terminal).
     servers = [p for p in pids if psutil.Process(p).name().startswith(("valkey", "postgres"))]
-    assert servers
-    assert all(os.getsid(p) != os.getsid(up.proc.pid) for p in servers)
+    sessions = {os.getsid(p) for p in servers}
     left = stop_up(up, sig=signal.SIGINT)
+    assert len(pids) >= 9  # up, simulator, management, gateway, worker (+pool), valkey, postgres and its workers
+    assert servers
+    assert up.proc.pid not in sessions  # `up` leads a session of its own (start_new_session); they are not in it
     assert left == set(), f"still running 15 s after Ctrl-C: {[psutil.Process(p).cmdline() for p in left]}"
     assert up.proc.returncode == 0
     valkey_log = (data_dir / "valkey" / "valkey.log").read_text()
