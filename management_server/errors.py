@@ -11,6 +11,15 @@ class ErrorOut(BaseModel):
     detail: str
 
 
+class Refused(Exception):
+    """What a service can't do as asked: ``status`` is the HTTP status to answer, the message says why (a person
+    can act on it). Each feature has its own kind (``BotRefused``, ``ModelRefused``, ...)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses`` for these status codes, all with ``ErrorOut``."""
     descriptions = {

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -24,19 +24,19 @@ from management_server.bots.markets import Markets
 from management_server.bots.reconcile import Reconciler
 from management_server.bots.router import router as bots_router
 from management_server.bus.relay import OutboxRelay
+from management_server.bus.router import router as command_keys_router
 from management_server.bus.signing import command_signer, load_command_keys
-from management_server.bus.signing import router as command_keys_router
 from management_server.config import ManagementSettings, get_settings
 from management_server.credentials.router import router as credentials_router
 from management_server.events.dispatcher import create_event_consumer
 from management_server.freqai.deploy import ModelRegistry
-from management_server.freqai.router import UPLOAD_SLACK
 from management_server.freqai.router import bots_router as model_bots_router
 from management_server.freqai.router import keys_router as model_keys_router
 from management_server.freqai.router import router as models_router
 from management_server.freqai.signing import load_signing_keys
 from management_server.freqai.store import ModelStore
 from management_server.freqai.tasks import TrainQueue
+from management_server.freqai.upload import UPLOAD_SLACK
 from management_server.gateways.client import GatewayClient
 from management_server.gateways.router import router as gateways_router
 from management_server.gateways.signatures import EventSignatures
@@ -73,109 +73,111 @@ def create_app(settings: ManagementSettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = db.create_engine(settings)
-        redis = create_redis(settings.redis_url.get_secret_value())
-        app.state.settings = settings
-        app.state.engine = engine
-        app.state.sessionmaker = db.create_sessionmaker(engine)
-        app.state.redis = redis
-        app.state.password_hasher = build_hasher(settings)
-        keys = load_keys(settings)
-        revocations = RevocationStore(redis)
-        app.state.keys = keys
-        # No revocation store here: the management server checks every token against the database
-        # (the user's token versions, the personal token's row), which is the source of truth.
-        app.state.token_verifier = TokenVerifier(
-            StaticKeySource(keys.public_keys()), issuer=settings.jwt_issuer, audience=settings.jwt_audience
-        )
-        app.state.auth = AuthService(settings, keys, app.state.password_hasher, revocations)
-        app.state.login_throttle = LoginThrottle(redis, settings)
-        if settings.rate_limit_enabled:
-            app.state.rate_limiter = RateLimiter(redis, settings)
-            app.state.enforce_user_limit = enforce_user_limit
-        app.state.audit = AuditLog(app.state.sessionmaker)
-        app.state.master_keys = (
-            MasterKeys.parse(settings.master_keys.get_secret_value())
-            if settings.master_keys is not None
-            else MasterKeys.from_file(settings.data_dir / "master.keys")
-        )
-        await _sync_revocations(app)
+        # What is built is closed in reverse order: each stop is pushed on the stack as its resource is made.
+        async with AsyncExitStack() as stack:
+            engine = db.create_engine(settings)
+            stack.push_async_callback(engine.dispose)
+            redis = create_redis(settings.redis_url.get_secret_value())
+            stack.push_async_callback(redis.aclose)
+            app.state.settings = settings
+            app.state.engine = engine
+            app.state.sessionmaker = db.create_sessionmaker(engine)
+            app.state.redis = redis
+            app.state.password_hasher = build_hasher(settings)
+            keys = load_keys(settings)
+            revocations = RevocationStore(redis)
+            app.state.keys = keys
+            # No revocation store here: the management server checks every token against the database
+            # (the user's token versions, the personal token's row), which is the source of truth.
+            app.state.token_verifier = TokenVerifier(
+                StaticKeySource(keys.public_keys()), issuer=settings.jwt_issuer, audience=settings.jwt_audience
+            )
+            app.state.auth = AuthService(settings, keys, app.state.password_hasher, revocations)
+            app.state.login_throttle = LoginThrottle(redis, settings)
+            if settings.rate_limit_enabled:
+                app.state.rate_limiter = RateLimiter(redis, settings)
+                app.state.enforce_user_limit = enforce_user_limit
+            app.state.audit = AuditLog(app.state.sessionmaker)
+            app.state.master_keys = (
+                MasterKeys.parse(settings.master_keys.get_secret_value())
+                if settings.master_keys is not None
+                else MasterKeys.from_file(settings.data_dir / "master.keys")
+            )
+            await _sync_revocations(app)
 
-        async def redis_ping() -> None:
-            await redis.ping()
+            async def redis_ping() -> None:
+                await redis.ping()
 
-        app.state.readiness_checks = {"database": lambda: db.ping(engine), "redis": redis_ping}
-        app.state.command_keys = load_command_keys(settings)
-        relay = OutboxRelay(
-            engine, redis, signer=command_signer(app.state.command_keys), stream_retention=settings.stream_retention
-        )
-        app.state.outbox_relay = relay
-        relay.start()
-        # analytics and the risk guard: trades recorded from events (or filled in from gateways) are checked
-        # against the drawdown limits and make cached answers stale.
-        app.state.analytics_cache = AnalyticsCache(redis, settings.analytics_cache_seconds)
-        app.state.risk_guard = RiskGuard(settings, app.state.master_keys, app.state.audit)
-        trade_effects = TradeEffects(app.state.analytics_cache, app.state.risk_guard)
-        app.state.markets = Markets(settings.check_simulator_url)  # pairs refused that the exchange does not trade
-        app.state.gateway_client = GatewayClient(keys, issuer=settings.jwt_issuer, audience=settings.jwt_audience)
-        trade_sync = TradeSync(
-            app.state.sessionmaker, app.state.gateway_client, trade_effects, settings.trade_sync_interval
-        )
-        app.state.trade_sync = trade_sync
-        trade_sync.start()
-        monitor = create_monitor(registry, redis, app.state.sessionmaker, retention=settings.stream_retention)
-        app.state.metrics_monitor = monitor
-        monitor.start()
-        # Only what enrolled gateways signed is applied; enrolling or revoking here takes effect at once.
-        app.state.event_signatures = EventSignatures(app.state.sessionmaker)
-        events = create_event_consumer(
-            settings.redis_url.get_secret_value(),
-            redis,
-            app.state.sessionmaker,
-            str(settings.management_port),
-            trade_effects=trade_effects,
-            signatures=app.state.event_signatures,
-        )
-        app.state.event_consumer = events
-        events.start()
-        # Strategy checks go to the Celery workers through the same Redis; this app only sends tasks.
-        app.state.celery = create_celery(settings, results=False)
-        app.state.check_queue = CheckQueue(app.state.celery)
-        # FreqAI models: trainings go to the workers; bundles are kept encrypted and signed when sent.
-        app.state.train_queue = TrainQueue(create_celery(settings, results=False))  # its own producer
-        app.state.model_registry = ModelRegistry(
-            ModelStore(settings.model_store, app.state.master_keys),
-            load_signing_keys(settings),
-            redis,
-            settings.model_inline_max_bytes,
-        )
-        # What runs converges to what should: each gateway's inventory against every bot's desired state.
-        reconciler = Reconciler(
-            settings,
-            app.state.sessionmaker,
-            app.state.master_keys,
-            app.state.audit,
-            app.state.model_registry,
-            on_commands=relay.wake,
-        )
-        app.state.reconciler = reconciler
-        reconciler.start()
-        log.info("management server started", env=settings.env.value)
-        try:
+            app.state.readiness_checks = {"database": lambda: db.ping(engine), "redis": redis_ping}
+            app.state.command_keys = load_command_keys(settings)
+            relay = OutboxRelay(
+                engine, redis, signer=command_signer(app.state.command_keys), stream_retention=settings.stream_retention
+            )
+            app.state.outbox_relay = relay
+            relay.start()
+            stack.push_async_callback(relay.stop)
+            # analytics and the risk guard: trades recorded from events (or filled in from gateways) are checked
+            # against the drawdown limits and make cached answers stale.
+            app.state.analytics_cache = AnalyticsCache(redis, settings.analytics_cache_seconds)
+            app.state.risk_guard = RiskGuard(settings, app.state.master_keys, app.state.audit)
+            trade_effects = TradeEffects(app.state.analytics_cache, app.state.risk_guard)
+            markets = Markets(settings.check_simulator_url)  # pairs refused that the exchange does not trade
+            app.state.markets = markets
+            stack.push_async_callback(markets.aclose)
+            gateway_client = GatewayClient(keys, issuer=settings.jwt_issuer, audience=settings.jwt_audience)
+            app.state.gateway_client = gateway_client
+            stack.push_async_callback(gateway_client.aclose)
+            trade_sync = TradeSync(app.state.sessionmaker, gateway_client, trade_effects, settings.trade_sync_interval)
+            app.state.trade_sync = trade_sync
+            trade_sync.start()
+            monitor = create_monitor(registry, redis, app.state.sessionmaker, retention=settings.stream_retention)
+            app.state.metrics_monitor = monitor
+            monitor.start()
+            stack.push_async_callback(monitor.stop)
+            stack.push_async_callback(trade_sync.stop)  # stops before the monitor
+            # Only what enrolled gateways signed is applied; enrolling or revoking here takes effect at once.
+            app.state.event_signatures = EventSignatures(app.state.sessionmaker)
+            events = create_event_consumer(
+                settings.redis_url.get_secret_value(),
+                redis,
+                app.state.sessionmaker,
+                str(settings.management_port),
+                trade_effects=trade_effects,
+                signatures=app.state.event_signatures,
+            )
+            app.state.event_consumer = events
+            events.start()
+            stack.push_async_callback(events.stop)
+            # Strategy checks go to the Celery workers through the same Redis; this app only sends tasks.
+            app.state.celery = create_celery(settings, results=False)
+            check_queue = CheckQueue(app.state.celery)
+            app.state.check_queue = check_queue
+            stack.callback(check_queue.close)
+            # FreqAI models: trainings go to the workers; bundles are kept encrypted and signed when sent.
+            train_queue = TrainQueue(create_celery(settings, results=False))  # its own producer
+            app.state.train_queue = train_queue
+            stack.callback(train_queue.close)
+            app.state.model_registry = ModelRegistry(
+                ModelStore(settings.model_store, app.state.master_keys),
+                load_signing_keys(settings),
+                redis,
+                settings.model_inline_max_bytes,
+            )
+            # What runs converges to what should: each gateway's inventory against every bot's desired state.
+            reconciler = Reconciler(
+                settings,
+                app.state.sessionmaker,
+                app.state.master_keys,
+                app.state.audit,
+                app.state.model_registry,
+                on_commands=relay.wake,
+            )
+            app.state.reconciler = reconciler
+            reconciler.start()
+            stack.push_async_callback(reconciler.stop)  # first to stop: no command is sent during shutdown
+            log.info("management server started", env=settings.env.value)
             yield
-        finally:
-            await reconciler.stop()
-            app.state.train_queue.close()
-            app.state.check_queue.close()
-            await events.stop()
-            await trade_sync.stop()
-            await monitor.stop()
-            await app.state.gateway_client.aclose()
-            await app.state.markets.aclose()
-            await relay.stop()
-            await redis.aclose()
-            await engine.dispose()
-            log.info("management server stopped")
+        log.info("management server stopped")
 
     app = FastAPI(
         title="Freqfleet management server",

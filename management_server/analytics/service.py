@@ -24,7 +24,9 @@ from management_server.analytics import metrics
 from management_server.analytics.metrics import Trades
 from management_server.analytics.schemas import BotAnalyticsOut, FleetAnalyticsOut
 from management_server.bots.models import Bot
+from management_server.errors import Refused
 from management_server.users.models import User
+from management_server.users.viewer import Viewer
 
 THREAD_ABOVE = 5_000  # trades above which the figures are computed in a worker thread
 
@@ -155,6 +157,18 @@ def main_currency(bots: Sequence[BotInfo]) -> str | None:
     """The stake currency of most bots (ties: alphabetical)."""
     counts = Counter(b.stake_currency for b in bots)
     return min(counts, key=lambda c: (-counts[c], c)) if counts else None
+
+
+async def fleet_owner(session: AsyncSession, viewer: Viewer, user_id: uuid.UUID | None) -> uuid.UUID | None:
+    """Whose bots the fleet's figures are of: the viewer's own; an admin's choice of ``user_id``, or everyone's
+    (None). :class:`Refused` (404) for a user the viewer may not ask about or that does not exist."""
+    if not viewer.admin:
+        if user_id is not None and user_id != viewer.user.id:
+            raise Refused(404, "No such user.")
+        return viewer.user.id
+    if user_id is not None and await session.get(User, user_id) is None:
+        raise Refused(404, "No such user.")
+    return user_id
 
 
 async def fleet_analytics(

@@ -87,23 +87,30 @@ async def record_command_outcome(session: AsyncSession, message: CommandAccepted
     if asked is None or not await claim_event(session, MANAGEMENT_GROUP, message):
         return False
     refused = isinstance(message, CommandRejected)
-    session.add(
-        AuditEntry(
-            occurred_at=message.occurred_at,
-            actor_id=asked.actor_id,
-            actor=asked.actor,
-            via=asked.via,
-            action=asked.action,
-            target_type=asked.target_type,
-            target_id=asked.target_id,
-            outcome=(Outcome.refused if refused else Outcome.accepted).value,
-            reason=message.data.reason if isinstance(message, CommandRejected) else None,
-            correlation_id=asked.correlation_id,
-            details={"gateway": message.source, "command_type": data.command_type},
-            command_id=data.command_id,
-        )
-    )
+    outcome = Outcome.refused if refused else Outcome.accepted
+    reason = message.data.reason if isinstance(message, CommandRejected) else None
+    session.add(_next_row(asked, message, outcome, reason, {"command_type": data.command_type}))
     return True
+
+
+def _next_row(
+    asked: AuditEntry, message: Envelope, outcome: Outcome, reason: str | None, details: dict[str, str]
+) -> AuditEntry:
+    """A later row of the control action ``asked`` (its ``requested`` row): same actor, target and ids."""
+    return AuditEntry(
+        occurred_at=message.occurred_at,
+        actor_id=asked.actor_id,
+        actor=asked.actor,
+        via=asked.via,
+        action=asked.action,
+        target_type=asked.target_type,
+        target_id=asked.target_id,
+        outcome=outcome.value,
+        reason=reason,
+        correlation_id=asked.correlation_id,
+        details={"gateway": message.source} | details,
+        command_id=asked.command_id,
+    )
 
 
 # The state each control action asks for: its ``done`` row is written when the bot's reports reach it.
@@ -168,20 +175,6 @@ async def record_command_done(
     ).scalar_one_or_none()
     if final is not None:
         return False
-    session.add(
-        AuditEntry(
-            occurred_at=message.occurred_at,
-            actor_id=asked.actor_id,
-            actor=asked.actor,
-            via=asked.via,
-            action=asked.action,
-            target_type=asked.target_type,
-            target_id=asked.target_id,
-            outcome=outcome.value,
-            reason=reason if outcome is Outcome.failure else None,
-            correlation_id=asked.correlation_id,
-            details={"gateway": message.source, "reached": reached},
-            command_id=asked.command_id,
-        )
-    )
+    reason = reason if outcome is Outcome.failure else None
+    session.add(_next_row(asked, message, outcome, reason, {"reached": reached}))
     return True

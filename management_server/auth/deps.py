@@ -1,4 +1,5 @@
-"""Who is calling: the bearer token verified, the user loaded, scopes checked, refusals audited."""
+"""Who is calling: the bearer token verified, the user loaded, scopes checked, refusals audited; and the audit log
+bound to the caller (``Audit``)."""
 
 from __future__ import annotations
 
@@ -6,17 +7,17 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request, status
+from fastapi import Depends, Request
 from fastapi.security import OAuth2PasswordBearer
 
-from management_server.audit.models import Outcome
-from management_server.audit.service import Actor, AuditLog
+from management_server.audit.service import Actor
 from management_server.auth.models import PersonalAccessToken
 from management_server.auth.service import scopes_of_role, token_hash
 from management_server.db import SessionDep
+from management_server.deps import AnonymousAudit, RequestAudit, TokenVerifierDep
 from management_server.users.models import Role, User
 from management_server.users.viewer import Viewer
-from shared.auth import InvalidToken, TokenClaims, TokenType, TokenVerifier
+from shared.auth import InvalidToken, TokenClaims, TokenType
 from shared.auth.claims import Scope
 
 oauth2_scheme = OAuth2PasswordBearer(
@@ -27,10 +28,6 @@ oauth2_scheme = OAuth2PasswordBearer(
 
 UNAUTHORIZED = "Not authenticated: log in and send the access token as 'Authorization: Bearer <token>'."
 INVALID = "Invalid or expired token: log in again."
-
-
-def client_ip(request: Request) -> str | None:
-    return request.client.host if request.client else None
 
 
 def pat_scopes_allowed(role: Role) -> frozenset[str]:
@@ -57,41 +54,28 @@ class Principal:
         return Viewer(self.user, self.is_admin)
 
 
-async def deny(request: Request, code: int, detail: str, reason: str, actor: Actor | None = None) -> HTTPException:
-    """Audit a refusal and build the error to raise."""
-    audit: AuditLog = request.app.state.audit
-    await audit.record(
-        "authz.denied",
-        Outcome.denied,
-        actor or Actor.anonymous(),
-        target_type="route",
-        target_id=f"{request.method} {request.url.path}"[:64],
-        reason=reason,
-        ip=client_ip(request),
-    )
-    headers = {"WWW-Authenticate": "Bearer"} if code == status.HTTP_401_UNAUTHORIZED else None
-    return HTTPException(code, detail, headers=headers)
-
-
 async def get_principal(
-    request: Request, session: SessionDep, token: Annotated[str | None, Depends(oauth2_scheme)]
+    request: Request,
+    session: SessionDep,
+    token: Annotated[str | None, Depends(oauth2_scheme)],
+    audit: AnonymousAudit,
+    verifier: TokenVerifierDep,
 ) -> Principal:
     if not token:
-        raise await deny(request, 401, UNAUTHORIZED, "no bearer token")
-    verifier: TokenVerifier = request.app.state.token_verifier
+        raise await audit.deny(401, UNAUTHORIZED, "no bearer token")
     try:
         claims = await verifier.verify(token)
     except InvalidToken as exc:
-        raise await deny(request, 401, INVALID, f"invalid token: {exc}") from None
+        raise await audit.deny(401, INVALID, f"invalid token: {exc}") from None
     user = await session.get(User, claims.subject)
     if user is None or not user.is_active:
         reason = "token of an unknown user" if user is None else "token of a disabled user"
-        raise await deny(request, 401, INVALID, reason, Actor(claims.subject, user.email if user else "unknown"))
+        raise await audit.deny(401, INVALID, reason, Actor(claims.subject, user.email if user else "unknown"))
     actor = Actor(user.id, user.email)
     if claims.token_type is TokenType.access:
         if claims.version < user.access_token_version:
-            raise await deny(
-                request, 401, INVALID, "access token invalidated (logout, password change or account change)", actor
+            raise await audit.deny(
+                401, INVALID, "access token invalidated (logout, password change or account change)", actor
             )
         scopes = scopes_of_role(user.role)
     else:
@@ -105,8 +89,7 @@ async def get_principal(
             or pat.expires_at <= now
             or claims.version < user.pat_version
         ):
-            raise await deny(
-                request,
+            raise await audit.deny(
                 401,
                 INVALID,
                 "personal access token revoked, expired or invalidated (password change or account change)",
@@ -116,7 +99,7 @@ async def get_principal(
             pat.last_used_at = now
             await session.commit()
         scopes = claims.scopes & pat_scopes_allowed(user.role)
-    limiter = getattr(request.app.state, "enforce_user_limit", None)
+    limiter = getattr(request.app.state, "enforce_user_limit", None)  # set when rate limits are enabled
     if limiter is not None:
         await limiter(request, str(user.id))
     return Principal(user, claims, scopes, actor)
@@ -126,26 +109,31 @@ CurrentPrincipal = Annotated[Principal, Depends(get_principal)]
 
 
 def require_scope(scope: Scope) -> object:
-    async def check(request: Request, principal: CurrentPrincipal) -> Principal:
+    async def check(principal: CurrentPrincipal, audit: AnonymousAudit) -> Principal:
         if scope not in principal.scopes:
-            raise await deny(
-                request,
-                403,
-                f"This token lacks the '{scope.value}' scope.",
-                f"missing scope {scope.value}",
-                principal.actor,
+            raise await audit.deny(
+                403, f"This token lacks the '{scope.value}' scope.", f"missing scope {scope.value}", principal.actor
             )
         return principal
 
     return Depends(check)
 
 
-async def get_admin(request: Request, principal: CurrentPrincipal) -> Principal:
+async def get_admin(principal: CurrentPrincipal, audit: AnonymousAudit) -> Principal:
     if not principal.is_admin:
-        raise await deny(request, 403, "Only an admin may do this.", "admin route", principal.actor)
+        raise await audit.deny(403, "Only an admin may do this.", "admin route", principal.actor)
     return principal
 
 
 Reader = Annotated[Principal, require_scope(Scope.read)]
 Trader = Annotated[Principal, require_scope(Scope.trade)]
 AdminPrincipal = Annotated[Principal, Depends(get_admin)]
+
+
+async def _caller_audit(principal: CurrentPrincipal, audit: AnonymousAudit) -> RequestAudit:
+    return audit.by(principal.actor)
+
+
+# The audit log bound to the caller (the principal's actor) and the client's IP: ``audit.record(...)`` after the
+# fact or for a refusal, ``audit.add(session, ...)`` in the request's transaction.
+Audit = Annotated[RequestAudit, Depends(_caller_audit)]

@@ -43,6 +43,22 @@ def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+async def personal_tokens(session: AsyncSession, user_id: uuid.UUID) -> list[PersonalAccessToken]:
+    """The user's personal access tokens, newest first."""
+    rows = await session.execute(
+        select(PersonalAccessToken)
+        .where(PersonalAccessToken.user_id == user_id)
+        .order_by(PersonalAccessToken.created_at.desc())
+    )
+    return list(rows.scalars())
+
+
+async def personal_token(session: AsyncSession, user_id: uuid.UUID, token_id: uuid.UUID) -> PersonalAccessToken | None:
+    """One of the user's personal access tokens (nobody else's)."""
+    row = await session.get(PersonalAccessToken, token_id)
+    return row if row is not None and row.user_id == user_id else None
+
+
 class AuthError(Exception):
     """Refused; ``reason`` is for the audit log, never for the client."""
 
@@ -189,6 +205,17 @@ class AuthService:
             )
         await session.flush()
         await self.publish_versions(user)
+
+    async def change_account(self, session: AsyncSession, user: User, role: Role | None, active: bool | None) -> None:
+        """Change a user's role or disable them (None: unchanged); every token of theirs (access, refresh, personal)
+        stops working at once: a token keeps the role it was made with, they log in again to get the new one's."""
+        if role is not None:
+            user.role = role
+        if active is not None:
+            user.is_active = active
+        if active is False or role is not None:
+            await self.invalidate_all(session, user, personal_tokens=True)
+        user.updated_at = datetime.now(UTC)
 
     async def publish_versions(self, user: User) -> None:
         await self.revocations.set_version(user.id, TokenType.access, user.access_token_version)

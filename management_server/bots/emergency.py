@@ -20,7 +20,10 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from management_server.bots.models import ActualState, Bot, DesiredState
+from management_server.bots.schemas import EmergencyOutcomeOut
 from management_server.bus.service import enqueue
+from management_server.errors import Refused
+from management_server.users.viewer import Viewer
 from shared.bus.messages import BotRef, EmergencyScope, EmergencyStop, EmergencyStopData
 from shared.bus.streams import commands_stream
 
@@ -33,6 +36,25 @@ class Halt:
     sent_to: dict[str, list[uuid.UUID]]  # gateway -> bots
     already_stopped: list[uuid.UUID]
     command_ids: list[uuid.UUID]
+
+
+async def targets(
+    session: AsyncSession, viewer: Viewer, scope: str | None, bot_ids: list[uuid.UUID] | None
+) -> list[Bot]:
+    """The bots to halt, their rows locked: every bot (``all``: the caller has checked the viewer is an admin), the
+    viewer's own (``mine``), or ``bot_ids``, each one the viewer may see (else :class:`Refused`, 404)."""
+    query = select(Bot).with_for_update()
+    if scope == "mine":
+        query = query.where(Bot.owner_id == viewer.user.id)
+    elif scope != "all":
+        assert bot_ids is not None
+        query = query.where(Bot.id.in_(bot_ids))
+        if not viewer.admin:
+            query = query.where(Bot.owner_id == viewer.user.id)
+    bots = list((await session.execute(query)).scalars())
+    if bot_ids is not None and (missing := set(bot_ids) - {b.id for b in bots}):
+        raise Refused(404, f"No such bot: {sorted(str(m) for m in missing)[0]}.")
+    return bots
 
 
 async def halt(session: AsyncSession, bots: list[Bot], requested_by: str, reason: str | None) -> Halt:
@@ -80,3 +102,18 @@ async def wait_for_outcomes(
         if all(b.actual_state not in ACTIVE for b in rows.values()) or time.monotonic() >= deadline:
             return rows
         await asyncio.sleep(0.1)
+
+
+def outcomes(bot_ids: list[uuid.UUID], rows: dict[uuid.UUID, Bot]) -> list[EmergencyOutcomeOut]:
+    """Each bot's outcome as far as its gateway reported it: halted (or stopped), failed, or still pending."""
+    results = []
+    for bot_id in bot_ids:
+        bot = rows[bot_id]
+        state = bot.actual_state
+        outcome = (
+            "halted"
+            if state in (ActualState.halted, ActualState.stopped)
+            else ("failed" if state == ActualState.failed else "pending")
+        )
+        results.append(EmergencyOutcomeOut(bot_id=bot_id, outcome=outcome, actual_state=state, detail=bot.last_error))
+    return results

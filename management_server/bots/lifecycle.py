@@ -21,6 +21,7 @@ from management_server.bots.models import ActualState, Bot, DesiredState, Trade
 from management_server.bus.service import enqueue
 from management_server.credentials import service as credentials
 from management_server.credentials.models import ExchangeCredential
+from management_server.errors import Refused
 from management_server.gateways.models import Gateway
 from management_server.gateways.service import LIVE_WINDOW, live_gateways
 from management_server.security.crypto import MasterKeys
@@ -60,10 +61,8 @@ class Action(StrEnum):
     forceexit = "forceexit"
 
 
-class ActionRefused(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
+class ActionRefused(Refused):
+    """An action on a bot that can't be taken now."""
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from management_server.bots.models import Bot
+from management_server.errors import Refused
 from management_server.gateways.client import GatewayClient, GatewayUnavailable
 from management_server.gateways.models import Gateway
 
@@ -26,10 +27,8 @@ FOLLOW_WINDOW = 200  # lines read at each poll while following
 MAX_FOLLOW_SECONDS = 3600.0
 
 
-class LogUnavailable(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
+class LogUnavailable(Refused):
+    """The bot's log can't be read now."""
 
 
 async def where(session: AsyncSession, bot: Bot) -> tuple[str, str]:

@@ -3,25 +3,29 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from management_server.bots.markets import unknown_pairs
-from management_server.bots.models import ActualState, Bot, DesiredState
-from management_server.bots.schemas import BotCreate, BotUpdate
-from management_server.credentials.models import ExchangeCredential
+from management_server.bots.lifecycle import ActionResult, update_live
+from management_server.bots.markets import Markets, unknown_pairs
+from management_server.bots.models import ActualState, Bot, DesiredState, Trade
+from management_server.bots.schemas import BotCreate, BotUpdate, LiveStatusOut
+from management_server.credentials import service as credentials
+from management_server.errors import Refused
 from management_server.freqai import service as models
+from management_server.security.crypto import MasterKeys
 from management_server.strategies import service as strategies
 from management_server.users.viewer import Viewer
 from shared.exchange import SIMULATOR
 
 
-class BotRefused(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
+class BotRefused(Refused):
+    """A bot can't be created or changed as asked."""
 
 
 async def visible(session: AsyncSession, viewer: Viewer, bot_id: uuid.UUID, *, lock: bool = False) -> Bot | None:
@@ -33,6 +37,22 @@ async def visible(session: AsyncSession, viewer: Viewer, bot_id: uuid.UUID, *, l
     if bot is None or not viewer.may_see(bot.owner_id):
         return None
     return bot
+
+
+async def list_visible(session: AsyncSession, viewer: Viewer, limit: int, offset: int) -> list[Bot]:
+    """The viewer's bots (an admin: everyone's), oldest first."""
+    query = select(Bot).order_by(Bot.created_at, Bot.id).limit(limit).offset(offset)
+    if not viewer.admin:
+        query = query.where(Bot.owner_id == viewer.user.id)
+    return list((await session.execute(query)).scalars())
+
+
+async def trades(session: AsyncSession, bot_id: uuid.UUID, limit: int, offset: int) -> list[Trade]:
+    """The bot's trades as its gateway reported them, newest first."""
+    rows = await session.execute(
+        select(Trade).where(Trade.bot_id == bot_id).order_by(Trade.open_date.desc()).limit(limit).offset(offset)
+    )
+    return list(rows.scalars())
 
 
 FREQTRADE_DRY_RUN_WALLET = Decimal(1000)  # Freqtrade's dry_run_wallet when a config names none
@@ -85,9 +105,9 @@ async def create(
         if body.credentials_id is None:
             raise BotRefused(400, "A live bot needs credentials_id: store the exchange's API keys first.")
     if body.credentials_id is not None:
-        credential = await session.get(ExchangeCredential, body.credentials_id)
-        if credential is None or credential.owner_id != owner.id:
-            raise BotRefused(404, "No such credentials.")
+        credential = await credentials.own(session, owner.id, body.credentials_id)
+        if credential is None:
+            raise BotRefused(404, credentials.NOT_FOUND)
         if credential.exchange != body.exchange:
             raise BotRefused(400, f"These credentials are for {credential.exchange}, not {body.exchange}.")
     freqai = body.freqai
@@ -169,6 +189,28 @@ def update(bot: Bot, body: BotUpdate, known_pairs: frozenset[str] | None = None)
     return {k: str(v) for k, v in changes.items()}
 
 
+@dataclass(frozen=True)
+class Change:
+    changes: dict[str, object]  # the changed fields, for the audit log
+    live: ActionResult | None  # the UPDATE_CONFIG sent to the running bot; None when none was needed
+
+    def details(self, bot: Bot) -> dict[str, object]:
+        return self.changes | ({"live": True, "generation": bot.generation} if self.live else {})
+
+
+async def change(session: AsyncSession, bot: Bot, body: BotUpdate, markets: Markets, keys: MasterKeys) -> Change:
+    """Apply the changes (:func:`update`) in the session's transaction (the caller commits). A running bot gets
+    those it takes live by UPDATE_CONFIG (``live``), remembered until its gateway answers: they are put back if
+    it refuses them, the database says what runs."""
+    before = live_values(bot)
+    known = await markets.pairs(bot.exchange) if body.pairs is not None else None
+    changes = update(bot, body, known)
+    live = await update_live(session, bot, keys) if set(changes) - MANAGEMENT_FIELDS else None
+    if live is not None:
+        note_live_change(bot, live.command.event_id, before)
+    return Change(changes, live)
+
+
 def live_values(bot: Bot) -> dict[str, Any]:
     """The fields a running bot takes live, as JSON (what ``restore_live_values`` puts back)."""
     return {
@@ -239,3 +281,19 @@ def live_status(bot: Bot) -> dict[str, Any] | None:
     if bot.started_at is not None and bot.last_status_at < bot.started_at:
         return None
     return bot.last_status
+
+
+def status_report(bot: Bot, stale_after: float) -> LiveStatusOut:
+    """The latest live status with its age; a report older than ``stale_after`` seconds says nothing of now."""
+    live = live_status(bot) or {}
+    age = (datetime.now(UTC) - bot.last_status_at).total_seconds() if bot.last_status_at else None
+    if live and age is not None and age > stale_after:
+        live = {"state": "unknown"}
+    return LiveStatusOut(
+        state=live.get("state"),
+        actual_state=bot.actual_state,
+        open_trades=live.get("open_trades", []),
+        profit=(bot.last_status or {}).get("profit", {}),
+        updated_at=bot.last_status_at,
+        age_seconds=age,
+    )

@@ -4,14 +4,10 @@ Ed25519 keys of their own (a leaked token- or model-signing key can't sign comma
 ``FREQFLEET_COMMAND_SIGNING_KEYS`` (PEM blocks, the last one signs) or ``<data dir>/command-signing-keys``,
 where the first start generates one (mode 0600; ``freqfleet rotate-keys --command`` adds one, which signs after
 the next restart while the older ones still verify). The public keys are served at
-``/.well-known/command-keys.json`` (JWKS form) for the gateways; see :mod:`shared.bus.signing`.
+``/.well-known/command-keys.json`` (JWKS form, ``router.py``) for the gateways; see :mod:`shared.bus.signing`.
 """
 
 from __future__ import annotations
-
-from typing import Any
-
-from fastapi import APIRouter, Request
 
 from management_server.config import ManagementSettings
 from management_server.security.keys import KeyRing
@@ -19,8 +15,6 @@ from shared.bus.signing import CommandSigner
 
 KEYS_DIR = "command-signing-keys"
 WELL_KNOWN_PATH = "/.well-known/command-keys.json"
-
-router = APIRouter(tags=["bus"])
 
 
 def load_command_keys(settings: ManagementSettings) -> KeyRing:
@@ -31,10 +25,3 @@ def load_command_keys(settings: ManagementSettings) -> KeyRing:
 
 def command_signer(keys: KeyRing) -> CommandSigner:
     return CommandSigner(keys.active.private, keys.active.kid)
-
-
-@router.get(WELL_KNOWN_PATH, summary="Public keys that verify bus commands")
-async def command_keys(request: Request) -> dict[str, Any]:
-    """The management server's command-signing public keys (JWKS form); gateways act only on commands they verify."""
-    keys: dict[str, Any] = request.app.state.command_keys.jwks()
-    return keys

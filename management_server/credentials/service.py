@@ -6,11 +6,30 @@ import hashlib
 import json
 import uuid
 
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from management_server.credentials.models import ExchangeCredential
 from management_server.security.crypto import MasterKeys, Sealed
 from shared.bus.messages import ExchangeCredentials
+
+NOT_FOUND = "No such credentials."
+
+
+async def own(session: AsyncSession, owner_id: uuid.UUID, credentials_id: uuid.UUID) -> ExchangeCredential | None:
+    """The credentials if they are this user's (nobody else's are shown, an admin's neither)."""
+    row = await session.get(ExchangeCredential, credentials_id)
+    return row if row is not None and row.owner_id == owner_id else None
+
+
+async def list_own(session: AsyncSession, owner_id: uuid.UUID) -> list[ExchangeCredential]:
+    """The user's stored credentials, newest first."""
+    rows = await session.execute(
+        select(ExchangeCredential)
+        .where(ExchangeCredential.owner_id == owner_id)
+        .order_by(ExchangeCredential.created_at.desc())
+    )
+    return list(rows.scalars())
 
 
 def _associated(credential_id: uuid.UUID, owner_id: uuid.UUID) -> bytes:

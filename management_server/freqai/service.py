@@ -23,6 +23,7 @@ import zstandard
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from management_server.errors import Refused
 from management_server.freqai.models import ModelSource, ModelStatus, ModelVersion
 from management_server.freqai.schemas import TrainIn
 from management_server.freqai.store import ModelStore, StoredBundle
@@ -49,12 +50,8 @@ ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _TF_SECONDS = {"m": 60, "h": 3600, "d": 86400, "w": 604800, "M": 2592000}
 
 
-class ModelRefused(Exception):
+class ModelRefused(Refused):
     """A request about models that can't be served as it is; ``status`` is the HTTP status to answer."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 # ----------------------------------------------------------------------------------------- reading
@@ -68,6 +65,26 @@ async def visible(
     if model is None or not viewer.may_see(model.owner_id):
         return None
     return model
+
+
+async def list_visible(
+    session: AsyncSession,
+    viewer: Viewer,
+    status: ModelStatus | None,
+    name: str | None,
+    limit: int,
+    offset: int,
+) -> list[ModelVersion]:
+    """The viewer's model versions (an admin: everyone's), of this status and name (None: any), newest first."""
+    query = select(ModelVersion).order_by(ModelVersion.created_at.desc(), ModelVersion.id)
+    if not viewer.admin:
+        query = query.where(ModelVersion.owner_id == viewer.user.id)
+    if status is not None:
+        query = query.where(ModelVersion.status == status.value)
+    if name is not None:
+        query = query.where(ModelVersion.name == name)
+    rows = await session.execute(query.limit(limit).offset(offset))
+    return list(rows.scalars())
 
 
 def describe(model: ModelVersion) -> str:

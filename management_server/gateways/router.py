@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from fastapi import APIRouter, HTTPException, Request, status
+from fastapi import APIRouter, HTTPException, status
 
 from management_server.audit.models import Outcome
-from management_server.auth.deps import AdminPrincipal, client_ip
+from management_server.auth.deps import AdminPrincipal, Audit
 from management_server.db import SessionDep
+from management_server.deps import EventSignaturesDep
 from management_server.errors import errors
 from management_server.gateways import service
 from management_server.gateways.models import Gateway
@@ -46,7 +47,7 @@ async def list_gateways(session: SessionDep, principal: AdminPrincipal) -> list[
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=GatewayOut)
 async def enroll_gateway(
-    body: GatewayEnroll, request: Request, session: SessionDep, principal: AdminPrincipal
+    body: GatewayEnroll, session: SessionDep, principal: AdminPrincipal, signatures: EventSignaturesDep, audit: Audit
 ) -> GatewayOut:
     """Enroll a gateway from the line `freqfleet gateways identity` prints on its host (its public keys). From
     then on its signed reports are applied, and live bots' credentials can be sealed to it."""
@@ -55,15 +56,13 @@ async def enroll_gateway(
     except service.EnrollmentRefused as exc:
         raise HTTPException(exc.status, str(exc)) from None
     await session.commit()
-    request.app.state.event_signatures.forget()
+    signatures.forget()
     if changed:
-        await request.app.state.audit.record(
+        await audit.record(
             "gateway.enroll",
             Outcome.success,
-            principal.actor,
             target_type="gateway",
             target_id=gateway.gateway_id,
-            ip=client_ip(request),
             details={"signing_key": gateway.signing_key},
         )
     return gateway_out(gateway)
@@ -71,7 +70,7 @@ async def enroll_gateway(
 
 @router.delete("/{gateway_id}", response_model=GatewayRevoked)
 async def revoke_gateway(
-    gateway_id: str, request: Request, session: SessionDep, principal: AdminPrincipal
+    gateway_id: str, session: SessionDep, principal: AdminPrincipal, signatures: EventSignaturesDep, audit: Audit
 ) -> GatewayRevoked:
     """Revoke a gateway: its reports are refused from now on, no token or credential goes to it, and its bots
     are shown as orphaned until they are started again (on an enrolled gateway)."""
@@ -80,14 +79,12 @@ async def revoke_gateway(
     except service.EnrollmentRefused as exc:
         raise HTTPException(exc.status, str(exc)) from None
     await session.commit()
-    request.app.state.event_signatures.forget()  # its reports are refused from the next batch on
-    await request.app.state.audit.record(
+    signatures.forget()  # its reports are refused from the next batch on
+    await audit.record(
         "gateway.revoke",
         Outcome.success,
-        principal.actor,
         target_type="gateway",
         target_id=gateway_id,
-        ip=client_ip(request),
         details={"bots_orphaned": orphaned},
     )
     return GatewayRevoked(gateway=gateway_out(gateway), bots_orphaned=orphaned)

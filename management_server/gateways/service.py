@@ -12,6 +12,7 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from management_server.bots.models import ActualState, Bot
+from management_server.errors import Refused
 from management_server.gateways.models import Gateway
 from shared.bus.messages import GatewayHeartbeat
 
@@ -21,12 +22,8 @@ ENROLLMENT_PREFIX = "ffgw1"
 GATEWAY_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 
 
-class EnrollmentRefused(Exception):
+class EnrollmentRefused(Refused):
     """The enrollment can't be made; the message says why (a person can act on it)."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 def parse_enrollment(line: str) -> tuple[str, str, str]:

@@ -11,7 +11,9 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from management_server.errors import Refused
 from management_server.strategies.models import CheckStatus, Strategy, StrategyStatus
+from management_server.strategies.tasks import CheckQueue
 from management_server.strategies.validation import Problem, Validation, validate_strategy
 from management_server.users.models import User
 from management_server.users.viewer import Viewer
@@ -28,8 +30,17 @@ class NameTaken(Exception):
     pass
 
 
-class CheckInProgress(Exception):
-    pass
+class CheckRefused(Refused):
+    """A check of the strategy can't be queued now."""
+
+
+class CheckInProgress(CheckRefused):
+    def __init__(self, message: str) -> None:
+        super().__init__(409, message)
+
+
+NOT_APPROVED = "An admin must approve the strategy before it is checked: the check runs its code."
+CHECK_UNAVAILABLE = "The check could not be queued: the task broker did not answer. Try again in a moment."
 
 
 # A check queued or running for longer than this was lost (no worker, or one killed past its retries): a new
@@ -76,6 +87,19 @@ async def upload(session: AsyncSession, viewer: Viewer, name: str, source: str, 
     return strategy
 
 
+async def list_visible(
+    session: AsyncSession, viewer: Viewer, status: StrategyStatus | None, limit: int, offset: int
+) -> list[Strategy]:
+    """The viewer's strategies (an admin: everyone's), of this review status (None: any), newest first."""
+    query = select(Strategy).order_by(Strategy.created_at.desc(), Strategy.id)
+    if not viewer.admin:
+        query = query.where(Strategy.owner_id == viewer.user.id)
+    if status is not None:
+        query = query.where(Strategy.status == status.value)
+    rows = await session.execute(query.limit(limit).offset(offset))
+    return list(rows.scalars())
+
+
 async def visible(
     session: AsyncSession, viewer: Viewer, strategy_id: uuid.UUID, *, for_update: bool = False
 ) -> Strategy | None:
@@ -116,3 +140,54 @@ async def unqueue_check(session: AsyncSession, strategy: Strategy, previous: str
     )
     await session.commit()
     await session.refresh(strategy)
+
+
+async def send_check(session: AsyncSession, strategy: Strategy, queue: CheckQueue, previous: str) -> str | None:
+    """Commit the check marked queued, then send its task; the task's id, or None when the broker did not take it
+    (the check status is then back to ``previous``, committed too)."""
+    await session.commit()
+    task_id = await queue.send(strategy.id, strategy.sha256)
+    if task_id is None:
+        await unqueue_check(session, strategy, previous)
+    return task_id
+
+
+async def queue_first_check(session: AsyncSession, strategy: Strategy, queue: CheckQueue | None) -> None:
+    """Commit a new upload, with its check queued when it is approved already (an admin's is): the check runs
+    its code, so only then (``not_run`` when the broker does not take it; the upload stands)."""
+    if queue is None or strategy.status != StrategyStatus.approved:
+        await session.commit()
+        return
+    strategy.check_status = CheckStatus.queued.value
+    await send_check(session, strategy, queue, CheckStatus.not_run.value)
+
+
+async def decide(
+    session: AsyncSession,
+    strategy: Strategy,
+    reviewer: User,
+    decision: StrategyStatus,
+    note: str | None,
+    queue: CheckQueue | None,
+) -> None:
+    """Approve or reject the strategy, and commit; once approved, its code may be run by a check: one is queued
+    unless it has passed already (or is under way)."""
+    review(strategy, reviewer, decision, note)
+    approved = decision is StrategyStatus.approved
+    if queue is not None and approved and strategy.check_status in (CheckStatus.not_run, CheckStatus.failed):
+        await send_check(session, strategy, queue, queue_check(strategy))
+    else:
+        await session.commit()
+
+
+async def check(session: AsyncSession, strategy: Strategy, viewer: Viewer, queue: CheckQueue) -> tuple[str, str]:
+    """Queue the deeper check of the strategy (its row locked) and send its task: the task's id and the check
+    status it had before. :class:`CheckRefused` when it may not be run yet, is under way, or the broker did not
+    take it."""
+    if strategy.status != StrategyStatus.approved and not viewer.admin:
+        raise CheckRefused(409, NOT_APPROVED)
+    previous = queue_check(strategy)
+    task_id = await send_check(session, strategy, queue, previous)
+    if task_id is None:
+        raise CheckRefused(503, CHECK_UNAVAILABLE)
+    return task_id, previous

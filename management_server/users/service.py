@@ -9,6 +9,7 @@ from argon2 import PasswordHasher
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from management_server.errors import Refused
 from management_server.security.passwords import password_problems
 from management_server.users.models import Role, User
 
@@ -29,6 +30,20 @@ async def get_by_email(session: AsyncSession, email: str) -> User | None:
     return result.scalar_one_or_none()
 
 
+async def list_users(
+    session: AsyncSession, role: Role | None, is_active: bool | None, limit: int, offset: int
+) -> tuple[list[User], int]:
+    """A page of users (oldest first) of this role and state (None: any), and how many there are in all."""
+    query = select(User)
+    if role is not None:
+        query = query.where(User.role == role)
+    if is_active is not None:
+        query = query.where(User.is_active == is_active)
+    total = (await session.execute(select(func.count()).select_from(query.subquery()))).scalar_one()
+    rows = await session.execute(query.order_by(User.created_at, User.id).limit(limit).offset(offset))
+    return list(rows.scalars()), total
+
+
 async def count_admins(session: AsyncSession) -> int:
     result = await session.execute(select(func.count()).select_from(User).where(User.role == Role.admin))
     return int(result.scalar_one())
@@ -43,12 +58,8 @@ async def create_user(
     return user
 
 
-class AccountRefused(Exception):
+class AccountRefused(Refused):
     """A new account can't be made as asked; ``status`` and the message are for the client."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 async def open_account(
