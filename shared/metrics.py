@@ -169,7 +169,10 @@ class StateMonitor:
         families: list[Metric] = []
         for name, source in self.sources.items():
             try:
-                self._previous[name] = await asyncio.wait_for(source(), timeout=max(1.0, self.interval))
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation that arrives as
+                # the source answers, and stop() would then wait on a loop that goes on.
+                async with asyncio.timeout(max(1.0, self.interval)):
+                    self._previous[name] = await source()
                 self._failing.discard(name)
             except Exception as exc:  # keep the last good figures of this source; the others still refresh
                 # Once per outage at warning level (every 5 s would flood the log while Redis is away).
