@@ -8,7 +8,8 @@
   from the ``FREQFLEET_*`` environment (the benchmark sets the database, Redis, data folder and turns
   the request rate limits off), JSON logging configured first, then ``create_app``.
 
-Both kinds are served with the same uvicorn settings (``bench._common.serve``).
+Both kinds are served with the same uvicorn settings (``bench._common.serve``). ``--profile PATH`` runs the server
+under cProfile and writes its statistics to PATH when it stops (``python -m bench.api --profile``).
 """
 
 from __future__ import annotations
@@ -52,9 +53,25 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("kind", choices=KINDS)
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--profile", help="write cProfile statistics of the serving to this file when it stops")
     args = parser.parse_args(argv)
     app = bare_app() if args.kind == "bare" else management_app()
-    serve(app, args.port)
+    if args.profile is None:
+        serve(app, args.port)
+        return
+    import cProfile
+    import signal
+
+    # uvicorn raises the SIGTERM it caught again once it has shut down; let that one end serve() normally, so the
+    # statistics are written.
+    signal.signal(signal.SIGTERM, lambda *_: None)
+    profiler = cProfile.Profile()
+    profiler.enable()
+    try:
+        serve(app, args.port)
+    finally:
+        profiler.disable()
+        profiler.dump_stats(args.profile)
 
 
 if __name__ == "__main__":

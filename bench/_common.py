@@ -450,10 +450,16 @@ async def running(servers: Iterable[Server]) -> AsyncIterator[None]:
 
 
 class AuthServer(Server):
-    """A ``bench._auth_server KIND`` process (``bare`` or ``management``) with its own environment."""
+    """A ``bench._auth_server KIND`` process (``bare`` or ``management``) with its own environment; with
+    ``profile``, under cProfile, its statistics written there when it stops."""
+
+    def __init__(self, kind: str, workdir: Path, env: Mapping[str, str], profile: Path | None = None) -> None:
+        super().__init__(kind, workdir, env)
+        self.profile = profile
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "bench._auth_server", self.kind, "--port", str(self.port)]
+        cmd = [sys.executable, "-m", "bench._auth_server", self.kind, "--port", str(self.port)]
+        return cmd if self.profile is None else [*cmd, "--profile", str(self.profile)]
 
 
 class GatewayServer(Server):

@@ -26,13 +26,19 @@ Then, in this process, ``GET /bots``'s own steps on the same 100 bots, CPU time 
 ORM objects (the route's query in a fresh session, the server's engine settings), ``BotOut.model_validate`` of each,
 and dumping the list as JSON.
 
-    python -m bench.run api          (or: python -m bench.api [--quick])
+    python -m bench.run api          (or: python -m bench.api [--quick] [--profile])
+
+``--profile`` serves the management server under cProfile and prints where its time went (the functions with the
+most time of their own, and the most time with what they call) after the table; cProfile slows every call, so a
+profiled run's figures are for finding hot spots, not for comparing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import io
 import json
+import pstats
 import statistics
 import sys
 import time
@@ -72,7 +78,9 @@ from bench._common import (
 from bench._servers import run_on_servers
 from bench.auth import EMAIL, Context, setup
 from freqfleet.embedded import EmbeddedPostgres, EmbeddedValkey
+from management_server.bots import service as bots_service
 from management_server.bots.models import Bot
+from management_server.bots.router import BOT_COLUMNS
 from management_server.bots.schemas import BotOut
 from management_server.gateways.service import enroll, record_heartbeat
 from management_server.strategies import service as strategies
@@ -194,25 +202,32 @@ PIECES = ("load", "validate", "dump")
 
 
 async def bench_pieces(ctx: Context, rounds: int) -> dict[str, float]:
-    """CPU µs of this process per request for each step of ``list_bots`` on the 100 bots: load the rows as ORM
-    objects (the route's query, a fresh session), validate them into ``BotOut``, dump the list as JSON; medians."""
-    query = select(Bot).where(Bot.owner_id == ctx.user.id).order_by(Bot.created_at, Bot.id).limit(BOTS)
+    """CPU µs of this process per request for each step of listing the 100 bots, two ways (medians): as the route
+    did before (``orm_*``: the rows as ORM objects, ``BotOut.model_validate`` of each, the list dumped as JSON) and
+    as it does now (``rows_*``: the route's columns as plain dicts, validated as a list, dumped)."""
+    viewer = Viewer(ctx.user, False)
+    orm_query = select(Bot).where(Bot.owner_id == ctx.user.id).order_by(Bot.created_at, Bot.id).limit(BOTS)
     adapter = TypeAdapter(list[BotOut])
-    times: dict[str, list[float]] = {name: [] for name in PIECES}
+    times: dict[str, list[float]] = {f"{way}_{name}": [] for way in ("orm", "rows") for name in PIECES}
     for i in range(rounds + 3):  # the first rounds warm up (statement cache, pool)
-        started = time.process_time()
-        async with ctx.sessionmaker() as session:
-            bots = list((await session.execute(query)).scalars())
-        loaded = time.process_time()
-        outs = [BotOut.model_validate(b) for b in bots]
-        validated = time.process_time()
-        body = adapter.dump_json(outs)
-        dumped = time.process_time()
-        if len(bots) != BOTS or not body:
-            raise BenchError(f"the route's query found {len(bots)} bots, not {BOTS}")
-        if i >= 3:
-            for name, spent in zip(PIECES, (loaded - started, validated - loaded, dumped - validated), strict=True):
-                times[name].append(spent * 1e6)
+        for way in ("orm", "rows"):
+            started = time.process_time()
+            async with ctx.sessionmaker() as session:
+                if way == "orm":
+                    found: list[Any] = list((await session.execute(orm_query)).scalars())
+                else:
+                    found = await bots_service.list_visible(session, viewer, BOTS, 0, BOT_COLUMNS)
+            loaded = time.process_time()
+            outs = [BotOut.model_validate(b) for b in found] if way == "orm" else adapter.validate_python(found)
+            validated = time.process_time()
+            body = adapter.dump_json(outs)
+            dumped = time.process_time()
+            if len(found) != BOTS or not body:
+                raise BenchError(f"the route's query found {len(found)} bots, not {BOTS}")
+            if i >= 3:
+                spent = (loaded - started, validated - loaded, dumped - validated)
+                for name, seconds in zip(PIECES, spent, strict=True):
+                    times[f"{way}_{name}"].append(seconds * 1e6)
     return {name: statistics.median(values) for name, values in times.items()}
 
 
@@ -245,11 +260,19 @@ async def count_commands(redis_url: str, expected: int) -> tuple[int, float]:
 
 
 async def bench_api(
-    ctx: Context, profile: Profile, workdir: Path, pg: EmbeddedPostgres, valkey: EmbeddedValkey
+    ctx: Context,
+    profile: Profile,
+    workdir: Path,
+    pg: EmbeddedPostgres,
+    valkey: EmbeddedValkey,
+    stats: Path | None = None,
 ) -> Outcome:
     strategy_id = await prepare(ctx)
     env = server_env(workdir, pg.url(), valkey.url)
-    servers = {kind: AuthServer(kind, workdir, env) for kind in ("bare", "management")}
+    servers = {
+        kind: AuthServer(kind, workdir, env, profile=stats if kind == "management" else None)
+        for kind in ("bare", "management")
+    }
     backends = Backends.of(pg, valkey)
     async with running(servers.values()):
         port = servers["management"].port
@@ -311,8 +334,9 @@ def report(outcome: Outcome, profile: Profile) -> str:
         f"  beyond GET /users/me (what any authenticated request costs): GET /bots {bots_beyond:.0f} us,"
         f" POST pause {pause_beyond:.0f} us of server CPU per request",
         f"  GET /bots's own steps, in this process (CPU us per request, median of {profile.rounds * 10}): load the"
-        f" {BOTS} rows as ORM objects {pieces['load']:.0f}, BotOut.model_validate {pieces['validate']:.0f},"
-        f" JSON {pieces['dump']:.0f}",
+        f" {BOTS} rows as ORM objects {pieces['orm_load']:.0f}, BotOut.model_validate {pieces['orm_validate']:.0f},"
+        f" JSON {pieces['orm_dump']:.0f} (before); the route's columns as plain dicts {pieces['rows_load']:.0f},"
+        f" validated as a list {pieces['rows_validate']:.0f}, JSON {pieces['rows_dump']:.0f} (now)",
         f"  answer bodies: GET /bots {size['bots']} B ({size['bots'] / BOTS:.0f} B per bot),"
         f" /users/me {size['me']} B, bare {size['bare_get']} B",
         f"  pauses sent: {outcome.pauses_sent}; commands on the gateway's stream afterwards:"
@@ -325,20 +349,37 @@ def report(outcome: Outcome, profile: Profile) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
-async def bench(profile: Profile, workdir: Path, pg: EmbeddedPostgres, valkey: EmbeddedValkey) -> None:
+def hot_spots(stats_file: Path, count: int = 25) -> str:
+    """Where the profiled server's time went: the functions with the most time of their own, and with the most
+    time including what they call."""
+    out = io.StringIO()
+    stats = pstats.Stats(str(stats_file), stream=out)
+    stats.strip_dirs()
+    for order, title in (("tottime", "own time"), ("cumulative", "time with what they call")):
+        out.write(f"\n  management server under cProfile: the {count} functions with the most {title}\n")
+        stats.sort_stats(order).print_stats(count)
+    return out.getvalue()
+
+
+async def bench(
+    profile: Profile, workdir: Path, pg: EmbeddedPostgres, valkey: EmbeddedValkey, *, profiled: bool = False
+) -> None:
     ctx, close = await setup(workdir, pg.url(), valkey.url)
+    stats = workdir / "management.prof" if profiled else None
     try:
-        outcome = await bench_api(ctx, profile, workdir, pg, valkey)
+        outcome = await bench_api(ctx, profile, workdir, pg, valkey, stats)
     finally:
         await close()
     print(report(outcome, profile), flush=True)
+    if stats is not None:
+        print(hot_spots(stats), flush=True)
 
 
-def run(quick: bool = False) -> None:
-    """Run the benchmark and print its table (``bench.run`` calls this)."""
+def run(quick: bool = False, profiled: bool = False) -> None:
+    """Run the benchmark and print its table (``bench.run`` calls this); ``profiled``: and the server's hot spots."""
     profile = QUICK if quick else FULL
-    run_on_servers("api", lambda workdir, pg, valkey: bench(profile, workdir, pg, valkey))
+    run_on_servers("api", lambda workdir, pg, valkey: bench(profile, workdir, pg, valkey, profiled=profiled))
 
 
 if __name__ == "__main__":
-    run(quick="--quick" in sys.argv[1:])
+    run(quick="--quick" in sys.argv[1:], profiled="--profile" in sys.argv[1:])

@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
+from pydantic import TypeAdapter
 from sqlalchemy.exc import IntegrityError
 
 from management_server.audit.models import Outcome
@@ -29,6 +30,7 @@ from management_server.deps import GatewayClientDep, MarketsDep, MasterKeysDep, 
 from management_server.errors import errors
 from management_server.freqai.deploy import start_bundle
 from management_server.freqai.service import ModelRefused
+from shared.http import json_with_etag
 
 router = APIRouter(prefix="/api/v1/bots", tags=["bots"], responses=errors(400, 401, 403, 404, 409, 429))
 
@@ -55,15 +57,22 @@ async def create_bot(
     return BotOut.model_validate(bot)
 
 
-@router.get("", response_model=list[BotOut])
+BOT_LIST = TypeAdapter(list[BotOut])
+BOT_COLUMNS = tuple(BotOut.model_fields)
+
+
+@router.get("", response_model=list[BotOut], responses={304: {"description": "Unchanged since the ETag sent"}})
 async def list_bots(
     session: SessionDep,
     principal: Reader,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
-) -> list[BotOut]:
-    """Your bots (an admin sees everyone's)."""
-    return [BotOut.model_validate(b) for b in await service.list_visible(session, principal.viewer, limit, offset)]
+    if_none_match: Annotated[str | None, Header()] = None,
+) -> Response:
+    """Your bots (an admin sees everyone's). The answer has an `ETag`: send it back as `If-None-Match` and an
+    unchanged list is a 304 with no body."""
+    rows = await service.list_visible(session, principal.viewer, limit, offset, BOT_COLUMNS)
+    return json_with_etag(BOT_LIST.dump_json(BOT_LIST.validate_python(rows)), if_none_match)
 
 
 @router.get("/{bot_id}", response_model=BotOut)

@@ -106,6 +106,30 @@ async def test_users_see_only_their_own_strategies_and_bots(management: Manageme
     ).status_code == 404
 
 
+async def test_the_bot_list_is_the_bots_as_read_one_by_one_and_an_unchanged_one_is_a_304(
+    management: Management,
+) -> None:
+    alice = await session_of(management, "alice@example.com")
+    strategy = (await upload(management, alice)).json()["id"]
+    for name in ("one", "two"):
+        await management.client.post("/api/v1/bots", json=bot_body(strategy, name=name), headers=alice)
+    listed = await management.client.get("/api/v1/bots", headers=alice)
+    assert listed.headers["content-type"] == "application/json"
+    bots = listed.json()
+    assert [b["name"] for b in bots] == ["one", "two"]
+    for bot in bots:  # the same fields and values as the bot's own answer
+        assert (await management.client.get(f"/api/v1/bots/{bot['id']}", headers=alice)).json() == bot
+
+    etag = listed.headers["etag"]
+    again = await management.client.get("/api/v1/bots", headers=alice | {"If-None-Match": etag})
+    assert (again.status_code, again.content, again.headers["etag"]) == (304, b"", etag)
+    await management.client.patch(f"/api/v1/bots/{bots[0]['id']}", json={"max_open_trades": 1}, headers=alice)
+    changed = await management.client.get("/api/v1/bots", headers=alice | {"If-None-Match": etag})
+    assert changed.status_code == 200
+    assert changed.headers["etag"] != etag
+    assert changed.json()[0]["max_open_trades"] == 1
+
+
 async def test_bot_settings_are_validated(management: Management) -> None:
     alice = await session_of(management, "alice@example.com")
     admin = await session_of(management, "root@example.com", Role.admin)
