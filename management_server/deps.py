@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from management_server.analytics.cache import AnalyticsCache
 from management_server.audit.models import AuditEntry, Outcome
 from management_server.audit.service import Actor, AuditLog
+from management_server.auth.principals import PrincipalFacts
 from management_server.auth.service import AuthService
 from management_server.bots.markets import Markets
 from management_server.bus.relay import OutboxRelay
@@ -37,6 +38,7 @@ from management_server.security.keys import KeyRing
 from management_server.security.login_throttle import LoginThrottle
 from management_server.strategies.tasks import CheckQueue
 from shared.auth import TokenVerifier
+from shared.auth.revocation import RevocationStore
 
 T = TypeVar("T")
 
@@ -68,6 +70,8 @@ EventSignaturesDep = Annotated[EventSignatures, Depends(_state("event_signatures
 MarketsDep = Annotated[Markets, Depends(_state("markets"))]
 AnalyticsCacheDep = Annotated[AnalyticsCache, Depends(_state("analytics_cache"))]
 ModelRegistryDep = Annotated[ModelRegistry, Depends(_state("model_registry"))]
+PrincipalFactsDep = Annotated[PrincipalFacts, Depends(_state("principal_facts"))]  # users and PATs of late callers
+RevocationsDep = Annotated[RevocationStore, Depends(_state("revocations"))]  # revoked tokens, token versions (Redis)
 # The task queues: None when this app has no Celery broker.
 CheckQueueDep = Annotated[CheckQueue | None, Depends(_state("check_queue", optional=True))]
 TrainQueueDep = Annotated[TrainQueue | None, Depends(_state("train_queue", optional=True))]

@@ -16,6 +16,7 @@ from management_server.analytics.router import router as analytics_router
 from management_server.analytics.trades import TradeEffects, TradeSync
 from management_server.audit.router import router as audit_router
 from management_server.audit.service import AuditLog
+from management_server.auth.principals import PrincipalFacts
 from management_server.auth.router import jwks_router
 from management_server.auth.router import router as auth_router
 from management_server.auth.service import AuthService
@@ -87,12 +88,14 @@ def create_app(settings: ManagementSettings | None = None) -> FastAPI:
             keys = load_keys(settings)
             revocations = RevocationStore(redis)
             app.state.keys = keys
-            # No revocation store here: the management server checks every token against the database
-            # (the user's token versions, the personal token's row), which is the source of truth.
+            app.state.revocations = revocations
+            # No revocation store in the verifier: get_principal asks it itself, and reads the database when Redis
+            # does not answer (the user's token versions, the personal token's row are the source of truth).
             app.state.token_verifier = TokenVerifier(
                 StaticKeySource(keys.public_keys()), issuer=settings.jwt_issuer, audience=settings.jwt_audience
             )
             app.state.auth = AuthService(settings, keys, app.state.password_hasher, revocations)
+            app.state.principal_facts = PrincipalFacts()
             app.state.login_throttle = LoginThrottle(redis, settings)
             if settings.rate_limit_enabled:
                 app.state.rate_limiter = RateLimiter(redis, settings)

@@ -3,18 +3,28 @@ bound to the caller (``Audit``)."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, HTTPException, Request
 from fastapi.security import OAuth2PasswordBearer
+from redis.exceptions import RedisError
+from sqlalchemy import update
 
 from management_server.audit.service import Actor
 from management_server.auth.models import PersonalAccessToken
+from management_server.auth.principals import UserFacts
 from management_server.auth.service import scopes_of_role, token_hash
 from management_server.db import SessionDep
-from management_server.deps import AnonymousAudit, RequestAudit, TokenVerifierDep
+from management_server.deps import (
+    AnonymousAudit,
+    PrincipalFactsDep,
+    RequestAudit,
+    RevocationsDep,
+    TokenVerifierDep,
+)
 from management_server.users.models import Role, User
 from management_server.users.viewer import Viewer
 from shared.auth import InvalidToken, TokenClaims, TokenType
@@ -28,6 +38,9 @@ oauth2_scheme = OAuth2PasswordBearer(
 
 UNAUTHORIZED = "Not authenticated: log in and send the access token as 'Authorization: Bearer <token>'."
 INVALID = "Invalid or expired token: log in again."
+ACCESS_INVALIDATED = "access token invalidated (logout, password change or account change)"  # audit reasons
+PAT_INVALID = "personal access token revoked, expired or invalidated (password change or account change)"
+REVOCATION_TIMEOUT = 0.5  # seconds Redis has to say whether a token was revoked (then the database decides)
 
 
 def pat_scopes_allowed(role: Role) -> frozenset[str]:
@@ -39,7 +52,7 @@ def pat_scopes_allowed(role: Role) -> frozenset[str]:
 
 @dataclass(frozen=True)
 class Principal:
-    user: User
+    user: UserFacts  # what authentication read of the user; a route that changes the user loads the row
     claims: TokenClaims
     scopes: frozenset[str]
     actor: Actor  # taken at authentication: still usable after the request's session rolled back
@@ -60,6 +73,8 @@ async def get_principal(
     token: Annotated[str | None, Depends(oauth2_scheme)],
     audit: AnonymousAudit,
     verifier: TokenVerifierDep,
+    facts: PrincipalFactsDep,
+    revocations: RevocationsDep,
 ) -> Principal:
     if not token:
         raise await audit.deny(401, UNAUTHORIZED, "no bearer token")
@@ -67,19 +82,29 @@ async def get_principal(
         claims = await verifier.verify(token)
     except InvalidToken as exc:
         raise await audit.deny(401, INVALID, f"invalid token: {exc}") from None
-    user = await session.get(User, claims.subject)
+    # Revoked and invalidated tokens are in Redis, written by whichever process revoked them: asked every time, so
+    # what the database read below remembers (auth/principals.py) never outlives a revocation. Without an answer
+    # from Redis the database alone decides, read afresh.
+    try:
+        async with asyncio.timeout(REVOCATION_TIMEOUT):
+            revoked = await revocations.revocation_reason(claims)
+        fresh = False
+    except (RedisError, OSError, TimeoutError):
+        revoked, fresh = None, True
+    user = await facts.user(session, claims, fresh=fresh or bool(revoked))
     if user is None or not user.is_active:
         reason = "token of an unknown user" if user is None else "token of a disabled user"
         raise await audit.deny(401, INVALID, reason, Actor(claims.subject, user.email if user else "unknown"))
     actor = Actor(user.id, user.email)
+    if revoked:
+        reason = ACCESS_INVALIDATED if claims.token_type is TokenType.access else PAT_INVALID
+        raise await audit.deny(401, INVALID, reason, actor)
     if claims.token_type is TokenType.access:
         if claims.version < user.access_token_version:
-            raise await audit.deny(
-                401, INVALID, "access token invalidated (logout, password change or account change)", actor
-            )
+            raise await audit.deny(401, INVALID, ACCESS_INVALIDATED, actor)
         scopes = scopes_of_role(user.role)
     else:
-        pat = await session.get(PersonalAccessToken, claims.token_id)
+        pat = await facts.pat(session, claims.token_id, fresh=fresh)
         now = datetime.now(UTC)
         if (
             pat is None
@@ -89,15 +114,13 @@ async def get_principal(
             or pat.expires_at <= now
             or claims.version < user.pat_version
         ):
-            raise await audit.deny(
-                401,
-                INVALID,
-                "personal access token revoked, expired or invalidated (password change or account change)",
-                actor,
-            )
+            raise await audit.deny(401, INVALID, PAT_INVALID, actor)
         if pat.last_used_at is None or now - pat.last_used_at > timedelta(minutes=1):
-            pat.last_used_at = now
+            await session.execute(
+                update(PersonalAccessToken).where(PersonalAccessToken.id == claims.token_id).values(last_used_at=now)
+            )
             await session.commit()
+            facts.used(claims.token_id, pat, now)
         scopes = claims.scopes & pat_scopes_allowed(user.role)
     limiter = getattr(request.app.state, "enforce_user_limit", None)  # set when rate limits are enabled
     if limiter is not None:
@@ -106,6 +129,17 @@ async def get_principal(
 
 
 CurrentPrincipal = Annotated[Principal, Depends(get_principal)]
+
+
+async def current_user_row(principal: CurrentPrincipal, session: SessionDep) -> User:
+    """The caller's own row, for a route that changes it (the principal holds what authentication read of it)."""
+    user = await session.get(User, principal.user.id)
+    if user is None:
+        raise HTTPException(401, INVALID, headers={"WWW-Authenticate": "Bearer"})
+    return user
+
+
+CurrentUserRow = Annotated[User, Depends(current_user_row)]
 
 
 def require_scope(scope: Scope) -> object:

@@ -11,7 +11,7 @@ from redis.exceptions import RedisError
 
 from management_server.audit.models import Outcome
 from management_server.audit.service import Actor
-from management_server.auth.deps import Audit, CurrentPrincipal
+from management_server.auth.deps import Audit, CurrentUserRow
 from management_server.auth.schemas import LogoutIn, RefreshIn, RegisterIn, TokenOut
 from management_server.auth.service import AuthError, TokenPair
 from management_server.db import SessionDep
@@ -131,13 +131,13 @@ async def refresh(body: RefreshIn, session: SessionDep, auth: AuthServiceDep, au
 @router.post("/logout", status_code=status.HTTP_204_NO_CONTENT)
 async def logout(
     session: SessionDep,
-    principal: CurrentPrincipal,
+    user: CurrentUserRow,
     auth: AuthServiceDep,
     audit: Audit,
     body: Annotated[LogoutIn | None, Body()] = None,
 ) -> Response:
     """End this login: its refresh tokens and every access token of the user stop working at once."""
-    await auth.logout(session, principal.user, body.refresh_token if body else None)
+    await auth.logout(session, user, body.refresh_token if body else None)
     await session.commit()
     await audit.record("auth.logout", Outcome.success)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -23,6 +23,7 @@ import zstandard
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from management_server.auth.principals import UserFacts
 from management_server.errors import Refused
 from management_server.freqai.models import ModelSource, ModelStatus, ModelVersion
 from management_server.freqai.schemas import TrainIn
@@ -322,7 +323,7 @@ def store_checked(store: ModelStore, model_id: uuid.UUID, checked: CheckedBundle
 
 async def register_upload(
     session: AsyncSession,
-    user: User,
+    user: User | UserFacts,
     store: ModelStore,
     checked: CheckedBundle,
     *,

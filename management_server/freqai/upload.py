@@ -12,6 +12,7 @@ from pathlib import Path
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.datastructures import FormData, UploadFile
 
+from management_server.auth.principals import UserFacts
 from management_server.freqai import service
 from management_server.freqai.models import ModelVersion
 from management_server.freqai.schemas import NAME_PATTERN
@@ -35,7 +36,13 @@ def check_length(length: str | None, max_upload: int) -> None:
 
 
 async def register(
-    session: AsyncSession, uploader: User, store: ModelStore, form: FormData, *, max_upload: int, max_bundle: int
+    session: AsyncSession,
+    uploader: User | UserFacts,
+    store: ModelStore,
+    form: FormData,
+    *,
+    max_upload: int,
+    max_bundle: int,
 ) -> ModelVersion:
     """The form's bundle (``file``; optional ``name`` and ``strategy_class``) checked and registered as a
     succeeded version, committed (its stored file removed when the commit fails)."""

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from management_server.auth.principals import UserFacts
 from management_server.errors import Refused
 from management_server.strategies.models import CheckStatus, Strategy, StrategyStatus
 from management_server.strategies.tasks import CheckQueue
@@ -110,7 +111,7 @@ async def visible(
     return strategy
 
 
-def review(strategy: Strategy, reviewer: User, status: StrategyStatus, note: str | None) -> None:
+def review(strategy: Strategy, reviewer: User | UserFacts, status: StrategyStatus, note: str | None) -> None:
     strategy.status = status.value
     strategy.review_note = note
     strategy.reviewed_by = reviewer.id
@@ -165,7 +166,7 @@ async def queue_first_check(session: AsyncSession, strategy: Strategy, queue: Ch
 async def decide(
     session: AsyncSession,
     strategy: Strategy,
-    reviewer: User,
+    reviewer: User | UserFacts,
     decision: StrategyStatus,
     note: str | None,
     queue: CheckQueue | None,

@@ -8,7 +8,14 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Query, Response, status
 
 from management_server.audit.models import Outcome
-from management_server.auth.deps import AdminPrincipal, Audit, CurrentPrincipal, pat_scopes_allowed
+from management_server.auth.deps import (
+    AdminPrincipal,
+    Audit,
+    CurrentPrincipal,
+    CurrentUserRow,
+    current_user_row,
+    pat_scopes_allowed,
+)
 from management_server.auth.schemas import PatCreate, PatCreated, PatOut
 from management_server.auth.service import AuthError, personal_token, personal_tokens
 from management_server.db import SessionDep
@@ -30,18 +37,18 @@ async def me(principal: CurrentPrincipal) -> UserOut:
 
 @router.post("/me/password", status_code=status.HTTP_204_NO_CONTENT)
 async def change_password(
-    body: PasswordChange, session: SessionDep, principal: CurrentPrincipal, auth: AuthServiceDep, audit: Audit
+    body: PasswordChange, session: SessionDep, user: CurrentUserRow, auth: AuthServiceDep, audit: Audit
 ) -> Response:
     """Change your password; every token you hold (personal tokens included) stops working."""
-    if problems := password_problems(body.new_password, principal.user.email):
+    if problems := password_problems(body.new_password, user.email):
         raise HTTPException(400, "Password refused: " + "; ".join(problems) + ".")
     try:
-        await auth.change_password(session, principal.user, body.current_password, body.new_password)
+        await auth.change_password(session, user, body.current_password, body.new_password)
     except AuthError as exc:
         await audit.record("user.password_change", Outcome.failure, reason=exc.reason)
         raise HTTPException(403, "The current password is not right.") from None
     await session.commit()
-    await audit.record("user.password_change", Outcome.success, target_type="user", target_id=principal.user.id)
+    await audit.record("user.password_change", Outcome.success, target_type="user", target_id=user.id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -70,7 +77,8 @@ async def create_token(
         raise HTTPException(
             400, f"expires_in_days may be at most {longest} on this server (FREQFLEET_PAT_MAX_DAYS): ask for fewer."
         )
-    token, row = await auth.mint_pat(session, principal.user, body.name, wanted, days)
+    user = await current_user_row(principal, session)
+    token, row = await auth.mint_pat(session, user, body.name, wanted, days)
     await session.commit()
     await audit.record(
         "token.create",

@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from management_server.users.models import User
+
+if TYPE_CHECKING:
+    from management_server.auth.principals import UserFacts
 
 
 @dataclass(frozen=True)
 class Viewer:
-    user: User
+    user: User | UserFacts  # the row, or what authentication read of it
     admin: bool
 
     @property

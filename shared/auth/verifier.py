@@ -85,6 +85,10 @@ class JwksKeySource:
         return self._keys.get(kid)
 
 
+VERIFIED_SECONDS = 60.0  # how long a token's checked signature and claims are remembered (never past its expiry)
+VERIFIED_MAX = 10_000  # tokens remembered at most
+
+
 def gateway_audience(audience: str, gateway_id: str) -> str:
     """The audience of the management server's own tokens for one gateway: only that gateway accepts them."""
     return f"{audience}:gateway:{gateway_id}"
@@ -107,8 +111,35 @@ class TokenVerifier:
         self.revocations = revocations
         self.accept = accept
         self.leeway_seconds = leeway_seconds
+        # Tokens whose signature and claims were checked: (claims, wall-clock time until which that holds).
+        self._verified: dict[str, tuple[TokenClaims, float]] = {}
 
     async def verify(self, token: str) -> TokenClaims:
+        """The token's claims once its signature, algorithm, key, issuer, audience, times and type are right and it
+        is not revoked. A token checked before is not decoded again for ``VERIFIED_SECONDS`` (never past its expiry):
+        the same bytes under the same keys give the same answer, and the keys themselves are cached longer (the
+        JWKS, ``ttl``). The revocation store is asked on every call, so a revoked token stops at once."""
+        now = time.time()
+        cached = self._verified.get(token)
+        if cached is not None and now < cached[1]:
+            claims = cached[0]
+        else:
+            claims = await self._decode(token)
+            until = min(now + VERIFIED_SECONDS, claims.expires_at.timestamp() + self.leeway_seconds)
+            if len(self._verified) >= VERIFIED_MAX:
+                self._prune(now)
+            self._verified[token] = (claims, until)
+        if self.revocations is not None and (reason := await self.revocations.revocation_reason(claims)):
+            raise InvalidToken(reason)
+        return claims
+
+    def _prune(self, now: float) -> None:
+        """Drop what has expired; still full, the oldest half (dicts keep insertion order)."""
+        self._verified = {t: entry for t, entry in self._verified.items() if entry[1] > now}
+        if len(self._verified) >= VERIFIED_MAX:
+            self._verified = dict(list(self._verified.items())[VERIFIED_MAX // 2 :])
+
+    async def _decode(self, token: str) -> TokenClaims:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as exc:
@@ -133,10 +164,7 @@ class TokenVerifier:
             )
         except jwt.PyJWTError as exc:
             raise InvalidToken(str(exc)) from None
-        claims = self._claims(payload)
-        if self.revocations is not None and (reason := await self.revocations.revocation_reason(claims)):
-            raise InvalidToken(reason)
-        return claims
+        return self._claims(payload)
 
     def _claims(self, payload: Mapping[str, Any]) -> TokenClaims:
         try:
