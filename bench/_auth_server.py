@@ -2,8 +2,10 @@
 
 ``python -m bench._auth_server KIND --port N`` where KIND is
 
-- ``bare``: a bare ``FastAPI()`` with ``GET /bench/bare`` returning a small JSON object, and ``POST /bench/bare``
-  returning the same (the baseline of POST routes);
+- ``bare``: a bare ``FastAPI()`` with ``GET /bench/bare`` returning a small JSON object, ``POST /bench/bare``
+  returning the same (the baseline of POST routes), and ``GET /bench/bots?owner=&limit=``, the fair baseline of
+  ``GET /api/v1/bots``: the same SELECT of the same columns with asyncpg (a pool on ``FREQFLEET_DATABASE_URL``)
+  and the same JSON (``BotOut``), with no authentication, ORM or middleware;
 - ``management``: the management server exactly as ``management_server.main.run`` builds it: settings
   from the ``FREQFLEET_*`` environment (the benchmark sets the database, Redis, data folder and turns
   the request rate limits off), JSON logging configured first, then ``create_app``.
@@ -25,8 +27,52 @@ BARE_PATH = "/bench/bare"
 BARE_BODY = {"status": "ok", "service": "bench"}
 
 
+BOTS_PATH = "/bench/bots"
+
+
 def bare_app() -> FastAPI:
-    app = FastAPI()
+    import json
+    import os
+    import uuid
+    from collections.abc import AsyncIterator
+    from contextlib import asynccontextmanager
+    from typing import Any
+
+    import asyncpg
+    from fastapi import Response
+    from pydantic import TypeAdapter
+
+    from management_server.bots.schemas import BotOut
+
+    adapter = TypeAdapter(list[BotOut])
+    columns = tuple(BotOut.model_fields)
+    query = (
+        f"SELECT {', '.join(columns)} FROM bots WHERE owner_id = $1 "  # noqa: S608 (our own column names)
+        "ORDER BY created_at, id LIMIT $2"
+    )
+    pools: dict[str, Any] = {}
+
+    async def _json(conn: Any) -> None:
+        await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        url = os.environ.get("FREQFLEET_DATABASE_URL")
+        if url:
+            dsn = url.replace("postgresql+asyncpg://", "postgresql://", 1)
+            pools["db"] = await asyncpg.create_pool(dsn, min_size=1, max_size=10, init=_json)
+        yield
+        if "db" in pools:
+            await pools["db"].close()
+
+    app = FastAPI(lifespan=lifespan)
+
+    @app.get(BOTS_PATH)
+    async def bots(owner: str, limit: int = 100) -> Response:
+        rows = await pools["db"].fetch(query, uuid.UUID(owner), limit)
+        return Response(
+            adapter.dump_json(adapter.validate_python([dict(r) for r in rows])), media_type="application/json"
+        )
 
     @app.get(BARE_PATH)
     async def bare() -> dict[str, str]:

@@ -14,9 +14,12 @@ Targets (raw HTTP/1.1 over keep-alive connections, ``bench._common.drive``; fixe
 request count after a warm-up, targets alternated, medians over rounds):
 
 - baseline: the bare ``GET /bench/bare`` and ``POST /bench/bare``;
+- fair baselines: ``GET /bench/bots`` on the bare server, the same SELECT with asyncpg and the same JSON (``BotOut``)
+  for 100 and for 1,000 bots, with no authentication, ORM or middleware;
 - reference: ``GET /api/v1/users/me`` with the same token (plumbing, token check, user load: what every
   authenticated route pays before its own work);
-- ``GET /api/v1/bots``: the user's 100 bots (the default page), each a full ``BotOut``;
+- ``GET /api/v1/bots``: the user's first 100 bots (the default page), each a full ``BotOut``, and
+  ``GET /api/v1/bots?limit=1000``: all 1,000 (the user has 1,000 bots; the first 100 are started);
 - ``POST /api/v1/bots/{id}/pause``: the 100 bots in turn. Each pause loads the bot, sets its desired state,
   bumps its generation, writes a PAUSE_BOT to the transactional outbox and commits, writes an audit row in a
   transaction of its own, and wakes the outbox relay, which publishes the command to the gateway's stream
@@ -53,7 +56,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from pydantic import TypeAdapter
 from sqlalchemy import select
 
-from bench._auth_server import BARE_BODY, BARE_PATH
+from bench._auth_server import BARE_BODY, BARE_PATH, BOTS_PATH
 from bench._common import (
     ALWAYS_ENTER,
     REQUEST_TIMEOUT,
@@ -91,7 +94,8 @@ from shared.bus.streams import commands_stream
 from shared.redis import create_redis
 from trading_gateway.identity import GatewayIdentity
 
-BOTS = 100
+BOTS = 100  # started, paused in turn, and GET /bots's default page
+ALL_BOTS = 1000  # created: GET /bots?limit=1000 lists them all
 GATEWAY = "gw-bench"
 # Keep-alive connections of the load, as in bench.auth: within the server's database pool (10), so no request
 # waits for or opens an overflow connection (a pause commits its own transaction before the audit's).
@@ -112,8 +116,11 @@ class Target:
 TARGETS = (
     Target("bare_get", "baseline  bare FastAPI  GET /bench/bare", "bare", "bare_get"),
     Target("bare_post", "baseline  bare FastAPI  POST /bench/bare", "bare", "bare_post"),
+    Target("fair", f"baseline  bare asyncpg  GET /bench/bots ({BOTS})", "bare", "fair"),
+    Target("fair_all", f"baseline  bare asyncpg  GET /bench/bots ({ALL_BOTS})", "bare", "fair_all"),
     Target("me", "reference management  GET /users/me", "management", "bare_get"),
-    Target("bots", f"ours      management  GET /bots ({BOTS})", "management", "bare_get"),
+    Target("bots", f"ours      management  GET /bots ({BOTS})", "management", "fair"),
+    Target("bots_all", f"ours      management  GET /bots?limit={ALL_BOTS}", "management", "fair_all"),
     Target("pause", "ours      management  POST /bots/{id}/pause", "management", "bare_post"),
 )
 
@@ -142,13 +149,13 @@ async def prepare(ctx: Context) -> str:
 
 
 async def create_bots(port: int, token: str, strategy_id: str) -> list[str]:
-    """100 bots created and started over HTTP, as a user would; their ids."""
+    """1,000 bots created over HTTP, as a user would, the first 100 of them started; their ids."""
     headers = {"Authorization": f"Bearer {token}"}
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=REQUEST_TIMEOUT) as client:
         ids: list[str] = []
-        for i in range(BOTS):
+        for i in range(ALL_BOTS):
             body = {
-                "name": f"bench-{i:03d}",
+                "name": f"bench-{i:04d}",
                 "strategy_id": strategy_id,
                 "pairs": ["BTC/USDT", "ETH/USDT"],
                 "timeframe": "5m",
@@ -159,36 +166,46 @@ async def create_bots(port: int, token: str, strategy_id: str) -> list[str]:
             if created.status_code != 201:
                 raise BenchError(f"creating a bot answered {created.status_code}: {created.text[:200]}")
             ids.append(created.json()["id"])
-        for bot_id in ids:
+        for bot_id in ids[:BOTS]:
             started = await client.post(f"/api/v1/bots/{bot_id}/start", headers=headers)
             if started.status_code != 200 or started.json()["desired_state"] != "running":
                 raise BenchError(f"starting a bot answered {started.status_code}: {started.text[:200]}")
     return ids
 
 
-def requests_for(target: Target, port: int, token: str, bot_ids: list[str]) -> list[bytes]:
+def requests_for(target: Target, port: int, token: str, bot_ids: list[str], owner: str) -> list[bytes]:
     if target.key == "bare_get":
         return [raw_get(port, BARE_PATH)]
+    if target.key in ("fair", "fair_all"):
+        return [raw_get(port, f"{BOTS_PATH}?owner={owner}&limit={BOTS if target.key == 'fair' else ALL_BOTS}")]
+    if target.key == "bots_all":
+        return [raw_get(port, f"/api/v1/bots?limit={ALL_BOTS}", token)]
     if target.key == "bare_post":
         return [raw_post(port, BARE_PATH)]
     if target.key == "me":
         return [raw_get(port, "/api/v1/users/me", token)]
     if target.key == "bots":
         return [raw_get(port, "/api/v1/bots", token)]
-    return [raw_post(port, f"/api/v1/bots/{bot_id}/pause", token) for bot_id in bot_ids]
+    return [raw_post(port, f"/api/v1/bots/{bot_id}/pause", token) for bot_id in bot_ids[:BOTS]]
 
 
 async def check(port: int, raw: bytes, target: Target, bot_ids: list[str]) -> None:
     """One request of the target, answered with what we mean to measure."""
     status, body = await request_once(port, raw)
-    data: Any = json.loads(body)
+    try:
+        data: Any = json.loads(body)
+    except ValueError:
+        raise BenchError(f"{target.label.split(None, 2)[-1]} answered {status} {body[:300]!r}: not JSON") from None
     good = (
         status == 200
         and {
             "bare_get": lambda: data == BARE_BODY,
             "bare_post": lambda: data == BARE_BODY,
             "me": lambda: isinstance(data, dict) and data.get("email") == EMAIL,
-            "bots": lambda: isinstance(data, list) and sorted(b["id"] for b in data) == sorted(bot_ids),
+            "fair": lambda: isinstance(data, list) and [b["id"] for b in data] == bot_ids[:BOTS],
+            "fair_all": lambda: isinstance(data, list) and [b["id"] for b in data] == bot_ids,
+            "bots": lambda: isinstance(data, list) and [b["id"] for b in data] == bot_ids[:BOTS],
+            "bots_all": lambda: isinstance(data, list) and [b["id"] for b in data] == bot_ids,
             "pause": lambda: isinstance(data, dict) and data.get("desired_state") == "paused" and "command_id" in data,
         }[target.key]()
     )
@@ -278,14 +295,17 @@ async def bench_api(
         port = servers["management"].port
         token = await login_over_http(port, EMAIL, ctx.password)
         bot_ids = await create_bots(port, token, strategy_id)
-        requests = {t.key: requests_for(t, servers[t.server].port, token, bot_ids) for t in TARGETS}
+        owner = str(ctx.user.id)
+        requests = {t.key: requests_for(t, servers[t.server].port, token, bot_ids, owner) for t in TARGETS}
         pauses = 0
         for target in TARGETS:
             await check(servers[target.server].port, requests[target.key][0], target, bot_ids)
             await drive(servers[target.server].port, requests[target.key], 200, profile.first_warmup, CONCURRENCY)
             pauses += 1 + profile.first_warmup if target.key == "pause" else 0
         answer_bytes = {
-            t.key: len((await request_once(servers[t.server].port, requests[t.key][0]))[1]) for t in TARGETS[:4]
+            t.key: len((await request_once(servers[t.server].port, requests[t.key][0]))[1])
+            for t in TARGETS
+            if t.key != "pause"
         }
         results = [Result(t) for t in TARGETS]
         watch = OutsideWatch(list(servers.values()), backends)
@@ -321,10 +341,10 @@ def report(outcome: Outcome, profile: Profile) -> str:
         )
     lines += [
         "",
-        f"  {'ours / its bare baseline':<44} {'req/s':>6} {'p50':>7} {'p99':>7} {'srv CPU/req':>12}"
+        f"  {'ours / its baseline':<44} {'req/s':>6} {'p50':>7} {'p99':>7} {'srv CPU/req':>12}"
         f" {'added srv CPU us':>17}",
     ]
-    lines += [r.against(by_key[r.target.baseline], 44) for r in outcome.results[2:]]
+    lines += [r.against(by_key[r.target.baseline], 44) for r in outcome.results if r.target.baseline != r.target.key]
     me = by_key["me"].median("cpu_us")
     size, pieces = outcome.answer_bytes, outcome.pieces
     bots_beyond, pause_beyond = by_key["bots"].median("cpu_us") - me, by_key["pause"].median("cpu_us") - me
@@ -337,7 +357,8 @@ def report(outcome: Outcome, profile: Profile) -> str:
         f" {BOTS} rows as ORM objects {pieces['orm_load']:.0f}, BotOut.model_validate {pieces['orm_validate']:.0f},"
         f" JSON {pieces['orm_dump']:.0f} (before); the route's columns as plain dicts {pieces['rows_load']:.0f},"
         f" validated as a list {pieces['rows_validate']:.0f}, JSON {pieces['rows_dump']:.0f} (now)",
-        f"  answer bodies: GET /bots {size['bots']} B ({size['bots'] / BOTS:.0f} B per bot),"
+        f"  answer bodies: GET /bots {size['bots']} B ({size['bots'] / BOTS:.0f} B per bot), ?limit={ALL_BOTS}"
+        f" {size['bots_all']} B, the fair baseline's {size['fair']} B and {size['fair_all']} B (the same JSON),"
         f" /users/me {size['me']} B, bare {size['bare_get']} B",
         f"  pauses sent: {outcome.pauses_sent}; commands on the gateway's stream afterwards:"
         f" {outcome.commands_on_stream} ({BOTS} starts + the pauses: the relay was"
