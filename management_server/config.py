@@ -28,7 +28,13 @@ class ManagementSettings(CommonSettings):
         validation_alias=AliasChoices("FREQFLEET_DATABASE_URL", "DATABASE_URL"),
         description="PostgreSQL URL (the embedded server's when unset under `freqfleet up`).",
     )
-    database_pool_size: int = Field(default=10, ge=1, description="SQLAlchemy pool size per process.")
+    database_pool_size: int = Field(default=10, ge=1, description="SQLAlchemy pool size per process, for requests.")
+    database_background_pool_size: int = Field(
+        default=4,
+        ge=1,
+        description="The pool of the background tasks (outbox relay, events consumer, trade sync, reconciler, "
+        "metrics): their own, so they never take the requests' connections, nor requests theirs.",
+    )
     management_host: str = Field(default="127.0.0.1", description="Address the management server binds.")
     management_port: int = Field(default=8000, ge=1, le=65535, description="Port of the management server.")
     admin_email: EmailStr | None = Field(default=None, description="First admin's email, created at start.")

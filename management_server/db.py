@@ -37,12 +37,17 @@ class TimestampMixin:
     )
 
 
-def create_engine(settings: ManagementSettings) -> AsyncEngine:
+def create_engine(settings: ManagementSettings, *, background: bool = False) -> AsyncEngine:
+    """The requests' engine, or (``background``) the background tasks' own, smaller one."""
     return create_async_engine(
         settings.database_url.get_secret_value(),
-        pool_size=settings.database_pool_size,
+        pool_size=settings.database_background_pool_size if background else settings.database_pool_size,
+        max_overflow=2 if background else 10,
         pool_pre_ping=True,
-        connect_args={"timeout": 5, "server_settings": {"application_name": "freqfleet"}},
+        connect_args={
+            "timeout": 5,
+            "server_settings": {"application_name": "freqfleet-background" if background else "freqfleet"},
+        },
     )
 
 

@@ -112,9 +112,16 @@ def create_app(settings: ManagementSettings | None = None) -> FastAPI:
                 await redis.ping()
 
             app.state.readiness_checks = {"database": lambda: db.ping(engine), "redis": redis_ping}
+            # The background tasks' own pool: a burst of requests can't starve them, nor they the requests.
+            background_engine = db.create_engine(settings, background=True)
+            stack.push_async_callback(background_engine.dispose)
+            background = db.create_sessionmaker(background_engine)
             app.state.command_keys = load_command_keys(settings)
             relay = OutboxRelay(
-                engine, redis, signer=command_signer(app.state.command_keys), stream_retention=settings.stream_retention
+                background_engine,
+                redis,
+                signer=command_signer(app.state.command_keys),
+                stream_retention=settings.stream_retention,
             )
             app.state.outbox_relay = relay
             relay.start()
@@ -130,20 +137,20 @@ def create_app(settings: ManagementSettings | None = None) -> FastAPI:
             gateway_client = GatewayClient(keys, issuer=settings.jwt_issuer, audience=settings.jwt_audience)
             app.state.gateway_client = gateway_client
             stack.push_async_callback(gateway_client.aclose)
-            trade_sync = TradeSync(app.state.sessionmaker, gateway_client, trade_effects, settings.trade_sync_interval)
+            trade_sync = TradeSync(background, gateway_client, trade_effects, settings.trade_sync_interval)
             app.state.trade_sync = trade_sync
             trade_sync.start()
-            monitor = create_monitor(registry, redis, app.state.sessionmaker, retention=settings.stream_retention)
+            monitor = create_monitor(registry, redis, background, retention=settings.stream_retention)
             app.state.metrics_monitor = monitor
             monitor.start()
             stack.push_async_callback(monitor.stop)
             stack.push_async_callback(trade_sync.stop)  # stops before the monitor
             # Only what enrolled gateways signed is applied; enrolling or revoking here takes effect at once.
-            app.state.event_signatures = EventSignatures(app.state.sessionmaker)
+            app.state.event_signatures = EventSignatures(background)
             events = create_event_consumer(
                 settings.redis_url.get_secret_value(),
                 redis,
-                app.state.sessionmaker,
+                background,
                 str(settings.management_port),
                 trade_effects=trade_effects,
                 signatures=app.state.event_signatures,
@@ -169,7 +176,7 @@ def create_app(settings: ManagementSettings | None = None) -> FastAPI:
             # What runs converges to what should: each gateway's inventory against every bot's desired state.
             reconciler = Reconciler(
                 settings,
-                app.state.sessionmaker,
+                background,
                 app.state.master_keys,
                 app.state.audit,
                 app.state.model_registry,
