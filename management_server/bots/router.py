@@ -10,6 +10,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import TypeAdapter
 from sqlalchemy.exc import IntegrityError
 
+from management_server import pagination
 from management_server.audit.models import Outcome
 from management_server.auth.deps import Audit, Reader, Trader
 from management_server.bots import logs, service
@@ -61,18 +62,35 @@ BOT_LIST = TypeAdapter(list[BotOut])
 BOT_COLUMNS = tuple(BotOut.model_fields)
 
 
-@router.get("", response_model=list[BotOut], responses={304: {"description": "Unchanged since the ETag sent"}})
+@router.get(
+    "",
+    response_model=list[BotOut],
+    responses={304: {"description": "Unchanged since the ETag sent"}, 422: {"description": "A bad cursor"}},
+)
 async def list_bots(
     session: SessionDep,
     principal: Reader,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    limit: Annotated[int, Query(ge=1, le=1000, description="Bots per page.")] = 100,
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+    cursor: Annotated[
+        str | None, Query(max_length=200, description="Where the page starts: a page's `X-Next-Cursor`.")
+    ] = None,
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
-    """Your bots (an admin sees everyone's). The answer has an `ETag`: send it back as `If-None-Match` and an
-    unchanged list is a 304 with no body."""
-    rows = await service.list_visible(session, principal.viewer, limit, offset, BOT_COLUMNS)
-    return json_with_etag(BOT_LIST.dump_json(BOT_LIST.validate_python(rows)), if_none_match)
+    """Your bots (an admin sees everyone's), oldest first, `limit` at a time. A full page has an `X-Next-Cursor`
+    header: pass it as `cursor` for the next page (no bot skipped or repeated when bots come and go meanwhile).
+    The answer has an `ETag`: send it back as `If-None-Match` and an unchanged page is a 304 with no body."""
+    try:
+        after = None if cursor is None else pagination.decode(cursor)
+    except ValueError as exc:
+        raise HTTPException(422, str(exc)) from None
+    if after is not None and offset:
+        raise HTTPException(422, "Use cursor or offset, not both: the cursor already says where the page starts.")
+    rows = await service.list_visible(session, principal.viewer, limit, offset, BOT_COLUMNS, after)
+    answer = json_with_etag(BOT_LIST.dump_json(BOT_LIST.validate_python(rows)), if_none_match)
+    if len(rows) == limit:
+        answer.headers["X-Next-Cursor"] = pagination.encode(rows[-1]["created_at"], rows[-1]["id"])
+    return answer
 
 
 @router.get("/{bot_id}", response_model=BotOut)

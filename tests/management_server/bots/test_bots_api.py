@@ -130,6 +130,36 @@ async def test_the_bot_list_is_the_bots_as_read_one_by_one_and_an_unchanged_one_
     assert changed.json()[0]["max_open_trades"] == 1
 
 
+async def test_pages_follow_a_cursor_and_none_is_skipped_when_bots_come_and_go(management: Management) -> None:
+    alice = await session_of(management, "alice@example.com")
+    strategy = (await upload(management, alice)).json()["id"]
+    made = {}
+    for name in ("a", "b", "c"):
+        made[name] = (
+            await management.client.post("/api/v1/bots", json=bot_body(strategy, name=name), headers=alice)
+        ).json()
+    first = await management.client.get("/api/v1/bots", params={"limit": 2}, headers=alice)
+    assert [b["name"] for b in first.json()] == ["a", "b"]
+    cursor = first.headers["x-next-cursor"]
+    # Meanwhile the first bot goes and a new one comes: the next page still starts after "b".
+    assert (await management.client.delete(f"/api/v1/bots/{made['a']['id']}", headers=alice)).status_code == 204
+    await management.client.post("/api/v1/bots", json=bot_body(strategy, name="d"), headers=alice)
+    second = await management.client.get("/api/v1/bots", params={"limit": 2, "cursor": cursor}, headers=alice)
+    assert [b["name"] for b in second.json()] == ["c", "d"]
+    last = await management.client.get(
+        "/api/v1/bots", params={"limit": 2, "cursor": second.headers["x-next-cursor"]}, headers=alice
+    )
+    assert (last.json(), "x-next-cursor" in last.headers) == ([], False)  # a short page is the last one
+
+    for params, words in (
+        ({"cursor": "not-a-cursor"}, "cursor is not one this server gave"),
+        ({"cursor": cursor, "offset": 1}, "Use cursor or offset, not both"),
+    ):
+        refused = await management.client.get("/api/v1/bots", params=params, headers=alice)
+        assert refused.status_code == 422
+        assert words in refused.json()["detail"]
+
+
 async def test_bot_settings_are_validated(management: Management) -> None:
     alice = await session_of(management, "alice@example.com")
     admin = await session_of(management, "root@example.com", Role.admin)
