@@ -107,10 +107,6 @@ class PrincipalFacts:
             kept = PatFacts(facts.user_id, facts.token_hash, facts.revoked_at, facts.expires_at, at)
             self._pats[token_id] = (kept, self._pats[token_id][1])
 
-    def forget(self, user_id: uuid.UUID) -> None:
-        """Read this user's facts again at their next request (after a change made by this process)."""
-        self._users = {key: entry for key, entry in self._users.items() if key[0] != user_id}
-
 
 K = TypeVar("K")
 V = TypeVar("V")
