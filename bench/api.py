@@ -81,9 +81,8 @@ from bench._common import (
 from bench._servers import run_on_servers
 from bench.auth import EMAIL, Context, setup
 from freqfleet.embedded import EmbeddedPostgres, EmbeddedValkey
-from management_server.bots import service as bots_service
+from management_server.bots import listing
 from management_server.bots.models import Bot
-from management_server.bots.router import BOT_COLUMNS
 from management_server.bots.schemas import BotOut
 from management_server.gateways.service import enroll, record_heartbeat
 from management_server.strategies import service as strategies
@@ -220,31 +219,31 @@ PIECES = ("load", "validate", "dump")
 
 async def bench_pieces(ctx: Context, rounds: int) -> dict[str, float]:
     """CPU µs of this process per request for each step of listing the 100 bots, two ways (medians): as the route
-    did before (``orm_*``: the rows as ORM objects, ``BotOut.model_validate`` of each, the list dumped as JSON) and
-    as it does now (``rows_*``: the route's columns as plain dicts, validated as a list, dumped)."""
+    first did (``orm_*``: the rows as ORM objects, ``BotOut.model_validate`` of each, the list dumped as JSON) and
+    as it does now (``page``: ``bots.listing.page``, the rows read with asyncpg on the session's connection and
+    the JSON written by orjson, both steps in one)."""
     viewer = Viewer(ctx.user, False)
     orm_query = select(Bot).where(Bot.owner_id == ctx.user.id).order_by(Bot.created_at, Bot.id).limit(BOTS)
     adapter = TypeAdapter(list[BotOut])
-    times: dict[str, list[float]] = {f"{way}_{name}": [] for way in ("orm", "rows") for name in PIECES}
+    times: dict[str, list[float]] = {name: [] for name in (*(f"orm_{piece}" for piece in PIECES), "page")}
     for i in range(rounds + 3):  # the first rounds warm up (statement cache, pool)
-        for way in ("orm", "rows"):
-            started = time.process_time()
-            async with ctx.sessionmaker() as session:
-                if way == "orm":
-                    found: list[Any] = list((await session.execute(orm_query)).scalars())
-                else:
-                    found = await bots_service.list_visible(session, viewer, BOTS, 0, BOT_COLUMNS)
-            loaded = time.process_time()
-            outs = [BotOut.model_validate(b) for b in found] if way == "orm" else adapter.validate_python(found)
-            validated = time.process_time()
-            body = adapter.dump_json(outs)
-            dumped = time.process_time()
-            if len(found) != BOTS or not body:
-                raise BenchError(f"the route's query found {len(found)} bots, not {BOTS}")
-            if i >= 3:
-                spent = (loaded - started, validated - loaded, dumped - validated)
-                for name, seconds in zip(PIECES, spent, strict=True):
-                    times[f"{way}_{name}"].append(seconds * 1e6)
+        started = time.process_time()
+        async with ctx.sessionmaker() as session:
+            found = list((await session.execute(orm_query)).scalars())
+        loaded = time.process_time()
+        outs = [BotOut.model_validate(b) for b in found]
+        validated = time.process_time()
+        body = adapter.dump_json(outs)
+        dumped = time.process_time()
+        async with ctx.sessionmaker() as session:
+            page = await listing.page(session, viewer, BOTS, 0)
+        paged = time.process_time()
+        if len(found) != BOTS or page.count != BOTS or not body:
+            raise BenchError(f"the route's query found {len(found)} and {page.count} bots, not {BOTS}")
+        if i >= 3:
+            for name, seconds in zip(PIECES, (loaded - started, validated - loaded, dumped - validated), strict=True):
+                times[f"orm_{name}"].append(seconds * 1e6)
+            times["page"].append((paged - dumped) * 1e6)
     return {name: statistics.median(values) for name, values in times.items()}
 
 
@@ -355,8 +354,7 @@ def report(outcome: Outcome, profile: Profile) -> str:
         f" POST pause {pause_beyond:.0f} us of server CPU per request",
         f"  GET /bots's own steps, in this process (CPU us per request, median of {profile.rounds * 10}): load the"
         f" {BOTS} rows as ORM objects {pieces['orm_load']:.0f}, BotOut.model_validate {pieces['orm_validate']:.0f},"
-        f" JSON {pieces['orm_dump']:.0f} (before); the route's columns as plain dicts {pieces['rows_load']:.0f},"
-        f" validated as a list {pieces['rows_validate']:.0f}, JSON {pieces['rows_dump']:.0f} (now)",
+        f" JSON {pieces['orm_dump']:.0f} (before); read with asyncpg and written by orjson {pieces['page']:.0f} (now)",
         f"  answer bodies: GET /bots {size['bots']} B ({size['bots'] / BOTS:.0f} B per bot), ?limit={ALL_BOTS}"
         f" {size['bots_all']} B, the fair baseline's {size['fair']} B and {size['fair_all']} B (the same JSON),"
         f" /users/me {size['me']} B, bare {size['bare_get']} B",

@@ -7,13 +7,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
-from pydantic import TypeAdapter
 from sqlalchemy.exc import IntegrityError
 
 from management_server import pagination
 from management_server.audit.models import Outcome
 from management_server.auth.deps import Audit, Reader, Trader
-from management_server.bots import logs, service
+from management_server.bots import listing, logs, service
 from management_server.bots.deps import LockedBot, VisibleBot
 from management_server.bots.lifecycle import Action, ActionRefused, act
 from management_server.bots.schemas import (
@@ -58,10 +57,6 @@ async def create_bot(
     return BotOut.model_validate(bot)
 
 
-BOT_LIST = TypeAdapter(list[BotOut])
-BOT_COLUMNS = tuple(BotOut.model_fields)
-
-
 @router.get(
     "",
     response_model=list[BotOut],
@@ -86,10 +81,10 @@ async def list_bots(
         raise HTTPException(422, str(exc)) from None
     if after is not None and offset:
         raise HTTPException(422, "Use cursor or offset, not both: the cursor already says where the page starts.")
-    rows = await service.list_visible(session, principal.viewer, limit, offset, BOT_COLUMNS, after)
-    answer = json_with_etag(BOT_LIST.dump_json(BOT_LIST.validate_python(rows)), if_none_match)
-    if len(rows) == limit:
-        answer.headers["X-Next-Cursor"] = pagination.encode(rows[-1]["created_at"], rows[-1]["id"])
+    page = await listing.page(session, principal.viewer, limit, offset, after)
+    answer = json_with_etag(page.body, if_none_match)
+    if page.count == limit and page.last is not None:
+        answer.headers["X-Next-Cursor"] = pagination.encode(*page.last)
     return answer
 
 
@@ -153,7 +148,7 @@ class BotControl:
     relay: RelayDep
     audit: Audit
 
-    async def __call__(self, action: Action, trade_id: int | str | None = None) -> BotActionOut:
+    async def __call__(self, action: Action, trade_id: int | str | None = None) -> Response:
         bot, session, audited = self.bot, self.session, f"bot.{action.value}"
         refused = (ActionRefused, ModelRefused)
         async with self.audit.refusals(session, audited, refused, target_type="bot", target_id=bot.id):
@@ -171,43 +166,46 @@ class BotControl:
             )
             await session.commit()
         self.relay.wake()
-        out = BotOut.model_validate(result.bot).model_dump()
-        return BotActionOut.model_validate({**out, "command_id": result.command.event_id, "notice": result.notice})
+        # Validated and written once (as the route's response_model says), not again by FastAPI.
+        fields = {name: getattr(result.bot, name) for name in BOT_FIELDS}
+        out = BotActionOut.model_validate(fields | {"command_id": result.command.event_id, "notice": result.notice})
+        return Response(out.model_dump_json(), media_type="application/json")
 
 
 Control = Annotated[BotControl, Depends()]
+BOT_FIELDS = tuple(BotOut.model_fields)
 
 
 @router.post("/{bot_id}/start", response_model=BotActionOut, responses=errors(503))
-async def start_bot(control: Control) -> BotActionOut:
+async def start_bot(control: Control) -> Response:
     """Start the bot on a gateway (its strategy must be approved)."""
     return await control(Action.start)
 
 
 @router.post("/{bot_id}/stop", response_model=BotActionOut)
-async def stop_bot(control: Control) -> BotActionOut:
+async def stop_bot(control: Control) -> Response:
     """Stop the bot; its open trades stay open in its database."""
     return await control(Action.stop)
 
 
 @router.post("/{bot_id}/restart", response_model=BotActionOut)
-async def restart_bot(control: Control) -> BotActionOut:
+async def restart_bot(control: Control) -> Response:
     return await control(Action.restart)
 
 
 @router.post("/{bot_id}/pause", response_model=BotActionOut)
-async def pause_bot(control: Control) -> BotActionOut:
+async def pause_bot(control: Control) -> Response:
     """No new entries; open trades are still managed (Freqtrade's stopentry)."""
     return await control(Action.pause)
 
 
 @router.post("/{bot_id}/resume", response_model=BotActionOut)
-async def resume_bot(control: Control) -> BotActionOut:
+async def resume_bot(control: Control) -> Response:
     return await control(Action.resume)
 
 
 @router.post("/{bot_id}/forceexit", response_model=BotActionOut)
-async def forceexit_bot(body: ForceExitIn, control: Control) -> BotActionOut:
+async def forceexit_bot(body: ForceExitIn, control: Control) -> Response:
     """Close one open trade, or all of them, at market."""
     return await control(Action.forceexit, body.trade_id)
 

@@ -4,9 +4,9 @@ import re
 import uuid
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, field_validator, model_validator
 
 from shared.bus.messages import PairName, Timeframe
 from shared.freqai.parameters import BotParameters, checked_section
@@ -98,6 +98,10 @@ class BotUpdate(BotFields):
     )
 
 
+# 0.00000001 in JSON, not 1E-8 (what ``str`` of that Decimal says)
+PlainDecimal = Annotated[Decimal, PlainSerializer(lambda value: format(value, "f"), return_type=str, when_used="json")]
+
+
 class BotOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
     id: uuid.UUID
@@ -108,10 +112,10 @@ class BotOut(BaseModel):
     pairs: list[str]
     timeframe: str
     stake_currency: str
-    stake_amount: Decimal | Literal["unlimited"]
+    stake_amount: PlainDecimal | Literal["unlimited"]
     max_open_trades: int
     dry_run: bool
-    dry_run_wallet: Decimal | None
+    dry_run_wallet: PlainDecimal | None
     stoploss: float | None
     credentials_id: uuid.UUID | None
     freqai: dict[str, Any] | None

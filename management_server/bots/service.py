@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import select, tuple_
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from management_server.bots.lifecycle import ActionResult, update_live
@@ -38,26 +37,6 @@ async def visible(session: AsyncSession, viewer: Viewer, bot_id: uuid.UUID, *, l
     if bot is None or not viewer.may_see(bot.owner_id):
         return None
     return bot
-
-
-async def list_visible(
-    session: AsyncSession,
-    viewer: Viewer,
-    limit: int,
-    offset: int,
-    columns: Sequence[str],
-    after: tuple[datetime, uuid.UUID] | None = None,
-) -> list[dict[str, Any]]:
-    """The viewer's bots (an admin: everyone's), oldest first, after the key ``after`` (a page's cursor): only
-    ``columns``, each row a plain dict (no ORM objects, and not SQLAlchemy's row mappings, which pydantic reads
-    attribute by attribute: see docs/benchmarks.md, "api")."""
-    table = Bot.__table__.c  # the table's columns: a Core query, with no ORM loading on the way
-    query = select(*(table[name] for name in columns)).order_by(table.created_at, table.id).limit(limit).offset(offset)
-    if not viewer.admin:
-        query = query.where(table.owner_id == viewer.user.id)
-    if after is not None:
-        query = query.where(tuple_(table.created_at, table.id) > tuple_(*after))
-    return [dict(zip(columns, row, strict=True)) for row in await session.execute(query)]
 
 
 async def trades(session: AsyncSession, bot_id: uuid.UUID, limit: int, offset: int) -> list[Trade]:
