@@ -62,7 +62,7 @@ from shared.http import install_http_plumbing, serve
 from shared.logging import configure_logging, get_logger
 from shared.metrics import install as install_metrics
 from shared.redis import create_redis
-from shared.security_headers import SecurityHeadersMiddleware, install_cors
+from shared.security_headers import install_cors
 from shared.settings import Environment
 
 log = get_logger(__name__)
@@ -197,11 +197,11 @@ def create_app(settings: ManagementSettings | None = None) -> FastAPI:
     )
     app.add_middleware(RateLimitMiddleware)
     install_cors(app, settings.cors_origins)
-    app.add_middleware(SecurityHeadersMiddleware, hsts=settings.env is Environment.production)
     registry = CollectorRegistry()
     install_http_plumbing(
         app,
         registry,
+        hsts=settings.env is Environment.production,
         max_body_bytes=settings.max_body_bytes,
         # The model upload streams to disk and checks its own, larger limit.
         body_limits={"/api/v1/models/upload": settings.model_max_upload_bytes + UPLOAD_SLACK},

@@ -5,18 +5,18 @@ from __future__ import annotations
 import hashlib
 import re
 import time
+import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from asgi_correlation_id import CorrelationIdMiddleware, correlation_id
+from asgi_correlation_id import correlation_id
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from prometheus_client import CollectorRegistry
-from prometheus_fastapi_instrumentator import Instrumentator
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shared.body_limit import DEFAULT_MAX_BODY_BYTES, BodyLimitMiddleware
+from shared.body_limit import DEFAULT_MAX_BODY_BYTES, BodyTooLarge, refuse_body
 from shared.logging import get_logger
 from shared.security_headers import security_headers
 
@@ -32,39 +32,148 @@ def is_safe_request_id(value: str) -> bool:
     return bool(_SAFE_REQUEST_ID.match(value))
 
 
-class AccessLogMiddleware:
-    """One structured log line per HTTP request, with the correlation id bound."""
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+QUIET_PATHS = frozenset({"/health/live", "/health/ready", "/metrics"})  # logged only when they fail
 
-    def __init__(self, app: ASGIApp, quiet_paths: frozenset[str] = frozenset()) -> None:
+
+class HttpPlumbing:
+    """One pure-ASGI layer for what every request goes through, in the order it applies:
+
+    - the correlation id: the caller's ``X-Request-ID`` when it is safe (:func:`is_safe_request_id`), else a new
+      one; put into the request's headers (for handlers that read it), ``asgi_correlation_id``'s context variable
+      (every log line of the request carries it) and the answer's headers; WebSockets get one too;
+    - bounded bodies (``shared.body_limit``): 413 before the body is read when ``Content-Length`` is over the
+      path's limit, or as soon as a body sent without one passes it;
+    - the security headers (``shared.security_headers``) an answer doesn't set itself;
+    - Prometheus: ``http_requests_total{method,status,handler}`` and ``http_request_duration_seconds{method,handler}``,
+      the handler being the route's template (``none`` for no route, as prometheus-fastapi-instrumentator named it);
+    - one access log line (not for health probes and ``/metrics`` unless they fail).
+
+    One layer instead of five middlewares (asgi-correlation-id's, the instrumentator's, ours for the access log,
+    body limits and headers): each wrapped every ``send`` again, and the instrumentator matched the request against
+    every route a second time to name its handler; here the handler is the route FastAPI matched
+    (``scope["route"]``). docs/benchmarks.md, "api", has what that saved.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        registry: CollectorRegistry,
+        *,
+        hsts: bool = False,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        body_limits: Mapping[str, int] | None = None,
+    ) -> None:
         self.app = app
-        self.quiet_paths = quiet_paths
+        self.hsts = hsts
+        self.max_body_bytes = max_body_bytes
+        self.body_limits = dict(body_limits or {})
+        self.requests = Counter(
+            "http_requests_total", "HTTP requests answered.", ("method", "status", "handler"), registry=registry
+        )
+        self.duration = Histogram(
+            "http_request_duration_seconds",
+            "Time to answer an HTTP request, by route.",
+            ("method", "handler"),
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self._headers: dict[str, list[tuple[bytes, bytes]]] = {}  # security headers by path (few distinct paths)
+
+    def _security_headers(self, path: str) -> list[tuple[bytes, bytes]]:
+        found = self._headers.get(path)
+        if found is None:
+            found = [(k.lower().encode(), v.encode()) for k, v in security_headers(path, hsts=self.hsts)]
+            if len(self._headers) < 4096:  # paths with ids are many: remember the first ones only
+                self._headers[path] = found
+        return found
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        kind = scope["type"]
+        if kind != "http":
+            if kind == "websocket":
+                _take_correlation_id(scope)
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
+        request_id = _take_correlation_id(scope)
+        path: str = scope["path"]
+        limit = self.body_limits.get(path, self.max_body_bytes)
         status = 500
-
-        async def send_wrapper(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
+        answered = False
+        extra = self._security_headers(path)
+        ours = [*extra, (b"x-request-id", request_id.encode())]
         try:
-            await self.app(scope, receive, send_wrapper)
+            for name, value in scope["headers"]:
+                if name == b"content-length":
+                    if not value.isdigit() or int(value) > limit:
+                        status, answered = 413, True
+                        await refuse_body(send, limit, ours)
+                        return
+                    break
+            received = 0
+
+            async def counted() -> Message:
+                nonlocal received
+                message = await receive()
+                if message["type"] == "http.request":
+                    received += len(message.get("body", b""))
+                    if received > limit:
+                        raise BodyTooLarge
+                return message
+
+            async def send_with_headers(message: Message) -> None:
+                nonlocal status, answered
+                if message["type"] == "http.response.start":
+                    status, answered = message["status"], True
+                    headers = list(message.get("headers", ()))  # a copy: a response's own list may be sent again
+                    present = {name.lower() for name, _ in headers}
+                    headers.extend(item for item in ours if item[0] not in present)
+                    message["headers"] = headers
+                await send(message)
+
+            try:
+                await self.app(scope, counted, send_with_headers)
+            except BodyTooLarge:
+                if answered:
+                    raise
+                status, answered = 413, True
+                await refuse_body(send, limit, ours)
         finally:
-            path = scope.get("path", "")
-            if path not in self.quiet_paths or status >= 400:
+            elapsed = time.perf_counter() - started
+            route = scope.get("route")
+            handler = getattr(route, "path", None) or "none"
+            method = scope["method"]
+            if handler != "/metrics":
+                self.requests.labels(method, str(status), handler).inc()
+                self.duration.labels(method, handler).observe(elapsed)
+            if path not in QUIET_PATHS or status >= 400:
+                client = scope.get("client")
                 access_log.info(
                     "request",
-                    method=scope.get("method"),
+                    method=method,
                     path=path,
                     status=status,
-                    duration_ms=round((time.perf_counter() - started) * 1000, 2),
-                    client=(scope.get("client") or ("", 0))[0],
+                    duration_ms=round(elapsed * 1000, 2),
+                    client=client[0] if client else "",
                 )
+
+
+def _take_correlation_id(scope: Scope) -> str:
+    """The request's id: the caller's when safe, else a new one (then also put into the request's headers)."""
+    sent = None
+    for name, value in scope["headers"]:
+        if name == b"x-request-id":
+            sent = value.decode("latin-1")
+            break
+    if sent is None or not is_safe_request_id(sent):
+        fresh = uuid.uuid4().hex
+        headers = [item for item in scope["headers"] if item[0] != b"x-request-id"]
+        headers.append((b"x-request-id", fresh.encode()))
+        scope["headers"] = headers
+        sent = fresh
+    correlation_id.set(sent)
+    return sent
 
 
 MAX_ERRORS = 20  # a 422 lists at most this many problems
@@ -124,20 +233,21 @@ def install_http_plumbing(
     app: FastAPI,
     registry: CollectorRegistry,
     *,
+    hsts: bool = False,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     body_limits: Mapping[str, int] | None = None,
 ) -> None:
-    """Access log, correlation id (``X-Request-ID``), Prometheus ``/metrics``, a JSON 500, bounded bodies
-    (413 before the body is read; ``body_limits`` gives paths limits of their own) and bounded 422 answers."""
-    # Added first, so it runs inside the correlation id and the access log: a 413 is logged like any answer.
-    app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes, per_path=body_limits)
-    Instrumentator(
-        registry=registry,
-        excluded_handlers=["/metrics"],
-        should_group_status_codes=False,
-    ).instrument(app).expose(app, endpoint="/metrics", include_in_schema=False)
-    app.add_middleware(AccessLogMiddleware, quiet_paths=frozenset({"/health/live", "/health/ready", "/metrics"}))
-    app.add_middleware(CorrelationIdMiddleware, header_name=REQUEST_ID_HEADER, validator=is_safe_request_id)
+    """:class:`HttpPlumbing` (correlation id, bounded bodies: 413 before the body is read, ``body_limits`` giving
+    paths limits of their own; security headers, HSTS with ``hsts``; request metrics; the access log) as the
+    outermost middleware (add the others first), Prometheus ``/metrics``, a JSON 500 and bounded 422 answers."""
+    app.add_middleware(
+        HttpPlumbing, registry=registry, hsts=hsts, max_body_bytes=max_body_bytes, body_limits=body_limits
+    )
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(Exception, _unhandled_error)
 

@@ -9,16 +9,15 @@ from a ``blob:`` URL; their policy allows exactly that. API responses (``/api/..
 ``Cache-Control: no-store``, and with ``hsts=True`` (production, behind TLS) every response gets
 ``Strict-Transport-Security``. A header the route set itself is left as it is.
 
-Responses that Starlette's outermost ``ServerErrorMiddleware`` writes (the generic 500) don't pass
-through any middleware; :func:`security_headers` gives the same list for such a handler to add.
+``shared.http.HttpPlumbing`` adds them. Responses that Starlette's outermost ``ServerErrorMiddleware`` writes
+(the generic 500) don't pass through any middleware; :func:`security_headers` gives the same list for such a
+handler to add.
 """
 
 from __future__ import annotations
 
 from starlette.applications import Starlette
-from starlette.datastructures import MutableHeaders
 from starlette.middleware.cors import CORSMiddleware
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 API_PREFIX = "/api/"
 DOCS_PATHS = frozenset({"/docs", "/redoc", "/docs/oauth2-redirect"})
@@ -65,36 +64,6 @@ def security_headers(
     if hsts:
         headers.append(("Strict-Transport-Security", HSTS))
     return headers
-
-
-class SecurityHeadersMiddleware:
-    """Pure ASGI: adds :func:`security_headers` to every HTTP response that doesn't set them itself."""
-
-    def __init__(self, app: ASGIApp, *, hsts: bool = False, docs_paths: frozenset[str] = DOCS_PATHS) -> None:
-        self.app = app
-        self.hsts = hsts
-        self.docs_paths = docs_paths
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        path: str = scope.get("path", "")
-        root_path: str = scope.get("root_path", "")
-        if root_path and path.startswith(root_path):
-            path = path[len(root_path) :] or "/"
-        extra = security_headers(path, hsts=self.hsts, docs_paths=self.docs_paths)
-
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message.setdefault("headers", [])
-                headers = MutableHeaders(scope=message)
-                for name, value in extra:
-                    if name not in headers:
-                        headers.append(name, value)
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
 
 
 def install_cors(app: Starlette, origins: list[str]) -> None:

@@ -21,7 +21,7 @@ from shared.http import install_http_plumbing
 from shared.logging import configure_logging, get_logger
 from shared.metrics import install as install_metrics
 from shared.redis import create_redis
-from shared.security_headers import SecurityHeadersMiddleware, install_cors
+from shared.security_headers import install_cors
 from shared.settings import Environment
 from trading_gateway.auth import JWKS_CACHE, CachedJwksKeySource, GatewayAuth
 from trading_gateway.bus.commands import CommandHandler
@@ -167,9 +167,10 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_cors(app, settings.cors_origins)
-    app.add_middleware(SecurityHeadersMiddleware, hsts=settings.env is Environment.production)
     registry = CollectorRegistry()
-    install_http_plumbing(app, registry, max_body_bytes=settings.max_body_bytes)
+    install_http_plumbing(
+        app, registry, hsts=settings.env is Environment.production, max_body_bytes=settings.max_body_bytes
+    )
     install_metrics(registry)
     app.include_router(health_router("gateway"))
     app.include_router(fleet_router)

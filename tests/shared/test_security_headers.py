@@ -8,8 +8,10 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 from fastapi import FastAPI, Response
+from prometheus_client import CollectorRegistry
 
-from shared.security_headers import DOCS_CSP, HSTS, STRICT_CSP, SecurityHeadersMiddleware, install_cors
+from shared.http import install_http_plumbing
+from shared.security_headers import DOCS_CSP, HSTS, STRICT_CSP, install_cors
 from shared.settings import CommonSettings
 from tests.helpers import serve
 
@@ -37,7 +39,7 @@ def _app(*, hsts: bool = False, origins: list[str] | None = None) -> FastAPI:
         return {"status": "ok"}
 
     install_cors(app, origins or [])
-    app.add_middleware(SecurityHeadersMiddleware, hsts=hsts)
+    install_http_plumbing(app, CollectorRegistry(), hsts=hsts)
     return app
 
 
