@@ -6,7 +6,7 @@ import uuid
 from collections.abc import Sequence
 
 from redis.asyncio.client import Pipeline
-from sqlalchemy import select, text
+from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -14,20 +14,18 @@ from management_server.bus.models import OutboxMessage, ProcessedEvent
 from shared.bus.messages import Envelope, encode
 from shared.bus.publisher import with_request_correlation
 
-OUTBOX_CHANNEL = "freqfleet_outbox"
+OUTBOX_CHANNEL = "freqfleet_outbox"  # NOTIFYed by the outbox's trigger (migration 0010)
 
 
 async def enqueue(session: AsyncSession, stream: str, message: Envelope) -> OutboxMessage:
-    """Add ``message`` to the outbox in the caller's transaction.
+    """Add ``message`` to the outbox in the caller's transaction (written with the transaction's next flush).
 
-    It is published only if that transaction commits, and then surely (by the relay,
-    even after a crash). The NOTIFY is delivered at commit and wakes the relay at once.
+    It is published only if that transaction commits, and then surely (by the relay, even after a crash). The
+    outbox's trigger NOTIFYs ``OUTBOX_CHANNEL``: delivered at commit, it wakes every process's relay at once.
     """
     message = with_request_correlation(message)
     row = OutboxMessage(event_id=message.event_id, stream=stream, message_type=message.type, envelope=encode(message))
     session.add(row)
-    await session.flush()
-    await session.execute(text("SELECT pg_notify(:channel, '')"), {"channel": OUTBOX_CHANNEL})
     return row
 
 
