@@ -157,6 +157,12 @@ class Stack:
         database.enroll_gateway(settings, identity.enrollment())
         return gateway_id
 
+    @property
+    def management_workers(self) -> int:
+        """FREQFLEET_MANAGEMENT_WORKERS, else one management process per core."""
+        given = self.env.get("FREQFLEET_MANAGEMENT_WORKERS")
+        return int(given) if given and given.isdigit() and int(given) > 0 else os.cpu_count() or 1
+
     def child_specs(self, endpoints: Endpoints) -> list[ChildSpec]:
         env = dict(self.env)
         env.update(
@@ -190,7 +196,11 @@ class Stack:
             gateway_env["FREQFLEET_REDIS_URL"] = self.valkey.user_url(acl_user(gateway_id), acl_rules(gateway_id))
         return [
             ChildSpec("simulator", [python, "-m", "freqfleet", "simulator"], env),
-            ChildSpec("management", [python, "-m", "freqfleet", "management"], env),
+            ChildSpec(
+                "management",
+                [python, "-m", "freqfleet", "management"],
+                env | {"FREQFLEET_MANAGEMENT_WORKERS": str(self.management_workers)},
+            ),
             ChildSpec("gateway", [python, "-m", "freqfleet", "gateway"], gateway_env),
             # The one worker of the embedded default also runs Celery beat (scheduled backups).
             ChildSpec(
@@ -283,7 +293,8 @@ class Stack:
         lines = [
             "",
             "Freqfleet is up.",
-            f"  management server  {endpoints.management_url}   (API docs: {endpoints.management_url}/docs)",
+            f"  management server  {endpoints.management_url}   (API docs: {endpoints.management_url}/docs;"
+            f" {self.management_workers} worker processes: FREQFLEET_MANAGEMENT_WORKERS)",
             f"  trading gateway    {endpoints.gateway_url}",
             f"  exchange simulator {endpoints.simulator_url}   (Binance API: /api/v3, control: /_sim/state)",
             f"  database           {redact_url(endpoints.database_url)}",

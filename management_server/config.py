@@ -37,6 +37,13 @@ class ManagementSettings(CommonSettings):
     )
     management_host: str = Field(default="127.0.0.1", description="Address the management server binds.")
     management_port: int = Field(default=8000, ge=1, le=65535, description="Port of the management server.")
+    management_workers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Processes serving the management server on its port (uvicorn workers); `freqfleet up` uses "
+        "one per core unless set. Background work stays correct with any number (docs/design.md).",
+    )
     admin_email: EmailStr | None = Field(default=None, description="First admin's email, created at start.")
     admin_password: SecretStr | None = Field(
         default=None, description="First admin's password; generated and printed once when unset."

@@ -29,6 +29,7 @@ from management_server.bus.router import router as command_keys_router
 from management_server.bus.signing import command_signer, load_command_keys
 from management_server.config import ManagementSettings, get_settings
 from management_server.credentials.router import router as credentials_router
+from management_server.elected import EVENTS_CONSUMER_LOCK, Elected
 from management_server.events.dispatcher import create_event_consumer
 from management_server.freqai.deploy import ModelRegistry
 from management_server.freqai.router import bots_router as model_bots_router
@@ -58,7 +59,7 @@ from management_server.users.router import router as users_router
 from management_server.worker import create_celery
 from shared.auth import RevocationStore, StaticKeySource, TokenVerifier
 from shared.health import health_router
-from shared.http import install_http_plumbing, serve
+from shared.http import install_http_plumbing, serve, serve_workers
 from shared.logging import configure_logging, get_logger
 from shared.metrics import install as install_metrics
 from shared.redis import create_redis
@@ -145,15 +146,22 @@ def create_app(settings: ManagementSettings | None = None) -> FastAPI:
             monitor.start()
             stack.push_async_callback(monitor.stop)
             stack.push_async_callback(trade_sync.stop)  # stops before the monitor
-            # Only what enrolled gateways signed is applied; enrolling or revoking here takes effect at once.
+            # Only what enrolled gateways signed is applied; enrolling or revoking takes effect at once in this
+            # process, within the signatures' cache time (5 s) in the other management processes.
             app.state.event_signatures = EventSignatures(background)
-            events = create_event_consumer(
-                settings.redis_url.get_secret_value(),
-                redis,
-                background,
-                str(settings.management_port),
-                trade_effects=trade_effects,
-                signatures=app.state.event_signatures,
+            # One management process at a time consumes the events (in the order gateways wrote them).
+            events = Elected(
+                background_engine,
+                "events consumer",
+                EVENTS_CONSUMER_LOCK,
+                lambda: create_event_consumer(
+                    settings.redis_url.get_secret_value(),
+                    redis,
+                    background,
+                    str(settings.management_port),
+                    trade_effects=trade_effects,
+                    signatures=app.state.event_signatures,
+                ),
             )
             app.state.event_consumer = events
             events.start()
@@ -249,7 +257,28 @@ async def _sync_revocations(app: FastAPI) -> None:
 
 
 def run() -> None:
-    """Serve the app with uvicorn (``freqfleet management``)."""
+    """Serve the app with uvicorn (``freqfleet management``): in this process, or in
+    ``FREQFLEET_MANAGEMENT_WORKERS`` processes sharing the port (each builds its app with :func:`worker_app`)."""
     settings = get_settings()
     configure_logging("management", settings.log_level, settings.log_format)
-    serve(create_app(settings), settings.management_host, settings.management_port)
+    if settings.management_workers == 1:
+        serve(create_app(settings), settings.management_host, settings.management_port)
+        return
+    serve_workers(
+        "management_server.main:worker_app",
+        settings.management_host,
+        settings.management_port,
+        settings.management_workers,
+        settings.data_dir,
+    )
+
+
+def worker_app() -> FastAPI:
+    """The app of one of several worker processes (uvicorn calls this in each)."""
+    import gc
+
+    settings = get_settings()
+    configure_logging("management", settings.log_level, settings.log_format)
+    app = create_app(settings)
+    gc.freeze()  # as serve() does: what import made stays out of the collector's way
+    return app

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from asgi_correlation_id import correlation_id
@@ -14,6 +18,9 @@ from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.metrics_core import Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.body_limit import DEFAULT_MAX_BODY_BYTES, BodyTooLarge, refuse_body
@@ -246,10 +253,59 @@ def install_http_plumbing(
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(exposition(registry), media_type=CONTENT_TYPE_LATEST)
 
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(Exception, _unhandled_error)
+
+
+class _Families(Collector):
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> list[Metric]:
+        return self.families
+
+
+def exposition(registry: CollectorRegistry) -> bytes:
+    """What ``/metrics`` answers. Under several worker processes (:func:`serve_workers`: prometheus_client's
+    multiprocess mode) a scrape reaches one of them: the counters and histograms are then every worker's, summed
+    from their files, and the gauges of state this process's own (each worker reads them itself)."""
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not directory:
+        return generate_latest(registry)
+    summed = CollectorRegistry()
+    MultiProcessCollector(summed, directory)  # type: ignore[no-untyped-call]
+    families = list(summed.collect())
+    names = {family.name for family in families}
+    families += [family for family in registry.collect() if family.name not in names]
+    answer = CollectorRegistry(auto_describe=False)
+    answer.register(_Families(families))
+    return generate_latest(answer)
+
+
+def serve_workers(factory: str, host: str, port: int, workers: int, data_dir: Path) -> None:
+    """Serve ``factory`` (``module:function`` returning the app) in ``workers`` processes sharing the port
+    (uvicorn's; a worker that dies is replaced). Their metrics are counted in files of a folder made for this run
+    (prometheus_client's multiprocess mode, see :func:`exposition`), removed when the server stops."""
+    import uvicorn
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    metrics_dir = Path(tempfile.mkdtemp(prefix="metrics-", dir=data_dir))  # 0700
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)  # read by the workers as they start
+    try:
+        uvicorn.run(
+            factory,
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_config=None,
+            access_log=False,
+            proxy_headers=False,
+        )
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 def serve(app: FastAPI, host: str, port: int) -> None:

@@ -26,6 +26,7 @@ from management_server.analytics.cache import AnalyticsCache
 from management_server.analytics.risk import RiskGuard, Verdict
 from management_server.bots import events as bot_events
 from management_server.bots.models import Bot, Trade
+from management_server.elected import TRADE_SYNC_LOCK
 from management_server.gateways.client import GatewayClient, GatewayUnavailable
 from management_server.gateways.models import Gateway
 from shared.bus.messages import Envelope, TradeClosed, TradeClosedData, TradeOpened
@@ -146,12 +147,18 @@ class TradeSync:
         return len(missing)
 
     async def run_once(self) -> int:
+        """One round: fill in every bot's missed trades. One process at a time, of every management process (an
+        advisory lock held by a transaction of its own for the round): two rounds side by side would apply a
+        missed trade twice (once each, by the risk guard and the analytics too)."""
         filled = 0
-        for bot_id, gateway_id, api_url in await self.gaps():
-            try:
-                filled += await self.fill(bot_id, gateway_id, api_url)
-            except GatewayUnavailable as exc:
-                log.warning("missed trades not filled in: gateway unavailable", bot_id=str(bot_id), error=str(exc))
+        async with self.sessionmaker() as held, held.begin():
+            if not await held.scalar(select(func.pg_try_advisory_xact_lock(TRADE_SYNC_LOCK))):
+                return 0  # another process is at it
+            for bot_id, gateway_id, api_url in await self.gaps():
+                try:
+                    filled += await self.fill(bot_id, gateway_id, api_url)
+                except GatewayUnavailable as exc:
+                    log.warning("missed trades not filled in: gateway unavailable", bot_id=str(bot_id), error=str(exc))
         return filled
 
     async def _run(self) -> None:

@@ -1,9 +1,11 @@
 """The outbox relay: publishes committed outbox rows to Redis and marks them sent.
 
-It wakes on the NOTIFY that ``enqueue`` sends at commit (so a command reaches the bus
+It wakes on the NOTIFY the outbox's trigger sends at commit (so a command reaches the bus
 within milliseconds) and also polls, so a missed notification or a relay that was down
-only delays messages. Rows are taken ``FOR UPDATE SKIP LOCKED``: several management
-replicas can run a relay each without publishing a row twice at the same time. If the
+only delays messages. Each pass holds a transaction-level advisory lock: several management
+processes (workers, replicas) run a relay each, one publishes at a time, in the order of the
+rows' ids (two relays taking batches side by side could put a bot's later command on its
+gateway's stream before an earlier one). If the
 relay dies after XADD but before its commit, the row is published again with the same
 ``event_id``, and consumers recognise the duplicate.
 """
@@ -16,17 +18,21 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import redis.asyncio as aioredis
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from management_server.bus.models import OutboxMessage
 from management_server.bus.service import OUTBOX_CHANNEL
+from management_server.elected import OUTBOX_RELAY_LOCK
 from shared.bus.publisher import Publisher, raw_entry_fields
 from shared.bus.signing import CommandSigner
 from shared.bus.streams import Retention, is_commands_stream
 from shared.logging import get_logger
 
 log = get_logger(__name__)
+
+BUSY_RETRIES = 50  # while another process's relay holds the lock: tries, BUSY_WAIT apart
+BUSY_WAIT = 0.02
 
 
 class OutboxRelay:
@@ -114,9 +120,24 @@ class OutboxRelay:
                 await self._sleep(1)
 
     async def publish_pending(self) -> int:
-        """Publish up to one batch of unpublished rows in order; returns how many were published."""
+        """Publish up to one batch of unpublished rows in order; returns how many were published.
+
+        One relay at a time, of every management process: the pass holds a transaction-level advisory lock, so
+        rows are published in the order of their ids, whichever process publishes them. A relay that finds the
+        lock taken waits a moment and tries again (the holder may have read the outbox before our row was
+        committed)."""
+        for _ in range(BUSY_RETRIES):
+            published = await self._pass()
+            if published is not None:
+                return published
+            await asyncio.sleep(BUSY_WAIT)
+        return 0  # still busy: the holder publishes, or the next poll does
+
+    async def _pass(self) -> int | None:
         published = 0
         async with self.sessionmaker.begin() as session:
+            if not await session.scalar(select(func.pg_try_advisory_xact_lock(OUTBOX_RELAY_LOCK))):
+                return None
             rows = await self._take_batch(session)
             for row in rows:
                 try:

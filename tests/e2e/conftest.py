@@ -215,7 +215,12 @@ def stack(e2e_database: str, e2e_redis: str, tmp_path_factory: pytest.TempPathFa
     # As under `freqfleet up`: the gateway's Valkey user reaches only its own keys (trading_gateway/redis_acl.py).
     gateway_id = env["FREQFLEET_GATEWAY_ID"]
     gateway_env = env | {"FREQFLEET_REDIS_URL": restricted_user(e2e_redis, acl_user(gateway_id), acl_rules(gateway_id))}
-    services = {name: Service(name, env, logs / f"{name}.log") for name in ("management", "worker")}
+    # The management server in two worker processes, as `up` runs it on a host with cores to spare: every e2e test
+    # then shows its background work (events consumer, outbox relay, reconciler) correct with several processes.
+    services = {
+        "management": Service("management", env | {"FREQFLEET_MANAGEMENT_WORKERS": "2"}, logs / "management.log")
+    }
+    services["worker"] = Service("worker", env, logs / "worker.log")
     services["gateway"] = Service("gateway", gateway_env, logs / "gateway.log")
     s = Stack(
         management=env["FREQFLEET_MANAGEMENT_URL"],

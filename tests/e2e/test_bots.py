@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
 import signal
 import time
@@ -16,6 +17,7 @@ from typing import Any
 
 import asyncpg
 import httpx
+import psutil
 import pytest
 import redis.asyncio as aioredis
 
@@ -505,3 +507,34 @@ async def test_killed_gateway_and_management_server_converge_to_what_should_run(
     for name in ("keep", "coming"):
         assert (await client.post(f"/bots/{ids[name]}/stop", headers=user)).status_code == 200
         await wait_bot(client, user, ids[name], "stopped")
+
+
+# --- the management server in two worker processes (FREQFLEET_MANAGEMENT_WORKERS=2 in this stack) -----------
+
+
+def requests_counted(text: str, handler: str) -> float:
+    pattern = rf'^http_requests_total\{{[^}}]*handler="{re.escape(handler)}"[^}}]*status="200"[^}}]*\}} (\S+)$'
+    return sum(float(found) for found in re.findall(pattern, text, re.MULTILINE))
+
+
+def test_two_workers_serve_one_consumes_and_metrics_count_them_all(stack: Stack) -> None:
+    service = stack.services["management"]
+    assert service.proc is not None
+    workers = psutil.Process(service.proc.pid).children()
+    assert len(workers) == 2, workers
+
+    with httpx.Client(base_url=stack.management, timeout=10) as client:
+        me = bearer(stack.admin_token)
+
+        def scrape() -> float:
+            return requests_counted(client.get("/metrics").text, "/api/v1/users/me")
+
+        before = scrape()
+        for _ in range(40):  # new connections: the kernel spreads them over both workers
+            assert httpx.get(f"{stack.api}/users/me", headers=me, timeout=10).status_code == 200
+        after = [scrape() for _ in range(6)]  # whichever worker answers, it counts both workers' requests
+    assert after == [before + 40] * 6, (before, after)
+
+    # One worker took the events consumer's lock; the other waits for it (docs/design.md, "Several processes").
+    log = service.last_run()
+    assert log.count("running here (this process holds its lock)") == 1, log[-3000:]

@@ -16,18 +16,18 @@ from management_server.bots.markets import Markets
 from management_server.bots.reconcile import Reconciler
 from management_server.bus.relay import OutboxRelay
 from management_server.config import ManagementSettings
+from management_server.elected import Elected
 from management_server.freqai.tasks import TrainQueue
 from management_server.gateways.client import GatewayClient
 from management_server.main import create_app
 from management_server.strategies.tasks import CheckQueue
-from shared.bus.consumer import StreamConsumer
 from shared.metrics import StateMonitor
 
 STOPS: dict[str, tuple[type, str]] = {
     "reconciler": (Reconciler, "stop"),
     "train queue": (TrainQueue, "close"),
     "check queue": (CheckQueue, "close"),
-    "event consumer": (StreamConsumer, "stop"),
+    "event consumer": (Elected, "stop"),
     "trade sync": (TradeSync, "stop"),
     "metrics monitor": (StateMonitor, "stop"),
     "gateway client": (GatewayClient, "aclose"),
