@@ -10,8 +10,10 @@
   from the ``FREQFLEET_*`` environment (the benchmark sets the database, Redis, data folder and turns
   the request rate limits off), JSON logging configured first, then ``create_app``.
 
-Both kinds are served with the same uvicorn settings (``bench._common.serve``). ``--profile PATH`` runs the server
-under cProfile and writes its statistics to PATH when it stops (``python -m bench.api --profile``).
+Both kinds are served with the same uvicorn settings (``bench._common.serve``); ``--workers N`` serves the
+management server in N processes as ``FREQFLEET_MANAGEMENT_WORKERS`` does (``shared.http.serve_workers``).
+``--profile PATH`` runs the server under cProfile and writes its statistics to PATH when it stops
+(``python -m bench.api --profile``).
 """
 
 from __future__ import annotations
@@ -100,7 +102,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("kind", choices=KINDS)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--profile", help="write cProfile statistics of the serving to this file when it stops")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="management: worker processes (as FREQFLEET_MANAGEMENT_WORKERS)"
+    )
     args = parser.parse_args(argv)
+    if args.kind == "management" and args.workers > 1:
+        from management_server.config import get_settings
+        from shared.http import serve_workers
+
+        data_dir = get_settings().data_dir
+        serve_workers("bench._auth_server:management_app", "127.0.0.1", args.port, args.workers, data_dir)
+        return
     app = bare_app() if args.kind == "bare" else management_app()
     if args.profile is None:
         serve(app, args.port)

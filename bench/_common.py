@@ -259,6 +259,45 @@ async def _drive(
         await close_connections(conns)
 
 
+async def paced(
+    port: int, raws: Sequence[bytes], expect: int, rate: float, seconds: float, connections: int = 32
+) -> tuple[list[float], int]:
+    """An open loop: one request every ``1/rate`` s for ``seconds`` (cycling through ``raws``), whatever the answers
+    do, over up to ``connections`` keep-alive connections. Each latency (ms) counts from when its request was due,
+    so time spent waiting for a free connection (the server falling behind) is in it; and how many failed."""
+    conns = await open_connections(port, connections)
+    idle: asyncio.Queue[Connection] = asyncio.Queue()
+    for conn in conns:
+        idle.put_nowait(conn)
+    latencies: list[float] = []
+    failed = 0
+
+    async def one(due: float, raw: bytes) -> None:
+        nonlocal failed
+        conn = await idle.get()
+        try:
+            status, _ = await exchange(conn, raw)
+            if status != expect:
+                failed += 1
+        finally:
+            idle.put_nowait(conn)
+        latencies.append((time.perf_counter() - due) * 1000)
+
+    tasks = []
+    started = time.perf_counter()
+    try:
+        async with asyncio.timeout(seconds + PHASE_TIMEOUT):
+            for i in range(int(rate * seconds)):
+                due = started + i / rate
+                if (wait := due - time.perf_counter()) > 0:
+                    await asyncio.sleep(wait)
+                tasks.append(asyncio.create_task(one(due, raws[i % len(raws)])))
+            await asyncio.gather(*tasks)
+    finally:
+        await close_connections(conns)
+    return latencies, failed
+
+
 # --- records --------------------------------------------------------------------------------------
 
 
@@ -416,8 +455,13 @@ class Server:
         return self._ps
 
     def cpu_seconds(self) -> float:
-        times = self.process.cpu_times()
-        return float(times.user + times.system)
+        """CPU time of the server's process and its children (worker processes, when it has some)."""
+        total = 0.0
+        for proc in [self.process, *self.process.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):
+                times = proc.cpu_times()
+                total += times.user + times.system
+        return total
 
     def log_size(self) -> int:
         return self.log_path.stat().st_size
@@ -453,12 +497,17 @@ class AuthServer(Server):
     """A ``bench._auth_server KIND`` process (``bare`` or ``management``) with its own environment; with
     ``profile``, under cProfile, its statistics written there when it stops."""
 
-    def __init__(self, kind: str, workdir: Path, env: Mapping[str, str], profile: Path | None = None) -> None:
+    def __init__(
+        self, kind: str, workdir: Path, env: Mapping[str, str], profile: Path | None = None, workers: int = 1
+    ) -> None:
         super().__init__(kind, workdir, env)
         self.profile = profile
+        self.workers = workers
 
     def command(self) -> list[str]:
         cmd = [sys.executable, "-m", "bench._auth_server", self.kind, "--port", str(self.port)]
+        if self.workers > 1:
+            cmd += ["--workers", str(self.workers)]
         return cmd if self.profile is None else [*cmd, "--profile", str(self.profile)]
 
 

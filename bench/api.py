@@ -42,6 +42,7 @@ import asyncio
 import io
 import json
 import pstats
+import re
 import statistics
 import sys
 import time
@@ -71,6 +72,8 @@ from bench._common import (
     drive,
     login_over_http,
     measure_server,
+    paced,
+    percentile,
     raw_get,
     raw_post,
     request_once,
@@ -101,6 +104,10 @@ GATEWAY = "gw-bench"
 CONCURRENCY = 8
 STRATEGY = ALWAYS_ENTER.read_text()  # enters on every candle (never run here: the benchmark has no gateway)
 FULL = Profile(rounds=3, requests=600, warmup=60, first_warmup=120)
+PACED_RATE = 200.0  # requests per second of the open-loop phase
+PACED_KEYS = ("bare_get", "me", "bots", "pause")
+WORKERS = 2  # the second management server's processes
+WORKER_KEYS = ("me", "bots", "bots_all", "pause")
 QUICK = Profile(rounds=1, requests=200, warmup=30, first_warmup=30)
 
 
@@ -259,6 +266,8 @@ class Outcome:
     relay_seconds: float
     answer_bytes: dict[str, int]
     pieces: dict[str, float]
+    paced: dict[str, tuple[list[float], int]]  # target -> latencies (ms) at PACED_RATE, failures
+    workers: list[Result[Target]]  # the same targets on a management server of WORKERS processes
 
 
 async def count_commands(redis_url: str, expected: int) -> tuple[int, float]:
@@ -313,9 +322,34 @@ async def bench_api(
             result.rounds.append(await measure_server(server, backends, raw, 200, profile, CONCURRENCY))
         outside = watch.outside()
         pauses += profile.rounds * (profile.warmup + profile.requests)
+        seconds = 10.0 if profile.rounds > 1 else 3.0
+        paced_results = {}
+        for key in PACED_KEYS:  # an open loop: requests as they come, not as answers allow
+            target = next(t for t in TARGETS if t.key == key)
+            paced_results[key] = await paced(servers[target.server].port, requests[key], 200, PACED_RATE, seconds)
+            pauses += int(PACED_RATE * seconds) if key == "pause" else 0
+        # The same load on a management server of WORKERS processes (same database, keys and token).
+        several = AuthServer("management", workdir, env, workers=WORKERS)
+        several.log_path = workdir / f"management-{WORKERS}-workers.stderr.log"
+        async with running([several]):
+            for key in WORKER_KEYS:
+                await drive(
+                    several.port, requests_on(requests[key], several.port), 200, profile.first_warmup, CONCURRENCY
+                )
+                pauses += profile.first_warmup if key == "pause" else 0
+            worker_results = [Result(t) for t in TARGETS if t.key in WORKER_KEYS]
+            for result in alternated(worker_results, profile.rounds):
+                raw = requests_on(requests[result.target.key], several.port)
+                result.rounds.append(await measure_server(several, backends, raw, 200, profile, CONCURRENCY))
+                pauses += profile.warmup + profile.requests if result.target.key == "pause" else 0
         on_stream, waited = await count_commands(valkey.url, BOTS + pauses)
         pieces = await bench_pieces(ctx, profile.rounds * 10)
-        return Outcome(results, outside, pauses, on_stream, waited, answer_bytes, pieces)
+        return Outcome(results, outside, pauses, on_stream, waited, answer_bytes, pieces, paced_results, worker_results)
+
+
+def requests_on(raws: list[bytes], port: int) -> list[bytes]:
+    """The same requests, addressed to another server (its Host header)."""
+    return [re.sub(rb"Host: 127\.0\.0\.1:\d+", f"Host: 127.0.0.1:{port}".encode(), raw, count=1) for raw in raws]
 
 
 def report(outcome: Outcome, profile: Profile) -> str:
@@ -364,7 +398,28 @@ def report(outcome: Outcome, profile: Profile) -> str:
         "  'new db procs': PostgreSQL backends started during the target's measured requests (all rounds): the",
         "  server's pool (10) overflowed, and SQLAlchemy opened (and later closed) extra connections",
         outcome.outside.line(),
+        "",
+        f"  open loop: {PACED_RATE:.0f} requests/s as they come (not as answers allow), latency from when each was due",
+        f"  {'target':<44} {'sent':>6} {'failed':>6} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7}",
     ]
+    for key, (latencies, failed) in outcome.paced.items():
+        ordered = sorted(latencies)
+        lines.append(
+            f"  {by_key[key].target.label:<44} {len(ordered):>6} {failed:>6} {percentile(ordered, 50):>7.2f}"
+            f" {percentile(ordered, 99):>7.2f} {ordered[-1]:>7.2f}"
+        )
+    lines += [
+        "",
+        f"  the management server in {WORKERS} worker processes (FREQFLEET_MANAGEMENT_WORKERS), same load, against 1",
+        f"  {'target':<44} {'req/s':>6} {'1 proc':>7} {'ratio':>6} {'p99 ms':>7} {'srv CPU us/req':>14}",
+    ]
+    for r in outcome.workers:
+        one = by_key[r.target.key]
+        rps, single = r.median("rps"), one.median("rps")
+        lines.append(
+            f"  {r.target.label:<44} {rps:>6.0f} {single:>7.0f} {rps / single:>6.2f} {r.median('p99'):>7.2f}"
+            f" {r.median('cpu_us'):>14.0f}"
+        )
     return "\n".join(line.rstrip() for line in lines)
 
 
