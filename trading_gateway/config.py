@@ -124,6 +124,13 @@ class GatewaySettings(CommonSettings):
         description="Seconds an MCP tool waits for the management server (an emergency stop waits there for the "
         "gateways' reports).",
     )
+    mcp_list_seconds: float = Field(
+        default=1.0,
+        ge=0,
+        le=60,
+        description="How long a caller's bot list from the management server is reused by MCP tools (list_bots, the "
+        "fleet summary); 0: asked on every call. A change the caller makes through this gateway refreshes it.",
+    )
 
     mcp_max_message_bytes: int = Field(
         default=1024 * 1024,

@@ -15,12 +15,15 @@
   (with ``WWW-Authenticate: Bearer``) for a missing, invalid or expired token, 403 for a foreign
   origin, 503 when the signing keys or the revocation store can't be reached. They are logged with
   the reason; the token never is.
-- A WebSocket lives longer than its token: the token is verified again before every tool call, so
-  a token that expired or was revoked stops working on an open connection too.
+- Every Streamable HTTP request, and every tool call on an open WebSocket, checks the token: its expiry
+  every time, its revocation at most once a ``RECHECK_SECONDS`` (1 s) per token, so a revoked token stops
+  working within a second (a Redis round trip per call was a tenth of a call's CPU). A WebSocket also
+  ends at the token's expiry.
 """
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -37,6 +40,8 @@ log = get_logger(__name__)
 
 Transport = Literal["websocket", "streamable_http"]
 
+RECHECK_SECONDS = 1.0  # on an open WebSocket, a revoked token stops within this
+RECHECKED_MAX = 10_000
 NOT_AUTHENTICATED = (
     "Not authenticated: send an access token or a personal access token of the management server as "
     "'Authorization: Bearer <token>' (WebSocket clients may use '?token=<token>' instead)."
@@ -107,6 +112,7 @@ class McpAuth:
     def __init__(self, gateway_auth: GatewayAuth, allowed_origins: Sequence[str]) -> None:
         self.gateway_auth = gateway_auth
         self.allowed_origins = frozenset(origin.rstrip("/") for origin in allowed_origins)
+        self._recent: dict[str, tuple[float, TokenClaims]] = {}  # token -> when it was verified in full, its claims
 
     def check_origin(self, headers: Mapping[str, str], transport: Transport) -> None:
         origin = headers.get("origin")
@@ -130,13 +136,28 @@ class McpAuth:
         if token is None:
             log.info("mcp connection refused: no token", transport=transport, client_ip=client_ip)
             raise Refused(401, NOT_AUTHENTICATED)
-        claims = await self._verify(token, transport=transport, client_ip=client_ip)
+        claims = await self._checked(token, transport=transport, client_ip=client_ip)
         return Caller(claims=claims, token=token, transport=transport, client_ip=client_ip)
 
     async def recheck(self, caller: Caller) -> Caller:
-        """Verify the caller's token again (expiry, revocation) before a call on a long-lived connection."""
-        claims = await self._verify(caller.token, transport=caller.transport, client_ip=caller.client_ip)
+        """Check the caller's token again before a call on a long-lived connection."""
+        claims = await self._checked(caller.token, transport=caller.transport, client_ip=caller.client_ip)
         return Caller(claims=claims, token=caller.token, transport=caller.transport, client_ip=caller.client_ip)
+
+    async def _checked(self, token: str, *, transport: Transport, client_ip: str | None) -> TokenClaims:
+        """The token's claims: its expiry checked every time, its revocation (a Redis round trip) at most once a
+        ``RECHECK_SECONDS`` per token, so a revoked token stops working within that on every transport."""
+        now = time.monotonic()
+        recent = self._recent.get(token)
+        if recent is not None and now - recent[0] < RECHECK_SECONDS:
+            if recent[1].expires_at.timestamp() > time.time():
+                return recent[1]
+            raise Refused(401, INVALID)
+        claims = await self._verify(token, transport=transport, client_ip=client_ip)
+        if len(self._recent) >= RECHECKED_MAX:
+            self._recent = {t: entry for t, entry in self._recent.items() if now - entry[0] < RECHECK_SECONDS}
+        self._recent[token] = (now, claims)
+        return claims
 
     async def _verify(self, token: str, *, transport: Transport, client_ip: str | None) -> TokenClaims:
         try:

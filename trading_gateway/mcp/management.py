@@ -16,6 +16,8 @@ is missing (a management server older than this gateway), which is said as such.
 
 from __future__ import annotations
 
+import time
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -34,6 +36,7 @@ log = get_logger(__name__)
 API = "/api/v1"
 PAGE = 1000
 MAX_PAGES = 20
+LIST_MAX = 4096  # callers whose lists are kept
 UNREACHABLE = "The management server can't be reached right now; try again in a moment."
 NO_LONGER_ACCEPTED = (
     "The management server no longer accepts this token (expired, revoked or logged out): reconnect with a fresh token."
@@ -65,14 +68,19 @@ class ManagementApi:
         timeout: float,
         client: httpx.AsyncClient | None = None,
         identity: GatewayIdentity | None = None,
+        list_seconds: float = 1.0,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.list_seconds = list_seconds  # a caller's bot list is reused this long (FREQFLEET_MCP_LIST_SECONDS)
         self.timeout = timeout
         self.identity = identity  # signs each request (shared.gateway_requests): rate limits are the caller's
         # No proxy from the environment: these requests carry users' tokens.
         self.client = client or httpx.AsyncClient(
             base_url=self.base_url + API, timeout=httpx.Timeout(timeout, connect=5.0), trust_env=False
         )
+        # The caller's bot list as last answered, by token: an agent polling list_bots asks the management server at
+        # most once a list_seconds (its desired states; the live figures are this gateway's own, read each call).
+        self._lists: dict[str, tuple[float, uuid.UUID, list[dict[str, Any]]]] = {}
 
     async def aclose(self) -> None:
         await self.client.aclose()
@@ -87,6 +95,8 @@ class ManagementApi:
         params: Mapping[str, Any] | None = None,
     ) -> Any:
         """The JSON answer of ``method API+path`` made with the caller's token, or a :class:`ToolProblem`."""
+        if method != "GET":  # a change: the caller's next list is asked afresh
+            self._forget(caller.subject)
         authorization = f"Bearer {caller.token}"
         headers = {"Authorization": authorization, "User-Agent": "freqfleet-gateway-mcp"}
         if self.identity is not None:
@@ -136,8 +146,27 @@ class ManagementApi:
 
     # ------------------------------------------------------------------ the calls tools share
 
-    async def bots(self, caller: Caller) -> list[dict[str, Any]]:
-        """The caller's bots (an admin: everyone's), as the management server lists them."""
+    async def bots(self, caller: Caller, *, fresh: bool = False) -> list[dict[str, Any]]:
+        """The caller's bots (an admin: everyone's), as the management server lists them: at most ``list_seconds``
+        old unless ``fresh`` (and never older than a change this gateway made for the caller). Don't change it."""
+        now = time.monotonic()
+        kept = self._lists.get(caller.token)
+        if kept is not None and kept[0] > now and not fresh:
+            return kept[2]
+        found = await self._all_bots(caller)
+        if self.list_seconds <= 0:
+            return found
+        if len(self._lists) >= LIST_MAX:
+            self._lists = {token: entry for token, entry in self._lists.items() if entry[0] > now}
+            if len(self._lists) >= LIST_MAX:
+                self._lists.clear()
+        self._lists[caller.token] = (now + self.list_seconds, caller.subject, found)
+        return found
+
+    def _forget(self, subject: uuid.UUID) -> None:
+        self._lists = {token: entry for token, entry in self._lists.items() if entry[1] != subject}
+
+    async def _all_bots(self, caller: Caller) -> list[dict[str, Any]]:
         found: list[dict[str, Any]] = []
         for page in range(MAX_PAGES):
             rows = await self.request(caller, "GET", "/bots", params={"limit": PAGE, "offset": page * PAGE})

@@ -120,7 +120,12 @@ class McpService:
         self.fleet = fleet
         self.auth = McpAuth(gateway_auth, settings.mcp_allowed_origins)
         # Requests as the caller, vouched for by this gateway: the management server limits each user, not us.
-        self.api = ManagementApi(settings.management_url, settings.mcp_management_timeout, identity=fleet.identity)
+        self.api = ManagementApi(
+            settings.management_url,
+            settings.mcp_management_timeout,
+            identity=fleet.identity,
+            list_seconds=settings.mcp_list_seconds,
+        )
         self.auditor = McpAuditor(events, settings.gateway_id, settings.mcp_refusal_sample_seconds)
         self.server: Server[Any] = Server(
             SERVER_NAME,

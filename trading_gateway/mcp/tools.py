@@ -473,7 +473,7 @@ async def _emergency_targets(ctx: ToolContext, args: EmergencyArgs) -> list[uuid
     if caller.is_admin and args.bot_ids is not None:
         return list(dict.fromkeys(args.bot_ids))  # an admin may halt any bot, even with the management server away
     try:
-        bots = await ctx.api.bots(caller)
+        bots = await ctx.api.bots(caller, fresh=True)  # a bot made a moment ago is the caller's too
     except ToolProblem as exc:
         raise ToolFailure(
             f"Nothing was halted: the management server could not confirm which bots are yours ({exc.message}). "

@@ -6,11 +6,13 @@ Real management server and gateway; no bot runs here (tests/trading_gateway/mcp/
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import mcp_types as types
 import pytest
@@ -351,8 +353,9 @@ async def test_with_the_management_server_away_tools_say_so(
         await management_running.aclose()
 
         unreachable = "The management server can't be reached right now; try again in a moment."
-        assert error_text(await alice_agent.call_tool("list_bots", {})) == unreachable
         assert error_text(await alice_agent.call_tool("pause_bot", {"bot_id": str(uuid.uuid4())})) == unreachable
+        # Her bot list was answered a moment ago (kept up to a second); after her change it is asked afresh.
+        assert error_text(await alice_agent.call_tool("list_bots", {})) == unreachable
         mine = error_text(await alice_agent.call_tool("emergency_stop", {"scope": "mine", "confirm": True}))
         assert mine.startswith(
             f"Nothing was halted: the management server could not confirm which bots are yours ({unreachable})"
@@ -384,3 +387,24 @@ async def test_an_admins_token_without_the_admin_scope_has_no_admin_power(stack:
             assert "admin' scope" in answer.json()["detail"]
         assert (await http.get("/api/v1/bots", headers=bearer(root))).status_code == 200  # the login token has it
     assert (await stack.rest_bot(alice, alices))["desired_state"] == "stopped"
+
+
+async def test_a_callers_bot_list_is_reused_a_moment_and_refreshed_by_their_own_change(stack: Stack) -> None:
+    """list_bots asks the management server at most once a FREQFLEET_MCP_LIST_SECONDS per caller; a change the caller
+    makes through this gateway (even a refused one) makes the next list fresh, and a list is never older than the
+    bound."""
+    alice = await stack.account("alice@example.com")
+    first = await stack.bot(alice, "first")
+    async with websocket_client(stack.ws_url, alice) as agent:
+        assert result_data(await agent.call_tool("list_bots", {}))["count"] == 1
+        await stack.bot(alice, "second")  # over REST: this gateway doesn't know of it
+        stop = await agent.call_tool("stop_bot", {"bot_id": first})  # a change through the gateway (refused: stopped)
+        assert stop.is_error
+        assert result_data(await agent.call_tool("list_bots", {}))["count"] == 2  # asked afresh at once
+
+        await stack.bot(alice, "third")
+        asked = time.monotonic()
+        while (count := result_data(await agent.call_tool("list_bots", {}))["count"]) != 3:
+            assert count == 2
+            assert time.monotonic() - asked < stack.settings.mcp_list_seconds + 5, "the list was never refreshed"
+            await anyio.sleep(0.1)

@@ -24,7 +24,8 @@ def management_settings(management_settings: ManagementSettings) -> ManagementSe
 async def test_alices_flood_uses_up_her_allowance_not_bobs_nor_the_gateways(
     management_settings: ManagementSettings, redis_url: str, tmp_path: Path
 ) -> None:
-    async with running_stack(management_settings, redis_url, tmp_path) as stack:
+    # Every list_bots asks the management server (no reuse of the caller's list): her calls reach its limits.
+    async with running_stack(management_settings, redis_url, tmp_path, mcp_list_seconds=0) as stack:
         alice = await stack.account("alice@example.com")
         bob = await stack.account("bob@example.com")
         async with websocket_client(stack.ws_url, alice) as client:
