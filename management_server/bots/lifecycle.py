@@ -23,7 +23,7 @@ from management_server.credentials import service as credentials
 from management_server.credentials.models import ExchangeCredential
 from management_server.errors import Refused
 from management_server.gateways.models import Gateway
-from management_server.gateways.service import LIVE_WINDOW, live_gateways
+from management_server.gateways.service import LIVE_WINDOW, is_live, live_gateways
 from management_server.security.crypto import MasterKeys
 from management_server.strategies.models import Strategy, StrategyStatus
 from management_server.users.models import Role, User
@@ -236,8 +236,7 @@ async def act(
             )
     else:
         gateway_id = bot.gateway_id
-        live = {g.gateway_id for g in await live_gateways(session)}
-        notice = None if gateway_id in live else _waiting(gateway_id)
+        notice = None if await is_live(session, gateway_id) else _waiting(gateway_id)
         if action is Action.restart:
             await bot_spec(session, bot, keys, gateway_id)  # the same checks as a start
     if action in (Action.start, Action.resume):
@@ -266,5 +265,5 @@ async def update_live(session: AsyncSession, bot: Bot, keys: MasterKeys) -> Acti
     bot.commanded_at = datetime.now(UTC)
     command = UpdateConfig(source=SOURCE, data=UpdateConfigData(bot_id=bot.id, generation=bot.generation, spec=spec))
     await enqueue(session, commands_stream(bot.gateway_id), command)
-    live = {g.gateway_id for g in await live_gateways(session)}
-    return ActionResult(bot, command, bot.gateway_id, None if bot.gateway_id in live else _waiting(bot.gateway_id))
+    live = await is_live(session, bot.gateway_id)
+    return ActionResult(bot, command, bot.gateway_id, None if live else _waiting(bot.gateway_id))

@@ -15,11 +15,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as aioredis
-from sqlalchemy import delete, func, select
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy import Table, bindparam, delete, func, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from management_server.bus.models import OutboxMessage
 from management_server.bus.service import OUTBOX_CHANNEL
@@ -31,6 +31,18 @@ from shared.logging import get_logger
 
 log = get_logger(__name__)
 
+_OUTBOX = cast(Table, OutboxMessage.__table__)
+_LOCK = select(func.pg_try_advisory_xact_lock(OUTBOX_RELAY_LOCK))
+_PUBLISHED = (
+    update(_OUTBOX)
+    .where(_OUTBOX.c.id.in_(bindparam("ids", expanding=True)))
+    .values(published_at=func.now(), attempts=_OUTBOX.c.attempts + 1)
+)
+_FAILED = (
+    update(_OUTBOX)
+    .where(_OUTBOX.c.id == bindparam("row_id"))
+    .values(attempts=_OUTBOX.c.attempts + 1, last_error=bindparam("error"))
+)
 BUSY_RETRIES = 50  # while another process's relay holds the lock: tries, BUSY_WAIT apart
 BUSY_WAIT = 0.02
 
@@ -51,6 +63,13 @@ class OutboxRelay:
         self.sessionmaker = async_sessionmaker(engine, expire_on_commit=False)
         self.publisher = Publisher(redis, retention=stream_retention)  # old commands trimmed by age
         self.batch = batch
+        self._batch = (  # the oldest unpublished rows, in order, skipping rows another pass holds
+            select(_OUTBOX.c.id, _OUTBOX.c.event_id, _OUTBOX.c.stream, _OUTBOX.c.message_type, _OUTBOX.c.envelope)
+            .where(_OUTBOX.c.published_at.is_(None))
+            .order_by(_OUTBOX.c.id)
+            .limit(batch)
+            .with_for_update(skip_locked=True)
+        )
         self.poll_interval = poll_interval
         self.retention = retention
         self.signer = signer  # signs every entry of a gateway's command stream as it is published
@@ -134,38 +153,29 @@ class OutboxRelay:
         return 0  # still busy: the holder publishes, or the next poll does
 
     async def _pass(self) -> int | None:
-        published = 0
-        async with self.sessionmaker.begin() as session:
-            if not await session.scalar(select(func.pg_try_advisory_xact_lock(OUTBOX_RELAY_LOCK))):
+        """One pass in one transaction, with Core statements built once (no ORM objects on this path)."""
+        published: list[int] = []
+        async with self.engine.begin() as conn:
+            if not await conn.scalar(_LOCK):
                 return None
-            rows = await self._take_batch(session)
-            for row in rows:
+            rows = (await conn.execute(self._batch)).all()
+            for row_id, event_id, stream, message_type, envelope in rows:
                 try:
-                    fields = raw_entry_fields(row.message_type, str(row.event_id), row.envelope)
-                    if self.signer is not None and is_commands_stream(row.stream):
-                        fields |= self.signer.fields(row.stream, row.envelope)
-                    await self.publisher.publish_raw(row.stream, fields)
+                    fields = raw_entry_fields(message_type, str(event_id), envelope)
+                    if self.signer is not None and is_commands_stream(stream):
+                        fields |= self.signer.fields(stream, envelope)
+                    await self.publisher.publish_raw(stream, fields)
                 except Exception as exc:
                     # Keep the order: stop here, the rest waits for the next pass.
-                    row.attempts += 1
-                    row.last_error = f"{type(exc).__name__}: {exc}"[:2000]
-                    log.warning("outbox publish failed", event_id=str(row.event_id), error=row.last_error)
+                    error = f"{type(exc).__name__}: {exc}"[:2000]
+                    await conn.execute(_FAILED, {"row_id": row_id, "error": error})
+                    log.warning("outbox publish failed", event_id=str(event_id), error=error)
                     break
-                row.published_at = datetime.now(UTC)
-                row.attempts += 1
-                published += 1
-        self.published += published
-        return published
-
-    async def _take_batch(self, session: AsyncSession) -> list[OutboxMessage]:
-        result = await session.execute(
-            select(OutboxMessage)
-            .where(OutboxMessage.published_at.is_(None))
-            .order_by(OutboxMessage.id)
-            .limit(self.batch)
-            .with_for_update(skip_locked=True)
-        )
-        return list(result.scalars())
+                published.append(row_id)
+            if published:
+                await conn.execute(_PUBLISHED, {"ids": published})
+        self.published += len(published)
+        return len(published)
 
     async def _cleanup(self) -> None:
         now = datetime.now(UTC)

@@ -32,7 +32,7 @@ from management_server.freqai.models import BotModelDeployment, DeploymentAction
 from management_server.freqai.service import ModelRefused, describe, fit_problem
 from management_server.freqai.signing import sign
 from management_server.freqai.store import ModelStore, StoreError
-from management_server.gateways.service import LIVE_WINDOW, live_gateways
+from management_server.gateways.service import LIVE_WINDOW, is_live
 from management_server.security.keys import KeyRing
 from management_server.strategies.models import Strategy
 from shared.bus.messages import (
@@ -145,8 +145,7 @@ async def _check_fits(session: AsyncSession, bot: Bot, model: ModelVersion) -> N
 
 
 async def _notice(session: AsyncSession, gateway_id: str) -> str | None:
-    live = {g.gateway_id for g in await live_gateways(session)}
-    if gateway_id in live:
+    if await is_live(session, gateway_id):
         return None
     return (
         f"Gateway {gateway_id} has not reported for over {int(LIVE_WINDOW.total_seconds())} s: "

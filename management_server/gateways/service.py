@@ -8,7 +8,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import ColumnElement, bindparam, exists, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from management_server.bots.models import ActualState, Bot
@@ -126,16 +126,32 @@ async def record_heartbeat(session: AsyncSession, beat: GatewayHeartbeat) -> Non
     )
 
 
+def _live(now: datetime) -> list[ColumnElement[bool]]:
+    return [Gateway.last_seen_at >= now - LIVE_WINDOW, Gateway.signing_key.is_not(None), Gateway.revoked_at.is_(None)]
+
+
+_IS_LIVE = select(  # built once: a control action asks it every time
+    exists().where(
+        Gateway.gateway_id == bindparam("gateway_id"),
+        Gateway.last_seen_at >= bindparam("since"),
+        Gateway.signing_key.is_not(None),
+        Gateway.revoked_at.is_(None),
+    )
+)
+
+
+async def is_live(session: AsyncSession, gateway_id: str) -> bool:
+    """Whether this enrolled gateway was heard from recently (one small query: no gateway row loaded)."""
+    since = datetime.now(UTC) - LIVE_WINDOW
+    return bool(await session.scalar(_IS_LIVE, {"gateway_id": gateway_id, "since": since}))
+
+
 async def live_gateways(session: AsyncSession, now: datetime | None = None) -> list[Gateway]:
     """Enrolled gateways heard from recently, the least loaded (most free capacity) first."""
     now = now or datetime.now(UTC)
     result = await session.execute(
         select(Gateway)
-        .where(
-            Gateway.last_seen_at >= now - LIVE_WINDOW,
-            Gateway.signing_key.is_not(None),
-            Gateway.revoked_at.is_(None),
-        )
+        .where(*_live(now))
         .order_by(Gateway.capacity.desc(), Gateway.bots_running, Gateway.gateway_id)
     )
     return list(result.scalars())
