@@ -43,8 +43,6 @@ _FAILED = (
     .where(_OUTBOX.c.id == bindparam("row_id"))
     .values(attempts=_OUTBOX.c.attempts + 1, last_error=bindparam("error"))
 )
-BUSY_RETRIES = 50  # while another process's relay holds the lock: tries, BUSY_WAIT apart
-BUSY_WAIT = 0.02
 
 
 class OutboxRelay:
@@ -143,14 +141,10 @@ class OutboxRelay:
 
         One relay at a time, of every management process: the pass holds a transaction-level advisory lock, so
         rows are published in the order of their ids, whichever process publishes them. A relay that finds the
-        lock taken waits a moment and tries again (the holder may have read the outbox before our row was
-        committed)."""
-        for _ in range(BUSY_RETRIES):
-            published = await self._pass()
-            if published is not None:
-                return published
-            await asyncio.sleep(BUSY_WAIT)
-        return 0  # still busy: the holder publishes, or the next poll does
+        lock taken leaves the rows to the holder: every relay LISTENs, so a row committed after the holder read
+        the outbox wakes the holder too (its wake flag is set during its pass), and it makes another pass."""
+        published = await self._pass()
+        return 0 if published is None else published
 
     async def _pass(self) -> int | None:
         """One pass in one transaction, with Core statements built once (no ORM objects on this path)."""
