@@ -1,7 +1,7 @@
 """What our HTTP plumbing costs per request, against a bare FastAPI app.
 
-Our plumbing is ``shared.http.install_http_plumbing`` (correlation-id middleware, access-log
-middleware, Prometheus instrumentator) plus JSON logging through structlog. Three uvicorn processes,
+Our plumbing is ``shared.http.install_http_plumbing`` (one ASGI layer: correlation id, body limit, security headers,
+request metrics, access log) plus JSON logging through structlog. Three uvicorn processes,
 started with the same settings on free loopback ports (see ``bench._http_server``):
 
 - baseline: a bare ``FastAPI()`` serving ``GET /health/live`` with the gateway's JSON;

@@ -5,11 +5,12 @@ folder, the management server (``bench._auth_server management``) and the tradin
 (``bench._mcp_server``), each under uvicorn in its own process with production settings and JSON logs
 to a file. An admin is created in the database; over HTTP it logs in, uploads a strategy and creates a
 few bots (no bot runs: no Freqtrade process is needed). The tool measured is ``list_bots``, a read-only
-tool that does what most tools do: the gateway verifies the token (signature, claims, revocation in
-Valkey), asks the management server for the caller's bots with the caller's token (``GET
-/api/v1/bots``: token verification, user and bots loaded from PostgreSQL), merges this gateway's live
-view, answers, and publishes the call's ``MCP_CALL`` audit event, which the management server's
-consumer writes to the audit log.
+tool that does what most tools do: the gateway checks the token (signature and claims; its revocation in
+Valkey at most once a second per token), asks the management server for the caller's bots with the
+caller's token (``GET /api/v1/bots``; the answer reused for up to ``FREQFLEET_MCP_LIST_SECONDS``, 1 s, so
+with every connection here on one token most calls reuse it), merges this gateway's live view, answers,
+and publishes the call's ``MCP_CALL`` audit event, which the management server's consumer writes to the
+audit log.
 
 Targets, on the same gateway process and in the same run (alternated, order rotated each round):
 
@@ -455,8 +456,10 @@ def report(
         f"  {profile.requests} calls per round after {profile.warmup} warm-up, {CONCURRENCY} connections (one call at a"
         f" time each), {profile.rounds} round(s), targets alternated; medians over rounds",
         f"  servers: {server_stack()}, one process each; env=production, JSON logs to files",
-        f"  list_bots lists {BOTS} bots: token verified (EdDSA + revocation in Valkey), GET /api/v1/bots on the"
-        " management server with the caller's token, the call's MCP_CALL audit event published",
+        f"  list_bots lists {BOTS} bots: the token checked (expiry each call, revocation in Valkey at most once a"
+        " second per token), the caller's GET /api/v1/bots from the management server (with the caller's token;"
+        " reused up to FREQFLEET_MCP_LIST_SECONDS, 1 s: all connections here share one token), this gateway's"
+        " live view merged, the call's MCP_CALL audit event published",
         "  management server: rate limits OFF; its events consumer writes the audit rows meanwhile",
         "  'no limits': a second gateway, the same code without its per-user MCP limits (bench._mcp_server"
         " --no-limits); the first has them, set above this load (every call counted and checked)",
