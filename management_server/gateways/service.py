@@ -150,8 +150,6 @@ async def live_gateways(session: AsyncSession, now: datetime | None = None) -> l
     """Enrolled gateways heard from recently, the least loaded (most free capacity) first."""
     now = now or datetime.now(UTC)
     result = await session.execute(
-        select(Gateway)
-        .where(*_live(now))
-        .order_by(Gateway.capacity.desc(), Gateway.bots_running, Gateway.gateway_id)
+        select(Gateway).where(*_live(now)).order_by(Gateway.capacity.desc(), Gateway.bots_running, Gateway.gateway_id)
     )
     return list(result.scalars())
