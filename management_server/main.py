@@ -16,6 +16,7 @@ from management_server.analytics.router import router as analytics_router
 from management_server.analytics.trades import TradeEffects, TradeSync
 from management_server.audit.router import router as audit_router
 from management_server.audit.service import AuditLog
+from management_server.auth.browser import router as browser_session_router
 from management_server.auth.principals import PrincipalFacts
 from management_server.auth.router import jwks_router
 from management_server.auth.router import router as auth_router
@@ -220,6 +221,7 @@ def create_app(settings: ManagementSettings | None = None) -> FastAPI:
     app.include_router(jwks_router)
     app.include_router(command_keys_router)
     app.include_router(auth_router)
+    app.include_router(browser_session_router)
     app.include_router(users_router)
     app.include_router(audit_router)
     app.include_router(strategies_router)

@@ -8,12 +8,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends, HTTPException, Response, status
 from fastapi.security import OAuth2PasswordRequestForm
 from redis.exceptions import RedisError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from management_server.audit.models import Outcome
 from management_server.audit.service import Actor
 from management_server.auth.deps import Audit, CurrentUserRow
 from management_server.auth.schemas import LogoutIn, RefreshIn, RegisterIn, TokenOut
-from management_server.auth.service import AuthError, TokenPair
+from management_server.auth.service import AuthError, AuthService, TokenPair
 from management_server.db import SessionDep
 from management_server.deps import (
     AnonymousAudit,
@@ -21,11 +22,12 @@ from management_server.deps import (
     ClientIp,
     LoginThrottleDep,
     PasswordHasherDep,
+    RequestAudit,
     SettingsDep,
     TokenKeysDep,
 )
 from management_server.errors import errors
-from management_server.security.login_throttle import LoginThrottled
+from management_server.security.login_throttle import LoginThrottle, LoginThrottled
 from management_server.users.schemas import UserOut
 from management_server.users.service import AccountRefused, open_account
 
@@ -81,6 +83,18 @@ async def login(
     audit: AnonymousAudit,
 ) -> TokenOut:
     """Log in with email (as `username`) and password; returns an access and a refresh token."""
+    return _tokens(await log_in(form, session, auth, throttle, client, audit))
+
+
+async def log_in(
+    form: OAuth2PasswordRequestForm,
+    session: AsyncSession,
+    auth: AuthService,
+    throttle: LoginThrottle,
+    client: str | None,
+    audit: RequestAudit,
+) -> TokenPair:
+    """A login's checks, throttle and audit (the API's and the dashboard's); its new token pair, committed."""
     email, ip = form.username.strip().lower()[:320], client or "unknown"
     audit = replace(audit, ip=ip)  # the address the throttle counts by
     try:
@@ -108,7 +122,7 @@ async def login(
     await session.commit()
     await throttle.succeeded(email, ip)
     await audit.record("auth.login", Outcome.success, actor=Actor(user.id, user.email))
-    return _tokens(pair)
+    return pair
 
 
 @router.post("/refresh", response_model=TokenOut)

@@ -30,7 +30,13 @@ KINDS: dict[str, set[str]] = {
 }
 
 
-LOGOUT = ("POST", "/api/v1/auth/logout")
+LOGOUTS = {("POST", "/api/v1/auth/logout"), ("DELETE", "/api/v1/auth/session")}
+# The dashboard's session routes want the CSRF header (and its cookie) before anything else.
+CSRF = {"X-CSRF-Token": "t", "Cookie": "freqfleet_csrf=t"}
+HEADERS: dict[tuple[str, str], dict[str, str]] = {
+    ("POST", "/api/v1/auth/session/refresh"): CSRF,
+    ("DELETE", "/api/v1/auth/session"): CSRF,
+}
 # Bodies that get a route past validation to its own checks (the rest get {}: a 422 is past authentication).
 BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("POST", "/api/v1/users/me/tokens"): {"name": "another", "scopes": ["read"]},
@@ -106,12 +112,12 @@ async def test_every_route_answers_every_token_as_the_permission_table_says(mana
     assert sorted(set(table) - set(routes)) == [], "rows of docs/permissions.md the server does not serve"
     kinds = await tokens(management)
     # Logging out ends every login of the user: last of all, so every other route sees the tokens alive.
-    calls = [(kind, route) for kind in kinds for route in routes if route != LOGOUT]
-    calls += [(kind, LOGOUT) for kind in kinds]
+    calls = [(kind, route) for kind in kinds for route in routes if route not in LOGOUTS]
+    calls += [(kind, route) for route in sorted(LOGOUTS) for kind in kinds]
     wrong: list[str] = []
     for kind, (method, path) in calls:
         token = kinds[kind]
-        headers = bearer(token) if token else {}
+        headers = (bearer(token) if token else {}) | HEADERS.get((method, path), {})
         url = re.sub(r"\{[^}]+\}", lambda m: "gw-none" if m.group(0) == "{gateway_id}" else str(uuid.uuid4()), path)
         body: dict[str, Any] = {"json": BODIES.get((method, path), {})} if method in ("POST", "PUT", "PATCH") else {}
         response = await management.client.request(method, url, headers=headers, **body)
