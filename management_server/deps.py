@@ -28,6 +28,7 @@ from management_server.auth.service import AuthService
 from management_server.bots.markets import Markets
 from management_server.bus.relay import OutboxRelay
 from management_server.config import ManagementSettings
+from management_server.dashboard.live import LiveFeed
 from management_server.errors import Refused
 from management_server.freqai.deploy import ModelRegistry
 from management_server.freqai.tasks import TrainQueue
@@ -68,6 +69,7 @@ RelayDep = Annotated[OutboxRelay, Depends(_state("outbox_relay"))]  # wake() it 
 GatewayClientDep = Annotated[GatewayClient, Depends(_state("gateway_client"))]
 EventSignaturesDep = Annotated[EventSignatures, Depends(_state("event_signatures"))]
 MarketsDep = Annotated[Markets, Depends(_state("markets"))]
+LiveFeedDep = Annotated[LiveFeed, Depends(_state("live_feed"))]  # the dashboard's pushed updates
 AnalyticsCacheDep = Annotated[AnalyticsCache, Depends(_state("analytics_cache"))]
 ModelRegistryDep = Annotated[ModelRegistry, Depends(_state("model_registry"))]
 PrincipalFactsDep = Annotated[PrincipalFacts, Depends(_state("principal_facts"))]  # users and PATs of late callers

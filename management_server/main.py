@@ -7,6 +7,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import CollectorRegistry
 
 from management_server import db
@@ -30,6 +31,10 @@ from management_server.bus.router import router as command_keys_router
 from management_server.bus.signing import command_signer, load_command_keys
 from management_server.config import ManagementSettings, get_settings
 from management_server.credentials.router import router as credentials_router
+from management_server.dashboard.live import LiveFeed, track
+from management_server.dashboard.router import STATIC as DASHBOARD_STATIC
+from management_server.dashboard.router import page_router as dashboard_page_router
+from management_server.dashboard.router import router as dashboard_router
 from management_server.elected import EVENTS_CONSUMER_LOCK, Elected
 from management_server.events.dispatcher import create_event_consumer
 from management_server.freqai.deploy import ModelRegistry
@@ -109,6 +114,12 @@ def create_app(settings: ManagementSettings | None = None) -> FastAPI:
                 else MasterKeys.from_file(settings.data_dir / "master.keys")
             )
             await _sync_revocations(app)
+            # The dashboard's live feed: bots changed by any session of this app reach the pages that show them.
+            live_feed = LiveFeed(redis, app.state.sessionmaker)
+            app.state.live_feed = live_feed
+            track(app.state.sessionmaker, live_feed)
+            live_feed.start()
+            stack.push_async_callback(live_feed.stop)
 
             async def redis_ping() -> None:
                 await redis.ping()
@@ -118,6 +129,7 @@ def create_app(settings: ManagementSettings | None = None) -> FastAPI:
             background_engine = db.create_engine(settings, background=True)
             stack.push_async_callback(background_engine.dispose)
             background = db.create_sessionmaker(background_engine)
+            track(background, live_feed)  # the events consumer's changes (gateways' reports) above all
             app.state.command_keys = load_command_keys(settings)
             relay = OutboxRelay(
                 background_engine,
@@ -220,6 +232,9 @@ def create_app(settings: ManagementSettings | None = None) -> FastAPI:
     app.include_router(health_router("management"))
     app.include_router(jwks_router)
     app.include_router(command_keys_router)
+    app.include_router(dashboard_page_router)
+    app.include_router(dashboard_router)
+    app.mount("/ui", StaticFiles(directory=DASHBOARD_STATIC), name="dashboard")
     app.include_router(auth_router)
     app.include_router(browser_session_router)
     app.include_router(users_router)

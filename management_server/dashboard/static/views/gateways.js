@@ -1,0 +1,33 @@
+// Gateways (admins): where bots run, their load and last heartbeat.
+import { api } from "../api.js";
+import { age, clear, h } from "../dom.js";
+
+export async function renderGateways(view) {
+  const gateways = await api("/api/v1/gateways");
+  clear(
+    view,
+    h("h1", {}, "Gateways"),
+    h(
+      "table",
+      { id: "gateways" },
+      h("thead", {}, h("tr", {}, ["Gateway", "Status", "Host", "Bots / capacity", "Last heartbeat", "Version"].map((c) => h("th", {}, c)))),
+      h(
+        "tbody",
+        {},
+        gateways.map((g) =>
+          h(
+            "tr",
+            { dataset: { gateway: g.gateway_id } },
+            h("td", {}, g.gateway_id),
+            h("td", {}, h("span", { class: `badge ${g.live ? "state-running" : "state-stopped"}` }, g.live ? "live" : g.status)),
+            h("td", {}, g.host || "—"),
+            h("td", { class: "num" }, `${g.bots_running} / ${g.capacity}`),
+            h("td", {}, age(g.last_seen_at)),
+            h("td", {}, g.version || "—"),
+          ),
+        ),
+      ),
+    ),
+  );
+  return null;
+}

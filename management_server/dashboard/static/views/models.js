@@ -1,0 +1,73 @@
+// FreqAI models: versions with metrics and live training progress; deploy to a bot, roll back.
+import { api } from "../api.js";
+import { clear, h, percent } from "../dom.js";
+
+export async function renderModels(view) {
+  const table = h("div", { id: "models-list" });
+  const outcome = h("p", { id: "model-outcome", role: "status" });
+
+  async function deploy(modelId, botId) {
+    try {
+      const answer = await api(`/api/v1/bots/${botId}/model`, { method: "POST", body: { model_id: modelId } });
+      clear(outcome, `Deploy: ${answer.deployment.state}${answer.notice ? ` — ${answer.notice}` : ""}`);
+    } catch (error) {
+      clear(outcome, `Deploy refused: ${error.message}`);
+    }
+  }
+
+  async function rollback(botId) {
+    try {
+      const answer = await api(`/api/v1/bots/${botId}/model/rollback`, { method: "POST" });
+      clear(outcome, `Rollback: ${answer.deployment.state}`);
+    } catch (error) {
+      clear(outcome, `Rollback refused: ${error.message}`);
+    }
+  }
+
+  async function load() {
+    const [models, fleet] = await Promise.all([api("/api/v1/models?limit=200"), api("/api/v1/dashboard/fleet")]);
+    const bots = fleet.bots;
+    clear(
+      table,
+      h(
+        "table",
+        {},
+        h("thead", {}, h("tr", {}, ["Model", "Status", "Pairs", "Metrics", "Deploy to", ""].map((c) => h("th", {}, c)))),
+        h(
+          "tbody",
+          {},
+          models.map((m) => {
+            const pick = h("select", { "aria-label": "bot" }, bots.map((b) => h("option", { value: b.id }, b.name)));
+            const progress = m.progress && m.status !== "succeeded" ? ` ${m.progress.step || ""} ${percent(m.progress.fraction ?? null)}` : "";
+            const metrics = m.metrics
+              ? Object.entries(m.metrics)
+                  .slice(0, 3)
+                  .map(([pair, values]) => `${pair}: ${Object.entries(values || {}).slice(0, 3).map(([k, v]) => `${k} ${typeof v === "number" ? v.toFixed(3) : v}`).join(", ")}`)
+                  .join(" · ")
+              : "—";
+            return h(
+              "tr",
+              { dataset: { model: m.id } },
+              h("td", {}, `${m.name} v${m.version}`, h("br"), h("small", { class: "muted" }, m.freqai_model)),
+              h("td", {}, h("span", { class: `badge model-${m.status}` }, m.status), progress),
+              h("td", {}, m.pairs.join(", ")),
+              h("td", {}, metrics),
+              h("td", {}, bots.length ? pick : "no bots"),
+              h(
+                "td",
+                {},
+                m.status === "succeeded" && bots.length ? h("button", { type: "button", onclick: () => deploy(m.id, pick.value) }, "deploy") : null,
+                bots.length ? h("button", { type: "button", class: "quiet", onclick: () => rollback(pick.value) }, "roll back") : null,
+              ),
+            );
+          }),
+        ),
+      ),
+    );
+  }
+
+  clear(view, h("h1", {}, "Models"), outcome, table);
+  await load();
+  const refresh = setInterval(() => load().catch(() => null), 5000); // training progress (a worker's, not a bot's)
+  return () => clearInterval(refresh);
+}
