@@ -293,8 +293,10 @@ class Stack:
         lines = [
             "",
             "Freqfleet is up.",
+            f"  dashboard          {endpoints.management_url}/",
             f"  management server  {endpoints.management_url}   (API docs: {endpoints.management_url}/docs;"
-            f" {self.management_workers} worker processes: FREQFLEET_MANAGEMENT_WORKERS)",
+            f" {self.management_workers} process{'es' if self.management_workers > 1 else ''}:"
+            " FREQFLEET_MANAGEMENT_WORKERS)",
             f"  trading gateway    {endpoints.gateway_url}",
             f"  exchange simulator {endpoints.simulator_url}   (Binance API: /api/v3, control: /_sim/state)",
             f"  database           {redact_url(endpoints.database_url)}",

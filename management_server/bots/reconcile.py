@@ -219,13 +219,18 @@ class Reconciler:
         assert gateway.inventory_at is not None
         gid = gateway.gateway_id
         said = None if entry is None else str(entry.get("actual"))
+        grace = timedelta(seconds=self.settings.reconcile_grace)
+        recent = bot.commanded_at is not None and gateway.inventory_at - bot.commanded_at < grace
+        if recent and bot.desired_state == DesiredState.halted and said in RUNS:
+            # An emergency stop under way: the bot still runs while its trades are exited (a report from those
+            # seconds would put a halted bot back to paused); the reports that follow it tell.
+            return []
         if entry is not None and int(entry.get("generation", -1)) >= bot.generation:
             # The gateway applied the bot's last command: what it says is the bot's state.
             if said in RUNS:
                 bot.reconcile_attempts = 0
             return self._truth(bot, gid, said)
-        grace = timedelta(seconds=self.settings.reconcile_grace)
-        if bot.commanded_at is not None and gateway.inventory_at - bot.commanded_at < grace:
+        if recent:
             return []  # its last command may still be on its way
         desired = DesiredState(bot.desired_state)
         should_run = desired in (DesiredState.running, DesiredState.paused)

@@ -55,7 +55,7 @@ export async function logIn(email, password) {
 
 export async function resume() {
   // A page (re)loaded: the session's cookie, if any, buys an access token.
-  if (!(await refresh())) return null;
+  if (!csrf() || !(await refresh())) return null;
   return loadMe();
 }
 

@@ -198,3 +198,23 @@ async def test_bots_of_a_silent_gateway_read_unknown_then_lost(management: Manag
     await inventory(management, [entry(bot_id, 1, "running", "running")])
     await reconciler(management).pass_once()
     assert (await bot_row(management, bot_id)).actual_state == "running"
+
+
+async def test_a_halt_under_way_is_not_undone_by_the_reports_of_its_seconds(management: Management) -> None:
+    """An emergency stop exits the bot's trades before its process ends: a report from those seconds says paused
+    with the halt's generation. The bot stays halted; a report long after the halt still saying paused is the
+    truth (the halt did not end it) and is taken."""
+    _, bot_id = await running_bot(management)
+    halted_at = datetime.now(UTC)
+    await set_bot(
+        management, bot_id, desired_state="halted", actual_state="halted", generation=2, commanded_at=halted_at
+    )
+    await inventory(management, [entry(bot_id, 2, "halted", "paused")], at=halted_at + timedelta(seconds=1))
+    assert await reconciler(management).pass_once(now=halted_at + timedelta(seconds=2)) == []
+    assert (await bot_row(management, bot_id)).actual_state == "halted"
+
+    later = halted_at + timedelta(seconds=GRACE + 5)
+    await inventory(management, [entry(bot_id, 2, "halted", "paused")], at=later)
+    done = await reconciler(management).pass_once(now=later + timedelta(seconds=1))
+    assert [c.action for c in done] == ["state"]
+    assert (await bot_row(management, bot_id)).actual_state == "paused"

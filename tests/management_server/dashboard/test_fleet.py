@@ -15,8 +15,8 @@ from sqlalchemy import update
 
 from management_server.bots.models import Bot
 from management_server.users.models import Role
-from tests.management_server.bots.test_bots_api import bot_body, session_of, upload
 from tests.helpers import until
+from tests.management_server.bots.test_bots_api import bot_body, session_of, upload
 from tests.management_server.conftest import Management
 
 

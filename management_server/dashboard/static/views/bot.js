@@ -5,7 +5,8 @@ import { age, badge, clear, h, money, percent } from "../dom.js";
 const ACTIONS = ["start", "pause", "resume", "restart", "stop"];
 const PAGE = 20;
 
-function chart(target, title, xs, series, bars = false) {
+function chart(target, title, xs, series, labels = null) {
+  // A line over time, or (with labels) bars, one per label.
   clear(target, h("h3", {}, title));
   if (!xs.length) {
     target.append(h("p", { class: "muted" }, "No closed trades yet."));
@@ -16,14 +17,31 @@ function chart(target, title, xs, series, bars = false) {
     return;
   }
   const width = Math.max(280, Math.min(target.clientWidth || 640, 900));
-  const paths = bars ? window.uPlot.paths.bars({ size: [0.6, 40] }) : undefined;
+  const bars = labels !== null;
+  const x = bars
+    ? { time: false, range: () => [-0.5, xs.length - 0.5] }
+    : { time: true, range: (u, min, max) => (min === max ? [min - 60, max + 60] : [min, max]) };
+  const xAxis = bars
+    ? { splits: () => xs, values: (u, splits) => splits.map((i) => labels[i] ?? "") }
+    : {};
   new window.uPlot(
     {
       width,
       height: 220,
       legend: { show: false },
-      series: [{}, { label: title, stroke: "#2f7de1", fill: bars ? "rgba(47,125,225,0.35)" : "rgba(47,125,225,0.08)", width: 2, paths }],
-      axes: [{}, { size: 70 }],
+      scales: { x },
+      series: [
+        {},
+        {
+          label: title,
+          stroke: "#2f7de1",
+          fill: bars ? "rgba(47,125,225,0.35)" : "rgba(47,125,225,0.08)",
+          width: 2,
+          paths: bars ? window.uPlot.paths.bars({ size: [0.6, 40] }) : undefined,
+          points: { show: !bars },
+        },
+      ],
+      axes: [xAxis, { size: 70 }],
     },
     [xs, series],
     target,
@@ -184,13 +202,15 @@ export async function renderBot(view, botId) {
     const points = figures.equity_curve || [];
     chart(equity, "Equity (cumulative profit per closed trade)", points.map((p) => Date.parse(p.date) / 1000), points.map((p) => p.profit_abs));
     const days = figures.daily || [];
-    chart(daily, "Daily profit", days.map((d) => Date.parse(d.date) / 1000), days.map((d) => d.profit_abs), true);
+    chart(daily, "Daily profit", days.map((d, i) => i), days.map((d) => d.profit_abs), days.map((d) => d.date.slice(5)));
   }
 
   async function loadLogs() {
     try {
       const answer = await api(`/api/v1/bots/${botId}/logs?lines=50`);
-      clear(logs, h("h3", {}, "Last log lines"), h("pre", { class: "logs" }, answer.lines.join("\n")));
+      const pre = h("pre", { class: "logs" }, answer.lines.join("\n"));
+      clear(logs, h("h3", {}, "Last log lines"), pre);
+      pre.scrollTop = pre.scrollHeight; // the newest lines in view
     } catch (error) {
       if (error.status === 401) throw error;
       clear(logs, h("h3", {}, "Last log lines"), h("p", { class: "muted" }, error.message));
@@ -237,7 +257,7 @@ export async function renderBot(view, botId) {
     if (type !== "bot" || data.id !== botId) return;
     bot = { ...bot, ...data };
     drawState();
-    await Promise.all([loadStatus(), loadTrades(), loadAnalytics()]).catch(() => null);
+    await Promise.all([loadStatus(), loadTrades(), loadAnalytics(), loadLogs()]).catch(() => null);
   });
   return stop;
 }

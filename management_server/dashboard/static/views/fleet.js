@@ -19,9 +19,12 @@ function problems(bot) {
   return bot.errors.length + bot.warnings.length;
 }
 
+const DRY_RUN_WALLET = 1000; // Freqtrade's dry_run_wallet when a bot's config names none
+
 function balance(bot) {
-  if (!bot.dry_run || bot.dry_run_wallet === null) return null;
-  return Number(bot.dry_run_wallet) + (bot.profit_abs || 0);
+  // A dry-run bot's simulated wallet and its profit; a live bot's balance is the exchange's (not reported here).
+  if (!bot.dry_run) return null;
+  return (bot.dry_run_wallet === null ? DRY_RUN_WALLET : Number(bot.dry_run_wallet)) + (bot.profit_abs || 0);
 }
 
 export async function renderFleet(view, { admin }) {
