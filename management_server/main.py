@@ -31,6 +31,7 @@ from management_server.bus.router import router as command_keys_router
 from management_server.bus.signing import command_signer, load_command_keys
 from management_server.config import ManagementSettings, get_settings
 from management_server.credentials.router import router as credentials_router
+from management_server.dashboard.compression import DashboardCompression
 from management_server.dashboard.live import LiveFeed, track
 from management_server.dashboard.router import STATIC as DASHBOARD_STATIC
 from management_server.dashboard.router import page_router as dashboard_page_router
@@ -217,6 +218,7 @@ def create_app(settings: ManagementSettings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.add_middleware(RateLimitMiddleware)
+    app.add_middleware(DashboardCompression)
     install_cors(app, settings.cors_origins)
     registry = CollectorRegistry()
     install_http_plumbing(

@@ -151,12 +151,15 @@ export function subscribe(path, onEvent) {
               if (line.startsWith("event:")) type = line.slice(6).trim();
               else if (line.startsWith("data:")) data.push(line.slice(5).trimStart());
             }
-            if (data.length) onEvent(type, JSON.parse(data.join("\n")));
+            if (!data.length) continue;
+            if (type === "ready") document.body.dataset.live = "ready"; // the page is live (tests and benchmarks)
+            onEvent(type, JSON.parse(data.join("\n")));
           }
         }
       } catch (error) {
         if (stopped) return;
       }
+      delete document.body.dataset.live;
       await new Promise((resolve) => setTimeout(resolve, delay));
       delay = Math.min(delay * 2, 10000);
     }
