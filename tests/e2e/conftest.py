@@ -356,3 +356,77 @@ async def gateway_bots(stack: Stack) -> dict[str, dict[str, Any]]:
         response = await http.get("/api/v1/bots", headers=bearer(stack.admin_token))
     assert response.status_code == 200, response.text
     return {b["bot_id"]: b for b in response.json()["bots"]}
+
+
+# ------------------------------------------------------------------ the dashboard in a real browser
+
+CHROMIUM = Path("/usr/bin/chromium")
+HAVE_CHROMIUM = CHROMIUM.exists()
+# Chromium's own traffic (updates, sync, field trials) would only meet this machine's closed network.
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+WAIT = 60_000  # ms: a bot's start, its first trades
+
+
+@pytest_asyncio.fixture(loop_scope="session", scope="module")
+async def browser() -> AsyncIterator[Any]:
+    if not HAVE_CHROMIUM:
+        pytest.skip("no browser: the dashboard tests drive Debian's Chromium (apt-get install chromium; CI does)")
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as playwright:
+        launched = await playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        yield launched
+        await launched.close()
+
+
+class Page:
+    """A browser page on the dashboard that fails the test on any script error or dialog it didn't expect."""
+
+    def __init__(self, page: Any, base: str) -> None:
+        self.page = page
+        self.base = base
+        self.errors: list[str] = []
+        self.dialogs: list[str] = []
+        self.accept_confirms = True
+        page.on("pageerror", lambda error: self.errors.append(str(error)))
+        page.on("dialog", self._dialog)
+
+    async def _dialog(self, dialog: Any) -> None:
+        self.dialogs.append(f"{dialog.type}: {dialog.message}")
+        if dialog.type == "confirm" and self.accept_confirms:
+            await dialog.accept()
+        else:
+            await dialog.dismiss()
+
+    async def log_in(self, email: str, password: str = PASSWORD) -> None:
+        await self.page.goto(self.base + "/")
+        await self.page.fill("#login input[name=email]", email)
+        await self.page.fill("#login input[name=password]", password)
+        await self.page.click("#login button[type=submit]")
+        await self.page.wait_for_selector("#fleet", timeout=WAIT)
+
+    async def shot(self, name: str, folder: Path) -> None:
+        await self.page.screenshot(path=str(folder / f"{name}.png"), full_page=True)
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def page(browser: Any, stack: Stack) -> AsyncIterator[Page]:
+    context = await browser.new_context(viewport={"width": 1280, "height": 860})
+    wrapped = Page(await context.new_page(), stack.management)
+    yield wrapped
+    await context.close()
+    assert wrapped.errors == [], wrapped.errors
+
+
+@pytest.fixture
+def screenshots(tmp_path: Path) -> Path:
+    folder = Path(os.environ.get("FREQFLEET_SCREENSHOTS") or tmp_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder

@@ -7,93 +7,18 @@ pictures come from ``FREQFLEET_SCREENSHOTS=docs/screenshots``), else to the test
 
 from __future__ import annotations
 
-import os
 import re
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import httpx
 import pytest
-import pytest_asyncio
 
-from tests.e2e.conftest import PASSWORD, Stack, register
+from tests.e2e.conftest import PASSWORD, WAIT, Page, Stack, register
 from tests.e2e.test_bots import approved_bot, trades
 
 pytestmark = pytest.mark.slow
-
-CHROMIUM = Path("/usr/bin/chromium")
-HAVE_CHROMIUM = CHROMIUM.exists()
-# Chromium's own traffic (updates, sync, field trials) would only meet this machine's closed network.
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-WAIT = 60_000  # ms: a bot's start, its first trades
-
-
-@pytest_asyncio.fixture(loop_scope="session", scope="module")
-async def browser() -> AsyncIterator[Any]:
-    if not HAVE_CHROMIUM:
-        pytest.skip("no browser: the dashboard tests drive Debian's Chromium (apt-get install chromium; CI does)")
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as playwright:
-        launched = await playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        yield launched
-        await launched.close()
-
-
-class Page:
-    """A browser page on the dashboard that fails the test on any script error or dialog it didn't expect."""
-
-    def __init__(self, page: Any, base: str) -> None:
-        self.page = page
-        self.base = base
-        self.errors: list[str] = []
-        self.dialogs: list[str] = []
-        self.accept_confirms = True
-        page.on("pageerror", lambda error: self.errors.append(str(error)))
-        page.on("dialog", self._dialog)
-
-    async def _dialog(self, dialog: Any) -> None:
-        self.dialogs.append(f"{dialog.type}: {dialog.message}")
-        if dialog.type == "confirm" and self.accept_confirms:
-            await dialog.accept()
-        else:
-            await dialog.dismiss()
-
-    async def log_in(self, email: str, password: str = PASSWORD) -> None:
-        await self.page.goto(self.base + "/")
-        await self.page.fill("#login input[name=email]", email)
-        await self.page.fill("#login input[name=password]", password)
-        await self.page.click("#login button[type=submit]")
-        await self.page.wait_for_selector("#fleet", timeout=WAIT)
-
-    async def shot(self, name: str, folder: Path) -> None:
-        await self.page.screenshot(path=str(folder / f"{name}.png"), full_page=True)
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def page(browser: Any, stack: Stack) -> AsyncIterator[Page]:
-    context = await browser.new_context(viewport={"width": 1280, "height": 860})
-    wrapped = Page(await context.new_page(), stack.management)
-    yield wrapped
-    await context.close()
-    assert wrapped.errors == [], wrapped.errors
-
-
-@pytest.fixture
-def screenshots(tmp_path: Path) -> Path:
-    folder = Path(os.environ.get("FREQFLEET_SCREENSHOTS") or tmp_path)
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
 
 
 async def api_state(client: httpx.AsyncClient, headers: dict[str, str], bot_id: str) -> str:
@@ -153,10 +78,11 @@ async def test_a_trader_drives_a_bot_from_the_page_and_sees_it_live(
     await p.click("a.brand")
     await p.wait_for_selector(f'#fleet-rows tr[data-bot="{later}"]', timeout=WAIT)
     await page.shot("fleet", screenshots)
-    await p.goto(f"{stack.management}/#/models")
-    await p.wait_for_selector("#models-list table", timeout=WAIT)
-    await page.shot("models", screenshots)
-
+    # On a phone-sized screen the page fits its width (the table scrolls inside its own box).
+    await p.set_viewport_size({"width": 390, "height": 844})
+    assert await p.evaluate("() => document.documentElement.scrollWidth <= window.innerWidth")
+    await page.shot("fleet-phone", screenshots)
+    await p.set_viewport_size({"width": 1280, "height": 860})
     await p.goto(f"{stack.management}/#/bots/{later}")
     await p.wait_for_selector("#bot-state", timeout=WAIT)
     await p.click("#estop")

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.conftest import Stack, bearer, gateway_bots, wait_bot
+from tests.e2e.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, Page, Stack, bearer, gateway_bots, wait_bot
 from tests.freqai_models import FREQAI, FREQAI_CLASS, FREQAI_STRATEGY, trained_models
 from tests.helpers import async_wait_for
 
@@ -58,7 +58,7 @@ def by_pair(predictions: Any) -> dict[str, tuple[str, float]]:
 
 
 async def test_train_deploy_swap_and_roll_back_a_model_in_a_running_bot(
-    stack: Stack, client: httpx.AsyncClient, tmp_path: Path
+    stack: Stack, client: httpx.AsyncClient, tmp_path: Path, page: Page, screenshots: Path
 ) -> None:
     admin = bearer(stack.admin_token)
     strategy = await client.post("/strategies", json={"name": "freqai", "source": FREQAI_STRATEGY}, headers=admin)
@@ -156,6 +156,12 @@ async def test_train_deploy_swap_and_roll_back_a_model_in_a_running_bot(
         ("deploy", "loaded", v2["id"]),
         ("start", "loaded", v1_id),
     ]
+    # The dashboard's models page shows both versions with their metrics, its bot page the model history.
+    await page.log_in(ADMIN_EMAIL, ADMIN_PASSWORD)
+    await page.page.goto(f"{stack.management}/#/models")
+    await page.page.wait_for_selector(f'#models-list tr[data-model="{v2["id"]}"]', timeout=30_000)
+    assert await page.page.locator("#models-list tr[data-model]").count() == 2
+    await page.shot("models", screenshots)
     print(
         f"training {training_seconds:.1f} s; start to predictions {start_seconds:.1f} s; swap {swap_seconds:.1f} s; "
         f"rollback {rollback_seconds:.1f} s"

@@ -2,6 +2,13 @@
 import { api } from "../api.js";
 import { clear, h, percent } from "../dom.js";
 
+function leaves(value, prefix = "") {
+  // "key.sub value" for every number in a nested object of metrics (label names can be long: the last part only)
+  if (typeof value === "number") return [`${prefix} ${Number(value.toPrecision(4))}`];
+  if (!value || typeof value !== "object") return [];
+  return Object.entries(value).flatMap(([k, v]) => leaves(v, typeof v === "number" ? k : prefix));
+}
+
 export async function renderModels(view) {
   const table = h("div", { id: "models-list" });
   const outcome = h("p", { id: "model-outcome", role: "status" });
@@ -27,11 +34,15 @@ export async function renderModels(view) {
   async function load() {
     const [models, fleet] = await Promise.all([api("/api/v1/models?limit=200"), api("/api/v1/dashboard/fleet")]);
     const bots = fleet.bots;
+    if (!models.length) {
+      clear(table, h("p", { class: "muted" }, "No models yet: train one (POST /api/v1/models/train, or freqfleet models train) or upload a bundle."));
+      return;
+    }
     clear(
       table,
       h(
         "table",
-        {},
+        { class: "wrap" },
         h("thead", {}, h("tr", {}, ["Model", "Status", "Pairs", "Metrics", "Deploy to", ""].map((c) => h("th", {}, c)))),
         h(
           "tbody",
@@ -42,7 +53,7 @@ export async function renderModels(view) {
             const metrics = m.metrics
               ? Object.entries(m.metrics)
                   .slice(0, 3)
-                  .map(([pair, values]) => `${pair}: ${Object.entries(values || {}).slice(0, 3).map(([k, v]) => `${k} ${typeof v === "number" ? v.toFixed(3) : v}`).join(", ")}`)
+                  .map(([pair, values]) => `${pair}: ${leaves(values).slice(0, 4).join(", ")}`)
                   .join(" · ")
               : "—";
             return h(
