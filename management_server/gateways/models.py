@@ -35,6 +35,8 @@ class Gateway(Base):
     api_url: Mapped[str | None] = mapped_column(String(255), nullable=True)
     # The bots it last said it has (its heartbeat's inventory: id, generation, desired, actual) and when.
     inventory: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONB, nullable=True)
+    # The host's load as the last heartbeat said it (LOAD_FIELDS of gateways/service.py): what the dashboard shows.
+    load: Mapped[dict[str, Any] | None] = mapped_column(JSONB, nullable=True)
     inventory_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
     @property

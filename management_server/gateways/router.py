@@ -35,6 +35,7 @@ def gateway_out(gateway: Gateway, now: datetime | None = None) -> GatewayOut:
         last_seen_at=gateway.last_seen_at,
         bots_running=gateway.bots_running,
         capacity=gateway.capacity,
+        load=gateway.load,
     )
 
 

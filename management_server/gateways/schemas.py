@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -32,6 +33,11 @@ class GatewayOut(BaseModel):
     last_seen_at: datetime | None
     bots_running: int
     capacity: int
+    load: dict[str, Any] | None = Field(
+        default=None,
+        description="The host as the last heartbeat reported it: cpu_percent, cpu_count, memory_percent, "
+        "memory_used_bytes, memory_total_bytes, bots_by_state (what the gateway's version reports).",
+    )
 
 
 class GatewayRevoked(BaseModel):

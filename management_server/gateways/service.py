@@ -99,6 +99,9 @@ async def list_gateways(session: AsyncSession) -> list[Gateway]:
     return list((await session.execute(select(Gateway).order_by(Gateway.gateway_id))).scalars())
 
 
+LOAD_FIELDS = ("cpu_percent", "cpu_count", "memory_percent", "memory_used_bytes", "memory_total_bytes", "bots_by_state")
+
+
 async def record_heartbeat(session: AsyncSession, beat: GatewayHeartbeat) -> None:
     """Update the enrolled gateway from its (signed) heartbeat; an older beat (out of order) changes nothing."""
     data = beat.data
@@ -110,6 +113,7 @@ async def record_heartbeat(session: AsyncSession, beat: GatewayHeartbeat) -> Non
         "bots_running": data.bots_running,
         "capacity": data.capacity,
         "api_url": data.api_url,
+        "load": {name: value for name in LOAD_FIELDS if (value := getattr(data, name)) is not None} or None,
     }
     if data.inventory is not None:
         values["inventory"] = [entry.model_dump(mode="json") for entry in data.inventory]

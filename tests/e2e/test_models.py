@@ -162,6 +162,10 @@ async def test_train_deploy_swap_and_roll_back_a_model_in_a_running_bot(
     await page.page.wait_for_selector(f'#models-list tr[data-model="{v2["id"]}"]', timeout=30_000)
     assert await page.page.locator("#models-list tr[data-model]").count() == 2
     await page.shot("models", screenshots)
+    await page.page.goto(f"{stack.management}/#/gateways")  # an admin's page: the gateway with its host's load
+    load = page.page.locator(f'#gateways tr[data-gateway="{stack.gateway_id}"] td.load')
+    await load.wait_for(timeout=30_000)
+    assert "CPU" in (await load.text_content() or "")
     print(
         f"training {training_seconds:.1f} s; start to predictions {start_seconds:.1f} s; swap {swap_seconds:.1f} s; "
         f"rollback {rollback_seconds:.1f} s"

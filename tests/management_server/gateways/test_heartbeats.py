@@ -47,6 +47,11 @@ async def test_a_running_gateway_appears_in_the_management_database(
             first_seen = gateways[0].last_seen_at
             await async_wait_for(lambda: _later(sessionmaker, first_seen), timeout=15, what="a later beat")
         assert [(g.gateway_id, g.capacity, g.bots_running) for g in gateways] == [("gw-test", 7, 0)]
+        load = gateways[0].load  # the host's figures, for the dashboard's gateways page
+        assert load is not None
+        assert load["cpu_count"] >= 1
+        assert 0 <= load["memory_percent"] <= 100
+        assert load["bots_by_state"]["running"] == 0
     finally:
         await engine.dispose()
 

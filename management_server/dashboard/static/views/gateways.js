@@ -2,6 +2,14 @@
 import { api } from "../api.js";
 import { age, clear, h } from "../dom.js";
 
+function load(figures) {
+  if (!figures) return "—";
+  const parts = [];
+  if (figures.cpu_percent !== undefined) parts.push(`CPU ${figures.cpu_percent.toFixed(0)} %${figures.cpu_count ? ` of ${figures.cpu_count}` : ""}`);
+  if (figures.memory_percent !== undefined) parts.push(`memory ${figures.memory_percent.toFixed(0)} %`);
+  return parts.join(" · ") || "—";
+}
+
 export async function renderGateways(view) {
   const gateways = await api("/api/v1/gateways");
   clear(
@@ -10,7 +18,7 @@ export async function renderGateways(view) {
     h(
       "table",
       { id: "gateways" },
-      h("thead", {}, h("tr", {}, ["Gateway", "Status", "Host", "Bots / capacity", "Last heartbeat", "Version"].map((c) => h("th", {}, c)))),
+      h("thead", {}, h("tr", {}, ["Gateway", "Status", "Host", "Bots / capacity", "Load", "Last heartbeat", "Version"].map((c) => h("th", {}, c)))),
       h(
         "tbody",
         {},
@@ -22,6 +30,7 @@ export async function renderGateways(view) {
             h("td", {}, h("span", { class: `badge ${g.live ? "state-running" : "state-stopped"}` }, g.live ? "live" : g.status)),
             h("td", {}, g.host || "—"),
             h("td", { class: "num" }, `${g.bots_running} / ${g.capacity}`),
+            h("td", { class: "load" }, load(g.load)),
             h("td", {}, age(g.last_seen_at)),
             h("td", {}, g.version || "—"),
           ),
