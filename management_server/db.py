@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from sqlalchemy import DateTime, MetaData, text
@@ -58,6 +58,16 @@ def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]
 async def ping(engine: AsyncEngine) -> None:
     async with engine.connect() as conn:
         await conn.execute(text("SELECT 1"))
+
+
+async def fetch_raw(session: AsyncSession, sql: str, *args: Any) -> list[Any]:
+    """``sql``'s rows read by asyncpg itself on the session's connection (in its transaction if one is open), with
+    none of SQLAlchemy's result processing: for large answers written straight to JSON (``bots/listing.py``)."""
+    connection = await session.connection()
+    driver = (await connection.get_raw_connection()).driver_connection  # asyncpg's, under SQLAlchemy's adapter
+    assert driver is not None
+    rows: list[Any] = await driver.fetch(sql, *args)
+    return rows
 
 
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:

@@ -85,15 +85,6 @@ class HttpPlumbing:
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
-        self._headers: dict[str, list[tuple[bytes, bytes]]] = {}  # security headers by path (few distinct paths)
-
-    def _security_headers(self, path: str) -> list[tuple[bytes, bytes]]:
-        found = self._headers.get(path)
-        if found is None:
-            found = [(k.lower().encode(), v.encode()) for k, v in security_headers(path, hsts=self.hsts)]
-            if len(self._headers) < 4096:  # paths with ids are many: remember the first ones only
-                self._headers[path] = found
-        return found
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -108,8 +99,8 @@ class HttpPlumbing:
         limit = self.body_limits.get(path, self.max_body_bytes)
         status = 500
         answered = False
-        extra = self._security_headers(path)
-        ours = [*extra, (b"x-request-id", request_id.encode())]
+        ours = [(name.lower().encode(), value.encode()) for name, value in security_headers(path, hsts=self.hsts)]
+        ours.append((b"x-request-id", request_id.encode()))
         try:
             for name, value in scope["headers"]:
                 if name == b"content-length":

@@ -27,6 +27,7 @@ from management_server.audit.service import Actor
 from management_server.auth.deps import Audit, CurrentUserRow
 from management_server.auth.router import log_in
 from management_server.auth.service import AuthError, TokenPair
+from management_server.config import ManagementSettings
 from management_server.db import SessionDep
 from management_server.deps import AnonymousAudit, AuthServiceDep, ClientIp, LoginThrottleDep, SettingsDep
 from management_server.errors import errors
@@ -49,11 +50,13 @@ class SessionOut(BaseModel):
     csrf_token: str = Field(description=f"Send it as {CSRF_HEADER} to refresh or end the session.")
 
 
-def _secure(env: Environment) -> bool:
-    return env is not Environment.development and env is not Environment.test
+def _secure(settings: ManagementSettings) -> bool:
+    return settings.env not in (Environment.development, Environment.test)
 
 
-def _start(response: Response, pair: TokenPair, max_age: int, secure: bool) -> SessionOut:
+def _start(response: Response, pair: TokenPair, settings: ManagementSettings) -> SessionOut:
+    """The answer of a new or refreshed session, its cookies set (they last as long as the login may)."""
+    max_age, secure = settings.refresh_family_days * 86400, _secure(settings)
     csrf = secrets.token_urlsafe(32)
     response.set_cookie(
         REFRESH_COOKIE,
@@ -69,7 +72,8 @@ def _start(response: Response, pair: TokenPair, max_age: int, secure: bool) -> S
     return SessionOut(access_token=pair.access_token, expires_in=pair.expires_in, csrf_token=csrf)
 
 
-def _end(response: Response, secure: bool) -> None:
+def _end(response: Response, settings: ManagementSettings) -> None:
+    secure = _secure(settings)
     response.delete_cookie(REFRESH_COOKIE, path=COOKIE_PATH, secure=secure, httponly=True, samesite="strict")
     response.delete_cookie(CSRF_COOKIE, path="/", secure=secure, samesite="strict")
 
@@ -98,7 +102,7 @@ async def start_session(
 ) -> SessionOut:
     """Log in for the dashboard: the access token in the answer, the refresh token in an HttpOnly cookie."""
     pair = await log_in(form, session, auth, throttle, client, audit)
-    return _start(response, pair, settings.refresh_family_days * 86400, _secure(settings.env))
+    return _start(response, pair, settings)
 
 
 @router.post("/refresh", response_model=SessionOut)
@@ -123,7 +127,7 @@ async def refresh_session(
         raise HTTPException(401, NO_SESSION) from None
     await session.commit()
     await audit.record("auth.refresh", Outcome.success, actor=Actor(pair.user.id, pair.user.email))
-    return _start(response, pair, settings.refresh_family_days * 86400, _secure(settings.env))
+    return _start(response, pair, settings)
 
 
 @router.delete("", status_code=status.HTTP_204_NO_CONTENT)
@@ -141,5 +145,5 @@ async def end_session(
     await session.commit()
     await audit.record("auth.logout", Outcome.success)
     response = Response(status_code=status.HTTP_204_NO_CONTENT)
-    _end(response, _secure(settings.env))
+    _end(response, settings)
     return response

@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from management_server.bots.models import Bot
 from management_server.bots.schemas import BotOut
+from management_server.db import fetch_raw
 from management_server.users.viewer import Viewer
 
 COLUMNS = tuple(BotOut.model_fields)
@@ -30,13 +31,31 @@ _JSON_TEXT = frozenset({"pairs", "freqai"})  # JSONB: read as text, written into
 _STORED = Bot.__table__.c
 assert set(COLUMNS) <= set(_STORED.keys()), f"BotOut shows what bots don't store: {set(COLUMNS) - set(_STORED.keys())}"
 _UUIDS = frozenset(name for name in COLUMNS if isinstance(_STORED[name].type, Uuid))  # asyncpg's UUID isn't orjson's
-_SQL = {  # how PostgreSQL writes a column BotOut shows differently from how it is stored
-    "stake_amount": "coalesce(trim_scale(stake_amount)::text, 'unlimited')",
-    "dry_run_wallet": "trim_scale(dry_run_wallet)::text",
-    **{name: f"{name}::text" for name in _JSON_TEXT | _UUIDS},
-}
 _TABLE = Bot.__tablename__
-_SELECT = ", ".join(f"{_SQL[name]} AS {name}" if name in _SQL else name for name in COLUMNS)
+
+
+def as_shown(name: str, table: str = "") -> str:
+    """How PostgreSQL writes the bot's column ``name`` as ``BotOut`` shows it (``table``: an alias to qualify it
+    with, as ``"b."``): decimals as written (``10``, ``unlimited`` for no stake), JSONB as its text, UUIDs as text."""
+    column = f"{table}{name}"
+    if name == "stake_amount":
+        return f"coalesce(trim_scale({column})::text, 'unlimited')"
+    if name == "dry_run_wallet":
+        return f"trim_scale({column})::text"
+    if name in _JSON_TEXT or name in _UUIDS:
+        return f"{column}::text"
+    return column
+
+
+def embed_json_text(row: dict[str, Any]) -> dict[str, Any]:
+    """The row with its JSONB columns' text written into the answer as it is."""
+    for name in _JSON_TEXT:
+        if (text := row.get(name)) is not None:
+            row[name] = orjson.Fragment(text)
+    return row
+
+
+_SELECT = ", ".join(f"{as_shown(name)} AS {name}" for name in COLUMNS)
 
 
 @dataclass(frozen=True)
@@ -62,24 +81,13 @@ def _query(viewer: Viewer, limit: int, offset: int, after: tuple[datetime, uuid.
     return f"SELECT {_SELECT} FROM {_TABLE}{condition} ORDER BY created_at, id {page}", args  # noqa: S608
 
 
-def _row(record: Any) -> dict[str, Any]:
-    row = dict(record.items())
-    for name in _JSON_TEXT:
-        if (text := row[name]) is not None:
-            row[name] = orjson.Fragment(text)
-    return row
-
-
 async def page(
     session: AsyncSession, viewer: Viewer, limit: int, offset: int, after: tuple[datetime, uuid.UUID] | None = None
 ) -> Page:
     """The viewer's bots (an admin: everyone's), oldest first, after the key ``after`` (a page's cursor), as the
     JSON of ``list[BotOut]``. Read on the session's connection, in its transaction if one is open."""
     sql, args = _query(viewer, limit, offset, after)
-    connection = await session.connection()
-    driver = (await connection.get_raw_connection()).driver_connection  # asyncpg's, under SQLAlchemy's adapter
-    assert driver is not None
-    records = await driver.fetch(sql, *args)
-    rows = [_row(record) for record in records]
+    records = await fetch_raw(session, sql, *args)
+    rows = [embed_json_text(dict(record.items())) for record in records]
     last = (records[-1]["created_at"], uuid.UUID(records[-1]["id"])) if records else None
     return Page(orjson.dumps(rows, option=orjson.OPT_UTC_Z), len(rows), last)

@@ -167,13 +167,12 @@ class BotControl:
             await session.commit()
         self.relay.wake()
         # Validated and written once (as the route's response_model says), not again by FastAPI.
-        fields = {name: getattr(result.bot, name) for name in BOT_FIELDS}
+        fields = {name: getattr(result.bot, name) for name in listing.COLUMNS}
         out = BotActionOut.model_validate(fields | {"command_id": result.command.event_id, "notice": result.notice})
         return Response(out.model_dump_json(), media_type="application/json")
 
 
 Control = Annotated[BotControl, Depends()]
-BOT_FIELDS = tuple(BotOut.model_fields)
 
 
 @router.post("/{bot_id}/start", response_model=BotActionOut, responses=errors(503))

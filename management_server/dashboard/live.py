@@ -64,8 +64,6 @@ class LiveFeed:
         self.redis = redis
         self.sessionmaker = sessionmaker
         self.clients: set[Client] = set()
-        self.published = 0  # bot ids announced by this process
-        self.pushed = 0  # events handed to pages by this process
         self._outgoing: dict[uuid.UUID, uuid.UUID] = {}  # bot -> its owner
         self._incoming: dict[uuid.UUID, uuid.UUID] = {}
         self._out_ready = asyncio.Event()
@@ -87,7 +85,6 @@ class LiveFeed:
             ids, self._outgoing = self._outgoing, {}
             try:
                 await self.redis.publish(CHANNEL, orjson.dumps({str(b): str(o) for b, o in ids.items()}))
-                self.published += len(ids)
             except Exception as exc:  # Redis away: pages miss these updates until they reload
                 log.warning("live feed: changes not announced", error=f"{type(exc).__name__}: {exc}", count=len(ids))
 
@@ -146,9 +143,6 @@ class LiveFeed:
                     client.offer(for_admin)
                 elif owner_id == mine:
                     client.offer(for_owner)
-                else:
-                    continue
-                self.pushed += 1
 
     async def stream(self, viewer: Viewer, until: float) -> AsyncIterator[bytes]:
         """One page's events until the loop's time ``until`` (its token's expiry), keepalives between."""

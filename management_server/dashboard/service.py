@@ -18,35 +18,23 @@ from typing import Any
 import orjson
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from management_server.bots.listing import as_shown, embed_json_text
+from management_server.db import fetch_raw
 from management_server.users.viewer import Viewer
 
 
-def _number(path: str, cast: str = "float8") -> str:
+def _number(path: str) -> str:
     """A number of the last report, or NULL when it isn't one."""
-    return f"CASE WHEN jsonb_typeof(b.last_status #> '{path}') = 'number' THEN (b.last_status #>> '{path}')::{cast} END"
+    return f"CASE WHEN jsonb_typeof(b.last_status #> '{path}') = 'number' THEN (b.last_status #>> '{path}')::float8 END"
 
 
-_COLUMNS = {
-    "id": "b.id::text",
-    "name": "b.name",
-    "owner_id": "b.owner_id::text",
+_BOT_COLUMNS = (  # the bot's own columns, written as BotOut shows them (bots/listing.py)
+    "id", "name", "owner_id", "gateway_id", "desired_state", "actual_state", "dry_run", "exchange", "stake_currency",
+    "stake_amount", "dry_run_wallet", "pairs", "timeframe", "max_open_trades", "last_error", "risk_reason",
+    "model_state", "reconcile_attempts", "last_status_at", "created_at",
+)  # fmt: skip
+_COLUMNS = {name: as_shown(name, "b.") for name in _BOT_COLUMNS} | {
     "owner": "u.email",
-    "gateway_id": "b.gateway_id",
-    "desired_state": "b.desired_state",
-    "actual_state": "b.actual_state",
-    "dry_run": "b.dry_run",
-    "exchange": "b.exchange",
-    "stake_currency": "b.stake_currency",
-    "stake_amount": "coalesce(trim_scale(b.stake_amount)::text, 'unlimited')",
-    "dry_run_wallet": "trim_scale(b.dry_run_wallet)::text",
-    "pairs": "b.pairs::text",
-    "timeframe": "b.timeframe",
-    "max_open_trades": "b.max_open_trades",
-    "last_error": "b.last_error",
-    "risk_reason": "b.risk_reason",
-    "model_state": "b.model_state",
-    "reconcile_attempts": "b.reconcile_attempts",
-    "last_status_at": "b.last_status_at",
     "freqtrade_state": "CASE WHEN jsonb_typeof(b.last_status -> 'state') = 'string' THEN b.last_status ->> 'state' END",
     "open_trades": "CASE WHEN jsonb_typeof(b.last_status -> 'open_trades') = 'array' "
     "THEN jsonb_array_length(b.last_status -> 'open_trades') ELSE 0 END",
@@ -54,8 +42,7 @@ _COLUMNS = {
     "profit_ratio": _number("{profit,profit_all_ratio}"),
     "drawdown_ratio": _number("{profit,max_drawdown}"),
     "drawdown_abs": _number("{profit,max_drawdown_abs}"),
-    "closed_trades": _number("{profit,closed_trade_count}", "float8"),
-    "created_at": "b.created_at",
+    "closed_trades": _number("{profit,closed_trade_count}"),
 }
 _SELECT = ", ".join(f"{sql} AS {name}" for name, sql in _COLUMNS.items())
 NEEDS_A_PERSON = frozenset({"failed", "orphaned", "lost"})
@@ -103,13 +90,9 @@ async def fleet_rows(
         where.append(f"b.id = ANY(${len(args)}::uuid[])")
     condition = f" WHERE {' AND '.join(where)}" if where else ""
     sql = f"SELECT {_SELECT} FROM bots b JOIN users u ON u.id = b.owner_id{condition} ORDER BY b.created_at, b.id"  # noqa: S608
-    connection = await session.connection()
-    driver = (await connection.get_raw_connection()).driver_connection
-    assert driver is not None
     rows = []
-    for record in await driver.fetch(sql, *args):
-        row = dict(record.items())
-        row["pairs"] = orjson.Fragment(row["pairs"])
+    for record in await fetch_raw(session, sql, *args):
+        row = embed_json_text(dict(record.items()))
         row["errors"], row["warnings"] = problems(row)
         rows.append(row)
     return rows

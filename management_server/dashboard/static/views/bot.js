@@ -233,8 +233,7 @@ export async function renderBot(view, botId) {
     }
   }
 
-  const configView = { ...bot };
-  clear(config, h("h3", {}, "Configuration"), h("pre", {}, JSON.stringify(configView, null, 2)));
+  clear(config, h("h3", {}, "Configuration"), h("pre", {}, JSON.stringify(bot, null, 2)));
   clear(
     view,
     h("p", {}, h("a", { href: "#/fleet" }, "← Fleet")),

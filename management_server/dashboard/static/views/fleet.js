@@ -50,18 +50,18 @@ export async function renderFleet(view, { admin }) {
     draw();
   });
 
-  function filter(name, label, values) {
+  function filter(name, label) {
     const select = h("select", { "aria-label": label, dataset: { filter: name } }, h("option", { value: "" }, `${label}: all`));
     select.addEventListener("change", () => {
       filters[name] = select.value;
       draw();
     });
-    selects[name] = { select, values };
+    selects[name] = select;
     return select;
   }
 
   function refreshFilterChoices() {
-    for (const [name, { select }] of Object.entries(selects)) {
+    for (const [name, select] of Object.entries(selects)) {
       const present = [...new Set([...bots.values()].map((b) => choiceOf(name, b)).filter(Boolean))].sort();
       const chosen = select.value;
       clear(select, select.options[0], present.map((v) => h("option", { value: v, selected: v === chosen }, v)));
@@ -79,7 +79,7 @@ export async function renderFleet(view, { admin }) {
 
   function shown() {
     const needle = search.value.trim().toLowerCase();
-    let rows = [...bots.values()].filter((bot) => {
+    const rows = [...bots.values()].filter((bot) => {
       for (const [name, value] of Object.entries(filters)) if (value && choiceOf(name, bot) !== value) return false;
       if (!needle) return true;
       return bot.name.toLowerCase().includes(needle) || bot.pairs.some((p) => p.toLowerCase().includes(needle));
