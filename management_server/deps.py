@@ -9,6 +9,7 @@ and the audit log bound to them (``Audit``) are in :mod:`management_server.auth.
 
 from __future__ import annotations
 
+import inspect
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -23,7 +24,6 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from management_server.analytics.cache import AnalyticsCache
 from management_server.audit.models import AuditEntry, Outcome
 from management_server.audit.service import Actor, AuditLog
-from management_server.auth.principals import PrincipalFacts
 from management_server.auth.service import AuthService
 from management_server.bots.markets import Markets
 from management_server.bus.relay import OutboxRelay
@@ -38,8 +38,6 @@ from management_server.security.crypto import MasterKeys
 from management_server.security.keys import KeyRing
 from management_server.security.login_throttle import LoginThrottle
 from management_server.strategies.tasks import CheckQueue
-from shared.auth import TokenVerifier
-from shared.auth.revocation import RevocationStore
 
 T = TypeVar("T")
 
@@ -60,11 +58,9 @@ RedisDep = Annotated[aioredis.Redis, Depends(_state("redis"))]
 MasterKeysDep = Annotated[MasterKeys, Depends(_state("master_keys"))]
 TokenKeysDep = Annotated[KeyRing, Depends(_state("keys"))]  # sign the tokens (/.well-known/jwks.json)
 CommandKeysDep = Annotated[KeyRing, Depends(_state("command_keys"))]  # sign the commands (command-keys.json)
-TokenVerifierDep = Annotated[TokenVerifier, Depends(_state("token_verifier"))]
 PasswordHasherDep = Annotated[PasswordHasher, Depends(_state("password_hasher"))]
 AuthServiceDep = Annotated[AuthService, Depends(_state("auth"))]
 LoginThrottleDep = Annotated[LoginThrottle, Depends(_state("login_throttle"))]
-AuditLogDep = Annotated[AuditLog, Depends(_state("audit"))]
 RelayDep = Annotated[OutboxRelay, Depends(_state("outbox_relay"))]  # wake() it once a command is committed
 GatewayClientDep = Annotated[GatewayClient, Depends(_state("gateway_client"))]
 EventSignaturesDep = Annotated[EventSignatures, Depends(_state("event_signatures"))]
@@ -72,14 +68,24 @@ MarketsDep = Annotated[Markets, Depends(_state("markets"))]
 LiveFeedDep = Annotated[LiveFeed, Depends(_state("live_feed"))]  # the dashboard's pushed updates
 AnalyticsCacheDep = Annotated[AnalyticsCache, Depends(_state("analytics_cache"))]
 ModelRegistryDep = Annotated[ModelRegistry, Depends(_state("model_registry"))]
-PrincipalFactsDep = Annotated[PrincipalFacts, Depends(_state("principal_facts"))]  # users and PATs of late callers
-RevocationsDep = Annotated[RevocationStore, Depends(_state("revocations"))]  # revoked tokens, token versions (Redis)
 # The task queues: None when this app has no Celery broker.
 CheckQueueDep = Annotated[CheckQueue | None, Depends(_state("check_queue", optional=True))]
 TrainQueueDep = Annotated[TrainQueue | None, Depends(_state("train_queue", optional=True))]
 
 
-def client_ip(request: Request) -> str | None:
+def built(cls: type[T]) -> Callable[..., Awaitable[T]]:
+    """A dependency that builds the dataclass ``cls`` from its fields' dependencies, on the event loop:
+    ``Depends(cls)`` would build it in FastAPI's thread pool (a class is a plain callable), a thread hop per request."""
+
+    async def build(**fields: Any) -> T:
+        return cls(**fields)
+
+    build.__signature__ = inspect.signature(cls, eval_str=True)  # type: ignore[attr-defined]
+    build.__name__ = f"build_{cls.__name__}"
+    return build
+
+
+async def client_ip(request: Request) -> str | None:
     return request.client.host if request.client else None
 
 
@@ -156,6 +162,28 @@ class RequestAudit:
             command_id=command_id,
         )
 
+    def row(
+        self,
+        action: str,
+        outcome: Outcome,
+        *,
+        target_type: str | None = None,
+        target_id: str | uuid.UUID | None = None,
+        details: dict[str, Any] | None = None,
+        command_id: uuid.UUID | None = None,
+    ) -> dict[str, Any]:
+        """The entry's column values, for a statement that writes it with others (``bots.lifecycle.act``)."""
+        return self.log.row(
+            action,
+            outcome,
+            self.actor,
+            target_type=target_type,
+            target_id=target_id,
+            ip=self.ip,
+            details=details,
+            command_id=command_id,
+        )
+
     async def deny(self, code: int, detail: str, reason: str, actor: Actor | None = None) -> HTTPException:
         """Audit a refusal of the route and build the error to raise."""
         await self.record(
@@ -187,8 +215,10 @@ class RequestAudit:
             raise HTTPException(exc.status, str(exc)) from None
 
 
-async def _request_audit(request: Request, log: AuditLogDep) -> RequestAudit:
-    return RequestAudit(log, Actor.anonymous(), client_ip(request), f"{request.method} {request.url.path}")
+async def _request_audit(request: Request) -> RequestAudit:
+    # app.state's audit log read here (not a dependency of its own): every request that can be refused runs this.
+    ip = request.client.host if request.client else None
+    return RequestAudit(request.app.state.audit, Actor.anonymous(), ip, f"{request.method} {request.url.path}")
 
 
 # The request's audit before the caller is known (pass ``actor=``); routes of a signed-in caller take

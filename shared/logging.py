@@ -12,9 +12,11 @@ from __future__ import annotations
 import logging
 import logging.config
 import re
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
+from functools import lru_cache
 from typing import Any
 
+import orjson
 import structlog
 from asgi_correlation_id import correlation_id
 
@@ -27,16 +29,25 @@ SECRET_KEY_PATTERN = re.compile(
 REDACTED = "***"
 
 
+@lru_cache(maxsize=4096)
+def names_secret(key: str) -> bool:
+    """Whether a mapping key names a secret (keys repeat: the answer is remembered)."""
+    return SECRET_KEY_PATTERN.search(key) is not None
+
+
 def redact(value: Any) -> Any:
     """A copy of ``value`` where every mapping entry whose key names a secret is masked."""
     if isinstance(value, dict):
-        return {
-            k: (REDACTED if isinstance(k, str) and SECRET_KEY_PATTERN.search(k) else redact(v))
-            for k, v in value.items()
-        }
+        return {k: (REDACTED if isinstance(k, str) and names_secret(k) else redact(v)) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return type(value)(redact(v) for v in value)
     return value
+
+
+def _orjson_text(value: Any, default: Callable[[Any], Any] | None = None, **_: Any) -> str:
+    """structlog's JSON line by orjson (several times faster than ``json.dumps``); what orjson can't write goes
+    through structlog's ``default`` (its ``repr``), keys that aren't strings are written as strings."""
+    return orjson.dumps(value, default=default, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
 def _drop_color_message(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
@@ -45,13 +56,13 @@ def _drop_color_message(_: Any, __: str, event_dict: MutableMapping[str, Any]) -
 
 
 def _redact_secrets(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    for key in list(event_dict):
+    for key, value in event_dict.items():
         if key == "event":
             continue
-        if SECRET_KEY_PATTERN.search(key):
+        if names_secret(key):
             event_dict[key] = REDACTED
-        else:
-            event_dict[key] = redact(event_dict[key])
+        elif isinstance(value, dict | list | tuple):
+            event_dict[key] = redact(value)
     return event_dict
 
 
@@ -85,8 +96,12 @@ def configure_logging(service: str, level: str = "INFO", fmt: LogFormat = LogFor
         _redact_secrets,
     ]
     renderer: structlog.types.Processor = (
-        structlog.processors.JSONRenderer() if fmt is LogFormat.json else structlog.dev.ConsoleRenderer(colors=False)
+        structlog.processors.JSONRenderer(serializer=_orjson_text)
+        if fmt is LogFormat.json
+        else structlog.dev.ConsoleRenderer(colors=False)
     )
+    # What no line shows, not looked up for every record.
+    logging.logThreads, logging.logProcesses, logging.logMultiprocessing = False, False, False
     structlog.configure(
         processors=[
             *shared_processors,

@@ -17,6 +17,7 @@ from sqlalchemy import Select, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from management_server.audit.models import AuditEntry, Outcome
+from management_server.db import utcnow
 from shared.logging import get_logger, redact
 
 log = get_logger(__name__)
@@ -84,29 +85,57 @@ class AuditLog:
         """Add the row to the caller's transaction: a command's ``requested`` row commits with its outbox entry,
         so the gateway's answer (``audit.events.record_command_outcome``) always finds it."""
         entry = AuditEntry(
-            actor_id=actor.id,
-            actor=actor.label[:320],
-            via=via,
-            action=action,
-            target_type=target_type,
-            target_id=None if target_id is None else str(target_id)[:64],
-            outcome=outcome.value,
-            reason=None if reason is None else reason[:2000],
-            ip=ip,
-            correlation_id=correlation_id.get(),
-            details=redact(details) if details else None,
-            command_id=command_id,
+            **self.row(
+                action,
+                outcome,
+                actor,
+                target_type=target_type,
+                target_id=target_id,
+                reason=reason,
+                ip=ip,
+                via=via,
+                details=details,
+                command_id=command_id,
+            )
         )
         session.add(entry)
-        log.info(
-            "audit",
-            action=action,
-            outcome=outcome.value,
-            actor=actor.label,
-            target_type=target_type,
-            target_id=entry.target_id,
-        )
         return entry
+
+    @staticmethod
+    def row(
+        action: str,
+        outcome: Outcome,
+        actor: Actor,
+        *,
+        target_type: str | None = None,
+        target_id: str | uuid.UUID | None = None,
+        reason: str | None = None,
+        ip: str | None = None,
+        via: str = "rest",
+        details: dict[str, Any] | None = None,
+        command_id: uuid.UUID | None = None,
+    ) -> dict[str, Any]:
+        """The entry's column values (bounded, redacted), for a caller that writes it itself (``add``, or a
+        statement of its own: ``bots.lifecycle.act``); the entry is logged as it is made."""
+        target = None if target_id is None else str(target_id)[:64]
+        log.info(
+            "audit", action=action, outcome=outcome.value, actor=actor.label, target_type=target_type, target_id=target
+        )
+        return {
+            "occurred_at": utcnow(),  # every value given: a statement's CTE gets no column defaults
+            "actor_id": actor.id,
+            "actor": actor.label[:320],
+            "via": via,
+            "action": action,
+            "target_type": target_type,
+            "target_id": target,
+            "outcome": outcome.value,
+            "reason": None if reason is None else reason[:2000],
+            "ip": ip,
+            "correlation_id": correlation_id.get(),
+            "details": redact(details) if details else None,
+            "command_id": command_id,
+        }
 
 
 @dataclass(frozen=True)

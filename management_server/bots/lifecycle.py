@@ -12,18 +12,25 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import select
+from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.sql.dml import ReturningInsert
 
 from management_server.analytics.rearm import rearm
+from management_server.audit.models import AuditEntry, Outcome
+from management_server.bots import changes as bot_changes
 from management_server.bots.models import ActualState, Bot, DesiredState, Trade
-from management_server.bus.service import enqueue
+from management_server.bus.models import OutboxMessage
+from management_server.bus.service import enqueue, outbox_row
 from management_server.credentials import service as credentials
 from management_server.credentials.models import ExchangeCredential
 from management_server.errors import Refused
 from management_server.gateways.models import Gateway
-from management_server.gateways.service import LIVE_WINDOW, is_live, live_gateways
+from management_server.gateways.service import IS_LIVE, LIVE_WINDOW, is_live, live_gateways
 from management_server.security.crypto import MasterKeys
 from management_server.strategies.models import Strategy, StrategyStatus
 from management_server.users.models import Role, User
@@ -49,7 +56,12 @@ from shared.bus.messages import (
 from shared.bus.streams import commands_stream
 from shared.sealing import seal_credentials
 
+if TYPE_CHECKING:
+    from management_server.deps import RequestAudit
+
 SOURCE = "management"
+# Core statements on the tables (``_write``): the mapped classes would take the ORM's bulk paths, which cost more.
+_BOTS, _OUTBOX, _AUDIT = (cast(Table, model.__table__) for model in (Bot, OutboxMessage, AuditEntry))
 
 
 class Action(StrEnum):
@@ -210,24 +222,26 @@ async def act(
     keys: MasterKeys,
     trade_id: int | str | None = None,
     freqai_model: ModelBundle | None = None,
+    audit: RequestAudit | None = None,
 ) -> ActionResult:
     """Apply ``action`` to ``bot`` in the session's transaction (the caller commits). A start of a FreqAI bot
-    carries its model (``freqai_model``, from ``management_server.freqai.deploy.start_bundle``)."""
+    carries its model (``freqai_model``, from ``management_server.freqai.deploy.start_bundle``). A person's action
+    is audited as ``requested`` by ``audit`` (its ``command_id``: the gateway's answer completes it), written with
+    the change and the command."""
     active = bot.desired_state in (DesiredState.running, DesiredState.paused)
     spec = None
+    changes: dict[str, Any] = {}  # the bot's columns this action sets (written by _write)
     if action is Action.start:
         await approved_strategy(session, bot)  # what the user can fix comes before where it would run
-        gateway_id, notice = await _placement(session, bot)
+        gateway_id, notice = await _placement(session, bot)  # which says whether the gateway is answering
         spec = await bot_spec(session, bot, keys, gateway_id)
-        bot.gateway_id = gateway_id
-        bot.last_error = None
+        changes["gateway_id"], changes["last_error"] = gateway_id, None
         if bot.actual_state in (ActualState.stopped, ActualState.failed, ActualState.halted):
-            bot.actual_state = ActualState.starting.value
+            changes["actual_state"] = ActualState.starting.value
     elif not active or bot.gateway_id is None:
         raise ActionRefused(409, "The bot is not running: start it first.")
     elif action is Action.forceexit and isinstance(trade_id, int):
         gateway_id = bot.gateway_id
-        notice = None
         known = await open_trade_ids(session, bot)
         if trade_id not in known:
             listed = ", ".join(str(t) for t in sorted(known)) or "none"
@@ -236,24 +250,73 @@ async def act(
             )
     else:
         gateway_id = bot.gateway_id
-        notice = None if await is_live(session, gateway_id) else _waiting(gateway_id)
         if action is Action.restart:
             await bot_spec(session, bot, keys, gateway_id)  # the same checks as a start
     if action in (Action.start, Action.resume):
         await rearm(session, bot)  # a trader trading again after a risk pause: the guard starts over from now
     if action in DESIRED:
-        bot.desired_state = DESIRED[action].value
+        changes["desired_state"] = DESIRED[action].value
     if action is Action.stop and bot.actual_state in (ActualState.running, ActualState.paused, ActualState.starting):
-        bot.actual_state = ActualState.stopping.value
+        changes["actual_state"] = ActualState.stopping.value
     if action is not Action.forceexit:
         # FORCE_EXIT changes no desired state, and the gateway records no generation for it: bumping the
         # generation here would make every later report of the bot look older than it and be dropped.
-        bot.generation += 1
-    bot.updated_at = bot.commanded_at = datetime.now(UTC)
-    bot.reconcile_attempts = 0  # a new command: the reconciler's backoff starts over
+        changes["generation"] = bot.generation + 1
+    now = datetime.now(UTC)
+    changes |= {"updated_at": now, "commanded_at": now, "reconcile_attempts": 0}  # the reconciler's backoff restarts
+    for key, value in changes.items():  # the bot as written below (not a change for the session to flush)
+        set_committed_value(bot, key, value)
     command = _command(action, bot, spec, trade_id, freqai_model)
-    await enqueue(session, commands_stream(gateway_id), command)
+    requested = None
+    if audit is not None:
+        requested = audit.row(
+            f"bot.{action.value}",
+            Outcome.requested,
+            target_type="bot",
+            target_id=bot.id,
+            details={"generation": bot.generation, "gateway_id": gateway_id, "trade_id": trade_id},
+            command_id=command.event_id,
+        )
+    live = await _write(session, bot, changes, gateway_id, command, requested)
+    if action is not Action.start:
+        notice = None if live else _waiting(gateway_id)
     return ActionResult(bot, command, gateway_id, notice)
+
+
+async def _write(
+    session: AsyncSession,
+    bot: Bot,
+    changed: dict[str, Any],
+    gateway_id: str,
+    command: Envelope,
+    audit: dict[str, Any] | None,
+) -> bool:
+    """The bot's ``changed`` columns, the command's outbox row (to ``gateway_id``) and the audit's ``requested`` row
+    in one statement (one round trip, no unit-of-work flush), and the bot noted as changed (``changes``). Returns
+    whether the gateway is live (``gateways.service.is_live``), asked in the same statement."""
+    outbox = outbox_row(commands_stream(gateway_id), command)
+    params = {f"outbox_{k}": v for k, v in outbox.items()} | {f"bot_{k}": v for k, v in changed.items()}
+    params |= {f"audit_{k}": v for k, v in (audit or {}).items()}
+    params |= {"bot_id": bot.id, "live_gateway_id": gateway_id, "live_since": datetime.now(UTC) - LIVE_WINDOW}
+    live = await session.scalar(_statement(tuple(outbox), tuple(changed), tuple(audit or ())), params)
+    bot_changes.note(session, {bot.id: bot.owner_id})
+    return bool(live)
+
+
+@lru_cache(maxsize=128)
+def _statement(outbox: tuple[str, ...], changed: tuple[str, ...], audit: tuple[str, ...]) -> ReturningInsert[Any]:
+    """``_write``'s statement for these columns, built once (its parameters named ``<table>_<column>``)."""
+
+    def values(table: Table, prefix: str, columns: tuple[str, ...]) -> dict[str, Any]:
+        return {name: bindparam(f"{prefix}_{name}", type_=table.c[name].type) for name in columns}
+
+    statement = insert(_OUTBOX).values(values(_OUTBOX, "outbox", outbox))
+    if changed:
+        update_bot = update(_BOTS).where(_BOTS.c.id == bindparam("bot_id")).values(values(_BOTS, "bot", changed))
+        statement = statement.add_cte(update_bot.cte("bot_changed"))
+    if audit:
+        statement = statement.add_cte(insert(_AUDIT).values(values(_AUDIT, "audit", audit)).cte("audit_requested"))
+    return statement.returning(IS_LIVE.scalar_subquery())
 
 
 async def update_live(session: AsyncSession, bot: Bot, keys: MasterKeys) -> ActionResult | None:

@@ -36,6 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from management_server.audit.models import Outcome
 from management_server.audit.service import Actor, AuditLog
+from management_server.bots import changes
 from management_server.bots.lifecycle import SOURCE, Action, ActionRefused, act
 from management_server.bots.models import ActualState, Bot, DesiredState
 from management_server.bus.service import enqueue
@@ -179,9 +180,11 @@ class Reconciler:
                 update(Bot)
                 .where(Bot.gateway_id.in_(silent), Bot.actual_state.in_([c.value for c in claims]))
                 .values(actual_state=state.value)
-                .returning(Bot.id, Bot.gateway_id)
+                .returning(Bot.id, Bot.gateway_id, Bot.owner_id)
             )
-            for bot_id, gateway_id in changed.all():
+            marked = changed.all()
+            changes.note(session, {bot_id: owner_id for bot_id, _, owner_id in marked})  # the dashboard's pages
+            for bot_id, gateway_id, _ in marked:
                 detail = f"its gateway has not reported for over {silent_for:g} s"
                 corrections.append(Correction(bot_id, gateway_id or "", "state", f"{state.value}: {detail}"))
         return corrections
@@ -290,6 +293,7 @@ class Reconciler:
                     if desired is DesiredState.paused:  # started, then paused at once: as it was
                         sent.append((Action.pause, (await act(session, bot, Action.pause, self.keys)).command.event_id))
         except (ActionRefused, ModelRefused) as exc:
+            await session.refresh(bot)  # act() writes with a statement of its own: read what the rollback left
             bot.last_error = f"Freqfleet could not bring the bot back to {desired.value}: {exc}"
             done = [Correction(bot.id, gateway_id, "start", str(exc), Outcome.failure)]
         else:

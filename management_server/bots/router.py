@@ -26,7 +26,15 @@ from management_server.bots.schemas import (
     TradeOut,
 )
 from management_server.db import SessionDep
-from management_server.deps import GatewayClientDep, MarketsDep, MasterKeysDep, ModelRegistryDep, RelayDep, SettingsDep
+from management_server.deps import (
+    GatewayClientDep,
+    MarketsDep,
+    MasterKeysDep,
+    ModelRegistryDep,
+    RelayDep,
+    SettingsDep,
+    built,
+)
 from management_server.errors import errors
 from management_server.freqai.deploy import start_bundle
 from management_server.freqai.service import ModelRefused
@@ -154,16 +162,7 @@ class BotControl:
         async with self.audit.refusals(session, audited, refused, target_type="bot", target_id=bot.id):
             # A FreqAI bot's start carries its model (management_server/freqai).
             bundle = await start_bundle(session, self.registry, bot) if action is Action.start else None
-            result = await act(session, bot, action, self.keys, trade_id, bundle)
-            self.audit.add(
-                session,
-                audited,
-                Outcome.requested,
-                target_type="bot",
-                target_id=bot.id,
-                details={"generation": result.bot.generation, "gateway_id": result.gateway_id, "trade_id": trade_id},
-                command_id=result.command.event_id,
-            )
+            result = await act(session, bot, action, self.keys, trade_id, bundle, audit=self.audit)
             await session.commit()
         self.relay.wake()
         # Validated and written once (as the route's response_model says), not again by FastAPI.
@@ -172,7 +171,7 @@ class BotControl:
         return Response(out.model_dump_json(), media_type="application/json")
 
 
-Control = Annotated[BotControl, Depends()]
+Control = Annotated[BotControl, Depends(built(BotControl))]
 
 
 @router.post("/{bot_id}/start", response_model=BotActionOut, responses=errors(503))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from typing import Any
 
 from redis.asyncio.client import Pipeline
 from sqlalchemy import select
@@ -11,6 +12,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from management_server.bus.models import OutboxMessage, ProcessedEvent
+from management_server.db import utcnow
 from shared.bus.messages import Envelope, encode
 from shared.bus.publisher import with_request_correlation
 
@@ -23,10 +25,23 @@ async def enqueue(session: AsyncSession, stream: str, message: Envelope) -> Outb
     It is published only if that transaction commits, and then surely (by the relay, even after a crash). The
     outbox's trigger NOTIFYs ``OUTBOX_CHANNEL``: delivered at commit, it wakes every process's relay at once.
     """
-    message = with_request_correlation(message)
-    row = OutboxMessage(event_id=message.event_id, stream=stream, message_type=message.type, envelope=encode(message))
+    row = OutboxMessage(**outbox_row(stream, message))
     session.add(row)
     return row
+
+
+def outbox_row(stream: str, message: Envelope) -> dict[str, Any]:
+    """The outbox row's values for ``message`` (the request's correlation id put in), for ``enqueue`` or a
+    statement that writes the row with others (``bots.lifecycle.act``)."""
+    message = with_request_correlation(message)
+    return {
+        "event_id": message.event_id,
+        "stream": stream,
+        "message_type": message.type,
+        "envelope": encode(message),
+        "created_at": utcnow(),  # every value given: a statement's CTE gets no column defaults
+        "attempts": 0,
+    }
 
 
 async def claim_event(session: AsyncSession, consumer_group: str, message: Envelope) -> bool:

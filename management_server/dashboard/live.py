@@ -1,13 +1,14 @@
 """The dashboard's live feed: a bot's new row pushed to the pages that show it, within a moment of its change.
 
 Any change to a bot made through a session of this app (a gateway's report applied by the events consumer, a
-request, the risk guard, an emergency stop) is noticed when its transaction commits (``track``: SQLAlchemy's
-``after_flush``/``after_commit`` on the session), and the bot ids are published on a Redis channel, a few at
-a time (``DEBOUNCE``). Every management process listens to that channel (the events consumer runs in one of
-them, the pages are served by all): it reads the changed bots' rows once (``service.fleet_rows``) and hands each
-page what it may see (an admin everything, with owners; a user their own bots). A bot that is gone is sent as
-``gone``. Pages read the feed as Server-Sent Events (``GET /api/v1/dashboard/live``); a page that falls behind
-(its queue full) is dropped, and reconnects to read the fleet afresh.
+request, the risk guard, an emergency stop) is noticed when its transaction commits (``track``: the bots the session
+changed, ``bots/changes.py``: its ORM flushes, and what statements of their own said they changed), and the bot ids
+are published on a Redis channel, a few at a time (``DEBOUNCE``). Every management process listens to that channel
+(the events consumer runs in one of them, the pages are served by all): it reads the changed bots' rows once
+(``service.fleet_rows``) and hands each page what it may see (an admin everything, with owners; a user their own
+bots). A bot that is gone is sent as ``gone``. Pages read the feed as Server-Sent Events (``GET
+/api/v1/dashboard/live``); a page that falls behind (its queue full) is dropped, and reconnects to read the fleet
+afresh.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 
-from management_server.bots.models import Bot
+from management_server.bots import changes
 from management_server.dashboard import service
 from management_server.users.viewer import Viewer
 from shared.logging import get_logger
@@ -37,7 +38,6 @@ DEBOUNCE = 0.1  # seconds: changes are sent together, at most this late
 QUEUE = 512  # events a page may be behind before it is dropped
 KEEPALIVE = 15.0
 _FEED = "freqfleet.live_feed"
-_CHANGED = "freqfleet.live_changed"
 
 
 @dataclass(eq=False)  # each page is itself (kept in a set)
@@ -178,27 +178,12 @@ class LiveFeed:
 
 def track(sessionmaker: async_sessionmaker[AsyncSession], feed: LiveFeed) -> None:
     """Sessions of ``sessionmaker`` tell ``feed`` which bots their committed transactions changed."""
-    sessionmaker.configure(info={_FEED: feed})
-
-
-@event.listens_for(Session, "after_flush")
-def _note_changed_bots(session: Session, _: Any) -> None:
-    if _FEED not in session.info:
-        return
-    changed = session.info.setdefault(_CHANGED, {})
-    for obj in (*session.new, *session.dirty, *session.deleted):
-        if isinstance(obj, Bot) and obj.id is not None:
-            changed[obj.id] = obj.owner_id
+    sessionmaker.configure(info={changes.TRACKED: True, _FEED: feed})
 
 
 @event.listens_for(Session, "after_commit")
 def _announce_changed_bots(session: Session) -> None:
-    changed = session.info.pop(_CHANGED, None)
+    changed = changes.take(session)
     feed = session.info.get(_FEED)
     if changed and isinstance(feed, LiveFeed):
         feed.changed(changed)
-
-
-@event.listens_for(Session, "after_rollback")
-def _forget_changed_bots(session: Session) -> None:
-    session.info.pop(_CHANGED, None)

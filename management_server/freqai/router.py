@@ -18,7 +18,7 @@ from management_server.auth.deps import AdminPrincipal, Audit, Reader, Trader
 from management_server.bots.deps import LockedBot, VisibleBot
 from management_server.bots.models import Bot
 from management_server.db import SessionDep
-from management_server.deps import GatewayClientDep, ModelRegistryDep, RelayDep, SettingsDep, TrainQueueDep
+from management_server.deps import GatewayClientDep, ModelRegistryDep, RelayDep, SettingsDep, TrainQueueDep, built
 from management_server.errors import errors
 from management_server.freqai import deploy as deployments
 from management_server.freqai import predictions, service, upload
@@ -272,7 +272,7 @@ class BotModelChange:
         return JSONResponse(status_code=202, content=out.model_dump(mode="json"))
 
 
-ModelChange = Annotated[BotModelChange, Depends()]
+ModelChange = Annotated[BotModelChange, Depends(built(BotModelChange))]
 
 
 @bots_router.post("/{bot_id}/model", status_code=status.HTTP_202_ACCEPTED, response_model=DeployOut)

@@ -134,10 +134,12 @@ def _live(now: datetime) -> list[ColumnElement[bool]]:
     return [Gateway.last_seen_at >= now - LIVE_WINDOW, Gateway.signing_key.is_not(None), Gateway.revoked_at.is_(None)]
 
 
-_IS_LIVE = select(  # built once: a control action asks it every time
+# Built once (a control action asks it every time, with its write: ``bots.lifecycle``); parameters
+# ``live_gateway_id`` and ``live_since`` (now - LIVE_WINDOW).
+IS_LIVE = select(
     exists().where(
-        Gateway.gateway_id == bindparam("gateway_id"),
-        Gateway.last_seen_at >= bindparam("since"),
+        Gateway.gateway_id == bindparam("live_gateway_id"),
+        Gateway.last_seen_at >= bindparam("live_since"),
         Gateway.signing_key.is_not(None),
         Gateway.revoked_at.is_(None),
     )
@@ -147,7 +149,7 @@ _IS_LIVE = select(  # built once: a control action asks it every time
 async def is_live(session: AsyncSession, gateway_id: str) -> bool:
     """Whether this enrolled gateway was heard from recently (one small query: no gateway row loaded)."""
     since = datetime.now(UTC) - LIVE_WINDOW
-    return bool(await session.scalar(_IS_LIVE, {"gateway_id": gateway_id, "since": since}))
+    return bool(await session.scalar(IS_LIVE, {"live_gateway_id": gateway_id, "live_since": since}))
 
 
 async def live_gateways(session: AsyncSession, now: datetime | None = None) -> list[Gateway]:

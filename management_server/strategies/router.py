@@ -14,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from management_server.audit.models import Outcome
 from management_server.auth.deps import AdminPrincipal, Audit, Reader, Trader
 from management_server.db import SessionDep
-from management_server.deps import CheckQueueDep, SettingsDep, found
+from management_server.deps import CheckQueueDep, SettingsDep, built, found
 from management_server.errors import errors
 from management_server.strategies import service
 from management_server.strategies.deps import (
@@ -161,7 +161,7 @@ class StrategyReview:
         return _out(strategy)
 
 
-Review = Annotated[StrategyReview, Depends()]
+Review = Annotated[StrategyReview, Depends(built(StrategyReview))]
 
 
 @router.post("/{strategy_id}/approve", response_model=StrategyOut)

@@ -44,11 +44,11 @@ class RevocationStore:
 
     async def revocation_reason(self, claims: TokenClaims) -> str | None:
         """Why this token no longer counts, or None while it does."""
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.exists(self._jti_key(claims.token_id))
-        pipe.get(self._version_key(claims.token_type, claims.subject))
-        revoked, version = await pipe.execute()
-        if revoked:
+        # One command (every authenticated request asks): the revocation mark, if any, and the current version.
+        revoked, version = await self.redis.mget(
+            self._jti_key(claims.token_id), self._version_key(claims.token_type, claims.subject)
+        )
+        if revoked is not None:
             return "the token was revoked"
         if version is not None and claims.version < int(version):
             return "the token was invalidated (logout, password change or account change)"

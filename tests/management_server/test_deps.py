@@ -57,7 +57,6 @@ async def test_every_service_dependency_gives_its_declared_class(management: Man
         "MasterKeysDep",
         "TokenKeysDep",
         "CommandKeysDep",
-        "AuditLogDep",
         "RelayDep",
         "GatewayClientDep",
         "MarketsDep",

@@ -47,3 +47,32 @@ def test_structlog_and_stdlib_lines_are_json_with_correlation_id_and_no_secrets(
     assert library["logger"] == "some.library"
     assert library["correlation_id"] == "req-123"
     assert "timestamp" in library
+
+
+def test_values_json_cannot_hold_are_written_not_dropped_and_secrets_in_lists_are_masked() -> None:
+    lines = _run(
+        """
+        import datetime, decimal, uuid
+        from shared.logging import configure_logging, get_logger
+        from shared.settings import LogFormat
+
+        configure_logging("management", "INFO", LogFormat.json)
+        get_logger("freqfleet.test").info(
+            "odd values",
+            when=datetime.datetime(2026, 12, 5, 9, 0, tzinfo=datetime.timezone.utc),
+            bot_id=uuid.UUID("12345678-1234-5678-1234-567812345678"),
+            amount=decimal.Decimal("1.5"),
+            thing=object(),
+            by_number={1: "one"},
+            accounts=[{"name": "a", "Password": "p-should-not-show"}, ("x", {"api_key": "k-should-not-show"})],
+        )
+        """
+    )
+    (line,) = lines
+    assert line["when"] == "2026-12-05T09:00:00+00:00"
+    assert line["bot_id"] == "12345678-1234-5678-1234-567812345678"
+    assert line["amount"] == "Decimal('1.5')"  # structlog's fallback: the value's repr
+    assert str(line["thing"]).startswith("<object object at")
+    assert line["by_number"] == {"1": "one"}
+    assert line["accounts"] == [{"name": "a", "Password": "***"}, ["x", {"api_key": "***"}]]
+    assert "should-not-show" not in json.dumps(line)

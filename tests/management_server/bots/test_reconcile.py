@@ -21,6 +21,7 @@ from shared.bus.streams import commands_stream
 from tests.management_server.bots.test_bots_api import bot_body, session_of, upload
 from tests.management_server.bots.test_lifecycle import GATEWAY, heartbeat
 from tests.management_server.conftest import PASSWORD, Management, bearer
+from tests.management_server.dashboard.test_fleet import feed, next_event
 
 GRACE = 15.0
 
@@ -218,3 +219,26 @@ async def test_a_halt_under_way_is_not_undone_by_the_reports_of_its_seconds(mana
     done = await reconciler(management).pass_once(now=later + timedelta(seconds=1))
     assert [c.action for c in done] == ["state"]
     assert (await bot_row(management, bot_id)).actual_state == "paused"
+
+
+async def test_a_control_action_and_the_reconcilers_marks_reach_the_dashboard(management: Management) -> None:
+    """Both write with statements of their own (no ORM flush to notice them): they say which bots they changed."""
+    admin, _ = await admin_bot(management)  # the admin and their strategy
+
+    async def next_row_of(page: Any, bot_id: str) -> dict[str, Any]:
+        while True:  # an admin's page shows every bot: other bots' changes pass by
+            kind, row = await next_event(page)
+            if kind == "bot" and row["id"] == bot_id:
+                return dict(row)
+
+    async with feed(management.url, admin) as page:
+        _, bot_id = await admin_bot(management)  # one change (one commit), announced once
+        assert (await next_row_of(page, bot_id))["desired_state"] == "stopped"
+        # Running on GATEWAY, set by a statement nobody announces: from here on, a row of the bot is news.
+        await heartbeat(management)
+        await set_bot(management, bot_id, desired_state="running", actual_state="running", gateway_id=GATEWAY)
+        paused = await management.client.post(f"/api/v1/bots/{bot_id}/pause", headers=admin)
+        assert paused.status_code == 200, paused.text
+        assert (await next_row_of(page, bot_id))["desired_state"] == "paused"
+        await reconciler(management).pass_once(datetime.now(UTC) + timedelta(seconds=45))
+        assert (await next_row_of(page, bot_id))["actual_state"] == "unknown"
