@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, bindparam, exists, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from management_server.bots import changes
 from management_server.bots.models import ActualState, Bot
 from management_server.errors import Refused
 from management_server.gateways.models import Gateway
@@ -90,9 +91,12 @@ async def revoke(session: AsyncSession, gateway_id: str) -> tuple[Gateway, int]:
             actual_state=ActualState.orphaned.value,
             last_error=f"its gateway {gateway_id} was revoked: start the bot again to run it on an enrolled gateway",
         )
+        .returning(Bot.id, Bot.owner_id)
     )
+    orphaned = {bot_id: owner_id for bot_id, owner_id in result.all()}
+    changes.note(session, orphaned)  # the dashboard's pages show them orphaned
     await session.flush()
-    return gateway, int(getattr(result, "rowcount", 0) or 0)
+    return gateway, len(orphaned)
 
 
 async def list_gateways(session: AsyncSession) -> list[Gateway]:

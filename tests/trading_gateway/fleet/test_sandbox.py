@@ -5,6 +5,7 @@ still trades on the simulator."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
 import signal
@@ -162,7 +163,8 @@ async def test_under_a_non_root_gateway_landlock_alone_keeps_a_hostile_bot_in(
             assert report[name].startswith("denied: "), (name, report[name])
         assert report["own_folder"].startswith("GOT: "), report["own_folder"]
         assert psutil.Process(started.data.pid).uids().real == NON_ROOT_UID
-        assert '"mode": "landlock"' in log_path.read_text()  # what the gateway said at start
+        said = [json.loads(line) for line in log_path.read_text().splitlines() if line.startswith("{")]
+        assert any(line.get("event") == "sandbox for user code" and line.get("mode") == "landlock" for line in said)
         await bus.wait(BotStatus, lambda e: len(e.data.open_trades) == 1, bot_id=bot_id)  # and it trades
     finally:
         await asyncio.to_thread(_stop, gateway)
