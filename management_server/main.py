@@ -33,6 +33,7 @@ from management_server.config import ManagementSettings, get_settings
 from management_server.credentials.router import router as credentials_router
 from management_server.dashboard.compression import DashboardCompression
 from management_server.dashboard.live import LiveFeed, track
+from management_server.dashboard.model_feed import ModelFeed
 from management_server.dashboard.router import STATIC as DASHBOARD_STATIC
 from management_server.dashboard.router import page_router as dashboard_page_router
 from management_server.dashboard.router import router as dashboard_router
@@ -131,6 +132,9 @@ def create_app(settings: ManagementSettings | None = None) -> FastAPI:
             stack.push_async_callback(background_engine.dispose)
             background = db.create_sessionmaker(background_engine)
             track(background, live_feed)  # the events consumer's changes (gateways' reports) above all
+            model_feed = ModelFeed(background_engine, app.state.sessionmaker, live_feed)  # the models page's rows
+            model_feed.start()
+            stack.push_async_callback(model_feed.stop)
             app.state.command_keys = load_command_keys(settings)
             relay = OutboxRelay(
                 background_engine,

@@ -126,16 +126,23 @@ class LiveFeed:
             found = {uuid.UUID(r["id"]) for r in rows}
             self.push(rows, {bot: owner for bot, owner in ids.items() if bot not in found})
 
-    def push(self, rows: list[dict[str, Any]], gone: dict[uuid.UUID, uuid.UUID]) -> None:
-        """Hand each page what it may see: the rows (with their owner's email, as an admin sees them) and the bots
-        that are gone (bot id -> owner id)."""
+    def push(
+        self,
+        rows: list[dict[str, Any]],
+        gone: dict[uuid.UUID, uuid.UUID],
+        *,
+        event: str = "bot",
+        gone_event: str = "gone",
+    ) -> None:
+        """Hand each page what it may see: the rows (each with its ``owner_id``; a bot's with its owner's email too,
+        which only an admin sees) as ``event``, and what is gone (id -> owner id) as ``gone_event``."""
         events: list[tuple[str, bytes, bytes]] = [  # owner, an admin's event, the owner's event
-            (row["owner_id"], sse("bot", row), sse("bot", {k: v for k, v in row.items() if k != "owner"}))
+            (row["owner_id"], sse(event, row), sse(event, {k: v for k, v in row.items() if k != "owner"}))
             for row in rows
         ]
-        for bot, bot_owner in gone.items():
-            event_bytes = sse("gone", {"id": str(bot)})
-            events.append((str(bot_owner), event_bytes, event_bytes))
+        for thing, its_owner in gone.items():
+            event_bytes = sse(gone_event, {"id": str(thing)})
+            events.append((str(its_owner), event_bytes, event_bytes))
         for client in list(self.clients):
             mine = str(client.viewer.user.id)
             for owner_id, for_admin, for_owner in events:

@@ -69,10 +69,11 @@ async def test_a_trader_drives_a_bot_from_the_page_and_sees_it_live(
     await p.wait_for_selector("#equity canvas", timeout=WAIT)
     await page.shot("bot", screenshots)
 
-    # Pause from the button: paused, pushed.
+    # Pause from the button: paused, pushed; the bot's log, followed, says it too.
     await p.click('button[data-action="pause"]')
     await p.wait_for_selector('#bot-state[data-state="paused"]', timeout=WAIT)
     assert await api_state(client, trader, later) == "paused"
+    await p.wait_for_selector('#log-lines:has-text("to: PAUSED")', timeout=WAIT)
 
     # The fleet page, then the emergency stop of this bot from its page, with its outcome.
     await p.click("a.brand")

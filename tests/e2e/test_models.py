@@ -64,6 +64,11 @@ async def test_train_deploy_swap_and_roll_back_a_model_in_a_running_bot(
     strategy = await client.post("/strategies", json={"name": "freqai", "source": FREQAI_STRATEGY}, headers=admin)
     assert strategy.status_code == 201, strategy.text
 
+    # The dashboard's models page, open from the start: what follows reaches it without a reload.
+    await page.log_in(ADMIN_EMAIL, ADMIN_PASSWORD)
+    await page.page.goto(f"{stack.management}/#/models")
+    await page.page.wait_for_selector("#models-list", timeout=30_000)
+
     # Train version 1 on the worker.
     started = time.monotonic()
     queued = await client.post(
@@ -82,6 +87,8 @@ async def test_train_deploy_swap_and_roll_back_a_model_in_a_running_bot(
     v1 = await async_wait_for(trained, timeout=300, interval=1, what="the training")
     training_seconds = time.monotonic() - started
     assert "could not report training progress" not in stack.services["worker"].last_run()
+    # The page was told (the worker's writes are NOTIFYed by PostgreSQL, pushed by the live feed).
+    await page.page.wait_for_selector(f'#models-list tr[data-model="{v1_id}"] .model-succeeded', timeout=30_000)
 
     # Version 2 of another name: an externally trained bundle, uploaded.
     other = trained_models(tmp_path, stack.simulator.url).b
@@ -157,15 +164,27 @@ async def test_train_deploy_swap_and_roll_back_a_model_in_a_running_bot(
         ("start", "loaded", v1_id),
     ]
     # The dashboard's models page shows both versions with their metrics, its bot page the model history.
-    await page.log_in(ADMIN_EMAIL, ADMIN_PASSWORD)
-    await page.page.goto(f"{stack.management}/#/models")
-    await page.page.wait_for_selector(f'#models-list tr[data-model="{v2["id"]}"]', timeout=30_000)
+    await page.page.wait_for_selector(f'#models-list tr[data-model="{v2["id"]}"]', timeout=30_000)  # pushed too
     assert await page.page.locator("#models-list tr[data-model]").count() == 2
     await page.shot("models", screenshots)
     await page.page.goto(f"{stack.management}/#/gateways")  # an admin's page: the gateway with its host's load
     load = page.page.locator(f'#gateways tr[data-gateway="{stack.gateway_id}"] td.load')
     await load.wait_for(timeout=30_000)
     assert "CPU" in (await load.text_content() or "")
+    # The audit page, searched by who acted: only the admin's entries.
+    await page.page.goto(f"{stack.management}/#/audit")
+    await page.page.select_option('#audit-search select[name="actor_id"]', label=ADMIN_EMAIL)
+    await page.page.click('#audit-search button[type="submit"]')
+    await page.page.wait_for_function(
+        """email => {
+            const whos = [...document.querySelectorAll('#audit-results tbody tr td:nth-child(2)')];
+            return whos.length > 0 && whos.every(td => td.textContent.startsWith(email));
+        }""",
+        arg=ADMIN_EMAIL,
+        timeout=30_000,
+    )
+    actions = await page.page.locator("#audit-results tbody tr td:nth-child(3)").all_text_contents()
+    assert "model.train" in actions, actions
     print(
         f"training {training_seconds:.1f} s; start to predictions {start_seconds:.1f} s; swap {swap_seconds:.1f} s; "
         f"rollback {rollback_seconds:.1f} s"

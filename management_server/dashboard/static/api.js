@@ -110,8 +110,9 @@ export async function api(path, { method = "GET", body, retry = true } = {}) {
 }
 
 // Server-Sent Events over fetch (EventSource can't send the Authorization header): calls onEvent(type, data)
-// for each event until stopped; reconnects with a fresh token after a drop.
-export function subscribe(path, onEvent) {
+// for each event until stopped; reconnects with a fresh token after a drop. onOpen() runs each time a stream
+// opens (a stream that starts with what is (the last log lines, say) then repeats it).
+export function subscribe(path, onEvent, onOpen = null) {
   const controller = new AbortController();
   let stopped = false;
   (async () => {
@@ -135,6 +136,7 @@ export function subscribe(path, onEvent) {
         }
         if (!response.ok || !response.body) throw new Error(`live feed: ${response.status}`);
         delay = 500;
+        if (onOpen) onOpen();
         const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
         let buffer = "";
         for (;;) {

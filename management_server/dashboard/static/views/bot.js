@@ -205,16 +205,46 @@ export async function renderBot(view, botId) {
     chart(daily, "Daily profit", days.map((d, i) => i), days.map((d) => d.profit_abs), days.map((d) => d.date.slice(5)));
   }
 
+  // The log: the last lines, then followed (a stream of each new line, GET .../logs?follow=true) while the
+  // page is open; a bot that is not running says why, and its log is followed again once it runs.
+  const logLines = h("pre", { class: "logs", id: "log-lines" });
+  const LOG_KEEP = 500;
+
+  function showLog(message) {
+    clear(logs, h("h3", {}, "Log"), message ? h("p", { class: "muted" }, message) : logLines);
+  }
+
+  function logLine(text, note = false) {
+    const atEnd = logLines.scrollTop + logLines.clientHeight >= logLines.scrollHeight - 4;
+    logLines.append(note ? h("span", { class: "muted" }, `${text}\n`) : `${text}\n`);
+    while (logLines.childNodes.length > LOG_KEEP) logLines.firstChild.remove();
+    if (atEnd) logLines.scrollTop = logLines.scrollHeight; // the newest lines in view, unless read higher up
+  }
+
   async function loadLogs() {
     try {
       const answer = await api(`/api/v1/bots/${botId}/logs?lines=50`);
-      const pre = h("pre", { class: "logs" }, answer.lines.join("\n"));
-      clear(logs, h("h3", {}, "Last log lines"), pre);
-      pre.scrollTop = pre.scrollHeight; // the newest lines in view
+      logLines.replaceChildren();
+      answer.lines.forEach((line) => logLine(line));
+      showLog();
     } catch (error) {
       if (error.status === 401) throw error;
-      clear(logs, h("h3", {}, "Last log lines"), h("p", { class: "muted" }, error.message));
+      showLog(error.message);
     }
+  }
+
+  function followLogs() {
+    return subscribe(
+      `/api/v1/bots/${botId}/logs?lines=50&follow=true`,
+      (type, data) => {
+        if (type === "line") logLine(data.line);
+        else if (type === "gap" || type === "error") logLine(`… ${data.message}`, true);
+      },
+      () => {
+        logLines.replaceChildren(); // each stream starts with the last lines
+        showLog();
+      },
+    );
   }
 
   async function loadModels() {
@@ -256,7 +286,11 @@ export async function renderBot(view, botId) {
     if (type !== "bot" || data.id !== botId) return;
     bot = { ...bot, ...data };
     drawState();
-    await Promise.all([loadStatus(), loadTrades(), loadAnalytics(), loadLogs()]).catch(() => null);
+    await Promise.all([loadStatus(), loadTrades(), loadAnalytics()]).catch(() => null);
   });
-  return stop;
+  const stopLogs = followLogs();
+  return () => {
+    stop();
+    stopLogs();
+  };
 }

@@ -1,5 +1,5 @@
 // FreqAI models: versions with metrics and live training progress; deploy to a bot, roll back.
-import { api } from "../api.js";
+import { api, subscribe } from "../api.js";
 import { clear, h, percent } from "../dom.js";
 
 function leaves(value, prefix = "") {
@@ -31,9 +31,43 @@ export async function renderModels(view) {
     }
   }
 
+  let models = [];
+  let bots = [];
+
   async function load() {
-    const [models, fleet] = await Promise.all([api("/api/v1/models?limit=200"), api("/api/v1/dashboard/fleet")]);
-    const bots = fleet.bots;
+    const [listed, fleet] = await Promise.all([api("/api/v1/models?limit=200"), api("/api/v1/dashboard/fleet")]);
+    models = listed;
+    bots = fleet.bots;
+    draw();
+  }
+
+  function row(m) {
+    const pick = h("select", { "aria-label": "bot" }, bots.map((b) => h("option", { value: b.id }, b.name)));
+    const progress = m.progress && m.status !== "succeeded" ? ` ${m.progress.step || ""} ${percent(m.progress.fraction ?? null)}` : "";
+    const metrics = m.metrics
+      ? Object.entries(m.metrics)
+          .slice(0, 3)
+          .map(([pair, values]) => `${pair}: ${leaves(values).slice(0, 4).join(", ")}`)
+          .join(" · ")
+      : "—";
+    return h(
+      "tr",
+      { dataset: { model: m.id } },
+      h("td", {}, `${m.name} v${m.version}`, h("br"), h("small", { class: "muted" }, m.freqai_model)),
+      h("td", {}, h("span", { class: `badge model-${m.status}` }, m.status), progress),
+      h("td", {}, m.pairs.join(", ")),
+      h("td", {}, metrics),
+      h("td", {}, bots.length ? pick : "no bots"),
+      h(
+        "td",
+        {},
+        m.status === "succeeded" && bots.length ? h("button", { type: "button", onclick: () => deploy(m.id, pick.value) }, "deploy") : null,
+        bots.length ? h("button", { type: "button", class: "quiet", onclick: () => rollback(pick.value) }, "roll back") : null,
+      ),
+    );
+  }
+
+  function draw() {
     if (!models.length) {
       clear(table, h("p", { class: "muted" }, "No models yet: train one (POST /api/v1/models/train, or freqfleet models train) or upload a bundle."));
       return;
@@ -44,41 +78,28 @@ export async function renderModels(view) {
         "table",
         { class: "wrap" },
         h("thead", {}, h("tr", {}, ["Model", "Status", "Pairs", "Metrics", "Deploy to", ""].map((c) => h("th", {}, c)))),
-        h(
-          "tbody",
-          {},
-          models.map((m) => {
-            const pick = h("select", { "aria-label": "bot" }, bots.map((b) => h("option", { value: b.id }, b.name)));
-            const progress = m.progress && m.status !== "succeeded" ? ` ${m.progress.step || ""} ${percent(m.progress.fraction ?? null)}` : "";
-            const metrics = m.metrics
-              ? Object.entries(m.metrics)
-                  .slice(0, 3)
-                  .map(([pair, values]) => `${pair}: ${leaves(values).slice(0, 4).join(", ")}`)
-                  .join(" · ")
-              : "—";
-            return h(
-              "tr",
-              { dataset: { model: m.id } },
-              h("td", {}, `${m.name} v${m.version}`, h("br"), h("small", { class: "muted" }, m.freqai_model)),
-              h("td", {}, h("span", { class: `badge model-${m.status}` }, m.status), progress),
-              h("td", {}, m.pairs.join(", ")),
-              h("td", {}, metrics),
-              h("td", {}, bots.length ? pick : "no bots"),
-              h(
-                "td",
-                {},
-                m.status === "succeeded" && bots.length ? h("button", { type: "button", onclick: () => deploy(m.id, pick.value) }, "deploy") : null,
-                bots.length ? h("button", { type: "button", class: "quiet", onclick: () => rollback(pick.value) }, "roll back") : null,
-              ),
-            );
-          }),
-        ),
+        h("tbody", {}, models.map(row)),
       ),
     );
   }
 
   clear(view, h("h1", {}, "Models"), outcome, table);
   await load();
-  const refresh = setInterval(() => load().catch(() => null), 5000); // training progress (a worker's, not a bot's)
-  return () => clearInterval(refresh);
+  // Pushed: a version queued, its training's progress (the worker's), its result, a deletion.
+  return subscribe("/api/v1/dashboard/live", (type, data) => {
+    if (type === "model") {
+      const at = models.findIndex((m) => m.id === data.id);
+      const shown = table.querySelector(`tr[data-model="${CSS.escape(data.id)}"]`);
+      if (at >= 0 && shown) {
+        models[at] = data;
+        shown.replaceWith(row(data)); // only its row: a bot picked in another row stays picked
+      } else {
+        models = [data, ...models.filter((m) => m.id !== data.id)]; // newest first
+        draw();
+      }
+    } else if (type === "model_gone") {
+      models = models.filter((m) => m.id !== data.id);
+      draw();
+    }
+  });
 }
