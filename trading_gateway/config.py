@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import NoDecode
@@ -42,6 +42,14 @@ class GatewaySettings(CommonSettings):
     )
     bot_start_timeout: float = Field(
         default=90, gt=0, description="Seconds a new bot has to answer on its REST API before it counts as failed."
+    )
+    bot_launcher: Literal["fork", "exec"] = Field(
+        default="fork",
+        description=(
+            "How bots start: forked by the gateway's launcher, which has imported Freqtrade once (about a second to "
+            "ready, their imports' memory shared), or each exec'd as its own `freqtrade trade` (about 3 s, its "
+            "own copy; for debugging, and the fallback when the launcher can't)."
+        ),
     )
     bot_stop_grace: float = Field(
         default=15, gt=0, description="Seconds a stopping bot gets after SIGTERM before it is killed."

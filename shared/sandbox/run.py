@@ -32,7 +32,7 @@ import shutil
 import stat
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from shared.sandbox.landlock import LandlockError, Ruleset, abi_version
 from shared.sandbox.policy import MIB, Policy
@@ -69,13 +69,14 @@ def _prctl(option: int, arg: int) -> int:
     )
 
 
-def close_inherited_fds() -> None:
+def close_inherited_fds(keep: Collection[int] = ()) -> None:
+    """Close every file descriptor above stderr but ``keep``."""
     try:
         fds = [int(name) for name in os.listdir("/proc/self/fd")]
     except OSError:
         fds = list(range(3, 1024))
     for fd in fds:
-        if fd > 2:
+        if fd > 2 and fd not in keep:
             with contextlib.suppress(OSError):
                 os.close(fd)
 
@@ -198,9 +199,9 @@ def set_limits(policy: Policy, own_uid: bool) -> None:
         cap(resource.RLIMIT_NPROC, limits.processes)
 
 
-def apply(policy: Policy) -> dict[str, object]:
-    """Steps 1-5 of the module's docstring in this process; what applied."""
-    close_inherited_fds()
+def apply(policy: Policy, keep: Collection[int] = ()) -> dict[str, object]:
+    """Steps 1-5 of the module's docstring in this process (``keep``: descriptors left open); what applied."""
+    close_inherited_fds(keep)
     uid = policy.uid if os.geteuid() == 0 else None
     masked: list[str] = []
     if uid is not None:
@@ -221,6 +222,18 @@ def apply(policy: Policy) -> dict[str, object]:
     elif policy.require_landlock:
         raise SandboxError("this kernel has no Landlock, and the policy requires it")
     return {"uid": os.getuid(), "landlock_abi": abi, "masked": masked, "no_new_privs": True}
+
+
+def enter(policy: Policy, keep: Collection[int] = ()) -> dict[str, object]:
+    """All but the last step, in this process: the policy's temporary folder made (the bot's uid owns it), steps
+    1-5, then the working directory is the policy's home. What applied. The exec wrapper (``main``) then execs the
+    program; the fork launcher's child (``shared.launcher.child``) calls Freqtrade's entry point."""
+    os.makedirs(policy.tmpdir, mode=0o700, exist_ok=True)
+    if policy.uid is not None and os.geteuid() == 0:
+        os.chown(policy.tmpdir, policy.uid, policy.uid)
+    applied = apply(policy, keep)
+    os.chdir(policy.home)
+    return applied
 
 
 def _probe(uid: int | None) -> dict[str, object]:
@@ -271,11 +284,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         policy = Policy.from_json(args[1])
         program = args[3:]
-        os.makedirs(policy.tmpdir, mode=0o700, exist_ok=True)
-        if policy.uid is not None and os.geteuid() == 0:
-            os.chown(policy.tmpdir, policy.uid, policy.uid)
-        apply(policy)
-        os.chdir(policy.home)
+        enter(policy)
         os.execve(program[0], program, policy.child_env())  # noqa: S606 (the sandboxed program)
     except (SandboxError, LandlockError, OSError, ValueError, TypeError) as exc:
         print(f"freqfleet-sandbox: {exc}", file=sys.stderr)

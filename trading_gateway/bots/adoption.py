@@ -148,6 +148,7 @@ async def _adopt_one(record: BotRecord, api_timeout: float) -> AdoptedBot | Dead
         pid=record.pid,
         create_time=record.create_time,
         started_at=record.started_at,
+        launched_by=record.launcher,
     )
     if credentials is None or record.port is None:
         return UnresponsiveBot(record, process, "its port or API credentials are not recorded")

@@ -17,8 +17,10 @@ from typing import Literal
 from shared.bus.messages import BotSpec
 from shared.freqai.live import ModelRuntime
 from shared.logging import get_logger
+from shared.sandbox.policy import Policy
 from trading_gateway.bots.credentials import ApiCredentials
 from trading_gateway.bots.files import BotConfig, BotFiles, CredentialOpener, render_config
+from trading_gateway.bots.launcher import Launcher, LauncherError
 from trading_gateway.bots.ports import PortPool
 from trading_gateway.bots.process import BotPortConflict, BotProcess, BotStartError, ReadyInfo, bot_environment
 from trading_gateway.bots.sandbox import BotSandboxing
@@ -42,6 +44,25 @@ def _base_record(state: StateFile | None, files: BotFiles, generation: int, desi
     return existing.model_copy(update={"generation": generation, "desired": desired, "config_path": str(files.config)})
 
 
+async def _start(
+    files: BotFiles,
+    config: BotConfig,
+    executable: Path | None,
+    env: dict[str, str],
+    policy: Policy | None,
+    launcher: Launcher | None,
+) -> BotProcess:
+    """Forked by ``launcher`` when there is one (and Freqtrade's own program is asked for); exec'd otherwise, or
+    when the launcher can't (the reason logged)."""
+    if launcher is not None and executable is None:
+        try:
+            return await BotProcess.fork(files, config, launcher, env=env, sandbox=policy)
+        except LauncherError as exc:
+            reason = str(exc)
+            log.warning("bot launch through the fork launcher failed; exec'ing it", bot_id=files.bot_id, reason=reason)
+    return BotProcess.spawn(files, config, executable=executable, env=env, sandbox=policy)
+
+
 async def launch_bot(
     spec: BotSpec,
     files: BotFiles,
@@ -59,6 +80,7 @@ async def launch_bot(
     freqai_model: ModelRuntime | None = None,
     sandbox: BotSandboxing | None = None,
     opener: CredentialOpener | None = None,
+    launcher: Launcher | None = None,
 ) -> LaunchedBot:
     """Start ``spec`` as bot ``files.bot_id`` and wait until it is ready and proven to be ours.
 
@@ -88,7 +110,7 @@ async def launch_bot(
             files.write(config, spec.strategy_source)
             env = bot_environment()
             policy = sandbox.prepare(files, config, spec, env) if sandbox is not None else None
-            process = BotProcess.spawn(files, config, executable=executable, env=env, sandbox=policy)
+            process = await _start(files, config, executable, env, policy, launcher)
         except BaseException:
             pool.release(port)
             raise
@@ -102,6 +124,7 @@ async def launch_bot(
                     credentials=credentials,
                     started_at=process.started_at,
                     freqtrade_version=None,
+                    launcher=process.launcher,
                 )
             )
         try:
@@ -130,6 +153,7 @@ async def launch_bot(
                     credentials=credentials,
                     started_at=process.started_at,
                     freqtrade_version=ready.freqtrade_version,
+                    launcher=process.launcher,
                 )
             )
         return LaunchedBot(process=process, ready=ready, config=config, port_attempts=attempt)

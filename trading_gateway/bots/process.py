@@ -38,11 +38,11 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal
 from urllib.parse import urlsplit
 
 import httpx
@@ -54,6 +54,7 @@ from shared.sandbox.policy import Policy, wrap
 from trading_gateway.bots.client import DEFAULT_TIMEOUT, BotApiError, BotAuthRefused, FreqtradeClient
 from trading_gateway.bots.credentials import ApiCredentials
 from trading_gateway.bots.files import BotConfig, BotFiles
+from trading_gateway.bots.launcher import Launcher
 
 log = get_logger(__name__)
 
@@ -167,8 +168,38 @@ def _size(path: Path) -> int:
         return 0
 
 
+def freqtrade_argv(files: BotFiles, config: BotConfig, executable: Path | None) -> list[str]:
+    """``freqtrade trade`` with the bot's config, folder, strategy and log: exec'd or forked alike."""
+    exe = executable or default_executable()
+    if config.bot_id != files.bot_id:
+        raise ValueError(f"config of bot {config.bot_id} spawned with the files of bot {files.bot_id}")
+    if not exe.exists():
+        raise BotStartError(files.bot_id, f"the freqtrade program is not at {exe}")
+    if not files.config.exists() or not files.strategy_file(config.strategy_class).exists():
+        raise BotStartError(files.bot_id, "its config and strategy are not written (BotFiles.write)")
+    argv = [str(exe), "trade", "--config", str(files.config), "--userdir", str(files.user_data)]
+    argv += ["--strategy", config.strategy_class, "--strategy-path", str(files.strategies)]
+    if urlsplit(config.db_url).password is None:
+        argv += ["--db-url", config.db_url]
+    return [*argv, "--logfile", str(files.log)]
+
+
+@contextlib.contextmanager
+def _console(files: BotFiles, started_at: datetime, how: str) -> Iterator[tuple[BinaryIO, int]]:
+    """``console.log`` opened for the bot's stdout and stderr (rotated past 1 MiB, a header line per start), and
+    its size after the header."""
+    if _size(files.console_log) > CONSOLE_LOG_MAX_BYTES:
+        files.console_log.replace(files.console_log.with_name(files.console_log.name + ".1"))
+    with open_append_nofollow(files.console_log) as console:
+        os.fchmod(console.fileno(), 0o600)
+        console.write(f"--- freqfleet: {how} freqtrade at {started_at.isoformat()} ---\n".encode())
+        console.flush()
+        yield console, console.tell()
+
+
 class BotProcess:
-    """A Freqtrade process of one bot: spawned here (:meth:`spawn`) or adopted (:meth:`attach`)."""
+    """A Freqtrade process of one bot: spawned here (:meth:`spawn`, or :meth:`fork` through the launcher) or
+    adopted (:meth:`attach`)."""
 
     def __init__(
         self,
@@ -181,6 +212,8 @@ class BotProcess:
         create_time: float,
         started_at: datetime,
         popen: subprocess.Popen[bytes] | None = None,
+        launcher: Launcher | None = None,
+        launched_by: Literal["exec", "fork"] | None = None,
         log_offset: int = 0,
         console_offset: int = 0,
     ) -> None:
@@ -192,6 +225,8 @@ class BotProcess:
         self.create_time = create_time
         self.started_at = started_at
         self._popen = popen
+        self._launcher = launcher  # forked by this launcher (its parent, which records its exit code)
+        self._launched_by: Literal["exec", "fork"] = launched_by or ("fork" if launcher is not None else "exec")
         self._spawned_monotonic = time.monotonic()
         self._log_offset = log_offset
         self._console_offset = console_offset
@@ -216,30 +251,12 @@ class BotProcess:
 
         With ``sandbox``, the sandbox launcher applies it in the child before Freqtrade starts (same pid).
         """
-        exe = executable or default_executable()
-        if config.bot_id != files.bot_id:
-            raise ValueError(f"config of bot {config.bot_id} spawned with the files of bot {files.bot_id}")
-        if not exe.exists():
-            raise BotStartError(files.bot_id, f"the freqtrade program is not at {exe}")
-        if not files.config.exists() or not files.strategy_file(config.strategy_class).exists():
-            raise BotStartError(files.bot_id, "its config and strategy are not written (BotFiles.write)")
-        argv = [str(exe), "trade", "--config", str(files.config), "--userdir", str(files.user_data)]
-        argv += ["--strategy", config.strategy_class, "--strategy-path", str(files.strategies)]
-        if urlsplit(config.db_url).password is None:
-            argv += ["--db-url", config.db_url]
-        argv += ["--logfile", str(files.log)]
+        argv = freqtrade_argv(files, config, executable)
         if sandbox is not None:
             argv = wrap(sandbox, argv)
-
-        if _size(files.console_log) > CONSOLE_LOG_MAX_BYTES:
-            files.console_log.replace(files.console_log.with_name(files.console_log.name + ".1"))
         log_offset = _size(files.log)
         started_at = datetime.now(UTC)
-        with open_append_nofollow(files.console_log) as console:
-            os.fchmod(console.fileno(), 0o600)
-            console.write(f"--- freqfleet: spawning freqtrade at {started_at.isoformat()} ---\n".encode())
-            console.flush()
-            console_offset = console.tell()
+        with _console(files, started_at, "spawning") as (console, console_offset):
             popen = subprocess.Popen(
                 argv,
                 cwd=files.folder,
@@ -275,6 +292,47 @@ class BotProcess:
         )
 
     @classmethod
+    async def fork(
+        cls,
+        files: BotFiles,
+        config: BotConfig,
+        launcher: Launcher,
+        *,
+        env: Mapping[str, str] | None = None,
+        sandbox: Policy | None = None,
+    ) -> BotProcess:
+        """Have ``launcher`` fork the bot (the same arguments as :meth:`spawn`, the same sandbox, applied in the
+        child before Freqtrade's entry point runs); returns once the child has applied it.
+
+        :raises LauncherError: the launcher could not (the caller execs the bot instead).
+        """
+        argv = freqtrade_argv(files, config, None)
+        log_offset = _size(files.log)
+        started_at = datetime.now(UTC)
+        with _console(files, started_at, "forking") as (console, console_offset):
+            answer = await asyncio.to_thread(
+                launcher.spawn,
+                argv,
+                cwd=files.folder,
+                env=bot_environment() if env is None else env,
+                policy=sandbox,
+                console=console.fileno(),
+            )
+        log.info("bot forked", bot_id=files.bot_id, pid=answer["pid"], port=config.port, launcher=launcher.pid)
+        return cls(
+            bot_id=files.bot_id,
+            files=files,
+            port=config.port,
+            credentials=config.credentials,
+            pid=int(answer["pid"]),
+            create_time=float(answer["create_time"]),
+            started_at=started_at,
+            launcher=launcher,
+            log_offset=log_offset,
+            console_offset=console_offset,
+        )
+
+    @classmethod
     def attach(
         cls,
         *,
@@ -284,6 +342,7 @@ class BotProcess:
         pid: int,
         create_time: float,
         started_at: datetime | None = None,
+        launched_by: Literal["exec", "fork"] | None = None,
     ) -> BotProcess:
         """A process this gateway did not spawn (adoption); check :meth:`is_alive` before trusting it."""
         return cls(
@@ -294,6 +353,7 @@ class BotProcess:
             pid=pid,
             create_time=create_time,
             started_at=started_at or datetime.fromtimestamp(create_time, UTC),
+            launched_by=launched_by,
         )
 
     def client(self, timeout: float | None = None) -> FreqtradeClient:
@@ -305,11 +365,20 @@ class BotProcess:
 
     @property
     def spawned_here(self) -> bool:
-        return self._popen is not None
+        """Started by this gateway process (exec'd, or forked by its launcher): its exit code can be known."""
+        return self._popen is not None or self._launcher is not None
+
+    @property
+    def launcher(self) -> Literal["exec", "fork"]:
+        """How it started: exec'd, or forked by a launcher (for an adopted bot: as the gateway recorded it)."""
+        return self._launched_by
 
     def _reaped(self) -> bool:
-        """True once our own child has exited and been reaped: its pid may now be someone else's."""
-        return self._popen is not None and self._popen.poll() is not None
+        """True once our own child has exited and been reaped (a forked one: by the launcher, which recorded it):
+        its pid may now be someone else's."""
+        if self._popen is not None:
+            return self._popen.poll() is not None
+        return self._launcher is not None and self.exit_code is not None
 
     def _process(self) -> psutil.Process | None:
         """The process with our pid if it is ours (same start time), zombies included; else None."""
@@ -327,6 +396,8 @@ class BotProcess:
         if self._popen is not None:
             self._popen.poll()
             return
+        if self._launcher is not None:
+            return  # the launcher's child: it reaps it
         with contextlib.suppress(ChildProcessError):  # not our child: init reaps it
             os.waitpid(self.pid, os.WNOHANG)
 
@@ -350,7 +421,11 @@ class BotProcess:
         A killed process counts as not alive a moment before it can be reaped (its threads are still
         exiting): :meth:`terminate` waits for that, a caller of :meth:`is_alive` may see None briefly.
         """
-        return None if self._popen is None else self._popen.poll()
+        if self._popen is not None:
+            return self._popen.poll()
+        if self._launcher is not None:
+            return self._launcher.exit_code(self.pid, self.create_time, CREATE_TIME_TOLERANCE)
+        return None
 
     # ------------------------------------------------------------------ logs
 
@@ -505,8 +580,8 @@ class BotProcess:
         reaped only once they have.
         """
         deadline = time.monotonic() + timeout
-        while self._popen is not None and time.monotonic() < deadline:
-            if self._popen.poll() is not None:
+        while self.spawned_here and time.monotonic() < deadline:
+            if self.exit_code is not None:
                 return
             await asyncio.sleep(0.02)
 

@@ -24,7 +24,7 @@ import threading
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, SerializationInfo, ValidationError, field_serializer
 
@@ -64,6 +64,9 @@ class BotRecord(BaseModel):
     ws_token: SecretStr | None = None
     started_at: datetime | None = None
     freqtrade_version: str | None = None
+    launcher: Literal["exec", "fork"] | None = Field(
+        default=None, description="How its process started: exec'd, or forked by the gateway's launcher."
+    )
     crash_times: list[datetime] = Field(default_factory=list)
     last_exit_code: int | None = None
     last_error: str | None = Field(default=None, max_length=2000)
@@ -103,6 +106,7 @@ class BotRecord(BaseModel):
         credentials: ApiCredentials,
         started_at: datetime,
         freqtrade_version: str | None,
+        launcher: Literal["exec", "fork"] = "exec",
     ) -> BotRecord:
         return self.model_copy(
             update={
@@ -115,6 +119,7 @@ class BotRecord(BaseModel):
                 "ws_token": SecretStr(credentials.ws_token),
                 "started_at": started_at,
                 "freqtrade_version": freqtrade_version,
+                "launcher": launcher,
                 "last_error": None,
             }
         )
@@ -131,6 +136,7 @@ class BotRecord(BaseModel):
             "password": None,
             "jwt_secret": None,
             "ws_token": None,
+            "launcher": None,
             "last_exit_code": exit_code,
             "restart_pending": False,  # the next process starts from the newest spec: a pending restart is done
         }

@@ -101,6 +101,7 @@ class BotView:
     port: int | None
     started_at: datetime | None
     freqtrade_version: str | None
+    launcher: str | None  # "exec" or "fork": how its process started
     last_status_at: datetime | None
     last_status_age_seconds: float | None
     open_trades: int

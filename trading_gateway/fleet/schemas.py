@@ -27,6 +27,9 @@ class BotOut(BaseModel):
     port: int | None
     started_at: datetime | None
     freqtrade_version: str | None
+    launcher: Literal["exec", "fork"] | None = Field(
+        description="How its process started: forked by the gateway's launcher, or exec'd (FREQFLEET_BOT_LAUNCHER)."
+    )
     last_status_at: datetime | None
     last_status_age_seconds: float | None
     open_trades: int

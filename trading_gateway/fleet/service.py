@@ -226,6 +226,8 @@ class Fleet:
         else:
             for bot in live:
                 await self.supervisor.close_api(bot)
+        if self.supervisor.launchers is not None:  # it exits once its bots have (at once when they were stopped)
+            await self.supervisor.launchers.close(wait=5.0 if stop_bots else 0.0)
         await self.models.stop()
         if self._reports:  # emergency reports still on their way to Redis or the outbox
             await asyncio.gather(*self._reports, return_exceptions=True)
@@ -296,6 +298,7 @@ class Fleet:
                     port=None if process is None else process.port,
                     started_at=None if process is None else process.started_at,
                     freqtrade_version=bot.freqtrade_version if process is not None else None,
+                    launcher=None if process is None else process.launcher,
                     last_status_at=bot.last_status_at,
                     last_status_age_seconds=None
                     if bot.last_status_at is None

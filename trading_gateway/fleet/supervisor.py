@@ -39,8 +39,9 @@ from shared.metrics import BOT_FAILURES, BOT_RESTARTS
 from trading_gateway.bots.client import BotApiError
 from trading_gateway.bots.files import BotConfigError
 from trading_gateway.bots.launch import launch_bot
+from trading_gateway.bots.launcher import LauncherSlot
 from trading_gateway.bots.ports import NoFreePort, PortPool
-from trading_gateway.bots.process import BotProcess, BotStartError
+from trading_gateway.bots.process import BotProcess, BotStartError, bot_environment
 from trading_gateway.bots.sandbox import BotSandboxing
 from trading_gateway.bots.state import BotRecord, Desired, StateFile
 from trading_gateway.bus.events import EventPublisher
@@ -92,6 +93,12 @@ class Supervisor:
         self.executable = executable
         self.source = f"gateway:{settings.gateway_id}"
         self.sandboxing: BotSandboxing | None = None  # found out at start (a probe in a child process)
+        # Bots are forked by the launcher (FREQFLEET_BOT_LAUNCHER=fork, and Freqtrade's own program): started with
+        # the first launch.
+        forking = settings.bot_launcher == "fork" and executable is None
+        self.launchers = (
+            LauncherSlot(settings.gateway_data_dir / "launcher", env=bot_environment()) if forking else None
+        )
         self.stopping = False  # the gateway is shutting down: no supervisor is started any more
 
     async def stop_at_shutdown(self, bot: ManagedBot, grace: float) -> None:
@@ -225,6 +232,7 @@ class Supervisor:
                     executable=self.executable,
                     sandbox=self.sandboxing,
                     opener=self.identity,
+                    launcher=None if self.launchers is None else await self.launchers.get(),
                 )
         except (BotConfigError, ValidationError) as exc:
             self.sync_intent(bot)

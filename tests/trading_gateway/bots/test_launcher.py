@@ -1,0 +1,125 @@
+"""The fork launcher with real Freqtrade: it imports once, stays one thread, forks bots that trade on the simulator
+like exec'd ones, runs user code only in the child, records their exit codes; and a launch it can't do is exec'd."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.exchange_simulator.conftest import SimulatorProcess
+from tests.trading_gateway.bots.conftest import ALWAYS_ENTER, GRACE, START_TIMEOUT, THROTTLE, make_spec, new_bot_id
+from tests.trading_gateway.bots.test_process import open_trades
+from trading_gateway.bots.files import BotFiles
+from trading_gateway.bots.launch import launch_bot
+from trading_gateway.bots.launcher import Launcher
+from trading_gateway.bots.ports import PortPool
+from trading_gateway.bots.process import bot_environment
+from trading_gateway.bots.state import StateFile
+
+pytestmark = pytest.mark.slow
+
+# AlwaysEnter that, when its module is imported, writes down which process imported it (pid, parent, command line).
+WHO_IMPORTS = (
+    "import json as _json, os as _os\n"
+    "with open(_os.path.join(_os.getcwd(), 'imported-by.json'), 'w') as _f:\n"
+    "    _json.dump({'pid': _os.getpid(), 'ppid': _os.getppid()}, _f)\n" + ALWAYS_ENTER.read_text()
+)
+
+
+@pytest.fixture
+def launcher(tmp_path: Path) -> Iterator[Launcher]:
+    started = Launcher(tmp_path / "launcher", env=bot_environment(), freqai=False)
+    started.start()
+    try:
+        yield started
+    finally:
+        started.close(wait=10)
+
+
+async def test_a_forked_bot_trades_like_an_execd_one_and_user_code_runs_only_in_it(
+    launcher: Launcher,
+    simulator: SimulatorProcess,
+    bots_root: Path,
+    pool: PortPool,
+    tmp_path: Path,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    assert launcher.hello["threads"] == 1  # nothing started a thread pool: forking is safe
+    assert launcher.hello["freqtrade"] == "2026.9"
+    files = BotFiles(bots_root, new_bot_id())
+    state = StateFile(tmp_path / "bots-state.json")
+    t0 = time.monotonic()
+    launched = await launch_bot(
+        make_spec(strategy_source=WHO_IMPORTS),
+        files,
+        pool,
+        simulator_url=simulator.url,
+        start_timeout=START_TIMEOUT,
+        process_throttle_secs=THROTTLE,
+        state=state,
+        launcher=launcher,
+    )
+    process, ready = launched.process, launched.ready
+    try:
+        assert process.launcher == "fork"
+        assert (ready.freqtrade_version, ready.state) == ("2026.9", "running")
+        proc = psutil.Process(process.pid)
+        assert proc.ppid() == launcher.pid  # the launcher's child, not the gateway's
+        assert os.getpgid(process.pid) == process.pid  # a session and group of its own, as an exec'd bot
+        assert str(files.config) in " ".join(proc.cmdline())  # what ps and the gateway's adoption read
+        leaked = [k for k in proc.environ() if k.startswith(("FREQFLEET_", "PYTEST_")) or k == "REDIS_URL"]
+        assert leaked == []
+        # The strategy was imported by the bot, never by the launcher.
+        who = json.loads((files.folder / "imported-by.json").read_text())
+        assert (who["pid"], who["ppid"]) == (process.pid, launcher.pid)
+        record = state.get(files.bot_id)
+        assert record is not None
+        assert (record.pid, record.create_time) == (process.pid, process.create_time)
+
+        async with process.client() as api:
+            trades = await open_trades(api)
+            to_trade = time.monotonic() - t0
+            assert trades[0]["pair"] == "BTC/USDT"
+        memory = proc.memory_full_info()
+        stopped = await process.stop(GRACE)
+        with capfd.disabled():
+            print(
+                f"\nforked: to ready {ready.seconds:.2f} s, to first trade {to_trade:.2f} s; RSS "
+                f"{memory.rss / 2**20:.0f} MiB, USS {memory.uss / 2**20:.0f} MiB; stop {stopped.seconds:.2f} s "
+                f"({stopped.signal}, exit code {stopped.exit_code})"
+            )
+        assert stopped.was_running
+        assert stopped.rest_stopped
+        assert stopped.signal == "SIGTERM"
+        assert stopped.exit_code is not None  # recorded by the launcher, its parent
+        assert not process.is_alive()
+        assert "Long signal found" in files.log.read_text()
+    finally:
+        await process.terminate(grace=5)
+
+
+async def test_a_launch_the_launcher_cannot_do_is_execd(
+    launcher: Launcher, simulator: SimulatorProcess, bots_root: Path, pool: PortPool
+) -> None:
+    launcher.close()  # gone: no request can reach it
+    files = BotFiles(bots_root, new_bot_id())
+    launched = await launch_bot(
+        make_spec(),
+        files,
+        pool,
+        simulator_url=simulator.url,
+        start_timeout=START_TIMEOUT,
+        process_throttle_secs=THROTTLE,
+        launcher=launcher,
+    )
+    try:
+        assert launched.process.launcher == "exec"
+        assert psutil.Process(launched.process.pid).ppid() == os.getpid()
+    finally:
+        await launched.process.terminate(grace=5)
