@@ -170,13 +170,13 @@ async def test_a_start_requests_id_is_in_both_services_logs_and_on_the_bus(servi
         assert next(d for d in mine if d["event"] == "audit")["action"] == "bot.start"
         assert {d["service"] for d in mine} == {"management"}
         theirs = wait_for(
-            lambda: traced(gateway, {"command accepted", "bot spawned", "bot ready"}),
+            lambda: traced(gateway, {"command accepted", "bot forked", "bot ready"}),  # FREQFLEET_BOT_LAUNCHER=fork
             timeout=10,
             what="gateway's lines",
         )
         assert {d["service"] for d in theirs} == {"gateway"}
         accepted = next(d for d in theirs if d["event"] == "command accepted")
         assert (accepted["command_type"], accepted["bot_id"]) == ("START_BOT", bot_id)
-        assert all(d["bot_id"] == bot_id for d in theirs if d["event"] in ("bot spawned", "bot ready"))
+        assert all(d["bot_id"] == bot_id for d in theirs if d["event"] in ("bot forked", "bot ready"))
     finally:
         await redis.aclose()
