@@ -7,7 +7,8 @@ anything.
 
 Requests and answers:
 
-- ``{"op": "hello"}`` -> ``{"ok": true, "pid", "freqtrade", "ccxt", "modules", "threads", "freqai"}``
+- ``{"op": "hello"}`` -> ``{"ok": true, "pid", "freqtrade", "ccxt", "modules", "threads", "freqai", "environment"}``
+  (the names of its environment variables)
 - ``{"op": "spawn", "argv": [...], "cwd", "env": {...}, "policy": <Policy JSON> | null}`` with the console's
   descriptor (stdout and stderr of the bot) -> ``{"ok": true, "pid", "create_time", "sandbox"}`` once the child
   has applied its sandbox, or ``{"ok": false, "stage", "error"}`` (the child is gone).

@@ -120,6 +120,7 @@ class Launcher:
             "modules": len(sys.modules),
             "threads": threads(),
             "freqai": self.freqai,
+            "environment": sorted(os.environ),  # the names it runs with (and its children start from)
         }
 
     def _spawn(self, request: dict[str, Any], console: int) -> dict[str, Any]:

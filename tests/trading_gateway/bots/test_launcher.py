@@ -3,21 +3,28 @@ like exec'd ones, runs user code only in the child, records their exit codes; an
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
+import signal
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import freqtrade.main
 import psutil
 import pytest
 
 from tests.exchange_simulator.conftest import SimulatorProcess
+from tests.helpers import until
 from tests.trading_gateway.bots.conftest import ALWAYS_ENTER, GRACE, START_TIMEOUT, THROTTLE, make_spec, new_bot_id
 from tests.trading_gateway.bots.test_process import open_trades
 from trading_gateway.bots.files import BotFiles
 from trading_gateway.bots.launch import launch_bot
-from trading_gateway.bots.launcher import Launcher
+from trading_gateway.bots.launcher import Launcher, LauncherSlot
 from trading_gateway.bots.ports import PortPool
 from trading_gateway.bots.process import bot_environment
 from trading_gateway.bots.state import StateFile
@@ -123,3 +130,82 @@ async def test_a_launch_the_launcher_cannot_do_is_execd(
         assert psutil.Process(launched.process.pid).ppid() == os.getpid()
     finally:
         await launched.process.terminate(grace=5)
+
+
+def test_freqtrades_entry_point_is_what_the_child_calls() -> None:
+    """The child runs ``freqtrade.main.main(argv[1:])`` and turns its ``SystemExit`` into the exit code: an upgrade of
+    Freqtrade that changes either is caught here, not in production."""
+    assert list(inspect.signature(freqtrade.main.main).parameters) == ["sysargv"]
+    with pytest.raises(SystemExit) as ended:
+        freqtrade.main.main(["--version"])
+    assert ended.value.code == 0
+
+
+def test_the_launcher_holds_nothing_of_the_gateways_and_refuses_to_fork_with_threads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FREQFLEET_TEST_SENTINEL", "gateway-secret-value")
+    started = Launcher(tmp_path / "launcher", env=bot_environment(), freqai=False)
+    started.start()
+    try:
+        assert started.pid is not None
+        names = set(started.hello["environment"])  # what it runs with, and its bots start from
+        assert "FREQFLEET_TEST_SENTINEL" not in names
+        assert {"OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS", "JOBLIB_MULTIPROCESSING"} <= names
+        # The environment block the kernel shows for it (and for every forked bot): setproctitle took its memory
+        # for the command lines, nothing of it is left to read.
+        environ = Path(f"/proc/{started.pid}/environ").read_bytes()
+        assert b"gateway-secret-value" not in environ
+        assert environ.strip(b"\0 ") == b""
+    finally:
+        started.close(wait=10)
+
+    # Without the thread-pool variables its imports start threads: it refuses to serve (exit 3, saying which).
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    argv = [sys.executable, "-I", "-m", "shared.launcher.server", "--control-fd", str(theirs.fileno())]
+    refused = subprocess.run(
+        [*argv, "--exits", str(tmp_path / "exits")],
+        env=bot_environment(),
+        pass_fds=(theirs.fileno(),),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    theirs.close()
+    ours.close()
+    assert refused.returncode == 3, refused.stdout + refused.stderr
+    assert "threads after the imports" in refused.stdout
+
+
+async def test_a_bot_outlives_its_launcher_and_the_next_launch_starts_another(
+    simulator: SimulatorProcess, bots_root: Path, pool: PortPool, tmp_path: Path
+) -> None:
+    slot = LauncherSlot(tmp_path / "launcher", env=bot_environment())
+    first = await slot.get()
+    assert first is not None
+    launched = await launch_bot(
+        make_spec(),
+        BotFiles(bots_root, new_bot_id()),
+        pool,
+        simulator_url=simulator.url,
+        start_timeout=START_TIMEOUT,
+        process_throttle_secs=THROTTLE,
+        launcher=first,
+    )
+    process = launched.process
+    try:
+        assert first.pid is not None
+        os.kill(first.pid, signal.SIGKILL)
+        await until(lambda: not first.alive(), timeout=10, what="the launcher gone")
+        async with process.client() as api:
+            assert await api.ping()  # the bot runs on (its parent is now init)
+        second = await slot.get()
+        assert second is not None
+        assert second.pid != first.pid
+        stopped = await process.stop(GRACE)
+        assert stopped.was_running
+        assert stopped.exit_code is None  # its parent, which would have recorded it, is gone
+    finally:
+        await process.terminate(grace=5)
+        await slot.close(wait=10)
