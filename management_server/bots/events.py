@@ -124,6 +124,7 @@ async def apply(session: AsyncSession, message: Envelope) -> list[Reached]:
     if isinstance(message, BotStarted):
         bot.actual_state = ActualState.running.value
         bot.started_at = message.data.started_at
+        bot.launcher = message.data.launcher
         bot.gateway_id = message.source.removeprefix("gateway:") or bot.gateway_id
         bot.last_error = None
         was = None  # a new process: running again is news even if the last report said running

@@ -81,6 +81,7 @@ class Bot(TimestampMixin, Base):
     last_status: Mapped[dict[str, Any] | None] = mapped_column(JSONB, nullable=True)
     last_status_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    launcher: Mapped[str | None] = mapped_column(String(8), nullable=True)  # exec or fork, from BOT_STARTED
     # reconcile (bots/reconcile.py): commands it sent because the bot's gateway disagreed, and the last one's time
     commanded_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)  # last command
     # A live change (UPDATE_CONFIG) the gateway has not answered yet: its command id and the values the bot ran

@@ -128,6 +128,10 @@ class BotOut(BaseModel):
     actual_state: str
     generation: int
     gateway_id: str | None
+    launcher: str | None = Field(
+        default=None,
+        description="How its process last started on its gateway: `fork` (from the gateway's launcher) or `exec`.",
+    )
     last_error: str | None
     max_drawdown_ratio: float | None = Field(default=None, description="The bot's own drawdown limit (null: default).")
     risk_reason: str | None = Field(default=None, description="Why the risk guard paused it (until it trades again).")

@@ -318,6 +318,9 @@ class BotStartedData(Payload):
     port: int = Field(ge=1, le=65535)
     freqtrade_version: str
     started_at: AwareDatetime
+    launcher: Literal["exec", "fork"] | None = Field(
+        default=None, description="How the process started: forked by the gateway's launcher, or exec'd."
+    )
 
 
 class BotStoppedData(Payload):
@@ -419,6 +422,7 @@ class InventoryEntry(Payload):
     generation: int = Field(ge=0)
     desired: Literal["running", "paused", "stopped", "halted"]
     actual: Literal["stopped", "starting", "running", "paused", "stopping", "failed", "halted"]
+    launcher: Literal["exec", "fork"] | None = None  # how its process started (None: it has none)
 
 
 class GatewayHeartbeatData(Payload):

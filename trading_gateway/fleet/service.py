@@ -267,7 +267,13 @@ class Fleet:
         """Every bot this gateway has, for the heartbeat: the management server reconciles it with what each bot
         should be doing."""
         return [
-            InventoryEntry(bot_id=b.uuid, generation=b.generation, desired=b.desired.value, actual=b.actual.value)
+            InventoryEntry(
+                bot_id=b.uuid,
+                generation=b.generation,
+                desired=b.desired.value,
+                actual=b.actual.value,
+                launcher=None if b.process is None else b.process.launcher,
+            )
             for b in self.bots.values()
         ]
 

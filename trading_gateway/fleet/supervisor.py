@@ -274,6 +274,7 @@ class Supervisor:
                     port=process.port,
                     freqtrade_version=version,
                     started_at=process.started_at,
+                    launcher=process.launcher,
                 ),
             )
         )

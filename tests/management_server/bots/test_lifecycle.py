@@ -111,7 +111,13 @@ async def test_start_goes_through_the_outbox_and_events_come_back(management: Ma
         BotStarted(
             source=src,
             data=BotStartedData(
-                bot_id=uid, generation=1, pid=123, port=18100, freqtrade_version="2026.9", started_at=now
+                bot_id=uid,
+                generation=1,
+                pid=123,
+                port=18100,
+                freqtrade_version="2026.9",
+                started_at=now,
+                launcher="fork",
             ),
         ),
         BotStatus(
@@ -146,6 +152,10 @@ async def test_start_goes_through_the_outbox_and_events_come_back(management: Ma
         return bot["actual_state"] == "running" and len(trades) == 1 and not trades[0]["is_open"]
 
     await async_wait_for(running, timeout=15, what="the bot to read running with its closed trade")
+    shown = (await management.client.get(f"/api/v1/bots/{bot_id}", headers=admin)).json()
+    assert shown["launcher"] == "fork"  # how its gateway started its process
+    listed = (await management.client.get("/api/v1/bots", headers=admin)).json()
+    assert [b["launcher"] for b in listed if b["id"] == bot_id] == ["fork"]
     status = (await management.client.get(f"/api/v1/bots/{bot_id}/status", headers=admin)).json()
     assert status["state"] == "running"
     assert status["open_trades"] == [{"trade_id": 1, "pair": "BTC/USDT"}]

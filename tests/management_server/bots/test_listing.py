@@ -60,6 +60,7 @@ def variants(owner: uuid.UUID, strategy: uuid.UUID) -> list[Bot]:
             actual_state="running",
             generation=7,
             gateway_id="gw-1",
+            launcher="fork",
             last_error='quote " backslash \\ newline \n tab \t and ünïcode ✓',
             max_drawdown_ratio=0.25,
             risk_reason="drawdown 30% reached the limit of 25%",
