@@ -31,6 +31,7 @@ import json
 import os
 import select
 import selectors
+import signal
 import socket
 import sys
 import time
@@ -136,7 +137,11 @@ class Launcher:
         finally:
             os.close(read_end)
         if not status.get("ok"):
-            os.waitpid(pid, 0)  # it exits at once (126)
+            # It has exited (126) after saying why, or said nothing in STATUS_TIMEOUT: never left running either way
+            # (the gateway execs the bot instead). Until it is reaped, its pid is still this child's.
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
             return {"ok": False, "stage": status.get("stage", "sandbox"), "error": status.get("error", "")}
         pidfd = os.pidfd_open(pid)
         create_time = psutil.Process(pid).create_time()

@@ -24,7 +24,7 @@ from tests.trading_gateway.bots.conftest import ALWAYS_ENTER, GRACE, START_TIMEO
 from tests.trading_gateway.bots.test_process import open_trades
 from trading_gateway.bots.files import BotFiles
 from trading_gateway.bots.launch import launch_bot
-from trading_gateway.bots.launcher import Launcher, LauncherSlot
+from trading_gateway.bots.launcher import Launcher, LauncherError, LauncherSlot
 from trading_gateway.bots.ports import PortPool
 from trading_gateway.bots.process import bot_environment
 from trading_gateway.bots.state import StateFile
@@ -209,3 +209,17 @@ async def test_a_bot_outlives_its_launcher_and_the_next_launch_starts_another(
     finally:
         await process.terminate(grace=5)
         await slot.close(wait=10)
+
+
+def test_a_child_that_cannot_prepare_is_refused_and_the_launcher_serves_on(launcher: Launcher, tmp_path: Path) -> None:
+    console = os.open(tmp_path / "console.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        with pytest.raises(LauncherError, match=r"refused \(sandbox\).*No such file"):
+            launcher.spawn(
+                ["/bin/true"], cwd=tmp_path / "not-there", env=bot_environment(), policy=None, console=console
+            )
+    finally:
+        os.close(console)
+    assert launcher.alive()
+    assert psutil.Process(launcher.pid).children() == []  # the child did not stay
+    assert "freqfleet-sandbox:" in (tmp_path / "console.log").read_text()  # said where the bot's output goes
