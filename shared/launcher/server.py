@@ -59,6 +59,30 @@ PRELOAD = (
     "talib",
     "talib.abstract",
     "uvicorn",
+    # what a running bot imported after the fork besides (a bot's sys.modules against the launcher's): its REST
+    # API's routes and server, the SQLite dialect of its trade database, uvloop; imported in each child, they
+    # were each child's own memory
+    "freqtrade.rpc.api_server.api_v1",
+    "freqtrade.rpc.api_server.api_ws",
+    "freqtrade.rpc.api_server.api_webserver",
+    "freqtrade.rpc.api_server.api_auth",
+    "freqtrade.rpc.api_server.api_backtest",
+    "freqtrade.rpc.api_server.api_background_tasks",
+    "freqtrade.rpc.api_server.api_download_data",
+    "freqtrade.rpc.api_server.api_pair_history",
+    "freqtrade.rpc.api_server.api_pairlists",
+    "freqtrade.rpc.api_server.api_analysis",
+    "freqtrade.rpc.api_server.api_trading",
+    "freqtrade.rpc.api_server.web_ui",
+    "freqtrade.exchange.check_exchange",
+    "sqlalchemy.dialects.sqlite",
+    "uvicorn.lifespan.on",
+    "uvicorn.protocols.http.h11_impl",
+    "uvicorn.protocols.websockets.websockets_sansio_impl",
+    "uvloop",
+    "websockets.server",
+    "pyarrow.pandas_compat",
+    "pydantic.v1",
 )
 PRELOAD_FREQAI = ("lightgbm", "sklearn.ensemble", "xgboost", "datasieve.pipeline", "freqtrade.freqai.freqai_interface")
 

@@ -32,7 +32,12 @@ from trading_gateway.config import GatewaySettings
 pytestmark = pytest.mark.slow
 
 
+LAUNCHERS = pytest.mark.parametrize("launcher", ["fork", "exec"])  # isolated alike, however the bot started
+
+
+@LAUNCHERS
 async def test_a_hostile_strategy_reaches_nothing_but_its_own_bot(
+    launcher: str,
     simulator: SimulatorProcess,
     tokens: Tokens,
     redis_url: str,
@@ -40,7 +45,7 @@ async def test_a_hostile_strategy_reaches_nothing_but_its_own_bot(
     cleanup: list[GatewaySettings],
     bus_factory: Callable[[str], Bus],
 ) -> None:
-    settings = settings_for(tmp_path, redis_url, simulator, tokens)
+    settings = settings_for(tmp_path, redis_url, simulator, tokens).model_copy(update={"bot_launcher": launcher})
     cleanup.append(settings)
     secret = tmp_path / "master.keys"
     secret.write_text("k1:TOPSECRETMASTERKEY\n")
@@ -68,6 +73,7 @@ async def test_a_hostile_strategy_reaches_nothing_but_its_own_bot(
         command = await bus.send(start(bot_id, 1, spec_for(strategy_source=source)))
         assert isinstance(await bus.answer(command), CommandAccepted)
         started = await bus.wait(BotStarted, bot_id=bot_id)
+        assert started.data.launcher == launcher
         folder = bots_root(settings) / str(bot_id)
 
         async def reported() -> bool:
@@ -94,7 +100,9 @@ async def test_a_hostile_strategy_reaches_nothing_but_its_own_bot(
         await bus.wait(BotStatus, lambda e: len(e.data.open_trades) == 1, bot_id=bot_id)
 
 
+@LAUNCHERS
 async def test_under_a_non_root_gateway_landlock_alone_keeps_a_hostile_bot_in(
+    launcher: str,
     simulator: SimulatorProcess,
     tokens: Tokens,
     redis_url: str,
@@ -142,6 +150,7 @@ async def test_under_a_non_root_gateway_landlock_alone_keeps_a_hostile_bot_in(
         "FREQFLEET_BOT_PROCESS_THROTTLE_SECS": "1",
         "FREQFLEET_STOP_BOTS_ON_SHUTDOWN": "true",
         "FREQFLEET_LOG_FORMAT": "json",
+        "FREQFLEET_BOT_LAUNCHER": launcher,
     }
     log_path = tmp_path / "gateway.log"
     bus = bus_factory(gateway_id)
@@ -152,6 +161,7 @@ async def test_under_a_non_root_gateway_landlock_alone_keeps_a_hostile_bot_in(
         answer = await bus.answer(command, timeout=60)
         assert isinstance(answer, CommandAccepted), (answer, log_path.read_text()[-3000:])
         started = await bus.wait(BotStarted, bot_id=bot_id, timeout=90)
+        assert started.data.launcher == launcher
         folder = settings.gateway_data_dir / "bots" / str(bot_id)
 
         async def reported() -> bool:
