@@ -133,7 +133,9 @@ async def _check_api(process: BotProcess, api_timeout: float) -> tuple[str | Non
             await asyncio.sleep(0.2)
 
 
-async def _adopt_one(record: BotRecord, api_timeout: float) -> AdoptedBot | DeadBot | UnresponsiveBot | BotRecord:
+async def _adopt_one(
+    record: BotRecord, api_timeout: float, exits: Path | None
+) -> AdoptedBot | DeadBot | UnresponsiveBot | BotRecord:
     if record.pid is None or record.create_time is None:
         return record
     reason = _why_not_ours(record.pid, record.create_time, record.config_path)
@@ -149,6 +151,7 @@ async def _adopt_one(record: BotRecord, api_timeout: float) -> AdoptedBot | Dead
         create_time=record.create_time,
         started_at=record.started_at,
         launched_by=record.launcher,
+        exits=exits if record.launcher == "fork" else None,
     )
     if credentials is None or record.port is None:
         return UnresponsiveBot(record, process, "its port or API credentials are not recorded")
@@ -163,17 +166,24 @@ async def _adopt_one(record: BotRecord, api_timeout: float) -> AdoptedBot | Dead
 
 
 async def adopt(
-    state: StateFile, pool: PortPool, *, bots_root: Path | None = None, api_timeout: float = 10.0
+    state: StateFile,
+    pool: PortPool,
+    *,
+    bots_root: Path | None = None,
+    api_timeout: float = 10.0,
+    exits: Path | None = None,
 ) -> AdoptionReport:
     """Take over the recorded bots that still run; clean up the records of the dead ones.
 
     All bots are checked in parallel. The state file is updated for the dead ones; the pool holds
     the ports of the adopted and the unresponsive ones. With ``bots_root`` the report also lists
-    orphans (Freqtrade processes under that folder that no record accounts for).
+    orphans (Freqtrade processes under that folder that no record accounts for). ``exits``: where the
+    launchers record the exit codes of the bots they forked (a forked bot's parent, still there when the
+    gateway that started it is not, writes its exit code there).
     """
     t0 = time.monotonic()
     report = AdoptionReport()
-    results = await asyncio.gather(*(_adopt_one(r, api_timeout) for r in state.records()))
+    results = await asyncio.gather(*(_adopt_one(r, api_timeout, exits) for r in state.records()))
     for result in results:
         if isinstance(result, BotRecord):
             report.without_process.append(result)

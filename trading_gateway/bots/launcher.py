@@ -49,6 +49,12 @@ START_TIMEOUT = 120.0  # seconds for its imports (about 3 s here; more on a load
 SPAWN_TIMEOUT = 90.0  # seconds for a fork and the child's sandbox
 
 
+def launcher_folder(gateway_data: Path) -> Path:
+    """Where a gateway's launchers keep their log and the exit records of the bots they forked (the exits outlive
+    a gateway and its launcher: the next gateway reads them for the bots it adopted)."""
+    return gateway_data / "launcher"
+
+
 class LauncherError(RuntimeError):
     """The launcher could not do it (not started, gone, refused); the bot is exec'd instead."""
 

@@ -49,6 +49,7 @@ import httpx
 import psutil
 
 from shared.files import open_append_nofollow, open_read_nofollow
+from shared.launcher.protocol import read_exit
 from shared.logging import get_logger
 from shared.sandbox.policy import Policy, wrap
 from trading_gateway.bots.client import DEFAULT_TIMEOUT, BotApiError, BotAuthRefused, FreqtradeClient
@@ -214,6 +215,7 @@ class BotProcess:
         popen: subprocess.Popen[bytes] | None = None,
         launcher: Launcher | None = None,
         launched_by: Literal["exec", "fork"] | None = None,
+        exits: Path | None = None,
         log_offset: int = 0,
         console_offset: int = 0,
     ) -> None:
@@ -227,6 +229,9 @@ class BotProcess:
         self._popen = popen
         self._launcher = launcher  # forked by this launcher (its parent, which records its exit code)
         self._launched_by: Literal["exec", "fork"] = launched_by or ("fork" if launcher is not None else "exec")
+        # Where a launcher that forked it records its exit code: an adopted forked bot's parent is still the launcher
+        # of the gateway that started it.
+        self._exits = launcher.exits if launcher is not None else exits
         self._spawned_monotonic = time.monotonic()
         self._log_offset = log_offset
         self._console_offset = console_offset
@@ -343,8 +348,10 @@ class BotProcess:
         create_time: float,
         started_at: datetime | None = None,
         launched_by: Literal["exec", "fork"] | None = None,
+        exits: Path | None = None,
     ) -> BotProcess:
-        """A process this gateway did not spawn (adoption); check :meth:`is_alive` before trusting it."""
+        """A process this gateway did not spawn (adoption); check :meth:`is_alive` before trusting it. ``exits``:
+        where its launcher records its exit code, for a forked one."""
         return cls(
             bot_id=files.bot_id,
             files=files,
@@ -354,6 +361,7 @@ class BotProcess:
             create_time=create_time,
             started_at=started_at or datetime.fromtimestamp(create_time, UTC),
             launched_by=launched_by,
+            exits=exits,
         )
 
     def client(self, timeout: float | None = None) -> FreqtradeClient:
@@ -365,8 +373,9 @@ class BotProcess:
 
     @property
     def spawned_here(self) -> bool:
-        """Started by this gateway process (exec'd, or forked by its launcher): its exit code can be known."""
-        return self._popen is not None or self._launcher is not None
+        """Its exit code can be known: exec'd by this gateway process, or forked by a launcher (this gateway's, or
+        the one of the gateway that started it, which records it)."""
+        return self._popen is not None or self._exits is not None
 
     @property
     def launcher(self) -> Literal["exec", "fork"]:
@@ -378,7 +387,7 @@ class BotProcess:
         its pid may now be someone else's."""
         if self._popen is not None:
             return self._popen.poll() is not None
-        return self._launcher is not None and self.exit_code is not None
+        return self._exits is not None and self.exit_code is not None
 
     def _process(self) -> psutil.Process | None:
         """The process with our pid if it is ours (same start time), zombies included; else None."""
@@ -396,8 +405,8 @@ class BotProcess:
         if self._popen is not None:
             self._popen.poll()
             return
-        if self._launcher is not None:
-            return  # the launcher's child: it reaps it
+        if self._exits is not None:
+            return  # a launcher's child: it reaps it
         with contextlib.suppress(ChildProcessError):  # not our child: init reaps it
             os.waitpid(self.pid, os.WNOHANG)
 
@@ -423,8 +432,8 @@ class BotProcess:
         """
         if self._popen is not None:
             return self._popen.poll()
-        if self._launcher is not None:
-            return self._launcher.exit_code(self.pid, self.create_time, CREATE_TIME_TOLERANCE)
+        if self._exits is not None:
+            return read_exit(self._exits, self.pid, self.create_time, CREATE_TIME_TOLERANCE)
         return None
 
     # ------------------------------------------------------------------ logs

@@ -81,6 +81,7 @@ from trading_gateway.bots.client import BotApiError, FreqtradeClient
 from trading_gateway.bots.credentials import ApiCredentials
 from trading_gateway.bots.emergency import EmergencyResult, FleetEmergencyResult, emergency_stop_all
 from trading_gateway.bots.files import BotConfigError, BotFiles, render_config
+from trading_gateway.bots.launcher import launcher_folder
 from trading_gateway.bots.ports import NoFreePort, PortPool
 from trading_gateway.bots.process import BotProcess
 from trading_gateway.bots.sandbox import BotSandboxing
@@ -153,7 +154,8 @@ class Fleet:
             detect, self.settings.sandbox_uid_base, self.settings.sandbox_limits, self.settings.allow_unsandboxed
         )
         self.supervisor.sandboxing = BotSandboxing(host, self.root, simulator_url=self.settings.simulator_url)
-        report = await adopt(self.state, self.pool, bots_root=self.bots_root, api_timeout=adopt_timeout)
+        exits = launcher_folder(self.root) / "exits"  # forked bots' exit codes, whichever gateway forked them
+        report = await adopt(self.state, self.pool, bots_root=self.bots_root, api_timeout=adopt_timeout, exits=exits)
         self.adoption = report
         for record in self.state.records():
             try:

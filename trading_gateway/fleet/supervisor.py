@@ -39,7 +39,7 @@ from shared.metrics import BOT_FAILURES, BOT_RESTARTS
 from trading_gateway.bots.client import BotApiError
 from trading_gateway.bots.files import BotConfigError
 from trading_gateway.bots.launch import launch_bot
-from trading_gateway.bots.launcher import LauncherSlot
+from trading_gateway.bots.launcher import LauncherSlot, launcher_folder
 from trading_gateway.bots.ports import NoFreePort, PortPool
 from trading_gateway.bots.process import BotProcess, BotStartError, bot_environment
 from trading_gateway.bots.sandbox import BotSandboxing
@@ -97,7 +97,7 @@ class Supervisor:
         # the first launch.
         forking = settings.bot_launcher == "fork" and executable is None
         self.launchers = (
-            LauncherSlot(settings.gateway_data_dir / "launcher", env=bot_environment()) if forking else None
+            LauncherSlot(launcher_folder(settings.gateway_data_dir), env=bot_environment()) if forking else None
         )
         self.stopping = False  # the gateway is shutting down: no supervisor is started any more
 

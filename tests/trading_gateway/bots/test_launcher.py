@@ -22,6 +22,7 @@ from tests.exchange_simulator.conftest import SimulatorProcess
 from tests.helpers import until
 from tests.trading_gateway.bots.conftest import ALWAYS_ENTER, GRACE, START_TIMEOUT, THROTTLE, make_spec, new_bot_id
 from tests.trading_gateway.bots.test_process import open_trades
+from trading_gateway.bots.adoption import adopt
 from trading_gateway.bots.files import BotFiles
 from trading_gateway.bots.launch import launch_bot
 from trading_gateway.bots.launcher import Launcher, LauncherError, LauncherSlot
@@ -223,3 +224,32 @@ def test_a_child_that_cannot_prepare_is_refused_and_the_launcher_serves_on(launc
     assert launcher.alive()
     assert psutil.Process(launcher.pid).children() == []  # the child did not stay
     assert "freqfleet-sandbox:" in (tmp_path / "console.log").read_text()  # said where the bot's output goes
+
+
+async def test_a_gateway_that_adopts_a_forked_bot_learns_its_exit_code(
+    launcher: Launcher, simulator: SimulatorProcess, bots_root: Path, pool: PortPool, tmp_path: Path
+) -> None:
+    state_path = tmp_path / "bots-state.json"
+    files = BotFiles(bots_root, new_bot_id())
+    launched = await launch_bot(
+        make_spec(),
+        files,
+        pool,
+        simulator_url=simulator.url,
+        start_timeout=START_TIMEOUT,
+        process_throttle_secs=THROTTLE,
+        state=StateFile(state_path),
+        launcher=launcher,
+    )
+    try:
+        record = StateFile(state_path).get(files.bot_id)
+        assert record is not None
+        assert record.launcher == "fork"
+        # Another gateway (its own state object and pool): it adopts the bot, whose parent is still the launcher.
+        report = await adopt(StateFile(state_path), PortPool(pool.start, pool.end), exits=launcher.exits)
+        [adopted] = report.adopted
+        assert (adopted.process.pid, adopted.process.launcher) == (launched.process.pid, "fork")
+        stopped = await adopted.process.stop(GRACE)
+        assert stopped.exit_code == 130  # SIGTERM, as Freqtrade ends on it: recorded by the launcher, read here
+    finally:
+        await launched.process.terminate(grace=5)
