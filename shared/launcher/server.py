@@ -124,8 +124,8 @@ class Launcher:
             if message.get("op") == "hello":
                 answer = self._hello()
             elif message.get("op") == "spawn" and len(fds) == 1:
-                answer = self._spawn(message, fds[0])
-                fds = []  # the child has it; the parent closed its copy
+                console, fds = fds[0], []  # _spawn's to close from here
+                answer = self._spawn(message, console)
             else:
                 answer = {"ok": False, "stage": "request", "error": f"not a request: {message.get('op')!r}"}
         except Exception as exc:  # answered, and the launcher goes on
@@ -149,8 +149,18 @@ class Launcher:
         }
 
     def _spawn(self, request: dict[str, Any], console: int) -> dict[str, Any]:
-        read_end, write_end = os.pipe()
-        pid = os.fork()
+        """Fork the bot; ``console`` is this method's to close, whatever happens."""
+        try:
+            read_end, write_end = os.pipe()
+        except OSError:
+            os.close(console)
+            raise
+        try:
+            pid = os.fork()
+        except OSError:
+            for fd in (read_end, write_end, console):
+                os.close(fd)
+            raise
         if pid == 0:  # the bot: never returns
             os.close(read_end)
             child.run(request, console, write_end)
@@ -160,15 +170,19 @@ class Launcher:
             status = self._status(read_end)
         finally:
             os.close(read_end)
+        if status.get("ok"):
+            try:
+                pidfd = os.pidfd_open(pid)
+                create_time = psutil.Process(pid).create_time()
+            except (OSError, psutil.Error) as exc:  # then it can't be watched: not a bot of ours
+                status = {"ok": False, "stage": "launcher", "error": f"{type(exc).__name__}: {exc}"}
         if not status.get("ok"):
-            # It has exited (126) after saying why, or said nothing in STATUS_TIMEOUT: never left running either way
-            # (the gateway execs the bot instead). Until it is reaped, its pid is still this child's.
+            # It has exited (126) after saying why, said nothing in STATUS_TIMEOUT, or can't be watched: never left
+            # running (the gateway execs the bot instead). Until it is reaped, its pid is still this child's.
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
             return {"ok": False, "stage": status.get("stage", "sandbox"), "error": status.get("error", "")}
-        pidfd = os.pidfd_open(pid)
-        create_time = psutil.Process(pid).create_time()
         self.children[pidfd] = (pid, create_time)
         self.selector.register(pidfd, selectors.EVENT_READ)
         return {"ok": True, "pid": pid, "create_time": create_time, "sandbox": status.get("sandbox")}
