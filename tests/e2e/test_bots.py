@@ -533,6 +533,10 @@ def test_two_workers_serve_one_consumes_and_metrics_count_them_all(stack: Stack)
         before = scrape()
         for _ in range(40):  # new connections: the kernel spreads them over both workers
             assert httpx.get(f"{stack.api}/users/me", headers=me, timeout=10).status_code == 200
+        # A request is counted once its answer is sent: the last one may be a moment behind.
+        deadline = time.monotonic() + 10
+        while scrape() < before + 40 and time.monotonic() < deadline:
+            time.sleep(0.05)
         after = [scrape() for _ in range(6)]  # whichever worker answers, it counts both workers' requests
     assert after == [before + 40] * 6, (before, after)
 
