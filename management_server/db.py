@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -12,6 +13,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from management_server.config import ManagementSettings
+from shared.logging import get_logger
+
+log = get_logger(__name__)
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -68,6 +72,34 @@ async def fetch_raw(session: AsyncSession, sql: str, *args: Any) -> list[Any]:
     assert driver is not None
     rows: list[Any] = await driver.fetch(sql, *args)
     return rows
+
+
+async def listen(
+    engine: AsyncEngine,
+    channel: str,
+    on_notify: Callable[[str], None],
+    *,
+    on_connect: Callable[[], None] | None = None,
+    what: str = "listener",
+) -> None:
+    """LISTEN on ``channel`` with a connection of its own until cancelled: ``on_notify(payload)`` per notification,
+    ``on_connect()`` each time it (re)connects (what was NOTIFYed meanwhile was missed); a dead connection is noticed
+    within 5 s and replaced."""
+    while True:
+        try:
+            async with engine.connect() as conn:
+                raw: Any = (await conn.get_raw_connection()).driver_connection
+                await raw.add_listener(channel, lambda *args: on_notify(args[-1]))
+                if on_connect is not None:
+                    on_connect()
+                while not raw.is_closed():
+                    await asyncio.sleep(5)
+                    await raw.execute("SELECT 1")  # notice a dead connection
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.debug(f"{what} reconnecting", error=f"{type(exc).__name__}: {exc}")
+            await asyncio.sleep(1)
 
 
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:

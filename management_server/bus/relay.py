@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from datetime import UTC, datetime, timedelta
-from typing import Any, cast
+from typing import cast
 
 import redis.asyncio as aioredis
 from sqlalchemy import Table, bindparam, delete, func, select, update
@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from management_server.bus.models import OutboxMessage
 from management_server.bus.service import OUTBOX_CHANNEL
+from management_server.db import listen
 from management_server.elected import OUTBOX_RELAY_LOCK
 from shared.bus.publisher import Publisher, raw_entry_fields
 from shared.bus.signing import CommandSigner
@@ -120,21 +121,9 @@ class OutboxRelay:
             await asyncio.wait_for(self._stopping.wait(), seconds)
 
     async def _listen(self) -> None:
-        """LISTEN on the outbox channel with a connection of its own; reconnects when it drops."""
-        while not self._stopping.is_set():
-            try:
-                async with self.engine.connect() as conn:
-                    raw: Any = (await conn.get_raw_connection()).driver_connection
-                    await raw.add_listener(OUTBOX_CHANNEL, lambda *_: self._wake.set())
-                    self._wake.set()  # catch up on anything committed while not listening
-                    while not self._stopping.is_set() and not raw.is_closed():
-                        await self._sleep(5)
-                        await raw.execute("SELECT 1")  # notice a dead connection
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.debug("outbox listener reconnecting", error=str(exc))
-                await self._sleep(1)
+        """LISTEN on the outbox channel (``db.listen``: reconnects when it drops); cancelled by ``run``. Each
+        (re)connection wakes the relay: it catches up on anything committed while not listening."""
+        await listen(self.engine, OUTBOX_CHANNEL, lambda _: self._wake.set(), on_connect=self._wake.set, what="outbox")
 
     async def publish_pending(self) -> int:
         """Publish up to one batch of unpublished rows in order; returns how many were published.

@@ -14,13 +14,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from typing import Any
 
 import orjson
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from management_server.dashboard.live import DEBOUNCE, LiveFeed
+from management_server.db import listen
 from management_server.freqai.models import ModelVersion
 from management_server.freqai.schemas import ModelOut
 from shared.logging import get_logger
@@ -46,21 +46,9 @@ class ModelFeed:
             self._ready.set()
 
     async def _listen(self) -> None:
-        """LISTEN with a connection of its own; reconnects when it drops (what changed meanwhile is not pushed:
-        the pages read the list again when they come back, and a training's next step is pushed)."""
-        while True:
-            try:
-                async with self.engine.connect() as conn:
-                    raw: Any = (await conn.get_raw_connection()).driver_connection
-                    await raw.add_listener(CHANNEL, lambda *args: self._notified(args[-1]))
-                    while not raw.is_closed():
-                        await asyncio.sleep(5)
-                        await raw.execute("SELECT 1")  # notice a dead connection
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.debug("model feed listening again", error=f"{type(exc).__name__}: {exc}")
-                await asyncio.sleep(1)
+        """LISTEN (``db.listen``: reconnects when it drops; what changed meanwhile is not pushed: the pages read the
+        list again when they come back, and a training's next step is pushed)."""
+        await listen(self.engine, CHANNEL, self._notified, what="model feed")
 
     async def _deliver(self) -> None:
         while True:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.files import open_append_nofollow
-from shared.launcher.protocol import read_exit, receive, send
+from shared.launcher.protocol import receive, send
 from shared.logging import get_logger
 from shared.sandbox.policy import Policy
 
@@ -157,10 +157,6 @@ class Launcher:
             "policy": None if policy is None else policy.to_json(),
         }
         return self._ask(request, fds=(console,), timeout=SPAWN_TIMEOUT)
-
-    def exit_code(self, pid: int, create_time: float, tolerance: float) -> int | None:
-        """The exit code of a bot this launcher forked, once it has exited (None until then, or if unknown)."""
-        return read_exit(self.exits, pid, create_time, tolerance)
 
     def close(self, wait: float = 0.0) -> None:
         """No more requests: the launcher exits once its bots have (waited for up to ``wait`` seconds)."""

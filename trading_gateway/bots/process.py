@@ -227,7 +227,6 @@ class BotProcess:
         self.create_time = create_time
         self.started_at = started_at
         self._popen = popen
-        self._launcher = launcher  # forked by this launcher (its parent, which records its exit code)
         self._launched_by: Literal["exec", "fork"] = launched_by or ("fork" if launcher is not None else "exec")
         # Where a launcher that forked it records its exit code: an adopted forked bot's parent is still the launcher
         # of the gateway that started it.
