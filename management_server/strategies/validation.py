@@ -18,6 +18,8 @@ from __future__ import annotations
 import ast
 from dataclasses import dataclass
 
+from shared import python_source
+
 MAX_SOURCE_BYTES = 256 * 1024
 MAX_NODES = 200_000  # a real strategy has a few thousand
 MAX_PROBLEMS = 50
@@ -86,7 +88,7 @@ def validate_strategy(source: str) -> Validation:
     if len(source.encode(errors="replace")) > MAX_SOURCE_BYTES:
         return Validation(None, [Problem(1, f"the source is larger than {MAX_SOURCE_BYTES // 1024} KiB")])
     try:
-        tree = ast.parse(source, filename="strategy.py")
+        tree = python_source.parse(source, filename="strategy.py")
     except SyntaxError as exc:
         return Validation(None, [Problem(exc.lineno or 1, f"syntax error: {exc.msg}")])
     except (ValueError, MemoryError, RecursionError) as exc:

@@ -40,6 +40,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
+from shared import python_source
 from shared.exchange import SIMULATOR
 from shared.freqai.bundle import PackedBundle, pack_bundle
 from shared.freqai.catalog import DEFAULT_MODEL, FREQAIMODELS_DIR, check_model, freqfleet_class
@@ -212,7 +213,7 @@ def missing_freqai_parts(source: str, class_name: str) -> list[str]:
     """What the strategy lacks to be trained by FreqAI (read from its source, not run): its targets
     (``set_freqai_targets``), features (a ``feature_engineering_*`` method) and the ``self.freqai.start(...)`` call."""
     try:
-        tree = ast.parse(source)
+        tree = python_source.parse(source)
     except (SyntaxError, ValueError, MemoryError, RecursionError):
         return ["source that parses"]
     found = next((n for n in ast.walk(tree) if isinstance(n, ast.ClassDef) and n.name == class_name), None)

@@ -37,6 +37,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from shared import python_source
 from shared.bus.messages import BotSpec, SealedCredentials
 from shared.exchange import (
     SIMULATOR,
@@ -225,7 +226,7 @@ def _number(value: Decimal) -> int | float:
 def validate_spec(spec: BotSpec) -> None:
     """Raise :class:`BotConfigError` with a readable reason when ``spec`` can't run."""
     try:
-        tree = ast.parse(spec.strategy_source, filename=f"{spec.strategy_class}.py")
+        tree = python_source.parse(spec.strategy_source, filename=f"{spec.strategy_class}.py")
     except SyntaxError as exc:
         raise BotConfigError(f"the strategy source does not parse: line {exc.lineno}: {exc.msg}") from None
     classes = [node.name for node in tree.body if isinstance(node, ast.ClassDef)]
