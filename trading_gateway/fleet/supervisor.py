@@ -39,7 +39,7 @@ from shared.metrics import BOT_FAILURES, BOT_RESTARTS
 from trading_gateway.bots.client import BotApiError
 from trading_gateway.bots.files import BotConfigError
 from trading_gateway.bots.launch import launch_bot
-from trading_gateway.bots.launcher import LauncherSlot, launcher_folder
+from trading_gateway.bots.launcher import Launchers, launcher_folder
 from trading_gateway.bots.ports import NoFreePort, PortPool
 from trading_gateway.bots.process import BotProcess, BotStartError, bot_environment
 from trading_gateway.bots.sandbox import BotSandboxing
@@ -93,11 +93,11 @@ class Supervisor:
         self.executable = executable
         self.source = f"gateway:{settings.gateway_id}"
         self.sandboxing: BotSandboxing | None = None  # found out at start (a probe in a child process)
-        # Bots are forked by the launcher (FREQFLEET_BOT_LAUNCHER=fork, and Freqtrade's own program): started with
-        # the first launch.
+        # Bots are forked by a launcher (FREQFLEET_BOT_LAUNCHER=fork, and Freqtrade's own program): the plain one or
+        # the one with FreqAI's libraries, each started with the first bot of its kind.
         forking = settings.bot_launcher == "fork" and executable is None
         self.launchers = (
-            LauncherSlot(launcher_folder(settings.gateway_data_dir), env=bot_environment()) if forking else None
+            Launchers(launcher_folder(settings.gateway_data_dir), env=bot_environment()) if forking else None
         )
         self.stopping = False  # the gateway is shutting down: no supervisor is started any more
 
@@ -232,7 +232,9 @@ class Supervisor:
                     executable=self.executable,
                     sandbox=self.sandboxing,
                     opener=self.identity,
-                    launcher=None if self.launchers is None else await self.launchers.get(),
+                    launcher=None
+                    if self.launchers is None
+                    else await self.launchers.get(freqai=spec.freqai is not None),
                 )
         except (BotConfigError, ValidationError) as exc:
             self.sync_intent(bot)

@@ -25,7 +25,7 @@ from tests.trading_gateway.bots.test_process import open_trades
 from trading_gateway.bots.adoption import adopt
 from trading_gateway.bots.files import BotFiles
 from trading_gateway.bots.launch import launch_bot
-from trading_gateway.bots.launcher import Launcher, LauncherError, LauncherSlot
+from trading_gateway.bots.launcher import Launcher, LauncherError, Launchers, LauncherSlot
 from trading_gateway.bots.ports import PortPool
 from trading_gateway.bots.process import bot_environment
 from trading_gateway.bots.state import StateFile
@@ -37,6 +37,12 @@ WHO_IMPORTS = (
     "import json as _json, os as _os\n"
     "with open(_os.path.join(_os.getcwd(), 'imported-by.json'), 'w') as _f:\n"
     "    _json.dump({'pid': _os.getpid(), 'ppid': _os.getppid()}, _f)\n" + ALWAYS_ENTER.read_text()
+)
+
+# ...and that also starts a helper process which ignores SIGTERM (as a stuck worker might), its pid in helper.pid.
+WITH_STUBBORN_HELPER = (
+    "import subprocess as _sp\n"
+    "_sp.Popen(['sh', '-c', 'trap \"\" TERM; echo $$ > helper.pid; exec sleep 600'])\n" + WHO_IMPORTS
 )
 
 
@@ -64,7 +70,7 @@ async def test_a_forked_bot_trades_like_an_execd_one_and_user_code_runs_only_in_
     state = StateFile(tmp_path / "bots-state.json")
     t0 = time.monotonic()
     launched = await launch_bot(
-        make_spec(strategy_source=WHO_IMPORTS),
+        make_spec(strategy_source=WITH_STUBBORN_HELPER),
         files,
         pool,
         simulator_url=simulator.url,
@@ -86,6 +92,10 @@ async def test_a_forked_bot_trades_like_an_execd_one_and_user_code_runs_only_in_
         # The strategy was imported by the bot, never by the launcher.
         who = json.loads((files.folder / "imported-by.json").read_text())
         assert (who["pid"], who["ppid"]) == (process.pid, launcher.pid)
+        helper_pid = files.folder / "helper.pid"
+        await until(lambda: helper_pid.exists() and helper_pid.read_text().strip(), timeout=10)
+        helper = psutil.Process(int(helper_pid.read_text()))
+        assert os.getpgid(helper.pid) == process.pid  # in the bot's group
         record = state.get(files.bot_id)
         assert record is not None
         assert (record.pid, record.create_time) == (process.pid, process.create_time)
@@ -107,6 +117,8 @@ async def test_a_forked_bot_trades_like_an_execd_one_and_user_code_runs_only_in_
         assert stopped.signal == "SIGTERM"
         assert stopped.exit_code is not None  # recorded by the launcher, its parent
         assert not process.is_alive()
+        # The helper ignored SIGTERM and did not outlive its bot (SIGKILL to what was left of the group).
+        await until(lambda: not helper.is_running() or helper.status() == psutil.STATUS_ZOMBIE, timeout=10)
         assert "Long signal found" in files.log.read_text()
     finally:
         await process.terminate(grace=5)
@@ -253,3 +265,29 @@ async def test_a_gateway_that_adopts_a_forked_bot_learns_its_exit_code(
         assert stopped.exit_code == 130  # SIGTERM, as Freqtrade ends on it: recorded by the launcher, read here
     finally:
         await launched.process.terminate(grace=5)
+
+
+def mapped_files(pid: int) -> str:
+    with open(f"/proc/{pid}/maps") as f:
+        return f.read()
+
+
+async def test_freqai_libraries_are_only_in_the_launcher_of_freqai_bots(tmp_path: Path) -> None:
+    launchers = Launchers(tmp_path / "launcher", env=bot_environment())
+    try:
+        plain = await launchers.get(freqai=False)
+        freqai = await launchers.get(freqai=True)
+        assert plain is not None
+        assert freqai is not None
+        assert plain.pid != freqai.pid
+        assert await launchers.get(freqai=False) is plain  # one per kind, kept
+        assert (plain.hello["freqai"], freqai.hello["freqai"]) == (False, True)
+        assert plain.pid is not None
+        assert freqai.pid is not None
+        # What a bot forked from each maps: LightGBM's and XGBoost's native libraries only under FreqAI's.
+        for library in ("lib_lightgbm", "libxgboost"):
+            assert library not in mapped_files(plain.pid)
+            assert library in mapped_files(freqai.pid)
+        assert {p.name for p in (tmp_path / "launcher").iterdir()} >= {"launcher.log", "launcher-freqai.log"}
+    finally:
+        await launchers.close(wait=10)
