@@ -5,6 +5,11 @@ Decisions:
 - A process is identified by its pid **and** its start time (``psutil``'s ``create_time``). A pid
   alone may belong to an unrelated program once our bot is gone; nothing here ever signals a
   process whose start time doesn't match, and a reaped child's pid is never signalled again.
+  Signals go through a pidfd (``pidfd_open`` once, the start time checked after it is open): it names
+  that process and no other, so a signal cannot reach a process that took the pid meanwhile (a forked
+  bot is the launcher's child, an adopted one init's: the gateway does not see them exit). The group
+  signal (``killpg``) is sent once the pidfd says the leader lives: the group's id is the leader's pid,
+  which Linux gives no other process while the leader or any member of its group lives.
 - Spawned with ``start_new_session=True`` (its own session and process group, pgid = pid), so a
   terminal's Ctrl-C never reaches it and stopping takes its whole group (FreqAI may start worker
   processes). No ``PR_SET_PDEATHSIG``: bots outlive a gateway that dies or is upgraded, and the
@@ -38,6 +43,7 @@ import signal
 import subprocess
 import sys
 import time
+import weakref
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -235,6 +241,7 @@ class BotProcess:
         self._log_offset = log_offset
         self._console_offset = console_offset
         self._log_scan = log_offset
+        self._pidfd: int | None = None
 
     def __repr__(self) -> str:
         return f"BotProcess(bot_id={self.bot_id!r}, pid={self.pid}, port={self.port})"
@@ -400,6 +407,24 @@ class BotProcess:
             return None
         return proc
 
+    def _open_pidfd(self) -> int | None:
+        """A pidfd of our process (opened once; None once it is gone, or the pid is someone else's)."""
+        if self._pidfd is not None:
+            return self._pidfd
+        if self._reaped():
+            return None
+        try:
+            fd = os.pidfd_open(self.pid)
+        except OSError:  # ESRCH: no such process
+            return None
+        # Checked after the open: if the process with our start time is there now, the fd names it.
+        if self._process() is None:
+            os.close(fd)
+            return None
+        self._pidfd = fd
+        weakref.finalize(self, os.close, fd)
+        return fd
+
     def _reap_if_our_child(self) -> None:
         if self._popen is not None:
             self._popen.poll()
@@ -526,15 +551,16 @@ class BotProcess:
 
     def _signal(self, sig: signal.Signals) -> bool:
         """Send ``sig`` to our process group (or the process alone if it left its group); False if it's gone."""
-        proc = self._process()
-        if proc is None:
+        pidfd = self._open_pidfd()
+        if pidfd is None:
             return False
         try:
+            signal.pidfd_send_signal(pidfd, 0)  # our process still lives (a zombie too): its pid is ours
             if os.getpgid(self.pid) == self.pid:
                 os.killpg(self.pid, sig)
             else:
-                proc.send_signal(sig)  # psutil checks the start time again
-        except (ProcessLookupError, psutil.NoSuchProcess):
+                signal.pidfd_send_signal(pidfd, sig)
+        except ProcessLookupError:
             return False
         except PermissionError:
             log.warning("not allowed to signal bot process", bot_id=self.bot_id, pid=self.pid)
