@@ -19,7 +19,14 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared.body_limit import DEFAULT_MAX_BODY_BYTES
 from shared.bus.streams import DEFAULT_EVENTS_MAX_AGE, Retention
-from shared.sandbox.policy import DEFAULT_FILE_SIZE_MB, DEFAULT_MEMORY_MB, DEFAULT_OPEN_FILES, DEFAULT_PROCESSES, Limits
+from shared.sandbox.policy import (
+    DEFAULT_FILE_SIZE_MB,
+    DEFAULT_MEMORY_MB,
+    DEFAULT_NICE,
+    DEFAULT_OPEN_FILES,
+    DEFAULT_PROCESSES,
+    Limits,
+)
 
 PLACEHOLDER_SECRETS = frozenset(
     {
@@ -136,6 +143,13 @@ class CommonSettings(BaseSettings):
         ge=64,
         description="Processes and threads of a sandboxed uid (RLIMIT_NPROC; only with an uid per process).",
     )
+    sandbox_nice: int = Field(
+        default=DEFAULT_NICE,
+        ge=0,
+        le=19,
+        description="CPU priority of sandboxed processes (bots, trainings, checks): their nice, and their session's "
+        "(0: as the services; 19: last). The services run at 0, so a busy fleet does not starve them.",
+    )
     allow_unsandboxed: bool = Field(
         default=False,
         description="Run plain users' strategies even where the host has no sandbox (no Landlock): unsafe.",
@@ -162,6 +176,7 @@ class CommonSettings(BaseSettings):
             file_size_mb=self.sandbox_file_size_mb,
             open_files=self.sandbox_open_files,
             processes=self.sandbox_processes,
+            nice=self.sandbox_nice,
         )
 
     @property

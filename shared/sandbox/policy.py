@@ -75,6 +75,7 @@ DEFAULT_MEMORY_MB = 4096  # RLIMIT_DATA: private writable memory (heap, anonymou
 DEFAULT_FILE_SIZE_MB = 4096  # RLIMIT_FSIZE: the largest file it may write
 DEFAULT_OPEN_FILES = 4096  # RLIMIT_NOFILE
 DEFAULT_PROCESSES = 512  # RLIMIT_NPROC: processes and threads of its uid (only with an uid of its own)
+DEFAULT_NICE = 10  # CPU priority behind the services (which run at 0): a busy fleet does not starve its gateway
 
 
 def python_paths() -> list[str]:
@@ -90,6 +91,7 @@ class Limits:
     file_size_mb: int = DEFAULT_FILE_SIZE_MB
     open_files: int = DEFAULT_OPEN_FILES
     processes: int = DEFAULT_PROCESSES
+    nice: int = DEFAULT_NICE
 
 
 @dataclass

@@ -11,7 +11,12 @@ It runs as the first thing in the child, before any user code, single-threaded, 
    as root without an ``uid``: empties the capability bounding set and drops every capability, so that
    ``execve`` gives none back (Landlock is then the gate, ``CAP_DAC_OVERRIDE`` is gone);
 3. ``no_new_privs`` (no set-uid program can give privileges back);
-4. resource limits: private memory, file size, open files, processes (own uid only), no core dumps;
+4. resource limits: private memory, file size, open files, processes (own uid only), no core dumps; and a lower
+   CPU priority (``nice``, 10 by default), for the process and for its session's autogroup: with the kernel's
+   autogroup scheduling on (``/proc/sys/kernel/sched_autogroup_enabled``), every session is weighed as one task
+   against every other, whatever its processes' nice, and a bot has a session of its own; so a hundred bots
+   waking at the same candle would get a hundred shares of the CPU to the gateway's one (the autogroup's nice is
+   set only by a session's leader: the session is then the process's own);
 5. Landlock (:mod:`shared.sandbox.landlock`): filesystem, TCP and scopes, from :meth:`Policy.all_read` /
    :meth:`Policy.all_write` and the ports;
 6. ``execve`` of the program with the policy's environment, in the process's own folder.
@@ -32,6 +37,7 @@ import shutil
 import stat
 import sys
 import tempfile
+import time
 from collections.abc import Collection, Sequence
 
 from shared.sandbox.landlock import LandlockError, Ruleset, abi_version
@@ -199,9 +205,38 @@ def set_limits(policy: Policy, own_uid: bool) -> None:
         cap(resource.RLIMIT_NPROC, limits.processes)
 
 
+AUTOGROUP_RETRY = 5.0  # seconds: without CAP_SYS_ADMIN, the kernel lets autogroups' nice be set 10 times a second
+
+
+def lower_priority(nice: int) -> dict[str, object]:
+    """This process's nice raised to ``nice`` (never lowered), and its session's autogroup's when the session is its
+    own (it leads it: a bot; a process in its caller's session would lower its caller's priority); what applied."""
+    if nice <= 0:
+        return {"nice": os.getpriority(os.PRIO_PROCESS, 0), "autogroup_nice": None}
+    os.setpriority(os.PRIO_PROCESS, 0, max(nice, os.getpriority(os.PRIO_PROCESS, 0)))
+    autogroup: int | None = None
+    if os.getsid(0) != os.getpid():
+        return {"nice": os.getpriority(os.PRIO_PROCESS, 0), "autogroup_nice": None}
+    deadline = time.monotonic() + AUTOGROUP_RETRY
+    while True:
+        try:
+            with open("/proc/self/autogroup", "w") as f:
+                f.write(str(nice))
+            autogroup = nice
+            break
+        except BlockingIOError:  # EAGAIN: another process set one within the last 100 ms
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
+        except OSError:  # no autogroup scheduling in this kernel (or under this cgroup): the nice is what counts
+            break
+    return {"nice": os.getpriority(os.PRIO_PROCESS, 0), "autogroup_nice": autogroup}
+
+
 def apply(policy: Policy, keep: Collection[int] = ()) -> dict[str, object]:
     """Steps 1-5 of the module's docstring in this process (``keep``: descriptors left open); what applied."""
     close_inherited_fds(keep)
+    priority = lower_priority(policy.limits.nice)  # as root first: no rate limit on the autogroup's nice then
     uid = policy.uid if os.geteuid() == 0 else None
     masked: list[str] = []
     if uid is not None:
@@ -221,7 +256,7 @@ def apply(policy: Policy, keep: Collection[int] = ()) -> dict[str, object]:
         ).restrict_self(abi)
     elif policy.require_landlock:
         raise SandboxError("this kernel has no Landlock, and the policy requires it")
-    return {"uid": os.getuid(), "landlock_abi": abi, "masked": masked, "no_new_privs": True}
+    return {"uid": os.getuid(), "landlock_abi": abi, "masked": masked, "no_new_privs": True, **priority}
 
 
 def enter(policy: Policy, keep: Collection[int] = ()) -> dict[str, object]:

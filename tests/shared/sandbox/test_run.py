@@ -44,6 +44,7 @@ attempt("kill_parent", lambda: os.kill(os.getppid(), 0))
 attempt("env", lambda: sorted(os.environ))
 attempt("uid", lambda: os.getuid())
 attempt("nnp", lambda: [l for l in open("/proc/self/status") if l.startswith("NoNewPrivs")][0].split()[1])
+attempt("nice", lambda: os.getpriority(os.PRIO_PROCESS, 0))
 attempt("caps", lambda: [l for l in open("/proc/self/status") if l.startswith("CapEff")][0].split()[1])
 print(json.dumps(out))
 """
@@ -120,6 +121,7 @@ def test_a_sandboxed_process_reaches_only_its_folder_and_its_ports(tmp_path: Pat
     # The policy's environment only (Python itself may add LC_CTYPE): not the caller's DATABASE_URL.
     assert set(ast.literal_eval(got["env"].removeprefix("GOT: "))) <= {"HOME", "PATH", "TMPDIR", "LC_CTYPE"}
     assert got["nnp"] == "GOT: 1"
+    assert got["nice"] == "GOT: 10"  # behind the services, which run at 0
     assert got["caps"] == "GOT: 0000000000000000"
     assert got["uid"] == f"GOT: {owner if owner is not None else os.geteuid()}"
     assert not (tmp_path / "pwned.txt").exists()

@@ -96,6 +96,12 @@ async def test_a_hostile_strategy_reaches_nothing_but_its_own_bot(
             assert (folder / "config.json").stat().st_mode & 0o777 == 0o600
         status = await asyncio.to_thread(Path(f"/proc/{bot.pid}/status").read_text)
         assert "NoNewPrivs:\t1" in status
+        # Behind the services for the CPU: its nice, and its session's (with the kernel's autogroups on).
+        assert os.getpriority(os.PRIO_PROCESS, bot.pid) == 10
+        autogroups = await asyncio.to_thread(Path("/proc/sys/kernel/sched_autogroup_enabled").read_text)
+        if autogroups.strip() == "1":
+            autogroup = await asyncio.to_thread(Path(f"/proc/{bot.pid}/autogroup").read_text)
+            assert autogroup.split()[-2:] == ["nice", "10"]
         # ... and it still trades.
         await bus.wait(BotStatus, lambda e: len(e.data.open_trades) == 1, bot_id=bot_id)
 
