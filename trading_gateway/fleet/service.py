@@ -58,6 +58,7 @@ import asyncio
 import contextvars
 import time
 import uuid
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -571,6 +572,15 @@ class Fleet:
                 seconds=round(time.monotonic() - t0, 3),
                 seconds_to_all_paused=_rounded(fleet.seconds_to_all_paused),
                 seconds_to_all_exited=_rounded(fleet.seconds_to_all_exited),
+            )
+            log.warning(
+                "emergency stop done",
+                bots=len(wanted),
+                outcomes=dict(Counter(o.outcome for o in outcomes)),
+                seconds=data.seconds,
+                seconds_to_all_paused=data.seconds_to_all_paused,
+                seconds_to_all_exited=data.seconds_to_all_exited,
+                command_id=command_id,
             )
         # Reported without waiting for Redis: the kill switch answers once its bots are down, even with the bus
         # frozen (the events go to the outbox then, and out when Redis answers again).
