@@ -21,6 +21,7 @@ from exchange_simulator.markets import MarketSpec
 from shared import timeframes
 
 PREFIX = "/api/v3"
+OWN_PREFIXES = ("/_sim", "/health", "/docs", "/redoc", "/openapi.json")  # not the exchange's paths
 KLINES_DEFAULT_LIMIT = 500
 KLINES_MAX_LIMIT = 1000
 _INTEGER = re.compile(r"^-?[0-9]{1,20}$")
@@ -109,7 +110,7 @@ async def server_time(request: Request) -> Response:
 async def exchange_info(request: Request) -> Response:
     market = _market(request)
     specs = _symbols(market, request.query_params)
-    return _json(binance.exchange_info(specs, int(market.clock() * 1000)))
+    return _json(binance.exchange_info(specs, int(market.clock() * 1000), request.app.state.limits.limit))
 
 
 @router.get("/klines")

@@ -11,7 +11,7 @@ from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from exchange_simulator import api, binance, control
+from exchange_simulator import api, binance, control, limits
 from exchange_simulator.config import SimulatorSettings, get_settings
 from exchange_simulator.market import Market
 from shared.health import health_router
@@ -38,10 +38,12 @@ def create_app(settings: SimulatorSettings | None = None, clock: Callable[[], fl
         app.state.market = Market(settings.simulator_pairs, settings.simulator_seed, clock)
         app.state.control = control.ControlState()
         app.state.kline_rows = binance.KlineRowCache()
+        app.state.limits = limits.WeightLimits(settings.simulator_weight_limit, settings.simulator_ban_after, clock)
         log.info(
             "exchange simulator started",
             seed=settings.simulator_seed,
             pairs=settings.simulator_pairs,
+            weight_limit=settings.simulator_weight_limit or "off",
         )
         try:
             yield
@@ -54,6 +56,7 @@ def create_app(settings: SimulatorSettings | None = None, clock: Callable[[], fl
         summary="A Binance-compatible spot market with deterministic synthetic prices, for offline bots.",
         lifespan=lifespan,
     )
+    app.add_middleware(limits.WeightLimitMiddleware)  # inside the traffic layer: its statistics count 429s and 418s
     app.add_middleware(control.TrafficMiddleware)
 
     @app.exception_handler(binance.BinanceError)
@@ -63,14 +66,14 @@ def create_app(settings: SimulatorSettings | None = None, clock: Callable[[], fl
     @app.exception_handler(StarletteHTTPException)
     async def on_http_error(request: Request, exc: StarletteHTTPException) -> Response:
         # Our own paths answer FastAPI's {"detail": ...}; anything else is the exchange's.
-        if request.url.path.startswith(control.OWN_PREFIXES) or exc.status_code not in (404, 405):
+        if request.url.path.startswith(api.OWN_PREFIXES) or exc.status_code not in (404, 405):
             return await http_exception_handler(request, exc)
         return _binance_error(binance.unsupported(request.method, request.url.path, exc.status_code))
 
     @app.exception_handler(Exception)
     async def on_unhandled_error(request: Request, exc: Exception) -> Response:
         log.exception("unhandled error", method=request.method, path=request.url.path)
-        if request.url.path.startswith(control.OWN_PREFIXES):
+        if request.url.path.startswith(api.OWN_PREFIXES):
             return JSONResponse(status_code=500, content={"detail": "Internal server error."})
         return _binance_error(
             binance.BinanceError(500, -1000, "An unknown error occurred while processing the request.")
@@ -78,6 +81,7 @@ def create_app(settings: SimulatorSettings | None = None, clock: Callable[[], fl
 
     app.include_router(api.router)
     app.include_router(control.router)
+    app.include_router(limits.router)
     app.include_router(health_router("simulator"))
     return app
 

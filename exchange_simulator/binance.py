@@ -140,12 +140,14 @@ def symbol_info(spec: MarketSpec) -> dict[str, Any]:
     }
 
 
-def exchange_info(specs: list[MarketSpec], server_time: int) -> dict[str, Any]:
+def exchange_info(specs: list[MarketSpec], server_time: int, weight_limit: int) -> dict[str, Any]:
+    """``weight_limit``: the request weight per minute the simulator enforces (0: none, and none is listed)."""
+    weight = [{"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1, "limit": weight_limit}]
     return {
         "timezone": "UTC",
         "serverTime": server_time,
         "rateLimits": [
-            {"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1, "limit": 6000},
+            *(weight if weight_limit > 0 else []),
             {"rateLimitType": "ORDERS", "interval": "SECOND", "intervalNum": 10, "limit": 100},
             {"rateLimitType": "ORDERS", "interval": "DAY", "intervalNum": 1, "limit": 200000},
             {"rateLimitType": "RAW_REQUESTS", "interval": "MINUTE", "intervalNum": 5, "limit": 61000},

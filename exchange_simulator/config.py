@@ -10,6 +10,7 @@ from typing import Annotated, Any
 from pydantic import Field, field_validator
 from pydantic_settings import NoDecode
 
+from exchange_simulator.limits import BAN_AFTER, WEIGHT_LIMIT
 from shared.settings import CommonSettings
 
 DEFAULT_PAIRS: tuple[str, ...] = (
@@ -69,6 +70,16 @@ class SimulatorSettings(CommonSettings):
     simulator_pairs: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: list(DEFAULT_PAIRS),
         description="Markets the simulator lists (comma-separated BASE/QUOTE pairs).",
+    )
+
+    simulator_weight_limit: int = Field(
+        default=WEIGHT_LIMIT,
+        ge=0,
+        description="Request weight per minute per client IP, as Binance counts it (429 past it, 418 bans for "
+        "clients that keep going); 0: no limit.",
+    )
+    simulator_ban_after: int = Field(
+        default=BAN_AFTER, ge=1, description="Requests a client sends during a Retry-After before its IP is banned."
     )
 
     @field_validator("simulator_pairs", mode="before")

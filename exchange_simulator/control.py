@@ -7,8 +7,9 @@
   market endpoints answer Binance's "internal error" (HTTP 503, code -1001), or hold every request
   until the outage ends and then answer "timeout" (HTTP 504, code -1007).
 - ``POST /_sim/latency`` ``{"ms", "seconds"?}`` and ``DELETE /_sim/latency``: added latency.
-- ``POST /_sim/reset`` ``{"pair"?}``: overlays dropped (of one pair, or all, with outage, latency and
-  statistics).
+- ``POST /_sim/reset`` ``{"pair"?}``: overlays dropped (of one pair, or all, with outage, latency,
+  statistics, and the request-weight limit's counters, bans and settings).
+- ``GET|PUT /_sim/limits``, ``DELETE /_sim/limits/bans``: Binance's request-weight limit (``limits.py``).
 - ``GET /_sim/stats``, ``DELETE /_sim/stats``: requests, errors and latency per endpoint.
 - ``GET /_sim/health``, ``GET /_sim/state``: seed, markets, live prices, overlays, faults.
 
@@ -31,8 +32,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from exchange_simulator import binance
-from exchange_simulator.api import ENDPOINTS
+from exchange_simulator.api import ENDPOINTS, OWN_PREFIXES
 from exchange_simulator.book import round_price
+from exchange_simulator.limits import WeightLimits
 from exchange_simulator.market import Market
 from exchange_simulator.markets import MarketSpec
 from shared.logging import get_logger
@@ -41,7 +43,6 @@ log = get_logger(__name__)
 
 LATENCY_SAMPLES = 10_000  # per endpoint, the most recent
 OTHER = "other"  # statistics key of paths that are no endpoint
-OWN_PREFIXES = ("/_sim", "/health", "/docs", "/redoc", "/openapi.json")  # not the exchange's paths
 
 
 # -- state ----------------------------------------------------------------------------------
@@ -401,6 +402,8 @@ async def reset(request: Request, body: ResetIn | None = None) -> dict[str, Any]
     control.set_outage(None)
     control.latency = None
     control.reset_stats()
+    limits: WeightLimits = request.app.state.limits
+    limits.reset()
     log.info("simulator reset", pair="all")
     return {"reset": [s.symbol for s in market.specs.values()]}
 
