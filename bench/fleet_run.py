@@ -100,6 +100,8 @@ class Samples:
     bots_list_failures: int = 0
     states: list[Counter[str]] = field(default_factory=list)
     memory: list[dict[str, Any]] = field(default_factory=list)
+    weight_1m: list[int] = field(default_factory=list)  # the host's request weight this minute, on the exchange
+    exchange: dict[str, Any] = field(default_factory=dict)  # the simulator's statistics and limits over the window
 
 
 @dataclass
@@ -461,13 +463,20 @@ async def window(
             bots = await all_bots(admin, plan.bots)
             samples.states.append(Counter(b["actual_state"] for b in bots))
             samples.memory.append(await asyncio.to_thread(memory_now, up, bot_pids))
+            limits = (await plain.get(f"{up.simulator}/_sim/limits")).json()
+            samples.weight_1m.append(max((ip["used_weight_1m"] for ip in limits["ips"].values()), default=0))
 
+        (await plain.delete(f"{up.simulator}/_sim/stats")).raise_for_status()
         await asyncio.gather(
             every(PING_EVERY, until, ping_round),
             every(API_EVERY, until, ready),
             every(API_EVERY, until, bots_list),
             every(SAMPLE_EVERY, until, sample),
         )
+        samples.exchange = {
+            "stats": (await plain.get(f"{up.simulator}/_sim/stats")).json(),
+            "limits": (await plain.get(f"{up.simulator}/_sim/limits")).json(),
+        }
     return samples
 
 
@@ -511,6 +520,21 @@ async def emergency_stop(up: Up, admin: httpx.AsyncClient, pids: set[int]) -> di
 # --- the run ------------------------------------------------------------------------------------------------------
 
 
+NOTABLE = (  # what the services log when a bot or a launcher did not go as planned
+    "bot process ended unexpectedly",
+    "bot crashed; restarting it",
+    "ending a bot that does not work",
+    "bot failed",
+    "bot launcher gone; starting another",
+    "bot launch through the fork launcher failed; exec'ing it",
+)
+KEPT_LOG = Path(tempfile.gettempdir()) / "freqfleet-fleet-run.log"  # the last run's whole log, kept for a look
+
+
+def notable(up: Up) -> list[dict[str, Any]]:
+    return [record for event in NOTABLE for record in up.log_lines(event)]
+
+
 @dataclass
 class Outcome:
     plan: Plan
@@ -523,6 +547,7 @@ class Outcome:
     machine_busy: float
     available_before: int
     stop: dict[str, Any]
+    events: list[dict[str, Any]]
 
 
 async def measure(plan: Plan) -> Outcome:
@@ -559,6 +584,7 @@ async def measure(plan: Plan) -> Outcome:
                 machine_after = psutil.cpu_times()
                 busy = _busy(machine_after) - _busy(machine_before)
                 total = sum(machine_after) - sum(machine_before)
+                events = notable(up)  # before the emergency stop, which ends every bot on purpose
                 stop = await emergency_stop(up, admin, set(ports))
             finally:
                 await admin.aclose()
@@ -573,12 +599,15 @@ async def measure(plan: Plan) -> Outcome:
                 machine_busy=busy / total if total else float("nan"),
                 available_before=available_before,
                 stop=stop,
+                events=events,
             )
         finally:
             if bare is not None:
                 await bare.stop(grace=15)
             route.stop()
             up.stop()
+            with contextlib.suppress(OSError):
+                KEPT_LOG.write_bytes(up.log.read_bytes())
 
 
 def _busy(times: Any) -> float:
@@ -632,9 +661,26 @@ def report(o: Outcome) -> str:
         lines.append(
             f"    {part:<11} {p['count']:>4} proc  PSS {p['pss'] / MIB:>8,.0f} MiB  USS {p['uss'] / MIB:>8,.0f} MiB"
         )
+    if s.exchange:
+        stats, limits = s.exchange["stats"], s.exchange["limits"]
+        minutes = o.plan.minutes or 1.0
+        busiest = sorted(stats["endpoints"].items(), key=lambda kv: -kv[1]["count"])[:4]
+        by_endpoint = ", ".join(f"{path.rsplit('/v3/', 1)[-1]} {e['count'] / minutes:,.0f}" for path, e in busiest)
+        limit = limits["weight_per_minute"] or "no limit"
+        lines += [
+            f"  the exchange (simulator): {stats['total'] / minutes:,.0f} requests a minute from this host "
+            f"({by_endpoint});",
+            f"    the host's weight in a minute up to {max(s.weight_1m, default=0):,} of {limit}; "
+            f"429s {limits['requests_429']}, 418s {limits['requests_418']}",
+        ]
     lines.append(f"  CPU over the window: machine busy {o.machine_busy:.0%} of {os.cpu_count()} cores; by part:")
     for part, seconds in sorted(o.cpu.items(), key=lambda kv: -kv[1]):
         lines.append(f"    {part:<11} {seconds / o.cpu_window:5.2f}  ({seconds:,.0f} CPU s)")
+    kinds = Counter(str(e.get("event")) for e in o.events)
+    lines.append(f"  bots or launchers off plan in the window: {dict(kinds) or 'none'} (the whole log: {KEPT_LOG})")
+    for event in o.events[:5]:
+        fields = ("timestamp", "event", "bot_id", "reason", "exit_code")
+        lines.append("    " + json.dumps({k: event.get(k) for k in fields}))
     st = o.stop
     lines += [
         f"  emergency stop of all: answered after {st['answered']:.2f} s (completed: {st['completed']}, "
