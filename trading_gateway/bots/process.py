@@ -512,20 +512,27 @@ class BotProcess:
                         last_log_lines=self.last_log_lines(),
                     )
                 await asyncio.sleep(POLL)
-            try:
-                config = await api.show_config()
-            except BotAuthRefused:
-                await self._fail_start()
-                raise BotPortConflict(
-                    self.bot_id,
-                    f"port {self.port} is answered by another program (it refused this bot's credentials)",
-                    last_log_lines=self.last_log_lines(),
-                ) from None
-            except BotApiError as exc:
-                await self._fail_start()
-                raise BotStartError(
-                    self.bot_id, f"show_config failed: {exc}", last_log_lines=self.last_log_lines()
-                ) from None
+            # A bot that answers /ping may still be slow to answer more (starting among a hundred others on a busy
+            # host): asked again until the deadline, rather than killed and started again from nothing.
+            while True:
+                try:
+                    config = await api.show_config()
+                    break
+                except BotAuthRefused:
+                    await self._fail_start()
+                    raise BotPortConflict(
+                        self.bot_id,
+                        f"port {self.port} is answered by another program (it refused this bot's credentials)",
+                        last_log_lines=self.last_log_lines(),
+                    ) from None
+                except BotApiError as exc:
+                    if time.monotonic() >= deadline or not self.is_alive():
+                        await self._fail_start()
+                        raise BotStartError(
+                            self.bot_id, f"show_config failed: {exc}", last_log_lines=self.last_log_lines()
+                        ) from None
+                    log.info("bot slow to answer show_config; asking again", bot_id=self.bot_id, error=str(exc))
+                    await asyncio.sleep(POLL)
         if config.bot_name != self.bot_id:
             await self._fail_start()
             raise BotPortConflict(

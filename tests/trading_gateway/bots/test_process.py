@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import sqlite3
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -250,3 +251,53 @@ async def test_terminate_takes_the_whole_process_group(tmp_path: Path, bots_root
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
+
+
+# A stand-in for ``freqtrade trade``: answers /ping at once, /show_config the first time only after 3 s (more than
+# the client's 2 s: a bot starting among a hundred on a busy host), then at once.
+SLOW_FIRST_SHOW_CONFIG = """#!{python}
+import json, sys, time
+from http.server import BaseHTTPRequestHandler, HTTPServer
+config = json.load(open(sys.argv[sys.argv.index("--config") + 1]))
+asked = []
+class Handler(BaseHTTPRequestHandler):
+    def do_GET(self):
+        if self.path == "/api/v1/show_config":
+            asked.append(time.time())
+            if len(asked) == 1:
+                time.sleep(3)
+            body = {{"bot_name": config["bot_name"], "state": "running", "version": "2026.9", "dry_run": True,
+                    "strategy": "AlwaysEnter", "stake_currency": "USDT", "exchange": "binance"}}
+        else:
+            body = {{"status": "pong"}}
+        data = json.dumps(body).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+    def log_message(self, *args):
+        pass
+server = HTTPServer(("127.0.0.1", config["api_server"]["listen_port"]), Handler)
+server.serve_forever()
+"""
+
+
+async def test_a_bot_slow_to_answer_show_config_is_asked_again_not_killed(tmp_path: Path, bots_root: Path) -> None:
+    program = tmp_path / "slow-freqtrade"
+    program.write_text(SLOW_FIRST_SHOW_CONFIG.format(python=sys.executable))
+    program.chmod(0o700)
+    spec = make_spec()
+    files = BotFiles(bots_root, new_bot_id())
+    config = render_config(
+        spec, files, port=free_port(), credentials=ApiCredentials.generate(), simulator_url="http://x"
+    )
+    files.write(config, spec.strategy_source)
+    process = BotProcess.spawn(files, config, executable=program)
+    try:
+        ready = await process.wait_ready(30)
+        assert ready.pid == process.pid  # the same process, asked again: not killed and started anew
+        assert ready.seconds >= 3
+        assert process.is_alive()
+    finally:
+        await process.terminate(grace=5)
