@@ -483,12 +483,17 @@ async def window(
 async def emergency_stop(up: Up, admin: httpx.AsyncClient, pids: set[int]) -> dict[str, Any]:
     """One emergency stop of all; its answer, and when the last bot process was gone (seen from outside)."""
 
+    def alive(pid: int) -> bool:
+        try:
+            return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return False
+
     async def gone() -> float:
         t0 = time.perf_counter()
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            left = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
-            if not left:
+            if not any(alive(p) for p in pids):
                 return time.perf_counter() - t0
             await asyncio.sleep(0.05)
         return float("nan")
