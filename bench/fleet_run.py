@@ -56,6 +56,7 @@ import httpx
 import psutil
 
 from bench._common import ROOT, BenchError, Server, free_port, own_env, percentile
+from bench.fleet_scale import smaps
 from shared.bus.messages import BotSpec
 from trading_gateway.bots.credentials import ApiCredentials
 from trading_gateway.bots.files import BotFiles, render_config
@@ -305,16 +306,6 @@ async def gateway_bots(gateway: str, token: str) -> list[dict[str, Any]]:
 
 
 # --- what runs, and what it costs ---------------------------------------------------------------------------------
-
-
-def smaps(pid: int) -> dict[str, int]:
-    values: dict[str, int] = {}
-    with open(f"/proc/{pid}/smaps_rollup") as f:
-        for line in f:
-            parts = line.split()
-            if len(parts) == 3 and parts[2] == "kB":
-                values[parts[0].rstrip(":")] = int(parts[1]) * 1024
-    return values
 
 
 SERVICES = (
