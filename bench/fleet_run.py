@@ -170,13 +170,14 @@ class Up:
     def tail(self, size: int = 3000) -> str:
         return self.log.read_text(errors="replace")[-size:]
 
-    def log_lines(self, event: str) -> list[dict[str, Any]]:
+    def log_lines(self, *events: str) -> list[dict[str, Any]]:
+        """The JSON log records whose event is one of ``events``, in the log's order (one read of the log)."""
         found = []
         for line in self.log.read_text(errors="replace").splitlines():
-            if event in line:
+            if any(event in line for event in events):
                 with contextlib.suppress(ValueError):
                     record = json.loads(line[line.index("{") :])
-                    if record.get("event") == event:
+                    if record.get("event") in events:
                         found.append(record)
         return found
 
@@ -528,7 +529,7 @@ KEPT_LOG = Path(tempfile.gettempdir()) / "freqfleet-fleet-run.log"  # the last r
 
 
 def notable(up: Up) -> list[dict[str, Any]]:
-    return [record for event in NOTABLE for record in up.log_lines(event)]
+    return up.log_lines(*NOTABLE)
 
 
 @dataclass

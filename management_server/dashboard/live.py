@@ -35,6 +35,24 @@ log = get_logger(__name__)
 
 CHANNEL = "freqfleet:live:bots"
 DEBOUNCE = 0.1  # seconds: changes are sent together, at most this late
+
+
+async def settled(ready: asyncio.Event) -> None:
+    """Once ``ready`` is set, ``DEBOUNCE`` more for what comes with it; then cleared for the next batch."""
+    await ready.wait()
+    await asyncio.sleep(DEBOUNCE)
+    ready.clear()
+
+
+async def cancelled(tasks: list[asyncio.Task[None]]) -> None:
+    """``tasks`` cancelled and awaited."""
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 QUEUE = 512  # events a page may be behind before it is dropped
 KEEPALIVE = 15.0
 _FEED = "freqfleet.live_feed"
@@ -79,9 +97,7 @@ class LiveFeed:
 
     async def _announce(self) -> None:
         while True:
-            await self._out_ready.wait()
-            await asyncio.sleep(DEBOUNCE)
-            self._out_ready.clear()
+            await settled(self._out_ready)
             ids, self._outgoing = self._outgoing, {}
             try:
                 await self.redis.publish(CHANNEL, orjson.dumps({str(b): str(o) for b, o in ids.items()}))
@@ -111,9 +127,7 @@ class LiveFeed:
 
     async def _deliver(self) -> None:
         while True:
-            await self._in_ready.wait()
-            await asyncio.sleep(DEBOUNCE)
-            self._in_ready.clear()
+            await settled(self._in_ready)
             ids, self._incoming = self._incoming, {}
             if not self.clients:
                 continue
@@ -176,11 +190,7 @@ class LiveFeed:
         ]
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancelled(self._tasks)
 
 
 def track(sessionmaker: async_sessionmaker[AsyncSession], feed: LiveFeed) -> None:

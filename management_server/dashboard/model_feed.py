@@ -19,7 +19,7 @@ import orjson
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from management_server.dashboard.live import DEBOUNCE, LiveFeed
+from management_server.dashboard.live import LiveFeed, cancelled, settled
 from management_server.db import listen
 from management_server.freqai.models import ModelVersion
 from management_server.freqai.schemas import ModelOut
@@ -52,9 +52,7 @@ class ModelFeed:
 
     async def _deliver(self) -> None:
         while True:
-            await self._ready.wait()
-            await asyncio.sleep(DEBOUNCE)
-            self._ready.clear()
+            await settled(self._ready)
             changed, self._changed = self._changed, {}
             if not self.feed.clients:
                 continue
@@ -77,8 +75,4 @@ class ModelFeed:
         ]
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancelled(self._tasks)

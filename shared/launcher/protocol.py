@@ -27,6 +27,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from shared.files import atomic_write
+
 MAX_MESSAGE = 1 << 20
 MAX_FDS = 4
 
@@ -52,12 +54,8 @@ def exit_record(exits: Path, pid: int) -> Path:
 
 def write_exit(exits: Path, pid: int, create_time: float, exit_code: int) -> None:
     """Atomically, mode 0600: a reader sees the whole record or none."""
-    final = exit_record(exits, pid)
-    part = final.with_suffix(".part")
-    fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump({"pid": pid, "create_time": create_time, "exit_code": exit_code}, f)
-    os.replace(part, final)
+    record = {"pid": pid, "create_time": create_time, "exit_code": exit_code}
+    atomic_write(exit_record(exits, pid), json.dumps(record).encode())
 
 
 def read_exit(exits: Path, pid: int, create_time: float, tolerance: float) -> int | None:

@@ -219,8 +219,7 @@ class BotProcess:
         create_time: float,
         started_at: datetime,
         popen: subprocess.Popen[bytes] | None = None,
-        launcher: Launcher | None = None,
-        launched_by: Literal["exec", "fork"] | None = None,
+        launched_by: Literal["exec", "fork"] = "exec",
         exits: Path | None = None,
         log_offset: int = 0,
         console_offset: int = 0,
@@ -233,10 +232,11 @@ class BotProcess:
         self.create_time = create_time
         self.started_at = started_at
         self._popen = popen
-        self._launched_by: Literal["exec", "fork"] = launched_by or ("fork" if launcher is not None else "exec")
-        # Where a launcher that forked it records its exit code: an adopted forked bot's parent is still the launcher
-        # of the gateway that started it.
-        self._exits = launcher.exits if launcher is not None else exits
+        self._launched_by = launched_by
+        # Where the launcher that forked it records its exit code (an adopted forked bot's parent is still the
+        # launcher of the gateway that started it), and the code once read there (it does not change).
+        self._exits = exits
+        self._recorded_exit: int | None = None
         self._spawned_monotonic = time.monotonic()
         self._log_offset = log_offset
         self._console_offset = console_offset
@@ -338,7 +338,8 @@ class BotProcess:
             pid=int(answer["pid"]),
             create_time=float(answer["create_time"]),
             started_at=started_at,
-            launcher=launcher,
+            launched_by="fork",
+            exits=launcher.exits,
             log_offset=log_offset,
             console_offset=console_offset,
         )
@@ -366,7 +367,7 @@ class BotProcess:
             pid=pid,
             create_time=create_time,
             started_at=started_at or datetime.fromtimestamp(create_time, UTC),
-            launched_by=launched_by,
+            launched_by=launched_by or "exec",
             exits=exits,
         )
 
@@ -456,9 +457,9 @@ class BotProcess:
         """
         if self._popen is not None:
             return self._popen.poll()
-        if self._exits is not None:
-            return read_exit(self._exits, self.pid, self.create_time, CREATE_TIME_TOLERANCE)
-        return None
+        if self._exits is not None and self._recorded_exit is None:
+            self._recorded_exit = read_exit(self._exits, self.pid, self.create_time, CREATE_TIME_TOLERANCE)
+        return self._recorded_exit
 
     # ------------------------------------------------------------------ logs
 

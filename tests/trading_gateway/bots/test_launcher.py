@@ -18,13 +18,14 @@ import freqtrade.main
 import psutil
 import pytest
 
+from shared.bus.messages import BotSpec
 from tests.exchange_simulator.conftest import SimulatorProcess
 from tests.helpers import until
 from tests.trading_gateway.bots.conftest import ALWAYS_ENTER, GRACE, START_TIMEOUT, THROTTLE, make_spec, new_bot_id
 from tests.trading_gateway.bots.test_process import open_trades
 from trading_gateway.bots.adoption import adopt
 from trading_gateway.bots.files import BotFiles
-from trading_gateway.bots.launch import launch_bot
+from trading_gateway.bots.launch import LaunchedBot, launch_bot
 from trading_gateway.bots.launcher import Launcher, LauncherError, Launchers, LauncherSlot
 from trading_gateway.bots.ports import PortPool
 from trading_gateway.bots.process import bot_environment
@@ -44,6 +45,27 @@ WITH_STUBBORN_HELPER = (
     "import subprocess as _sp\n"
     "_sp.Popen(['sh', '-c', 'trap \"\" TERM; echo $$ > helper.pid; exec sleep 600'])\n" + WHO_IMPORTS
 )
+
+
+async def launch(
+    launcher: Launcher,
+    simulator: SimulatorProcess,
+    pool: PortPool,
+    files: BotFiles,
+    spec: BotSpec | None = None,
+    state: StateFile | None = None,
+) -> LaunchedBot:
+    """``spec`` (AlwaysEnter on BTC/USDT by default) launched through ``launcher`` on the simulator."""
+    return await launch_bot(
+        spec or make_spec(),
+        files,
+        pool,
+        simulator_url=simulator.url,
+        start_timeout=START_TIMEOUT,
+        process_throttle_secs=THROTTLE,
+        state=state,
+        launcher=launcher,
+    )
 
 
 @pytest.fixture
@@ -69,16 +91,7 @@ async def test_a_forked_bot_trades_like_an_execd_one_and_user_code_runs_only_in_
     files = BotFiles(bots_root, new_bot_id())
     state = StateFile(tmp_path / "bots-state.json")
     t0 = time.monotonic()
-    launched = await launch_bot(
-        make_spec(strategy_source=WITH_STUBBORN_HELPER),
-        files,
-        pool,
-        simulator_url=simulator.url,
-        start_timeout=START_TIMEOUT,
-        process_throttle_secs=THROTTLE,
-        state=state,
-        launcher=launcher,
-    )
+    launched = await launch(launcher, simulator, pool, files, make_spec(strategy_source=WITH_STUBBORN_HELPER), state)
     process, ready = launched.process, launched.ready
     try:
         assert process.launcher == "fork"
@@ -129,15 +142,7 @@ async def test_a_launch_the_launcher_cannot_do_is_execd(
 ) -> None:
     launcher.close()  # gone: no request can reach it
     files = BotFiles(bots_root, new_bot_id())
-    launched = await launch_bot(
-        make_spec(),
-        files,
-        pool,
-        simulator_url=simulator.url,
-        start_timeout=START_TIMEOUT,
-        process_throttle_secs=THROTTLE,
-        launcher=launcher,
-    )
+    launched = await launch(launcher, simulator, pool, files)
     try:
         assert launched.process.launcher == "exec"
         assert psutil.Process(launched.process.pid).ppid() == os.getpid()
@@ -197,15 +202,7 @@ async def test_a_bot_outlives_its_launcher_and_the_next_launch_starts_another(
     slot = LauncherSlot(tmp_path / "launcher", env=bot_environment())
     first = await slot.get()
     assert first is not None
-    launched = await launch_bot(
-        make_spec(),
-        BotFiles(bots_root, new_bot_id()),
-        pool,
-        simulator_url=simulator.url,
-        start_timeout=START_TIMEOUT,
-        process_throttle_secs=THROTTLE,
-        launcher=first,
-    )
+    launched = await launch(first, simulator, pool, BotFiles(bots_root, new_bot_id()))
     process = launched.process
     try:
         assert first.pid is not None
@@ -243,16 +240,7 @@ async def test_a_gateway_that_adopts_a_forked_bot_learns_its_exit_code(
 ) -> None:
     state_path = tmp_path / "bots-state.json"
     files = BotFiles(bots_root, new_bot_id())
-    launched = await launch_bot(
-        make_spec(),
-        files,
-        pool,
-        simulator_url=simulator.url,
-        start_timeout=START_TIMEOUT,
-        process_throttle_secs=THROTTLE,
-        state=StateFile(state_path),
-        launcher=launcher,
-    )
+    launched = await launch(launcher, simulator, pool, files, state=StateFile(state_path))
     try:
         record = StateFile(state_path).get(files.bot_id)
         assert record is not None
