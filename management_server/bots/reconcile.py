@@ -229,6 +229,8 @@ class Reconciler:
             # seconds would put a halted bot back to paused); the reports that follow it tell.
             return []
         if entry is not None and int(entry.get("generation", -1)) >= bot.generation:
+            if not entry.get("settled", True):
+                return []  # it has the bot's last command and has not acted on it yet: its state is from before
             # The gateway applied the bot's last command: what it says is the bot's state.
             if said in RUNS:
                 bot.reconcile_attempts = 0

@@ -415,14 +415,16 @@ class EmergencyStopCompletedData(Payload):
 
 
 class InventoryEntry(Payload):
-    """One bot a gateway has, as it sees it: the generation of the last command it applied, what it was told
-    (desired) and what is (actual)."""
+    """One bot a gateway has, as it sees it: the generation of the last command it received, what it was told
+    (desired) and what is (actual). ``settled`` is false while the gateway has not yet acted on that command
+    (a pause it has taken but not yet sent to the bot): ``actual`` is then the state from before it."""
 
     bot_id: uuid.UUID
     generation: int = Field(ge=0)
     desired: Literal["running", "paused", "stopped", "halted"]
     actual: Literal["stopped", "starting", "running", "paused", "stopping", "failed", "halted"]
     launcher: Literal["exec", "fork"] | None = None  # how its process started (None: it has none)
+    settled: bool = True  # older gateways report only after acting
 
 
 class GatewayHeartbeatData(Payload):

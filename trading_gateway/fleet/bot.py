@@ -78,6 +78,7 @@ class ManagedBot:
     healthy_since: float | None = None
     unanswered_since: float | None = None
     correlation_id: str | None = None
+    settled_generation: int = -1  # the generation of the last command a supervision step has acted on
     in_emergency: bool = False  # being emergency-stopped: no supervisor may be (re)started for it meanwhile
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)

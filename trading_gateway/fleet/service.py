@@ -276,6 +276,7 @@ class Fleet:
                 desired=b.desired.value,
                 actual=b.actual.value,
                 launcher=None if b.process is None else b.process.launcher,
+                settled=b.settled_generation >= b.generation,
             )
             for b in self.bots.values()
         ]
@@ -627,6 +628,7 @@ class Fleet:
             else:
                 self.supervisor.clear_failure(bot)
                 bot.actual = Actual.halted
+                bot.settled_generation = bot.generation
             outcomes.append(result.to_message())
         return outcomes, fleet
 

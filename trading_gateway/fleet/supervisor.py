@@ -144,8 +144,10 @@ class Supervisor:
         structlog.contextvars.bind_contextvars(bot_id=bot.bot_id)
         while not self.stopping:
             bot.wake.clear()
+            generation = bot.generation  # a command taken during the step is acted on by the next one
             try:
                 await self._step(bot)
+                bot.settled_generation = generation
             except Exception as exc:
                 log.exception("bot supervision step failed")
                 bot.last_error = f"internal error: {type(exc).__name__}: {describe_error(exc)}"[:2000]

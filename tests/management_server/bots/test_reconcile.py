@@ -154,6 +154,22 @@ async def test_states_left_behind_by_a_crash_are_set_right(management: Managemen
     assert await outbox(management) == ["START_BOT", "START_BOT"]  # nothing sent for either
 
 
+async def test_a_report_from_before_the_gateway_acted_on_a_pause_does_not_undo_it(management: Management) -> None:
+    admin, bot_id = await running_bot(management)
+    assert (await management.client.post(f"/api/v1/bots/{bot_id}/pause", headers=admin)).status_code == 200
+    await set_bot(management, bot_id, actual_state="paused")  # the bot's paused status has come in
+    # The heartbeat was built after the gateway took the PAUSE (generation 2) and before its bot's supervisor had
+    # sent it to Freqtrade: the bot still ran then.
+    taken = entry(bot_id, 2, "paused", "running").model_copy(update={"settled": False})
+    await inventory(management, [taken])
+    await reconciler(management).pass_once()
+    assert (await bot_row(management, bot_id)).actual_state == "paused"
+
+    await inventory(management, [entry(bot_id, 2, "paused", "running")])  # acted on, and the bot runs: it is true
+    await reconciler(management).pass_once()
+    assert (await bot_row(management, bot_id)).actual_state == "running"
+
+
 async def test_what_runs_and_should_not_is_stopped(management: Management) -> None:
     _, bot_id = await running_bot(management)
     await set_bot(management, bot_id, desired_state="stopped", generation=2)  # its STOP_BOT was lost

@@ -142,6 +142,11 @@ async def test_a_bot_driven_over_the_bus(
             lambda e: e.data.bots_by_state.get("paused") == 1 and e.occurred_at.timestamp() > t_pause,
             what="a heartbeat counting the bot as paused",
         )
+        # No heartbeat says the bot ran after the gateway had acted on its PAUSE (generation 5).
+        for beat in await bus.of(GatewayHeartbeat):
+            for item in beat.data.inventory or []:
+                if item.generation == 5 and item.settled:
+                    assert item.actual == "paused", beat
         t_resume = time.time()
         assert isinstance(await bus.answer(await bus.send(resume(bot_id, 6))), CommandAccepted)
         await bus.wait(
