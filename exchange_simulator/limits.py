@@ -9,9 +9,9 @@
   doubling, to 3 days.
 
 The control API: ``GET /_sim/limits`` (the settings, and per IP the minute's weight, 429s, 418s, bans),
-``PUT /_sim/limits`` ``{"weight_per_minute", "ban_after"}`` (``0``: no limit), ``DELETE /_sim/limits/bans`` (every
-ban lifted, every Retry-After forgotten; the counts stay). On by default with Binance's numbers
-(``FREQFLEET_SIMULATOR_WEIGHT_LIMIT``; ``0`` turns it off).
+``PUT /_sim/limits`` ``{"weight_per_minute", "ban_after", "first_ban_seconds"}`` (``0``: no limit),
+``DELETE /_sim/limits/bans`` (every ban lifted, every Retry-After forgotten; the counts stay). On by default with
+Binance's numbers (``FREQFLEET_SIMULATOR_WEIGHT_LIMIT``; ``0`` turns it off).
 """
 
 from __future__ import annotations
@@ -29,47 +29,17 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from exchange_simulator import binance
 from exchange_simulator.api import OWN_PREFIXES, PREFIX
+from shared import binance_api
 
-WEIGHT_LIMIT = 6000  # REQUEST_WEIGHT per minute per IP, as exchangeInfo says
+WEIGHT_LIMIT = binance_api.REQUEST_WEIGHT  # per minute per IP
 BAN_AFTER = 10  # requests sent during a Retry-After before the IP is banned
 FIRST_BAN = 120.0  # seconds; doubled for each ban after it
 LONGEST_BAN = 3 * 24 * 3600.0
 
 
-def _depth_weight(limit: int) -> int:
-    return 5 if limit <= 100 else 25 if limit <= 500 else 50 if limit <= 1000 else 250
-
-
-def _symbols_count(params: Mapping[str, str]) -> int | None:
-    """How many symbols a ``symbols=["A","B"]`` parameter names; None without one."""
-    raw = params.get("symbols")
-    if raw is None:
-        return None
-    return max(1, raw.count(",") + 1)
-
-
 def weight(path: str, params: Mapping[str, str]) -> int:
-    """The weight Binance charges for ``path`` with ``params`` (1 for anything it does not list)."""
-    name = path.removeprefix(f"{PREFIX}/")
-    if name == "exchangeInfo":
-        return 20
-    if name in ("klines", "uiKlines"):
-        return 2
-    if name == "depth":
-        try:
-            return _depth_weight(int(params.get("limit", "100")))
-        except ValueError:
-            return 5
-    if name == "ticker/24hr":
-        if "symbol" in params:
-            return 2
-        count = _symbols_count(params)
-        if count is None or count > 100:
-            return 80
-        return 2 if count <= 20 else 40
-    if name in ("ticker/price", "ticker/bookTicker"):
-        return 2 if "symbol" in params else 4
-    return 1
+    """The weight Binance charges for ``path`` with ``params`` (:func:`shared.binance_api.weight`)."""
+    return binance_api.weight(path.removeprefix(f"{PREFIX}/"), params)
 
 
 @dataclass
@@ -113,12 +83,14 @@ class WeightLimits:
         self.configured = (limit, ban_after)
         self.limit = limit
         self.ban_after = ban_after
+        self.first_ban = FIRST_BAN
         self.clock = clock
         self.addresses: dict[str, Address] = {}
 
     def reset(self) -> None:
         """The configured limit again, and nothing counted (``POST /_sim/reset``)."""
         self.limit, self.ban_after = self.configured
+        self.first_ban = FIRST_BAN
         self.addresses = {}
 
     def check(self, ip: str, cost: int) -> Verdict:
@@ -136,7 +108,7 @@ class WeightLimits:
             address.ignored += 1
             if address.ignored >= self.ban_after:
                 address.bans += 1
-                seconds = min(LONGEST_BAN, FIRST_BAN * 2 ** (address.bans - 1))
+                seconds = min(LONGEST_BAN, self.first_ban * 2 ** (address.bans - 1))
                 address.banned_until = now + seconds
                 address.retry_until, address.ignored = 0.0, 0
                 address.requests_418 += 1
@@ -178,6 +150,7 @@ class WeightLimits:
         return {
             "weight_per_minute": self.limit,
             "ban_after": self.ban_after,
+            "first_ban_seconds": self.first_ban,
             "ips": ips,
             "requests_429": sum(a["requests_429"] for a in ips.values()),
             "requests_418": sum(a["requests_418"] for a in ips.values()),
@@ -233,6 +206,12 @@ class LimitsIn(BaseModel):
     ban_after: int | None = Field(
         default=None, ge=1, le=10_000, description="Requests sent during a Retry-After before a ban."
     )
+    first_ban_seconds: float | None = Field(
+        default=None,
+        gt=0,
+        le=LONGEST_BAN,
+        description="How long a first ban lasts (Binance: 2 minutes); doubled after.",
+    )
 
 
 def _limits(request: Request) -> WeightLimits:
@@ -251,6 +230,8 @@ async def set_limits(body: LimitsIn, request: Request) -> dict[str, Any]:
     limits.limit = body.weight_per_minute
     if body.ban_after is not None:
         limits.ban_after = body.ban_after
+    if body.first_ban_seconds is not None:
+        limits.first_ban = body.first_ban_seconds
     return limits.view()
 
 

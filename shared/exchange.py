@@ -28,6 +28,7 @@ SECRET_EXCHANGE_KEYS = frozenset(
     {"key", "secret", "password", "uid", "apiKey", "api_key", "private_key", "privateKey", "wallet_address"}
 )
 REDACTED = "***"
+PUBLIC_API_SUFFIX = "/api/v3"  # what ccxt's public API URL adds to the simulator's (or the relay's) base URL
 _CCXT_ID = re.compile(r"^[a-z][a-z0-9_]{1,40}$")
 
 
@@ -43,7 +44,7 @@ class ExchangeCredentials:
 
 def _simulator_ccxt_config(simulator_url: str) -> dict[str, Any]:
     return {
-        "urls": {"api": {"public": simulator_url.rstrip("/") + "/api/v3"}},
+        "urls": {"api": {"public": simulator_url.rstrip("/") + PUBLIC_API_SUFFIX}},
         "options": {"fetchMarkets": {"types": ["spot"]}, "fetchCurrencies": False},
     }
 

@@ -51,6 +51,33 @@ class GatewaySettings(CommonSettings):
             "own copy; for debugging, and the fallback when the launcher can't)."
         ),
     )
+    # market-data relay (trading_gateway/relay)
+    relay: bool = Field(
+        default=True,
+        description="Bots on an exchange the relay knows (the simulator: Binance's API) get their market data through "
+        "the gateway's relay: cached, coalesced, inside one request-weight budget for the host's IP. Off: every bot "
+        "asks the exchange directly.",
+    )
+    relay_port: int = Field(
+        default=0,
+        ge=0,
+        le=65535,
+        description="The relay's port on 127.0.0.1; 0: one is chosen at the first start and kept in the data folder "
+        "(bots' configs name it).",
+    )
+    relay_cache_mb: int = Field(default=64, ge=1, description="Memory for answers the relay keeps (LRU), in MiB.")
+    relay_weight_share: float = Field(
+        default=0.9,
+        gt=0,
+        le=1,
+        description="Share of the exchange's request-weight limit the relay spends (the rest is headroom for "
+        "anything else on this IP).",
+    )
+    relay_max_wait: float = Field(
+        default=5.0,
+        ge=0,
+        description="Longest a bot's request waits for the budget before the relay answers it 429 itself.",
+    )
     bot_stop_grace: float = Field(
         default=15, gt=0, description="Seconds a stopping bot gets after SIGTERM before it is killed."
     )

@@ -117,6 +117,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
                 capacity=fleet.capacity,
                 bots_by_state=fleet.bots_by_state,
                 inventory=fleet.inventory,
+                relay=None if fleet.relay is None else fleet.relay.summary,
             )
             app.state.heartbeat = heartbeat
             heartbeat.start()

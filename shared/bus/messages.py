@@ -448,6 +448,11 @@ class GatewayHeartbeatData(Payload):
     )
     memory_total_bytes: int | None = Field(default=None, ge=0, description="The host's physical memory.")
     memory_percent: float | None = Field(default=None, ge=0, le=100, description="memory_used_bytes of the total.")
+    relay: dict[str, Any] | None = Field(
+        default=None,
+        description="Its market-data relay's numbers: per exchange the IP's weight this minute, the limit, queued, "
+        "refused and blocked requests, upstream requests, hits, misses, coalesced; its cache (None: no relay).",
+    )
     inventory: list[InventoryEntry] | None = Field(
         default=None,
         max_length=10_000,

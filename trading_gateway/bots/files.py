@@ -40,6 +40,7 @@ from typing import Any, Literal, Protocol
 from shared import python_source
 from shared.bus.messages import BotSpec, SealedCredentials
 from shared.exchange import (
+    PUBLIC_API_SUFFIX,
     SIMULATOR,
     ExchangeCredentials,
     offline_config,
@@ -386,3 +387,15 @@ def render_config(
         dry_run=spec.dry_run,
         data=data,
     )
+
+
+def market_url_in(config_path: Path) -> str | None:
+    """The market-data base URL a running bot's config names (the simulator's or the relay's, without ``/api/v3``);
+    None for a real exchange reached directly, or a config that can't be read."""
+    try:
+        with open_read_nofollow(config_path) as f:
+            config = json.loads(f.read())
+        public = config["exchange"]["ccxt_config"]["urls"]["api"]["public"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return str(public).removesuffix(PUBLIC_API_SUFFIX) if isinstance(public, str) else None

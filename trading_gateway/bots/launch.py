@@ -109,7 +109,7 @@ async def launch_bot(
             )
             files.write(config, spec.strategy_source)
             env = bot_environment()
-            policy = sandbox.prepare(files, config, spec, env) if sandbox is not None else None
+            policy = sandbox.prepare(files, config, spec, env, market_url=simulator_url) if sandbox else None
             process = await _start(files, config, executable, env, policy, launcher)
         except BaseException:
             pool.release(port)

@@ -65,27 +65,29 @@ def bot_policy(
     *,
     env: dict[str, str],
     uid: int | None,
-    simulator_url: str | None,
+    market_url: str | None,
 ) -> Policy | None:
-    """The sandbox of one bot's process (None when the host has none)."""
+    """The sandbox of one bot's process (None when the host has none); it may connect to ``market_url`` (the
+    simulator or the gateway's relay) or, for a real exchange reached directly, to HTTPS."""
     return host.policy(
         files.folder,
         env=env,
         uid=uid,
         bind_ports=[config.port],
-        connect_ports=exchange_ports(simulator_url, spec.exchange),
+        connect_ports=exchange_ports(market_url, spec.exchange),
     )
 
 
 class BotSandboxing:
     """What the gateway does for each spawn: refuse, or pick the uid, hand the folder over, build the policy."""
 
-    def __init__(self, host: HostSandbox, root: Path, *, simulator_url: str | None) -> None:
+    def __init__(self, host: HostSandbox, root: Path) -> None:
         self.host = host
         self.uids = BotUids(root, host.uid_base)
-        self.simulator_url = simulator_url
 
-    def prepare(self, files: BotFiles, config: BotConfig, spec: BotSpec, env: dict[str, str]) -> Policy | None:
+    def prepare(
+        self, files: BotFiles, config: BotConfig, spec: BotSpec, env: dict[str, str], *, market_url: str | None
+    ) -> Policy | None:
         """Call after the bot's files are written, right before the spawn.
 
         :raises BotConfigError: a plain user's strategy on a host without a sandbox (and no explicit allowance).
@@ -104,5 +106,5 @@ class BotSandboxing:
             spec,
             env=env,
             uid=uid,
-            simulator_url=self.simulator_url,
+            market_url=market_url,
         )

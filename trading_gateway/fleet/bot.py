@@ -78,6 +78,7 @@ class ManagedBot:
     healthy_since: float | None = None
     unanswered_since: float | None = None
     correlation_id: str | None = None
+    market_url: str | None = None  # the simulator's or the relay's URL its process was started with
     settled_generation: int = -1  # the generation of the last command a supervision step has acted on
     in_emergency: bool = False  # being emergency-stopped: no supervisor may be (re)started for it meanwhile
     wake: asyncio.Event = field(default_factory=asyncio.Event)
@@ -108,6 +109,8 @@ class BotView:
     open_trades: int
     crash_count: int
     last_error: str | None
+    market_data: str | None = None  # "relay", or "direct" and why; None without a process
+    relay: dict[str, float] | None = None  # its numbers at the relay (hits, misses, coalesced, weight, queue wait)
 
 
 def lifecycle_id(bot: ManagedBot, kind: str, process: BotProcess) -> uuid.UUID:

@@ -35,6 +35,17 @@ class BotOut(BaseModel):
     open_trades: int
     crash_count: int = Field(description="Crashes within the crash-loop window.")
     last_error: str | None
+    market_data: str | None = Field(
+        default=None,
+        description="How its process gets market data: `relay` (the gateway's market-data relay), or `direct` and "
+        "why (no relay adapter for its exchange, the relay off, or started before the relay: relayed from its "
+        "next start).",
+    )
+    relay: dict[str, float] | None = Field(
+        default=None,
+        description="Its numbers at the relay: requests, hits, misses, coalesced, private, refused, errors, weight "
+        "sent upstream for it, seconds its requests waited for the budget.",
+    )
 
 
 class BotsOut(BaseModel):

@@ -81,7 +81,7 @@ from trading_gateway.bots.adoption import AdoptionReport, adopt
 from trading_gateway.bots.client import BotApiError, FreqtradeClient
 from trading_gateway.bots.credentials import ApiCredentials
 from trading_gateway.bots.emergency import EmergencyResult, FleetEmergencyResult, emergency_stop_all
-from trading_gateway.bots.files import BotConfigError, BotFiles, render_config
+from trading_gateway.bots.files import BotConfigError, BotFiles, market_url_in, render_config
 from trading_gateway.bots.launcher import launcher_folder
 from trading_gateway.bots.ports import NoFreePort, PortPool
 from trading_gateway.bots.process import BotProcess
@@ -109,6 +109,7 @@ from trading_gateway.fleet.trades import TradeReporter
 from trading_gateway.freqai.installs import MODELS_FILE
 from trading_gateway.freqai.service import ModelDelivery, ModelService
 from trading_gateway.identity import GatewayIdentity, load_or_create
+from trading_gateway.relay.keeper import RelayKeeper
 
 log = get_logger(__name__)
 
@@ -144,6 +145,8 @@ class Fleet:
         self.supervisor = Supervisor(
             settings, events, self.models, self.identity, self.state, self.pool, executable=executable
         )
+        self.relay = RelayKeeper(settings) if settings.relay else None
+        self.supervisor.relay = self.relay
 
     # ================================================================== lifecycle
 
@@ -154,7 +157,9 @@ class Fleet:
         host = await asyncio.to_thread(
             detect, self.settings.sandbox_uid_base, self.settings.sandbox_limits, self.settings.allow_unsandboxed
         )
-        self.supervisor.sandboxing = BotSandboxing(host, self.root, simulator_url=self.settings.simulator_url)
+        self.supervisor.sandboxing = BotSandboxing(host, self.root)
+        if self.relay is not None:  # before any bot starts: their configs name it
+            await self.relay.start()
         exits = launcher_folder(self.root) / "exits"  # forked bots' exit codes, whichever gateway forked them
         report = await adopt(self.state, self.pool, bots_root=self.bots_root, api_timeout=adopt_timeout, exits=exits)
         self.adoption = report
@@ -177,6 +182,7 @@ class Fleet:
             process = adopted.process
             live.process = process
             live.api = process.client(timeout=API_TIMEOUT)
+            live.market_url = market_url_in(live.files.config)
             live.freqtrade_version = adopted.record.freqtrade_version
             live.freqtrade_state = adopted.state
             live.actual = Actual.paused if adopted.state == "paused" else Actual.running
@@ -187,6 +193,7 @@ class Fleet:
             if (silent := self.bots.get(unresponsive.record.bot_id)) is None:
                 continue
             silent.process = unresponsive.process
+            silent.market_url = market_url_in(silent.files.config)
             silent.api = unresponsive.process.client(timeout=API_TIMEOUT)
             silent.kill_reason = f"it did not answer when this gateway started ({unresponsive.reason})"
         for dead in report.dead:
@@ -232,6 +239,8 @@ class Fleet:
         if self.supervisor.launchers is not None:  # it exits once its bots have (at once when they were stopped)
             await self.supervisor.launchers.close(wait=5.0 if stop_bots else 0.0)
         await self.models.stop()
+        if self.relay is not None:
+            await self.relay.stop()
         if self._reports:  # emergency reports still on their way to Redis or the outbox
             await asyncio.gather(*self._reports, return_exceptions=True)
         log.info("fleet stopped", stopped_bots=stop_bots, bots_with_a_process=len(live))
@@ -316,6 +325,8 @@ class Fleet:
                     open_trades=bot.open_trades,
                     crash_count=self.supervisor.crash_count(bot),
                     last_error=bot.failed_reason or bot.last_error,
+                    market_data=self.supervisor.market_data(bot),
+                    relay=None if self.relay is None else self.relay.bot_numbers(bot.bot_id),
                 )
             )
         return views
@@ -478,7 +489,7 @@ class Fleet:
                 bot.files,
                 port=process.port,
                 credentials=process.credentials,
-                simulator_url=self.settings.simulator_url,
+                simulator_url=bot.market_url or self.settings.simulator_url,  # its sandbox may connect there only
                 process_throttle_secs=self.settings.bot_process_throttle_secs,
                 initial_state="paused" if bot.desired is Desired.paused else "running",
                 freqai_model=self.models.runtime(bot),

@@ -36,7 +36,7 @@ from shared.bus.messages import (
 )
 from shared.logging import get_logger
 from shared.metrics import BOT_FAILURES, BOT_RESTARTS
-from trading_gateway.bots.client import BotApiError
+from trading_gateway.bots.client import BotApiError, FreqtradeClient
 from trading_gateway.bots.files import BotConfigError
 from trading_gateway.bots.launch import launch_bot
 from trading_gateway.bots.launcher import Launchers, launcher_folder
@@ -62,6 +62,7 @@ from trading_gateway.fleet.bot import (
 from trading_gateway.fleet.trades import closed_trades_from_api, closed_trades_from_db
 from trading_gateway.freqai.service import ModelService
 from trading_gateway.identity import GatewayIdentity
+from trading_gateway.relay.keeper import RelayKeeper
 
 log = get_logger(__name__)
 
@@ -100,6 +101,27 @@ class Supervisor:
             Launchers(launcher_folder(settings.gateway_data_dir), env=bot_environment()) if forking else None
         )
         self.stopping = False  # the gateway is shutting down: no supervisor is started any more
+        self.relay: RelayKeeper | None = None  # the market-data relay (FREQFLEET_RELAY), set by the fleet
+
+    def market_url(self, bot: ManagedBot) -> str:
+        """Where a new process of ``bot`` gets market data: the relay when it carries the bot's exchange, else the
+        simulator (a real exchange without a relay adapter is reached directly, whatever this says)."""
+        relayed = None
+        if self.relay is not None and bot.spec is not None:
+            relayed = self.relay.url_for(bot.spec.exchange, bot.bot_id)
+        return relayed or self.settings.simulator_url
+
+    def market_data(self, bot: ManagedBot) -> str | None:
+        """How the bot's process gets market data, in words (None without a process)."""
+        if bot.process is None or bot.spec is None:
+            return None
+        if self.relay is not None and bot.market_url is not None and bot.market_url.startswith(self.relay.base_url):
+            return "relay"
+        if self.relay is None:
+            return "direct: the relay is off (FREQFLEET_RELAY=false)"
+        if self.relay.url_for(bot.spec.exchange, bot.bot_id) is None:
+            return f"direct: the relay has no adapter for {bot.spec.exchange!r}"
+        return "direct: started before the relay; relayed from its next start"
 
     async def stop_at_shutdown(self, bot: ManagedBot, grace: float) -> None:
         process = bot.process
@@ -217,13 +239,14 @@ class Supervisor:
         bot.actual = Actual.starting
         bot.launching = True
         bot.restart_requested = False  # this start uses the newest spec; a RESTART from now on asks for another
+        market_url = self.market_url(bot)
         try:
             async with bot.lock:
                 launched = await launch_bot(
                     spec,
                     bot.files,
                     self.pool,
-                    simulator_url=self.settings.simulator_url,
+                    simulator_url=market_url,
                     start_timeout=self.settings.bot_start_timeout,
                     process_throttle_secs=self.settings.bot_process_throttle_secs,
                     initial_state="paused" if bot.desired is Desired.paused else "running",
@@ -256,6 +279,7 @@ class Supervisor:
         self.sync_intent(bot)  # launch_bot wrote the intent it was given; a command may have changed it since
         process, ready = launched.process, launched.ready
         bot.process = process
+        bot.market_url = market_url
         bot.api = process.client(timeout=API_TIMEOUT)
         bot.freqtrade_version = ready.freqtrade_version
         bot.freqtrade_state = ready.state
@@ -290,6 +314,14 @@ class Supervisor:
         try:
             snapshot = await api.snapshot()
         except BotApiError as exc:
+            if await self._answers(api):
+                # Alive: what failed needs the exchange (open trades' current rates), which is slow or refusing this
+                # IP (a 429 or a 418 ban Freqtrade waits out). Killing the bot would not help, and restarted it
+                # could not even load its markets.
+                bot.unanswered_since = None
+                why = "though its API answers: the exchange is slow or refusing this IP"
+                bot.last_error = f"its status can't be read ({exc}), {why}"[:2000]
+                return
             if bot.unanswered_since is None:
                 bot.unanswered_since = now
             bot.healthy_since = None
@@ -353,6 +385,15 @@ class Supervisor:
                 ),
             )
         )
+
+    @staticmethod
+    async def _answers(api: FreqtradeClient) -> bool:
+        """Whether the bot's API answers a request that does not touch the exchange (``show_config``)."""
+        try:
+            await api.show_config()
+        except BotApiError:
+            return False
+        return True
 
     async def _stop(self, bot: ManagedBot, process: BotProcess, reason: str) -> None:
         """Stop a bot we want stopped (REST stop, SIGTERM, SIGKILL after the grace period)."""

@@ -15,6 +15,7 @@ import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import psutil
 
@@ -60,6 +61,7 @@ class Heartbeat:
         capacity: Callable[[], int] | None = None,
         bots_by_state: Callable[[], Mapping[str, int]] = dict,
         inventory: Callable[[], list[InventoryEntry]] | None = None,
+        relay: Callable[[], dict[str, Any] | None] | None = None,
     ) -> None:
         self.settings = settings
         self.publisher = publisher
@@ -67,6 +69,7 @@ class Heartbeat:
         self.capacity = capacity  # default: max_bots minus the bots running
         self.bots_by_state = bots_by_state
         self.inventory = inventory
+        self.relay = relay
         self.started_at = datetime.now(UTC)
         self.sent = 0
         self._stopping = asyncio.Event()
@@ -92,6 +95,7 @@ class Heartbeat:
                 memory_total_bytes=load.memory_total_bytes,
                 memory_percent=load.memory_percent,
                 inventory=None if self.inventory is None else self.inventory(),
+                relay=None if self.relay is None else self.relay(),
                 api_url=self.settings.api_url,
             ),
         )

@@ -114,6 +114,12 @@ async def test_a_bot_driven_over_the_bus(
         assert sum(beat.data.bots_by_state.values()) == 1
         assert beat.data.cpu_percent is not None
         assert beat.data.memory_used_bytes is not None
+        # Its market data came through the gateway's relay, which the heartbeat reports on.
+        assert view["market_data"] == "relay"
+        assert view["relay"] is not None
+        assert view["relay"]["requests"] > 0
+        assert beat.data.relay is not None
+        assert beat.data.relay["exchanges"]["simulator"]["upstream_requests"] > 0
 
         # UPDATE_CONFIG: two trades at a time, applied by reload_config in the same process.
         t_update = time.time()

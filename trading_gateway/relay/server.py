@@ -1,0 +1,309 @@
+"""The relay's HTTP server: bots' market-data requests in, one budgeted, cached, coalesced stream out per exchange.
+
+A bot reaches it at ``http://127.0.0.1:<port>/x/<exchange>/<bot_id>`` + the exchange's API prefix
+(``/api/v3/klines?...``): the bot's id only counts its requests and gives it its turn in the queue. Only the
+exchange's API prefix is forwarded (the relay is not an open proxy). Public ``GET`` requests are answered from the
+cache when the answer is still true, else one request goes upstream for all bots asking the same; private (signed)
+requests and anything not cacheable go upstream as they are, in the same budget.
+
+``/_relay/health`` says it is up (and whose it is), ``/_relay/stats`` gives the numbers (per exchange and per bot)
+the gateway puts in its heartbeat, ``/metrics`` the same for Prometheus.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import httpx
+import orjson
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from shared.logging import get_logger
+from trading_gateway.relay.adapters import Adapter
+from trading_gateway.relay.budget import Budget, Refused
+from trading_gateway.relay.cache import Answer, AnswerCache, cache_key
+
+log = get_logger(__name__)
+
+PASSED_HEADERS = ("content-type", "retry-after")
+HOP_BY_HOP = frozenset(
+    {"host", "connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "content-length"}
+)
+UPSTREAM_TIMEOUT = 10.0
+
+
+@dataclass
+class BotNumbers:
+    requests: int = 0
+    hits: int = 0
+    misses: int = 0
+    coalesced: int = 0
+    private: int = 0
+    refused: int = 0
+    errors: int = 0
+    weight: int = 0  # weight sent upstream on its behalf
+    queue_wait_seconds: float = 0.0
+
+
+class Upstream:
+    """One exchange: its adapter, base URL, client and budget."""
+
+    def __init__(self, exchange: str, adapter: Adapter, base_url: str, budget: Budget) -> None:
+        self.exchange = exchange
+        self.adapter = adapter
+        self.base_url = base_url.rstrip("/")
+        self.budget = budget
+        self.client = httpx.AsyncClient(
+            base_url=self.base_url,
+            timeout=UPSTREAM_TIMEOUT,
+            limits=httpx.Limits(max_connections=32, max_keepalive_connections=16),
+        )
+        self.requests = 0
+
+
+class Relay:
+    def __init__(self, upstreams: dict[str, Upstream], *, cache_bytes: int, gateway_id: str) -> None:
+        self.upstreams = upstreams
+        self.cache = AnswerCache(cache_bytes)
+        self.gateway_id = gateway_id
+        self.started_at = time.time()
+        self.bots: dict[tuple[str, str], BotNumbers] = defaultdict(BotNumbers)
+        self.registry = CollectorRegistry()
+        self.m_requests = Counter(
+            "freqfleet_relay_requests",
+            "Bots' requests by exchange, bot and how they were answered (hit, miss, coalesced, private, refused, "
+            "error).",
+            ["exchange", "bot_id", "outcome"],
+            registry=self.registry,
+        )
+        self.m_weight = Counter(
+            "freqfleet_relay_weight",
+            "Request weight sent upstream, by exchange and the bot it was sent for.",
+            ["exchange", "bot_id"],
+            registry=self.registry,
+        )
+        self.m_wait = Counter(
+            "freqfleet_relay_queue_wait_seconds",
+            "Seconds bots' requests waited for the budget.",
+            ["exchange", "bot_id"],
+            registry=self.registry,
+        )
+        self.m_used = Gauge(
+            "freqfleet_relay_used_weight_1m",
+            "The IP's request weight this minute.",
+            ["exchange"],
+            registry=self.registry,
+        )
+        self.m_blocked = Gauge(
+            "freqfleet_relay_blocked_seconds",
+            "Seconds the relay still sends nothing upstream (a 429's Retry-After or a 418 ban).",
+            ["exchange"],
+            registry=self.registry,
+        )
+        self.m_cache = Gauge("freqfleet_relay_cache_bytes", "Bytes of answers kept.", registry=self.registry)
+
+    def app(self) -> Starlette:
+        @contextlib.asynccontextmanager
+        async def lifespan(_: Starlette) -> AsyncIterator[None]:
+            yield
+            for upstream in self.upstreams.values():
+                await upstream.client.aclose()
+
+        return Starlette(
+            routes=[
+                Route("/_relay/health", self.health, methods=["GET"]),
+                Route("/_relay/stats", self.stats_route, methods=["GET"]),
+                Route("/metrics", self.metrics, methods=["GET"]),
+                Route(
+                    "/x/{exchange}/{bot_id}/{rest:path}",
+                    self.relay,
+                    methods=["GET", "POST", "PUT", "DELETE"],
+                ),
+            ],
+            lifespan=lifespan,
+        )
+
+    async def health(self, _: Request) -> Response:
+        return _json({"ok": True, "gateway_id": self.gateway_id, "exchanges": sorted(self.upstreams)})
+
+    def stats(self) -> dict[str, Any]:
+        exchanges = {}
+        for name, upstream in self.upstreams.items():
+            numbers = [n for (e, _), n in self.bots.items() if e == name]
+            exchanges[name] = {
+                **upstream.budget.view(),
+                "upstream_requests": upstream.requests,
+                **{k: sum(getattr(n, k) for n in numbers) for k in ("requests", "hits", "misses", "coalesced")},
+            }
+        return {
+            "gateway_id": self.gateway_id,
+            "started_at": self.started_at,
+            "exchanges": exchanges,
+            "cache": {"entries": len(self.cache), "bytes": self.cache.bytes, "max_bytes": self.cache.max_bytes},
+            "bots": {bot: {"exchange": e, **asdict(n)} for (e, bot), n in sorted(self.bots.items())},
+        }
+
+    async def stats_route(self, _: Request) -> Response:
+        return _json(self.stats())
+
+    async def metrics(self, _: Request) -> Response:
+        for name, upstream in self.upstreams.items():
+            view = upstream.budget.view()
+            self.m_used.labels(name).set(float(view["used_weight_1m"]))  # type: ignore[arg-type]
+            self.m_blocked.labels(name).set(float(view["blocked_for_seconds"]))  # type: ignore[arg-type]
+        self.m_cache.set(self.cache.bytes)
+        return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
+
+    def _count(self, exchange: str, bot: str, outcome: str) -> BotNumbers:
+        numbers = self.bots[(exchange, bot)]
+        numbers.requests += 1
+        self.m_requests.labels(exchange, bot, outcome).inc()
+        return numbers
+
+    async def relay(self, request: Request) -> Response:
+        exchange, bot, rest = (request.path_params[k] for k in ("exchange", "bot_id", "rest"))
+        upstream = self.upstreams.get(exchange)
+        path = "/" + rest
+        if upstream is None or not path.startswith(upstream.adapter.prefix + "/"):
+            return _error(404, f"the relay forwards only {exchange!r}'s API, and this is not it: {path}")
+        adapter = upstream.adapter
+        name = path.removeprefix(adapter.prefix + "/")
+        params = dict(request.query_params)
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        if adapter.is_private(request.method, params, headers):
+            body = await request.body()
+            numbers = self._count(exchange, bot, "private")
+            numbers.private += 1
+            return await self._send(
+                upstream, bot, numbers, "private", (request.method, path, request.url.query, headers, body)
+            )
+        numbers = self.bots[(exchange, bot)]
+        key = cache_key(path, params)
+        if adapter.lifetime(name, params, int(time.time() * 1000)) is None:  # not kept: straight through
+            numbers = self._count(exchange, bot, "miss")
+            numbers.misses += 1
+            return await self._send(upstream, bot, numbers, "miss", ("GET", path, request.url.query, {}, b""))
+        kept = self.cache.get(key)
+        if kept is not None:
+            self._count(exchange, bot, "hit").hits += 1
+            return _answer(kept, "hit")
+
+        async def fetch() -> Answer:
+            answer = await self._upstream(upstream, bot, numbers, "GET", path, request.url.query, {}, b"")
+            if answer.status == 200:
+                seconds = adapter.lifetime(name, params, int(time.time() * 1000))
+                if seconds:
+                    self.cache.put(key, answer, seconds)
+            return answer
+
+        try:
+            answer, shared = await self.cache.coalesced(key, fetch)
+        except Refused as exc:
+            self._count(exchange, bot, "refused").refused += 1
+            return _refused(exc)
+        except httpx.HTTPError as exc:
+            self._count(exchange, bot, "error").errors += 1
+            return _error(502, f"the exchange did not answer the relay: {type(exc).__name__}")
+        outcome = "coalesced" if shared else "miss"
+        counted = self._count(exchange, bot, outcome)
+        if shared:
+            counted.coalesced += 1
+        else:
+            counted.misses += 1
+        return _answer(answer, outcome)
+
+    async def _send(
+        self,
+        upstream: Upstream,
+        bot: str,
+        numbers: BotNumbers,
+        outcome: str,
+        request: tuple[str, str, str, dict[str, str], bytes],
+    ) -> Response:
+        """A request that is not kept: sent as it is (method, path, query, headers, body), inside the budget."""
+        try:
+            answer = await self._upstream(upstream, bot, numbers, *request)
+        except Refused as exc:
+            numbers.refused += 1
+            return _refused(exc)
+        except httpx.HTTPError as exc:
+            numbers.errors += 1
+            return _error(502, f"the exchange did not answer the relay: {type(exc).__name__}")
+        return _answer(answer, outcome)
+
+    async def _upstream(
+        self,
+        upstream: Upstream,
+        bot: str,
+        numbers: BotNumbers,
+        method: str,
+        path: str,
+        query: str,
+        headers: dict[str, str],
+        body: bytes,
+    ) -> Answer:
+        """One request to the exchange, inside the budget (:class:`Refused` when it may not go)."""
+        adapter = upstream.adapter
+        params = dict(httpx.QueryParams(query))
+        weight = adapter.weight(path.removeprefix(adapter.prefix + "/"), params)
+        waited = await upstream.budget.acquire(bot, weight)
+        numbers.queue_wait_seconds += waited
+        numbers.weight += weight
+        self.m_wait.labels(upstream.exchange, bot).inc(waited)
+        self.m_weight.labels(upstream.exchange, bot).inc(weight)
+        forwarded = {k: v for k, v in headers.items() if k not in HOP_BY_HOP}
+        upstream.requests += 1
+        response = await upstream.client.request(
+            method, path + ("?" + query if query else ""), headers=forwarded, content=body or None
+        )
+        used_raw = response.headers.get(adapter.used_weight_header)
+        retry_raw = response.headers.get("retry-after")
+        upstream.budget.heard(
+            response.status_code,
+            int(used_raw) if used_raw and used_raw.isdigit() else None,
+            float(retry_raw) if retry_raw and retry_raw.replace(".", "", 1).isdigit() else None,
+        )
+        if response.status_code in (418, 429):
+            log.warning(
+                "the exchange refused the relay",
+                exchange=upstream.exchange,
+                status=response.status_code,
+                retry_after=retry_raw,
+                used_weight=used_raw,
+            )
+        passed = tuple(
+            (k, response.headers[k]) for k in (*PASSED_HEADERS, adapter.used_weight_header) if k in response.headers
+        )
+        return Answer(response.status_code, passed, response.content)
+
+
+def _json(value: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(value), status_code=status, media_type="application/json")
+
+
+def _error(status: int, message: str) -> Response:
+    return _json({"code": -1, "msg": f"Freqfleet relay: {message}"}, status)
+
+
+def _refused(exc: Refused) -> Response:
+    response = _json({"code": -1003, "msg": f"Freqfleet relay: {exc.reason}"}, exc.status)
+    response.headers["retry-after"] = str(max(1, round(exc.retry_after)))
+    return response
+
+
+def _answer(answer: Answer, outcome: str) -> Response:
+    response = Response(answer.body, status_code=answer.status)
+    for k, v in answer.headers:
+        response.headers[k] = v
+    response.headers["x-freqfleet-relay"] = outcome
+    return response
