@@ -8,6 +8,7 @@ calendar minute against ``REQUEST_WEIGHT`` (6,000), and every answer says the mi
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 
 from shared import timeframes as tf
@@ -53,6 +54,20 @@ def weight(name: str, params: Mapping[str, str]) -> int:
     if name in ("ticker/price", "ticker/bookTicker"):
         return 2 if "symbol" in params else 4
     return 1
+
+
+def limit_in(name: str, body: bytes) -> int | None:
+    """The request-weight limit per minute an ``exchangeInfo`` answer states (its ``rateLimits``); None otherwise."""
+    if name != "exchangeInfo":
+        return None
+    try:
+        limits = json.loads(body).get("rateLimits", [])
+        for item in limits:
+            if item.get("rateLimitType") == "REQUEST_WEIGHT" and item.get("interval") == "MINUTE":
+                return int(item["limit"]) // max(1, int(item.get("intervalNum", 1)))
+    except (ValueError, TypeError, AttributeError, KeyError):
+        return None
+    return None
 
 
 def _int(params: Mapping[str, str], key: str) -> int | None:

@@ -7,8 +7,9 @@ directly, and their status says so.
 
 Adding an exchange: write its ``weight`` and ``lifetime`` from the exchange's documented limits (a request the
 adapter does not know weighs what the exchange charges by default and is never cached), name the header that
-reports the used weight, set the limit, and add it to :data:`ADAPTERS` under the ccxt id the bots use. Its bots'
-config must then point ccxt's public API URL at the relay (:func:`shared.exchange.render_exchange_section`).
+reports the used weight, set the default limit and say where the exchange states its own (``limit_in``), and add it
+to :data:`ADAPTERS` under the ccxt id the bots use. Its bots' config must then point ccxt's public API URL at the
+relay (:func:`shared.exchange.render_exchange_section`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ class Adapter:
     weight: Callable[[str, Mapping[str, str]], int]  # (path after the prefix, query) -> request weight
     lifetime: Callable[[str, Mapping[str, str], int], float | None]  # (path, query, now ms) -> seconds, None: never
     used_weight_header: str
-    limit: int  # request weight per minute per IP
+    limit: int  # request weight per minute per IP, until the exchange says otherwise
+    limit_in: Callable[[str, bytes], int | None]  # (path, answer) -> the limit an answer states (exchangeInfo)
     signed_params: frozenset[str] = frozenset()  # a query with one of these is a private (signed) request
     key_headers: frozenset[str] = frozenset()  # a request with one of these carries an API key: private
 
@@ -45,6 +47,7 @@ BINANCE = Adapter(
     lifetime=binance_api.lifetime,
     used_weight_header=binance_api.USED_WEIGHT_HEADER,
     limit=binance_api.REQUEST_WEIGHT,
+    limit_in=binance_api.limit_in,
     signed_params=frozenset({"signature"}),
     key_headers=frozenset({"x-mbx-apikey"}),
 )

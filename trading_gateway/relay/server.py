@@ -281,6 +281,11 @@ class Relay:
                 retry_after=retry_raw,
                 used_weight=used_raw,
             )
+        if response.status_code == 200:
+            stated = adapter.limit_in(path.removeprefix(adapter.prefix + "/"), response.content)
+            if stated is not None and stated != upstream.budget.limit:
+                log.info("the exchange states its weight limit", exchange=upstream.exchange, limit=stated)
+                upstream.budget.limit = stated
         passed = tuple(
             (k, response.headers[k]) for k in (*PASSED_HEADERS, adapter.used_weight_header) if k in response.headers
         )
@@ -298,6 +303,7 @@ def _error(status: int, message: str) -> Response:
 def _refused(exc: Refused) -> Response:
     response = _json({"code": -1003, "msg": f"Freqfleet relay: {exc.reason}"}, exc.status)
     response.headers["retry-after"] = str(max(1, round(exc.retry_after)))
+    response.headers["x-freqfleet-relay"] = "refused"  # answered here: the exchange never saw it
     return response
 
 
