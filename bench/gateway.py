@@ -242,13 +242,17 @@ class Stack:
             start_new_session=True,
         )
 
-    def start(self, max_bots: int) -> None:
+    def start(
+        self, max_bots: int, gateway_env: dict[str, str] | None = None, simulator_env: dict[str, str] | None = None
+    ) -> None:
         self.valkey = EmbeddedValkey(self.root / "valkey", free_port())
         self.valkey.start()
         self.redis_url = self.valkey.url
         sim_port = free_port()
         self.simulator_url = f"http://127.0.0.1:{sim_port}"
-        self.simulator = self._spawn("simulator", self._env({"FREQFLEET_SIMULATOR_PORT": str(sim_port)}))
+        self.simulator = self._spawn(
+            "simulator", self._env({"FREQFLEET_SIMULATOR_PORT": str(sim_port), **(simulator_env or {})})
+        )
         self._wait_http(f"{self.simulator_url}/_sim/health", self.simulator, "the simulator")
         gw_port = free_port()
         first = free_range(2 * max_bots + 20)
@@ -272,6 +276,7 @@ class Stack:
                     "FREQFLEET_BOT_PORT_RANGE_START": str(first),
                     "FREQFLEET_BOT_PORT_RANGE_END": str(first + max_bots + 9),
                     "FREQFLEET_STOP_BOTS_ON_SHUTDOWN": "true",
+                    **(gateway_env or {}),
                 }
             ),
         )
