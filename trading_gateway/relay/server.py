@@ -182,17 +182,11 @@ class Relay:
         headers = {k.lower(): v for k, v in request.headers.items()}
         if adapter.is_private(request.method, params, headers):
             body = await request.body()
-            numbers = self._count(exchange, bot, "private")
-            numbers.private += 1
-            return await self._send(
-                upstream, bot, numbers, "private", (request.method, path, request.url.query, headers, body)
-            )
+            return await self._send(upstream, bot, "private", (request.method, path, request.url.query, headers, body))
         numbers = self.bots[(exchange, bot)]
         key = cache_key(path, params)
         if adapter.lifetime(name, params, int(time.time() * 1000)) is None:  # not kept: straight through
-            numbers = self._count(exchange, bot, "miss")
-            numbers.misses += 1
-            return await self._send(upstream, bot, numbers, "miss", ("GET", path, request.url.query, {}, b""))
+            return await self._send(upstream, bot, "miss", ("GET", path, request.url.query, {}, b""))
         kept = self.cache.get(key)
         if kept is not None:
             self._count(exchange, bot, "hit").hits += 1
@@ -226,19 +220,25 @@ class Relay:
         self,
         upstream: Upstream,
         bot: str,
-        numbers: BotNumbers,
         outcome: str,
         request: tuple[str, str, str, dict[str, str], bytes],
     ) -> Response:
-        """A request that is not kept: sent as it is (method, path, query, headers, body), inside the budget."""
+        """A request that is not kept (``outcome``: private or miss): sent as it is (method, path, query, headers,
+        body), inside the budget."""
+        numbers = self.bots[(upstream.exchange, bot)]
         try:
             answer = await self._upstream(upstream, bot, numbers, *request)
         except Refused as exc:
-            numbers.refused += 1
+            self._count(upstream.exchange, bot, "refused").refused += 1
             return _refused(exc)
         except httpx.HTTPError as exc:
-            numbers.errors += 1
+            self._count(upstream.exchange, bot, "error").errors += 1
             return _error(502, f"the exchange did not answer the relay: {type(exc).__name__}")
+        counted = self._count(upstream.exchange, bot, outcome)
+        if outcome == "private":
+            counted.private += 1
+        else:
+            counted.misses += 1
         return _answer(answer, outcome)
 
     async def _upstream(

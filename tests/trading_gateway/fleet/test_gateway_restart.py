@@ -1,5 +1,6 @@
 """A gateway that stops leaves its bots trading and the next one adopts them (same process, no second
-one); with ``stop_bots_on_shutdown`` (what ``freqfleet up`` sets) the bots stop with it and the next
+one; a bot started before the gateway had its market-data relay keeps asking the exchange itself until its next
+start); with ``stop_bots_on_shutdown`` (what ``freqfleet up`` sets) the bots stop with it and the next
 gateway starts them again. A RESTART_BOT accepted just before a gateway ends is done by the next one."""
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ async def test_a_new_gateway_adopts_the_running_bots_and_up_stops_them(
     bot_id = uuid.uuid4()
     admin = bearer(tokens.mint("admin"))
 
-    async with running_gateway(settings):
+    # The first gateway has no market-data relay (an older version): its bot asks the simulator itself.
+    async with running_gateway(settings.model_copy(update={"relay": False})):
         assert isinstance(await bus.answer(await bus.send(start(bot_id, 1))), CommandAccepted)
         first = await bus.wait(BotStarted, bot_id=bot_id)
         await bus.wait(TradeOpened, bot_id=bot_id)
@@ -72,6 +74,9 @@ async def test_a_new_gateway_adopts_the_running_bots_and_up_stops_them(
         adopted_in = time.monotonic() - t0
         view = (await gw.http.get("/api/v1/bots", headers=admin)).json()["bots"]
         assert [(v["bot_id"], v["pid"], v["actual"]) for v in view] == [(str(bot_id), first.data.pid, "running")]
+        # Adopted by a gateway with the relay, it keeps the URL (and sandbox) it was started with until its next
+        # start, and trades on.
+        assert view[0]["market_data"] == "direct: started before the relay; relayed from its next start"
         await bus.wait(BotStatus, lambda e: e.occurred_at.timestamp() > stopped_at, bot_id=bot_id)
         starts = await bus.of(BotStarted, bot_id)
         # Re-announced with the first announcement's id: the management server's dedupe drops it.
@@ -87,7 +92,7 @@ async def test_a_new_gateway_adopts_the_running_bots_and_up_stops_them(
     async with running_gateway(settings) as gw:
         again = await bus.wait(BotStarted, lambda e: e.data.pid != first.data.pid, bot_id=bot_id)
         view = (await gw.http.get("/api/v1/bots", headers=admin)).json()["bots"]
-        assert [(v["pid"], v["desired"]) for v in view] == [(again.data.pid, "running")]
+        assert [(v["pid"], v["desired"], v["market_data"]) for v in view] == [(again.data.pid, "running", "relay")]
     with capfd.disabled():
         print(f"\nsecond gateway up with its bot adopted in {adopted_in:.2f} s")
 

@@ -131,16 +131,19 @@ async def _has_stats(relay: RelayKeeper, bot: str) -> bool:
 async def test_the_ip_stays_inside_the_exchange_limit_and_the_relay_refuses_the_rest_itself(
     relay: RelayKeeper, sim: httpx.AsyncClient
 ) -> None:
-    # A limit of 60 a minute, as exchangeInfo states it (a bot's first request); the relay spends 90 % of it (54).
-    # Requests that are never kept (the server time, 1 each) from 3 bots: what is over the budget waits for the next
-    # minute or is refused by the relay itself.
+    # A limit of 60 a minute, as exchangeInfo states it (a bot's first request); the relay spends 90 % of it (54),
+    # counting what others on the IP spend (the exchange's header says it): here 20 by the test, directly. Requests
+    # that are never kept (the server time, 1 each) from 3 bots: what is over the budget waits for the next minute
+    # or is refused by the relay itself. A relay that counted only its own would send 34 more and get 429s.
     assert (await sim.put("/_sim/limits", json={"weight_per_minute": 60, "ban_after": 2})).status_code == 200
     async with httpx.AsyncClient(timeout=30) as http:
         assert (await http.get(bot_url(relay, "bot-0") + "/exchangeInfo")).status_code == 200  # 20
+        for _ in range(20):
+            assert (await sim.get("/api/v3/ping")).status_code == 200
         answers = [await http.get(bot_url(relay, f"bot-{i % 3}") + "/time") for i in range(80)]
     statuses = [a.status_code for a in answers]
     refused = [a for a in answers if a.status_code == 429]
-    assert statuses.count(200) >= 54 - 20
+    assert statuses.count(200) >= 10
     assert refused
     assert [a.headers.get("x-freqfleet-relay") for a in refused] == ["refused"] * len(refused), [
         a.text for a in refused
