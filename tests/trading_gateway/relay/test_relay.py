@@ -145,9 +145,7 @@ async def test_the_ip_stays_inside_the_exchange_limit_and_the_relay_refuses_the_
     refused = [a for a in answers if a.status_code == 429]
     assert statuses.count(200) >= 10
     assert refused
-    assert [a.headers.get("x-freqfleet-relay") for a in refused] == ["refused"] * len(refused), [
-        a.text for a in refused
-    ][:3]
+    assert {a.headers.get("x-freqfleet-relay") for a in refused} == {"refused"}  # none came from the exchange
     assert int(refused[0].headers["retry-after"]) >= 1
     state = await limits(sim)
     assert (state["requests_429"], state["requests_418"]) == (0, 0)  # the exchange refused nothing
