@@ -47,8 +47,31 @@ class StackSettings(ManagementSettings, SimulatorSettings):
 
     gateway_host: str = Field(default="127.0.0.1")
     gateway_port: int = Field(default=8001, ge=1, le=65535)
+    gateways: int = Field(
+        default=1,
+        ge=1,
+        le=9,
+        description="Gateways `up` starts on this machine, for trying several hosts on one (each its own id, port, "
+        "folder, bot ports and sandbox uids).",
+    )
+    bot_port_range_start: int = Field(default=18100, ge=1024, le=65535)
+    bot_port_range_end: int = Field(default=18299, ge=1024, le=65535)
     valkey_port: int = Field(default=6390, ge=1, le=65535, description="Port of the embedded Valkey.")
     ready_timeout: float = Field(default=120.0, gt=0, description="Seconds `up` waits for the services.")
+
+
+GATEWAY_PORT_STEP = 10  # the n-th gateway listens on FREQFLEET_GATEWAY_PORT + 10 (n - 1): 8001, 8011, 8021...
+SANDBOX_UID_STEP = 100_000  # bots of two gateways on one host never share an uid
+
+
+@dataclass(frozen=True)
+class GatewayPlace:
+    """Where the n-th gateway of `up` lives on this machine."""
+
+    gateway_id: str
+    port: int
+    bot_ports: tuple[int, int]
+    sandbox_uid_base: int
 
 
 @dataclass
@@ -56,7 +79,7 @@ class Endpoints:
     database_url: str
     redis_url: str
     management_url: str
-    gateway_url: str
+    gateway_urls: list[str]
     simulator_url: str
 
 
@@ -86,7 +109,7 @@ class Stack:
         s = self.settings
         wanted = [
             ("FREQFLEET_MANAGEMENT_PORT", s.management_host, s.management_port),
-            ("FREQFLEET_GATEWAY_PORT", s.gateway_host, s.gateway_port),
+            *(("FREQFLEET_GATEWAY_PORT", s.gateway_host, g.port) for g in self.gateway_places()),
             ("FREQFLEET_SIMULATOR_PORT", s.simulator_host, s.simulator_port),
             ("FREQFLEET_WORKER_METRICS_PORT", s.worker_metrics_host, self.worker_metrics_port),
         ]
@@ -149,13 +172,31 @@ class Stack:
     def gateway_id(self) -> str:
         return self.env.get("FREQFLEET_GATEWAY_ID") or default_gateway_id()
 
-    def enroll_gateway(self, database_url: str) -> str:
-        """Make the gateway's identity (if new) and enroll it: `up`'s own gateway needs no admin step."""
-        gateway_id = self.gateway_id()
-        identity = load_or_create(self.data_dir / "gateway" / gateway_id, gateway_id)
+    def gateway_places(self) -> list[GatewayPlace]:
+        """The gateways `up` runs (FREQFLEET_GATEWAYS): the first as one alone would be; the n-th named
+        ``<id>-<n>``, on the gateway port + 10 (n - 1), with the next range of bot ports and sandbox uids 100,000
+        further."""
+        s = self.settings
+        size = s.bot_port_range_end - s.bot_port_range_start + 1
+        return [
+            GatewayPlace(
+                gateway_id=self.gateway_id() if n == 0 else f"{self.gateway_id()}-{n + 1}",
+                port=s.gateway_port + GATEWAY_PORT_STEP * n,
+                bot_ports=(s.bot_port_range_start + size * n, s.bot_port_range_end + size * n),
+                sandbox_uid_base=s.sandbox_uid_base + SANDBOX_UID_STEP * n,
+            )
+            for n in range(s.gateways)
+        ]
+
+    def enroll_gateways(self, database_url: str) -> list[str]:
+        """Make each gateway's identity (if new) and enroll it: `up`'s own gateways need no admin step."""
         settings = self.settings.model_copy(update={"database_url": SecretStr(database_url)})
-        database.enroll_gateway(settings, identity.enrollment())
-        return gateway_id
+        enrolled = []
+        for place in self.gateway_places():
+            identity = load_or_create(self.data_dir / "gateway" / place.gateway_id, place.gateway_id)
+            database.enroll_gateway(settings, identity.enrollment())
+            enrolled.append(place.gateway_id)
+        return enrolled
 
     @property
     def management_workers(self) -> int:
@@ -189,11 +230,21 @@ class Stack:
         # The admin password is needed by nobody after bootstrap.
         env.pop("FREQFLEET_ADMIN_PASSWORD", None)
         python = sys.executable
-        gateway_env = env | {"FREQFLEET_STOP_BOTS_ON_SHUTDOWN": "true"}
-        if self.valkey is not None:  # the gateway's host runs user code: its Valkey user reaches only its keys
-            gateway_id = self.gateway_id()
-            gateway_env["FREQFLEET_GATEWAY_ID"] = gateway_id
-            gateway_env["FREQFLEET_REDIS_URL"] = self.valkey.user_url(acl_user(gateway_id), acl_rules(gateway_id))
+        gateways = []
+        for n, place in enumerate(self.gateway_places()):
+            gateway_env = env | {
+                "FREQFLEET_STOP_BOTS_ON_SHUTDOWN": "true",
+                "FREQFLEET_GATEWAY_ID": place.gateway_id,
+                "FREQFLEET_GATEWAY_PORT": str(place.port),
+                "FREQFLEET_BOT_PORT_RANGE_START": str(place.bot_ports[0]),
+                "FREQFLEET_BOT_PORT_RANGE_END": str(place.bot_ports[1]),
+                "FREQFLEET_SANDBOX_UID_BASE": str(place.sandbox_uid_base),
+            }
+            if self.valkey is not None:  # the gateway's host runs user code: its Valkey user reaches only its keys
+                user, rules = acl_user(place.gateway_id), acl_rules(place.gateway_id)
+                gateway_env["FREQFLEET_REDIS_URL"] = self.valkey.user_url(user, rules)
+            name = "gateway" if n == 0 else f"gateway-{n + 1}"
+            gateways.append(ChildSpec(name, [python, "-m", "freqfleet", "gateway"], gateway_env))
         return [
             ChildSpec("simulator", [python, "-m", "freqfleet", "simulator"], env),
             ChildSpec(
@@ -201,7 +252,7 @@ class Stack:
                 [python, "-m", "freqfleet", "management"],
                 env | {"FREQFLEET_MANAGEMENT_WORKERS": str(self.management_workers)},
             ),
-            ChildSpec("gateway", [python, "-m", "freqfleet", "gateway"], gateway_env),
+            *gateways,
             # The one worker of the embedded default also runs Celery beat (scheduled backups).
             ChildSpec(
                 "worker",
@@ -243,12 +294,12 @@ class Stack:
             if self._stop.is_set():
                 return 0
             admin = self.bootstrap(database_url)
-            self.enroll_gateway(database_url)
+            self.enroll_gateways(database_url)
             endpoints = Endpoints(
                 database_url=database_url,
                 redis_url=redis_url,
                 management_url=f"http://{self.settings.management_host}:{self.settings.management_port}",
-                gateway_url=f"http://{self.settings.gateway_host}:{self.settings.gateway_port}",
+                gateway_urls=[f"http://{self.settings.gateway_host}:{g.port}" for g in self.gateway_places()],
                 simulator_url=self.settings.simulator_url,
             )
             self.supervisor = Supervisor(self.child_specs(endpoints))
@@ -258,7 +309,7 @@ class Stack:
             if self._stop.is_set():
                 return 0
             self.supervisor.start_all()
-            self.wait_ready([endpoints.management_url, endpoints.gateway_url])
+            self.wait_ready([endpoints.management_url, *endpoints.gateway_urls])
             if not self._stop.is_set():
                 self._print_banner(endpoints, admin)
             while not self._stop.is_set():
@@ -297,7 +348,10 @@ class Stack:
             f"  management server  {endpoints.management_url}   (API docs: {endpoints.management_url}/docs;"
             f" {self.management_workers} process{'es' if self.management_workers > 1 else ''}:"
             " FREQFLEET_MANAGEMENT_WORKERS)",
-            f"  trading gateway    {endpoints.gateway_url}",
+            *(
+                f"  trading gateway    {url}   ({place.gateway_id})"
+                for url, place in zip(endpoints.gateway_urls, self.gateway_places(), strict=True)
+            ),
             f"  exchange simulator {endpoints.simulator_url}   (Binance API: /api/v3, control: /_sim/state)",
             f"  database           {redact_url(endpoints.database_url)}",
             f"  redis              {redact_url(endpoints.redis_url)}",

@@ -100,7 +100,7 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def start_up(data_dir: Path, tmp_path: Path, admin_password: str | None = None) -> Up:
+def start_up(data_dir: Path, tmp_path: Path, admin_password: str | None = None, **extra: str) -> Up:
     env = {
         k: v for k, v in os.environ.items() if not k.startswith("FREQFLEET_") and k not in ("DATABASE_URL", "REDIS_URL")
     }
@@ -119,6 +119,7 @@ def start_up(data_dir: Path, tmp_path: Path, admin_password: str | None = None) 
     )
     if admin_password is not None:
         env["FREQFLEET_ADMIN_PASSWORD"] = admin_password
+    env.update(extra)
     log = tmp_path / f"up-{len(list(tmp_path.glob('up-*.log')))}.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(  # a process group of its own, as a terminal gives `make run`
@@ -246,6 +247,12 @@ def test_up_serves_bootstraps_restarts_and_stops_cleanly(data_dir: Path, tmp_pat
     assert "Received SIGINT" not in valkey_log
 
 
+def up_gateways(up: Up) -> list[str]:
+    return sorted(
+        str(row["gateway_id"]) for row in up.query("SELECT gateway_id FROM gateways WHERE last_seen_at IS NOT NULL")
+    )
+
+
 def test_second_up_finds_its_data(data_dir: Path, tmp_path: Path) -> None:
     first = start_up(data_dir, tmp_path)
     try:
@@ -259,11 +266,21 @@ def test_second_up_finds_its_data(data_dir: Path, tmp_path: Path) -> None:
     finally:
         assert stop_up(first) == set()
 
-    second = start_up(data_dir, tmp_path)
+    # Again, with a second gateway on this machine (FREQFLEET_GATEWAYS): the first keeps its id and port, the
+    # second has its own, 10 ports further, and both report to the management server.
+    second = start_up(data_dir, tmp_path, FREQFLEET_GATEWAYS="2")
     try:
         assert second.users() == users  # same admin, same id and hash: nothing re-created
         assert "admin password" not in second.output()  # the generated password is shown once only
         assert redis.Redis.from_url(second.redis_url).get("freqfleet:test:marker") == b"kept"
+        other = f"http://127.0.0.1:{int(second.gateway.rsplit(':', 1)[1]) + 10}"
+        wait_for(lambda: _ready(other), timeout=60, what="the second gateway ready")
+        gateways = wait_for(
+            lambda: len(rows := up_gateways(second)) == 2 and rows, timeout=30, what="both gateways' heartbeats"
+        )
+        first_id = gateways[0]
+        assert gateways == [first_id, f"{first_id}-2"]
+        assert f"trading gateway    {other}   ({first_id}-2)" in second.output()
     finally:
         assert stop_up(second) == set()
 
