@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import shutil
 import tempfile
 import time
@@ -72,6 +73,7 @@ class Way:
     failed: int = 0
     relay: dict[str, Any] | None = None
     errors: list[str] = field(default_factory=list)
+    restart_reasons: list[str] = field(default_factory=list)
 
 
 def spec(i: int) -> BotSpec:
@@ -144,8 +146,22 @@ async def one_way(name: str, plan: Plan) -> Way:
     finally:
         stack.stop()
     way.errors = logged_errors(root / "gateway.log")
+    way.restart_reasons = restart_reasons(root / "gateway.log")
     shutil.rmtree(root, ignore_errors=True)
     return way
+
+
+def restart_reasons(log: Path) -> list[str]:
+    """Why the gateway restarted bots (its "bot crashed; restarting it" lines)."""
+    found = []
+    for line in log.read_text(errors="replace").splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and entry.get("event") == "bot crashed; restarting it":
+            found.append(str(entry.get("reason", "")))
+    return found
 
 
 def report(plan: Plan, ways: list[Way]) -> str:
@@ -176,15 +192,17 @@ def report(plan: Plan, ways: list[Way]) -> str:
         ratio = relayed.market_requests / max(1, direct.market_requests)
         lines.append(f"  market requests at the exchange: relay / direct = {ratio:.2f}")
     for w in ways:
+        for reason in w.restart_reasons:
+            lines.append(f"  {w.name}: a bot restarted: {reason[:300]}")
         if w.errors:
             lines.append(f"  {w.name}: the gateway logged {len(w.errors)} error(s): first {w.errors[0][:300]}")
     return "\n".join(lines)
 
 
-def run(quick: bool = False, plan: Plan | None = None) -> None:
+def run(quick: bool = False, plan: Plan | None = None, names: tuple[str, ...] = ("direct", "relay")) -> None:
     plan = plan or (QUICK if quick else FULL)
     print(f"Market data for {plan.bots} bots on one IP: direct (baseline) against the gateway's relay", flush=True)
-    ways = [asyncio.run(one_way(name, plan)) for name in ("direct", "relay")]
+    ways = [asyncio.run(one_way(name, plan)) for name in names]
     print(report(plan, ways), flush=True)
     per_minute: dict[str, list[int]] = defaultdict(list)
     for w in ways:
@@ -197,6 +215,8 @@ if __name__ == "__main__":
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--bots", type=int)
     parser.add_argument("--minutes", type=float)
+    parser.add_argument("--way", choices=("direct", "relay"), help="one way only (no baseline: for looking closer)")
     args = parser.parse_args()
     base = QUICK if args.quick else FULL
-    run(plan=Plan(bots=args.bots or base.bots, minutes=args.minutes or base.minutes))
+    plan = Plan(bots=args.bots or base.bots, minutes=args.minutes or base.minutes)
+    run(plan=plan, names=(args.way,) if args.way else ("direct", "relay"))
