@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -40,6 +40,14 @@ HOP_BY_HOP = frozenset(
     {"host", "connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "content-length"}
 )
 UPSTREAM_TIMEOUT = 10.0
+OUTCOME_FIELDS = {
+    "hit": "hits",
+    "miss": "misses",
+    "coalesced": "coalesced",
+    "private": "private",
+    "refused": "refused",
+    "error": "errors",
+}
 
 
 @dataclass
@@ -164,11 +172,26 @@ class Relay:
         self.m_cache.set(self.cache.bytes)
         return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
 
-    def _count(self, exchange: str, bot: str, outcome: str) -> BotNumbers:
+    def _count(self, exchange: str, bot: str, outcome: str) -> None:
+        """One request of ``bot`` answered so (hit, miss, coalesced, private, refused, error)."""
         numbers = self.bots[(exchange, bot)]
         numbers.requests += 1
+        field = OUTCOME_FIELDS[outcome]
+        setattr(numbers, field, getattr(numbers, field) + 1)
         self.m_requests.labels(exchange, bot, outcome).inc()
-        return numbers
+
+    async def _finish(self, exchange: str, bot: str, call: Awaitable[tuple[Answer, str]]) -> Response:
+        """The bot's answer from ``call`` (an answer and how it was had), or the relay's refusal or error."""
+        try:
+            answer, outcome = await call
+        except Refused as exc:
+            self._count(exchange, bot, "refused")
+            return _refused(exc)
+        except httpx.HTTPError as exc:
+            self._count(exchange, bot, "error")
+            return _error(502, f"the exchange did not answer the relay: {type(exc).__name__}")
+        self._count(exchange, bot, outcome)
+        return _answer(answer, outcome)
 
     async def relay(self, request: Request) -> Response:
         exchange, bot, rest = (request.path_params[k] for k in ("exchange", "bot_id", "rest"))
@@ -180,16 +203,18 @@ class Relay:
         name = path.removeprefix(adapter.prefix + "/")
         params = dict(request.query_params)
         headers = {k.lower(): v for k, v in request.headers.items()}
+        numbers = self.bots[(exchange, bot)]
         if adapter.is_private(request.method, params, headers):
             body = await request.body()
-            return await self._send(upstream, bot, "private", (request.method, path, request.url.query, headers, body))
-        numbers = self.bots[(exchange, bot)]
-        key = cache_key(path, params)
+            sent = (request.method, path, request.url.query, headers, body)
+            return await self._finish(exchange, bot, self._sent(upstream, bot, numbers, "private", sent))
         if adapter.lifetime(name, params, int(time.time() * 1000)) is None:  # not kept: straight through
-            return await self._send(upstream, bot, "miss", ("GET", path, request.url.query, {}, b""))
+            sent = ("GET", path, request.url.query, {}, b"")
+            return await self._finish(exchange, bot, self._sent(upstream, bot, numbers, "miss", sent))
+        key = cache_key(path, params)
         kept = self.cache.get(key)
         if kept is not None:
-            self._count(exchange, bot, "hit").hits += 1
+            self._count(exchange, bot, "hit")
             return _answer(kept, "hit")
 
         async def fetch() -> Answer:
@@ -200,46 +225,22 @@ class Relay:
                     self.cache.put(key, answer, seconds)
             return answer
 
-        try:
+        async def kept_or_fetched() -> tuple[Answer, str]:
             answer, shared = await self.cache.coalesced(key, fetch)
-        except Refused as exc:
-            self._count(exchange, bot, "refused").refused += 1
-            return _refused(exc)
-        except httpx.HTTPError as exc:
-            self._count(exchange, bot, "error").errors += 1
-            return _error(502, f"the exchange did not answer the relay: {type(exc).__name__}")
-        outcome = "coalesced" if shared else "miss"
-        counted = self._count(exchange, bot, outcome)
-        if shared:
-            counted.coalesced += 1
-        else:
-            counted.misses += 1
-        return _answer(answer, outcome)
+            return answer, "coalesced" if shared else "miss"
 
-    async def _send(
+        return await self._finish(exchange, bot, kept_or_fetched())
+
+    async def _sent(
         self,
         upstream: Upstream,
         bot: str,
+        numbers: BotNumbers,
         outcome: str,
         request: tuple[str, str, str, dict[str, str], bytes],
-    ) -> Response:
-        """A request that is not kept (``outcome``: private or miss): sent as it is (method, path, query, headers,
-        body), inside the budget."""
-        numbers = self.bots[(upstream.exchange, bot)]
-        try:
-            answer = await self._upstream(upstream, bot, numbers, *request)
-        except Refused as exc:
-            self._count(upstream.exchange, bot, "refused").refused += 1
-            return _refused(exc)
-        except httpx.HTTPError as exc:
-            self._count(upstream.exchange, bot, "error").errors += 1
-            return _error(502, f"the exchange did not answer the relay: {type(exc).__name__}")
-        counted = self._count(upstream.exchange, bot, outcome)
-        if outcome == "private":
-            counted.private += 1
-        else:
-            counted.misses += 1
-        return _answer(answer, outcome)
+    ) -> tuple[Answer, str]:
+        """A request that is not kept (method, path, query, headers, body), sent as it is inside the budget."""
+        return await self._upstream(upstream, bot, numbers, *request), outcome
 
     async def _upstream(
         self,
