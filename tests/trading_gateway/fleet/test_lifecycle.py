@@ -42,6 +42,7 @@ from tests.trading_gateway.conftest import (
     stop,
     update_config,
 )
+from tests.trading_gateway.fleet.test_monitoring import samples, value
 from trading_gateway.bots.adoption import find_orphans
 from trading_gateway.config import GatewaySettings
 from trading_gateway.fleet.trades import trade_event_id
@@ -114,12 +115,29 @@ async def test_a_bot_driven_over_the_bus(
         assert sum(beat.data.bots_by_state.values()) == 1
         assert beat.data.cpu_percent is not None
         assert beat.data.memory_used_bytes is not None
-        # Its market data came through the gateway's relay, which the heartbeat reports on.
+        # Its market data came through the gateway's relay, whose numbers (read every second) the gateway shows, its
+        # heartbeat reports and its /metrics exposes.
         assert view["market_data"] == "relay"
-        assert view["relay"] is not None
-        assert view["relay"]["requests"] > 0
-        assert beat.data.relay is not None
-        assert beat.data.relay["exchanges"]["simulator"]["upstream_requests"] > 0
+
+        async def relayed() -> dict[str, float] | None:
+            numbers: dict[str, float] | None = (await gw.http.get("/api/v1/bots", headers=admin)).json()["bots"][0][
+                "relay"
+            ]
+            return numbers if numbers and numbers["requests"] > 0 else None
+
+        await async_wait_for(relayed, timeout=10, what="the bot's numbers at the relay")
+        await bus.wait(
+            GatewayHeartbeat,
+            lambda e: bool(e.data.relay and e.data.relay["exchanges"]["simulator"]["upstream_requests"] > 0),
+            what="a heartbeat with the relay's numbers",
+        )
+        found = await samples(gw)  # and the gateway's /metrics, per exchange and per bot
+        assert value(found, "freqfleet_gateway_relay_upstream_requests_total", exchange="simulator") > 0
+        assert (
+            value(found, "freqfleet_gateway_relay_requests_total", bot_id=str(bot_id), outcome="hits")
+            + value(found, "freqfleet_gateway_relay_requests_total", bot_id=str(bot_id), outcome="misses")
+            > 0
+        )
 
         # UPDATE_CONFIG: two trades at a time, applied by reload_config in the same process.
         t_update = time.time()
