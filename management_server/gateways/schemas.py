@@ -36,7 +36,9 @@ class GatewayOut(BaseModel):
     load: dict[str, Any] | None = Field(
         default=None,
         description="The host as the last heartbeat reported it: cpu_percent, cpu_count, memory_percent, "
-        "memory_used_bytes, memory_total_bytes, bots_by_state (what the gateway's version reports).",
+        "memory_used_bytes, memory_total_bytes, bots_by_state, and its market-data relay's numbers (relay: per "
+        "exchange the IP's weight this minute and its limit, upstream requests, hits, misses, refused; the cache) "
+        "(what the gateway's version reports).",
     )
 
 

@@ -119,6 +119,8 @@ async def record_heartbeat(session: AsyncSession, beat: GatewayHeartbeat) -> Non
         "api_url": data.api_url,
         "load": {name: value for name in LOAD_FIELDS if (value := getattr(data, name)) is not None} or None,
     }
+    if data.relay is not None:  # its market-data relay: the host IP's request weight, what the cache saves
+        values["load"] = (values["load"] or {}) | {"relay": data.relay}
     if data.inventory is not None:
         values["inventory"] = [entry.model_dump(mode="json") for entry in data.inventory]
         values["inventory_at"] = beat.occurred_at

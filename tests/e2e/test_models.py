@@ -166,6 +166,11 @@ async def test_train_deploy_swap_and_roll_back_a_model_in_a_running_bot(
     load = page.page.locator(f'#gateways tr[data-gateway="{stack.gateway_id}"] td.load')
     await load.wait_for(timeout=30_000)
     assert "CPU" in (await load.text_content() or "")
+    # and its market-data relay: the IP's weight against the exchange's limit, what its cache answered
+    market = page.page.locator(f'#gateways tr[data-gateway="{stack.gateway_id}"] td.market')
+    assert "of 6,000 weight/min" in (await market.text_content() or "")
+    assert "% from cache" in (await market.text_content() or "")
+    await page.shot("gateways", screenshots)
     # The audit page, searched by who acted: only the admin's entries.
     await page.page.goto(f"{stack.management}/#/audit")
     await page.page.select_option('#audit-search select[name="actor_id"]', label=ADMIN_EMAIL)

@@ -52,6 +52,8 @@ async def test_a_running_gateway_appears_in_the_management_database(
         assert load["cpu_count"] >= 1
         assert 0 <= load["memory_percent"] <= 100
         assert load["bots_by_state"]["running"] == 0
+        relay = load["relay"]["exchanges"]["simulator"]  # its market-data relay's budget for the host's IP
+        assert (relay["limit"], relay["used_weight_1m"]) == (6000, 0)
     finally:
         await engine.dispose()
 

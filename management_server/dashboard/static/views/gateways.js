@@ -10,6 +10,22 @@ function load(figures) {
   return parts.join(" · ") || "—";
 }
 
+// What the gateway's market-data relay says of the host's IP at each exchange: weight this minute against the
+// limit, the share of bots' requests answered from its cache, and a refusal of the exchange it is waiting out.
+function market(figures) {
+  const exchanges = figures?.relay?.exchanges;
+  if (!exchanges || !Object.keys(exchanges).length) return "—";
+  return Object.entries(exchanges)
+    .map(([name, e]) => {
+      const n = (x) => Number(x).toLocaleString("en-US");
+      const parts = [`${name}: ${n(e.used_weight_1m)} of ${n(e.limit)} weight/min`];
+      if (e.requests) parts.push(`${Math.round((100 * e.hits) / e.requests)} % from cache`);
+      if (e.blocked_status) parts.push(`exchange said ${e.blocked_status}: waiting ${e.blocked_for_seconds} s`);
+      return parts.join(" · ");
+    })
+    .join("; ");
+}
+
 export async function renderGateways(view) {
   const gateways = await api("/api/v1/gateways");
   clear(
@@ -18,7 +34,7 @@ export async function renderGateways(view) {
     h(
       "table",
       { id: "gateways" },
-      h("thead", {}, h("tr", {}, ["Gateway", "Status", "Host", "Bots / capacity", "Load", "Last heartbeat", "Version"].map((c) => h("th", {}, c)))),
+      h("thead", {}, h("tr", {}, ["Gateway", "Status", "Host", "Bots / capacity", "Load", "Market data", "Last heartbeat", "Version"].map((c) => h("th", {}, c)))),
       h(
         "tbody",
         {},
@@ -31,6 +47,7 @@ export async function renderGateways(view) {
             h("td", {}, g.host || "—"),
             h("td", { class: "num" }, `${g.bots_running} / ${g.capacity}`),
             h("td", { class: "load" }, load(g.load)),
+            h("td", { class: "market" }, market(g.load)),
             h("td", {}, age(g.last_seen_at)),
             h("td", {}, g.version || "—"),
           ),
