@@ -34,6 +34,7 @@ log = get_logger(__name__)
 CHECK_INTERVAL = 1.0
 START_TIMEOUT = 20.0
 FAILED_CHECKS = 3  # checks in a row without an answer before a live but silent relay is replaced
+MAX_RETRY_WAIT = 60.0  # seconds between tries to start a relay that keeps failing to start
 
 
 def relay_folder(gateway_data: Path) -> Path:
@@ -107,7 +108,8 @@ class RelayKeeper:
             popen.kill()
             popen.wait(5)
 
-    async def _spawn(self) -> None:
+    async def _spawn(self) -> bool:
+        """Start the relay and wait until it answers; whether it did."""
         argv = [sys.executable, "-I", "-m", "trading_gateway.relay", "--port", str(self.port)]
         argv += ["--gateway-id", self.settings.gateway_id, "--parent", str(os.getpid())]
         argv += ["--cache-mb", str(self.settings.relay_cache_mb), "--share", str(self.settings.relay_weight_share)]
@@ -122,9 +124,14 @@ class RelayKeeper:
                 break
             if await self._healthy():
                 log.info("relay ready", port=self.port, pid=self._popen.pid, starts=self.starts)
-                return
+                return True
             await asyncio.sleep(0.1)
-        log.error("the relay did not start: bots' market data fails until it does", port=self.port)
+        log.error(
+            "the relay did not start: bots' market data fails until it does (see relay.log)",
+            port=self.port,
+            exit_code=self._popen.poll(),
+        )
+        return False
 
     def _run(self, argv: list[str]) -> subprocess.Popen[bytes]:
         # From the event loop's thread (a fork and an exec: milliseconds): the relay's death signal is tied to the
@@ -143,29 +150,36 @@ class RelayKeeper:
             return False
         if answer.status_code != 200:
             return False
-        stats: dict[str, Any] = answer.json()
-        if stats.get("gateway_id") != self.settings.gateway_id:
+        try:
+            stats: dict[str, Any] = answer.json()
+        except ValueError:
+            return False  # something else has the port
+        if not isinstance(stats, dict) or stats.get("gateway_id") != self.settings.gateway_id:
             return False  # something else has the port
         self.last_stats = stats
         return True
 
     async def _watch(self) -> None:
-        missed = 0
+        missed = failures = 0
         while True:
-            await asyncio.sleep(CHECK_INTERVAL)
-            popen = self._popen
-            exited = popen is None or popen.poll() is not None
-            missed = 0 if not exited and await self._healthy() else missed + 1
-            if exited or missed >= FAILED_CHECKS:
-                code = None if popen is None else popen.returncode
-                log.warning("relay gone: starting it again", exit_code=code, missed_checks=missed, port=self.port)
-                self.last_stats = None
-                if popen is not None and popen.poll() is None:
-                    with contextlib.suppress(ProcessLookupError):
-                        popen.send_signal(signal.SIGKILL)
-                    await asyncio.to_thread(popen.wait)
-                await self._spawn()
-                missed = 0
+            # After starts that failed (its port taken, a broken install), wait longer each time, up to a minute.
+            await asyncio.sleep(CHECK_INTERVAL if not failures else min(MAX_RETRY_WAIT, 2.0**failures))
+            try:
+                popen = self._popen
+                exited = popen is None or popen.poll() is not None
+                missed = 0 if not exited and await self._healthy() else missed + 1
+                if exited or missed >= FAILED_CHECKS:
+                    code = None if popen is None else popen.returncode
+                    log.warning("relay gone: starting it again", exit_code=code, missed_checks=missed, port=self.port)
+                    self.last_stats = None
+                    if popen is not None and popen.poll() is None:
+                        with contextlib.suppress(ProcessLookupError):
+                            popen.send_signal(signal.SIGKILL)
+                        await asyncio.to_thread(popen.wait)
+                    failures = 0 if await self._spawn() else failures + 1
+                    missed = 0
+            except Exception:  # the keeper must outlive a surprise: bots depend on it
+                log.exception("relay keeper check failed")
 
     def bot_numbers(self, bot_id: str) -> dict[str, float] | None:
         """The bot's numbers at the relay (requests, hits, misses, coalesced, weight, queue wait...), as of the last

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -199,3 +200,36 @@ async def _restarted(relay: RelayKeeper) -> bool:
 
 
 pytestmark = pytest.mark.usefixtures("own_simulator")
+
+
+async def test_a_relay_that_cannot_start_is_tried_again_ever_more_slowly(
+    own_simulator: SimulatorProcess, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with socket.socket() as busy:  # its port taken by another program
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        settings = GatewaySettings(
+            env=Environment.test,
+            data_dir=tmp_path,
+            redis_url=SecretStr("redis://127.0.0.1:1/0"),
+            gateway_id="gw-relay",
+            simulator_url=own_simulator.url,
+            relay_port=busy.getsockname()[1],
+        )
+        keeper = RelayKeeper(settings)
+        await keeper.start()  # does not hang nor raise: the gateway starts, bots' market data fails meanwhile
+        try:
+            watched = time.monotonic() + 7
+            await async_wait_for(lambda: _after(watched), timeout=10, what="7 s")
+            # Tries after 2 s, then 4 s...: not one a second.
+            assert 2 <= keeper.starts <= 4, keeper.starts
+            task = keeper._task  # the keeper lives on
+            assert task is not None
+            assert not task.done()
+            assert "the relay did not start" in caplog.text
+        finally:
+            await keeper.stop()
+
+
+async def _after(moment: float) -> bool:
+    return time.monotonic() >= moment
