@@ -639,8 +639,8 @@ async def bench(profile: Profile) -> None:
     shutil.rmtree(root, ignore_errors=True)
 
 
-def logged_errors(path: Path) -> list[str]:
-    """The gateway's JSON log lines at level error or worse."""
+def log_entries(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    """The JSON log's lines, each with what it holds (lines that are not a JSON object are left out)."""
     found = []
     with contextlib.suppress(FileNotFoundError):
         for line in path.read_text(errors="replace").splitlines():
@@ -648,9 +648,14 @@ def logged_errors(path: Path) -> list[str]:
                 entry = json.loads(line)
             except ValueError:
                 continue
-            if isinstance(entry, dict) and entry.get("level") in ("error", "critical"):
-                found.append(line)
+            if isinstance(entry, dict):
+                found.append((line, entry))
     return found
+
+
+def logged_errors(path: Path) -> list[str]:
+    """The gateway's JSON log lines at level error or worse."""
+    return [line for line, entry in log_entries(path) if entry.get("level") in ("error", "critical")]
 
 
 def run(quick: bool = False) -> None:

@@ -19,12 +19,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import shutil
 import tempfile
 import time
 import uuid
-from collections import defaultdict
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -41,6 +39,7 @@ from bench.gateway import (
     Events,
     Stack,
     command_publisher,
+    log_entries,
     logged_errors,
 )
 from shared.bus.messages import BotFailed, BotSpec, BotStarted, GatewayHeartbeat, StartBot, StartBotData
@@ -153,15 +152,7 @@ async def one_way(name: str, plan: Plan) -> Way:
 
 def restart_reasons(log: Path) -> list[str]:
     """Why the gateway restarted bots (its "bot crashed; restarting it" lines)."""
-    found = []
-    for line in log.read_text(errors="replace").splitlines():
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(entry, dict) and entry.get("event") == "bot crashed; restarting it":
-            found.append(str(entry.get("reason", "")))
-    return found
+    return [str(e.get("reason", "")) for _, e in log_entries(log) if e.get("event") == "bot crashed; restarting it"]
 
 
 def report(plan: Plan, ways: list[Way]) -> str:
@@ -204,10 +195,8 @@ def run(quick: bool = False, plan: Plan | None = None, names: tuple[str, ...] = 
     print(f"Market data for {plan.bots} bots on one IP: direct (baseline) against the gateway's relay", flush=True)
     ways = [asyncio.run(one_way(name, plan)) for name in names]
     print(report(plan, ways), flush=True)
-    per_minute: dict[str, list[int]] = defaultdict(list)
-    for w in ways:
-        per_minute[w.name] = [v for _, v in sorted(w.weight_by_minute.items())]
-    print(f"  weight per calendar minute: {dict(per_minute)}")
+    per_minute = {w.name: [v for _, v in sorted(w.weight_by_minute.items())] for w in ways}
+    print(f"  weight per calendar minute: {per_minute}")
 
 
 if __name__ == "__main__":

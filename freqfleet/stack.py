@@ -231,7 +231,8 @@ class Stack:
         env.pop("FREQFLEET_ADMIN_PASSWORD", None)
         python = sys.executable
         gateways = []
-        for n, place in enumerate(self.gateway_places()):
+        places = self.gateway_places()
+        for n, place in enumerate(places):
             gateway_env = env | {
                 "FREQFLEET_STOP_BOTS_ON_SHUTDOWN": "true",
                 "FREQFLEET_GATEWAY_ID": place.gateway_id,
@@ -240,10 +241,10 @@ class Stack:
                 "FREQFLEET_BOT_PORT_RANGE_END": str(place.bot_ports[1]),
                 "FREQFLEET_SANDBOX_UID_BASE": str(place.sandbox_uid_base),
             }
-            if len(self.gateway_places()) > 1 and "FREQFLEET_RELAY_WEIGHT_SHARE" not in self.env:
+            if len(places) > 1 and "FREQFLEET_RELAY_WEIGHT_SHARE" not in self.env:
                 # One IP, one exchange limit, a relay per gateway: each spends its part of it (they also see what the
                 # others spent in the exchange's used-weight header, but only after the fact).
-                gateway_env["FREQFLEET_RELAY_WEIGHT_SHARE"] = f"{0.9 / len(self.gateway_places()):.4f}"
+                gateway_env["FREQFLEET_RELAY_WEIGHT_SHARE"] = f"{0.9 / len(places):.4f}"
             if self.valkey is not None:  # the gateway's host runs user code: its Valkey user reaches only its keys
                 user, rules = acl_user(place.gateway_id), acl_rules(place.gateway_id)
                 gateway_env["FREQFLEET_REDIS_URL"] = self.valkey.user_url(user, rules)

@@ -6,8 +6,8 @@ exchange's API prefix is forwarded (the relay is not an open proxy). Public ``GE
 cache when the answer is still true, else one request goes upstream for all bots asking the same; private (signed)
 requests and anything not cacheable go upstream as they are, in the same budget.
 
-``/_relay/health`` says it is up (and whose it is), ``/_relay/stats`` gives the numbers (per exchange and per bot)
-the gateway puts in its heartbeat, ``/metrics`` the same for Prometheus.
+``/_relay/stats`` gives its numbers (per exchange and per bot): its keeper reads them every second as its health
+check, and the gateway puts them in its heartbeat, its bot list and its ``/metrics``.
 """
 
 from __future__ import annotations
@@ -21,8 +21,6 @@ from typing import Any
 
 import httpx
 import orjson
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -86,39 +84,6 @@ class Relay:
         self.gateway_id = gateway_id
         self.started_at = time.time()
         self.bots: dict[tuple[str, str], BotNumbers] = defaultdict(BotNumbers)
-        self.registry = CollectorRegistry()
-        self.m_requests = Counter(
-            "freqfleet_relay_requests",
-            "Bots' requests by exchange, bot and how they were answered (hit, miss, coalesced, private, refused, "
-            "error).",
-            ["exchange", "bot_id", "outcome"],
-            registry=self.registry,
-        )
-        self.m_weight = Counter(
-            "freqfleet_relay_weight",
-            "Request weight sent upstream, by exchange and the bot it was sent for.",
-            ["exchange", "bot_id"],
-            registry=self.registry,
-        )
-        self.m_wait = Counter(
-            "freqfleet_relay_queue_wait_seconds",
-            "Seconds bots' requests waited for the budget.",
-            ["exchange", "bot_id"],
-            registry=self.registry,
-        )
-        self.m_used = Gauge(
-            "freqfleet_relay_used_weight_1m",
-            "The IP's request weight this minute.",
-            ["exchange"],
-            registry=self.registry,
-        )
-        self.m_blocked = Gauge(
-            "freqfleet_relay_blocked_seconds",
-            "Seconds the relay still sends nothing upstream (a 429's Retry-After or a 418 ban).",
-            ["exchange"],
-            registry=self.registry,
-        )
-        self.m_cache = Gauge("freqfleet_relay_cache_bytes", "Bytes of answers kept.", registry=self.registry)
 
     def app(self) -> Starlette:
         @contextlib.asynccontextmanager
@@ -129,9 +94,7 @@ class Relay:
 
         return Starlette(
             routes=[
-                Route("/_relay/health", self.health, methods=["GET"]),
                 Route("/_relay/stats", self.stats_route, methods=["GET"]),
-                Route("/metrics", self.metrics, methods=["GET"]),
                 Route(
                     "/x/{exchange}/{bot_id}/{rest:path}",
                     self.relay,
@@ -140,9 +103,6 @@ class Relay:
             ],
             lifespan=lifespan,
         )
-
-    async def health(self, _: Request) -> Response:
-        return _json({"ok": True, "gateway_id": self.gateway_id, "exchanges": sorted(self.upstreams)})
 
     def stats(self) -> dict[str, Any]:
         exchanges = {}
@@ -164,21 +124,12 @@ class Relay:
     async def stats_route(self, _: Request) -> Response:
         return _json(self.stats())
 
-    async def metrics(self, _: Request) -> Response:
-        for name, upstream in self.upstreams.items():
-            view = upstream.budget.view()
-            self.m_used.labels(name).set(float(view["used_weight_1m"]))  # type: ignore[arg-type]
-            self.m_blocked.labels(name).set(float(view["blocked_for_seconds"]))  # type: ignore[arg-type]
-        self.m_cache.set(self.cache.bytes)
-        return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
-
     def _count(self, exchange: str, bot: str, outcome: str) -> None:
         """One request of ``bot`` answered so (hit, miss, coalesced, private, refused, error)."""
         numbers = self.bots[(exchange, bot)]
         numbers.requests += 1
         field = OUTCOME_FIELDS[outcome]
         setattr(numbers, field, getattr(numbers, field) + 1)
-        self.m_requests.labels(exchange, bot, outcome).inc()
 
     async def _finish(self, exchange: str, bot: str, call: Awaitable[tuple[Answer, str]]) -> Response:
         """The bot's answer from ``call`` (an answer and how it was had), or the relay's refusal or error."""
@@ -203,14 +154,13 @@ class Relay:
         name = path.removeprefix(adapter.prefix + "/")
         params = dict(request.query_params)
         headers = {k.lower(): v for k, v in request.headers.items()}
-        numbers = self.bots[(exchange, bot)]
         if adapter.is_private(request.method, params, headers):
             body = await request.body()
             sent = (request.method, path, request.url.query, headers, body)
-            return await self._finish(exchange, bot, self._sent(upstream, bot, numbers, "private", sent))
+            return await self._finish(exchange, bot, self._sent(upstream, bot, "private", sent))
         if adapter.lifetime(name, params, int(time.time() * 1000)) is None:  # not kept: straight through
             sent = ("GET", path, request.url.query, {}, b"")
-            return await self._finish(exchange, bot, self._sent(upstream, bot, numbers, "miss", sent))
+            return await self._finish(exchange, bot, self._sent(upstream, bot, "miss", sent))
         key = cache_key(path, params)
         kept = self.cache.get(key)
         if kept is not None:
@@ -218,7 +168,7 @@ class Relay:
             return _answer(kept, "hit")
 
         async def fetch() -> Answer:
-            answer = await self._upstream(upstream, bot, numbers, "GET", path, request.url.query, {}, b"")
+            answer = await self._upstream(upstream, bot, "GET", path, request.url.query, {}, b"")
             if answer.status == 200:
                 seconds = adapter.lifetime(name, params, int(time.time() * 1000))
                 if seconds:
@@ -235,18 +185,16 @@ class Relay:
         self,
         upstream: Upstream,
         bot: str,
-        numbers: BotNumbers,
         outcome: str,
         request: tuple[str, str, str, dict[str, str], bytes],
     ) -> tuple[Answer, str]:
         """A request that is not kept (method, path, query, headers, body), sent as it is inside the budget."""
-        return await self._upstream(upstream, bot, numbers, *request), outcome
+        return await self._upstream(upstream, bot, *request), outcome
 
     async def _upstream(
         self,
         upstream: Upstream,
         bot: str,
-        numbers: BotNumbers,
         method: str,
         path: str,
         query: str,
@@ -258,10 +206,9 @@ class Relay:
         params = dict(httpx.QueryParams(query))
         weight = adapter.weight(path.removeprefix(adapter.prefix + "/"), params)
         waited = await upstream.budget.acquire(bot, weight)
+        numbers = self.bots[(upstream.exchange, bot)]
         numbers.queue_wait_seconds += waited
         numbers.weight += weight
-        self.m_wait.labels(upstream.exchange, bot).inc(waited)
-        self.m_weight.labels(upstream.exchange, bot).inc(weight)
         forwarded = {k: v for k, v in headers.items() if k not in HOP_BY_HOP}
         upstream.requests += 1
         response = await upstream.client.request(
