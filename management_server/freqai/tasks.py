@@ -331,6 +331,9 @@ async def run_training(
                 await _fail(sessionmaker, model_id, reason, None)
                 outcome = "failed"
                 return {"model_id": str(model_id), "status": "failed", "reason": reason}
+            # The bundle is in the store: the work folder goes before the version says "succeeded", so whoever sees
+            # that sees the attempt finished (the finally below is for the other ways out).
+            await asyncio.to_thread(shutil.rmtree, workdir, True)
             async with sessionmaker() as session:
                 model = await session.get(ModelVersion, model_id, with_for_update=True)
                 if model is None or model.status != ModelStatus.running:
