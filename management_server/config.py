@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
-from pydantic import AliasChoices, EmailStr, Field, SecretStr, field_validator
+from pydantic import AliasChoices, EmailStr, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode
 
 from shared.settings import CommonSettings
@@ -78,6 +78,15 @@ class ManagementSettings(CommonSettings):
         default=900, ge=1, description="Longest wait between login tries; the wait doubles with each failure up to it."
     )
 
+    @model_validator(mode="after")
+    def _bot_db_needs_a_server(self) -> ManagementSettings:
+        if self.bot_db == "postgres" and self.bot_db_admin_url is None:
+            raise ValueError(
+                "FREQFLEET_BOT_DB=postgres needs FREQFLEET_BOT_DB_ADMIN_URL: a PostgreSQL role with CREATEDB and "
+                "CREATEROLE that makes each bot's database (freqfleet up sets it on its embedded server)"
+            )
+        return self
+
     @field_validator("rate_limit_per_ip", "rate_limit_per_user")
     @classmethod
     def _rate_limit_string(cls, value: str) -> str:
@@ -109,6 +118,23 @@ class ManagementSettings(CommonSettings):
         default=None,
         description="AES-256 keys that encrypt exchange credentials (and models) at rest: `kid:base64` pairs, "
         "comma-separated, the last encrypts; default: generated into <data dir>/master.keys.",
+    )
+    bot_db: Literal["sqlite", "postgres"] = Field(
+        default="sqlite",
+        description="Where a new bot's trades live: `sqlite`, a file in its folder on its gateway (one host), or "
+        "`postgres`, a database and role of its own on FREQFLEET_BOT_DB_ADMIN_URL's server, reachable from every "
+        "gateway (what failover needs). `freqfleet up` uses `postgres` on its embedded server.",
+    )
+    bot_db_admin_url: SecretStr | None = Field(
+        default=None,
+        description="With FREQFLEET_BOT_DB=postgres: a PostgreSQL role with CREATEDB and CREATEROLE (not a "
+        "superuser) that makes and drops the bots' databases and roles, e.g. "
+        "`postgresql://freqfleet_provisioner:...@db.internal:5432/postgres`. `up` sets it on its embedded server.",
+    )
+    bot_db_host: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9.\-\[\]:]{1,255}$",
+        description="host:port of that server as the gateways see it (default: FREQFLEET_BOT_DB_ADMIN_URL's).",
     )
     emergency_wait_seconds: float = Field(
         default=10.0, ge=0, le=60, description="How long an emergency stop request waits for the gateways' reports."

@@ -25,6 +25,7 @@ from management_server.analytics.cache import AnalyticsCache
 from management_server.audit.models import AuditEntry, Outcome
 from management_server.audit.service import Actor, AuditLog
 from management_server.auth.service import AuthService
+from management_server.botdb.service import Provisioner
 from management_server.bots.markets import Markets
 from management_server.bus.relay import OutboxRelay
 from management_server.config import ManagementSettings
@@ -65,6 +66,8 @@ RelayDep = Annotated[OutboxRelay, Depends(_state("outbox_relay"))]  # wake() it 
 GatewayClientDep = Annotated[GatewayClient, Depends(_state("gateway_client"))]
 EventSignaturesDep = Annotated[EventSignatures, Depends(_state("event_signatures"))]
 MarketsDep = Annotated[Markets, Depends(_state("markets"))]
+# makes and drops the bots' trade databases (None: FREQFLEET_BOT_DB=sqlite)
+BotDatabasesDep = Annotated[Provisioner | None, Depends(_state("bot_databases", optional=True))]
 LiveFeedDep = Annotated[LiveFeed, Depends(_state("live_feed"))]  # the dashboard's pushed updates
 AnalyticsCacheDep = Annotated[AnalyticsCache, Depends(_state("analytics_cache"))]
 ModelRegistryDep = Annotated[ModelRegistry, Depends(_state("model_registry"))]

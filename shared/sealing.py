@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from shared.bus.messages import ExchangeCredentials, SealedCredentials
+from shared.bus.messages import ExchangeCredentials, SealedCredentials, SealedDatabase
 
 INFO = b"freqfleet-seal/1"
 RAW = serialization.Encoding.Raw, serialization.PublicFormat.Raw
@@ -118,3 +118,38 @@ def open_credentials(
         return ExchangeCredentials.model_validate_json(plaintext)
     except ValueError:
         raise SealError("the sealed exchange credentials are not credentials") from None
+
+
+# ---------------------------------------------------------------------------- a bot's trade database
+
+
+def _database_associated(gateway_id: str, bot_id: uuid.UUID, revision: str) -> bytes:
+    return f"freqfleet-database/1\n{gateway_id}\n{bot_id}\n{revision}".encode()
+
+
+def seal_database(sealing_key: str, gateway_id: str, bot_id: uuid.UUID, revision: str, url: str) -> SealedDatabase:
+    """Bot ``bot_id``'s database URL (with its role's password) sealed to gateway ``gateway_id``."""
+    ephemeral, nonce, ciphertext = seal(
+        public_key(sealing_key), url.encode(), _database_associated(gateway_id, bot_id, revision)
+    )
+    return SealedDatabase(
+        gateway_id=gateway_id, bot_id=bot_id, revision=revision, ephemeral=ephemeral, nonce=nonce, ciphertext=ciphertext
+    )
+
+
+def open_database(private: X25519PrivateKey, sealed: SealedDatabase, gateway_id: str, bot_id: uuid.UUID) -> str:
+    """The database URL, when it was sealed to this gateway for this bot.
+
+    :raises SealError: sealed for another gateway or bot, or changed.
+    """
+    if sealed.gateway_id != gateway_id or sealed.bot_id != bot_id:
+        raise SealError(
+            f"the trade database was sealed for gateway {sealed.gateway_id} and bot {sealed.bot_id}, "
+            f"not for gateway {gateway_id} and bot {bot_id}"
+        )
+    associated = _database_associated(gateway_id, bot_id, sealed.revision)
+    plaintext = open_sealed(private, sealed.ephemeral, sealed.nonce, sealed.ciphertext, associated)
+    try:
+        return plaintext.decode()
+    except UnicodeDecodeError:
+        raise SealError("the sealed trade database is not a URL") from None

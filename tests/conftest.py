@@ -64,7 +64,8 @@ def server_dir(prefix: str) -> Iterator[Path]:
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[EmbeddedPostgres]:
     for folder in server_dir("pg"):
-        server = EmbeddedPostgres(folder, database=TEMPLATE_DB)
+        # on a TCP port too, as under `freqfleet up`: bots reach their trade databases there (FREQFLEET_BOT_DB)
+        server = EmbeddedPostgres(folder, database=TEMPLATE_DB, port=free_port())
         server.start()
         database.upgrade(server.url())
         yield server
@@ -90,7 +91,11 @@ async def fresh_database(postgres: EmbeddedPostgres) -> AsyncIterator[str]:
     """A new database copied from the migrated template, dropped afterwards; yields its URL."""
     name = f"test_{uuid.uuid4().hex[:12]}"
     admin = await asyncpg.connect(
-        host=str(postgres.socket_dir), user="postgres", password=postgres.superuser_password, database="postgres"
+        host=str(postgres.socket_dir),
+        port=postgres.port,
+        user="postgres",
+        password=postgres.superuser_password,
+        database="postgres",
     )
     try:
         await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{TEMPLATE_DB}" OWNER {APP_ROLE}')

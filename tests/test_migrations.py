@@ -19,7 +19,7 @@ from management_server.orm import Base
 def _tables(pg: EmbeddedPostgres, name: str) -> set[str]:
     async def query() -> set[str]:
         conn = await asyncpg.connect(
-            host=str(pg.socket_dir), user="postgres", password=pg.superuser_password, database=name
+            host=str(pg.socket_dir), port=pg.port, user="postgres", password=pg.superuser_password, database=name
         )
         try:
             rows = await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
@@ -35,7 +35,7 @@ def _create_database(pg: EmbeddedPostgres) -> str:
 
     async def create() -> None:
         conn = await asyncpg.connect(
-            host=str(pg.socket_dir), user="postgres", password=pg.superuser_password, database="postgres"
+            host=str(pg.socket_dir), port=pg.port, user="postgres", password=pg.superuser_password, database="postgres"
         )
         try:
             await conn.execute(f'CREATE DATABASE "{name}" OWNER {APP_ROLE}')

@@ -25,11 +25,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from shared.bus.messages import SealedCredentials
+from shared.bus.messages import SealedCredentials, SealedDatabase
 from shared.bus.signing import EVENT_DOMAIN, EntrySigner
 from shared.exchange import ExchangeCredentials
 from shared.files import atomic_write, open_read_nofollow
-from shared.sealing import open_credentials
+from shared.sealing import open_credentials, open_database
 
 IDENTITY_FILE = "identity.json"
 ENROLLMENT_PREFIX = "ffgw1"
@@ -70,6 +70,13 @@ class GatewayIdentity:
             secret=plain.secret.get_secret_value(),
             password=None if plain.password is None else plain.password.get_secret_value(),
         )
+
+    def open_database(self, sealed: SealedDatabase, bot_id: str) -> str:
+        """A bot's trade database URL (with its password), opened for its config only.
+
+        :raises SealError: not sealed to this gateway for this bot, or changed.
+        """
+        return open_database(self.sealing, sealed, self.gateway_id, uuid.UUID(bot_id))
 
     def event_signer(self) -> EntrySigner:
         return EntrySigner(self.signing, self.gateway_id, EVENT_DOMAIN)

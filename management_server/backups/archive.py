@@ -116,8 +116,11 @@ def connection(database_url: str) -> tuple[list[str], dict[str, str]]:
         host = host[0]
     if host:
         args += ["--host", str(host)]
-    if url.port:
-        args += ["--port", str(url.port)]
+    port = url.query.get("port") or url.port  # a Unix socket's number is in the query (the embedded server's URL)
+    if isinstance(port, tuple):
+        port = port[0]
+    if port:
+        args += ["--port", str(port)]
     env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
     if url.password:
         env["PGPASSWORD"] = str(url.password)

@@ -22,6 +22,7 @@ from sqlalchemy.sql.dml import ReturningInsert
 
 from management_server.analytics.rearm import rearm
 from management_server.audit.models import AuditEntry, Outcome
+from management_server.botdb import service as botdb
 from management_server.bots import changes as bot_changes
 from management_server.bots.models import ActualState, Bot, DesiredState, Trade
 from management_server.bus.models import OutboxMessage
@@ -105,16 +106,17 @@ async def bot_spec(session: AsyncSession, bot: Bot, keys: MasterKeys, gateway_id
         row = await session.get(ExchangeCredential, bot.credentials_id) if bot.credentials_id else None
         if row is None:
             raise ActionRefused(409, "A live bot needs its exchange credentials: they were deleted.")
-        gateway = await session.get(Gateway, gateway_id)
-        if gateway is None or gateway.sealing_key is None or not gateway.enrolled:
-            raise ActionRefused(
-                409,
-                f"Gateway {gateway_id} is not enrolled (or was revoked): a live bot's exchange credentials go only "
-                "to an enrolled gateway, sealed to its key. Enroll it (freqfleet gateways enroll) or move the bot.",
-            )
+        sealing_key = await _sealing_key(session, gateway_id, "a live bot's exchange credentials")
         secrets = seal_credentials(
-            gateway.sealing_key, gateway_id, bot.id, credentials.revision(row), credentials.reveal(keys, row)
+            sealing_key, gateway_id, bot.id, credentials.revision(row), credentials.reveal(keys, row)
         )
+    database = None
+    if bot.trade_db == "postgres":
+        stored = await botdb.of(session, bot.id)
+        if stored is None:
+            raise ActionRefused(409, "The bot's trade database is not recorded: its trades can't be reached.")
+        sealing_key = await _sealing_key(session, gateway_id, "a bot's trade database password")
+        database = botdb.sealed_for(keys, stored, gateway_id, sealing_key)
     uploader = await session.get(User, strategy.owner_id)
     return BotSpec(
         name=bot.name,
@@ -132,7 +134,20 @@ async def bot_spec(session: AsyncSession, bot: Bot, keys: MasterKeys, gateway_id
         stoploss=bot.stoploss,
         freqai=bot.freqai,
         credentials=secrets,
+        database=database,
     )
+
+
+async def _sealing_key(session: AsyncSession, gateway_id: str, what: str) -> str:
+    """The public key gateway ``gateway_id`` opens sealed secrets with (:class:`ActionRefused` when not enrolled)."""
+    gateway = await session.get(Gateway, gateway_id)
+    if gateway is None or gateway.sealing_key is None or not gateway.enrolled:
+        raise ActionRefused(
+            409,
+            f"Gateway {gateway_id} is not enrolled (or was revoked): {what} goes only to an enrolled gateway, sealed "
+            "to its key. Enroll it (freqfleet gateways enroll) or move the bot.",
+        )
+    return gateway.sealing_key
 
 
 async def _placement(session: AsyncSession, bot: Bot) -> tuple[str, str | None]:

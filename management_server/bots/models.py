@@ -81,6 +81,9 @@ class Bot(TimestampMixin, Base):
     last_status: Mapped[dict[str, Any] | None] = mapped_column(JSONB, nullable=True)
     last_status_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    trade_db: Mapped[str] = mapped_column(  # where its trades live: "sqlite" (its folder) or "postgres" (botdb)
+        String(16), nullable=False, default="sqlite", server_default="sqlite"
+    )
     launcher: Mapped[str | None] = mapped_column(String(8), nullable=True)  # exec or fork, from BOT_STARTED
     # reconcile (bots/reconcile.py): commands it sent because the bot's gateway disagreed, and the last one's time
     commanded_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)  # last command

@@ -12,6 +12,8 @@ from sqlalchemy.exc import IntegrityError
 from management_server import pagination
 from management_server.audit.models import Outcome
 from management_server.auth.deps import Audit, Reader, Trader
+from management_server.botdb import service as botdb
+from management_server.botdb.models import BotDatabase
 from management_server.bots import listing, logs, service
 from management_server.bots.deps import LockedBot, VisibleBot
 from management_server.bots.lifecycle import Action, ActionRefused, act
@@ -27,6 +29,7 @@ from management_server.bots.schemas import (
 )
 from management_server.db import SessionDep
 from management_server.deps import (
+    BotDatabasesDep,
     GatewayClientDep,
     MarketsDep,
     MasterKeysDep,
@@ -45,22 +48,37 @@ router = APIRouter(prefix="/api/v1/bots", tags=["bots"], responses=errors(400, 4
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=BotOut)
 async def create_bot(
-    body: BotCreate, session: SessionDep, principal: Trader, markets: MarketsDep, audit: Audit
+    body: BotCreate,
+    session: SessionDep,
+    principal: Trader,
+    markets: MarketsDep,
+    keys: MasterKeysDep,
+    databases: BotDatabasesDep,
+    audit: Audit,
 ) -> BotOut:
-    """Create a bot (stopped). It trades on the exchange simulator unless `exchange` names a real one."""
+    """Create a bot (stopped). It trades on the exchange simulator unless `exchange` names a real one. With
+    FREQFLEET_BOT_DB=postgres its trades get a PostgreSQL database of their own (`trade_db`)."""
+    made: BotDatabase | None = None
+    committed = False
     try:
         bot = await service.create(session, principal.viewer, body, await markets.pairs(body.exchange))
+        if databases is not None:
+            made = await botdb.provision(session, keys, databases, bot)
         await session.commit()
-    except service.BotRefused as exc:
+        committed = True
+    except (service.BotRefused, botdb.BotDatabaseRefused) as exc:
         raise HTTPException(exc.status, str(exc)) from None
     except IntegrityError:
         raise HTTPException(409, f"You have a bot named {body.name!r} already: choose another name.") from None
+    finally:
+        if databases is not None and made is not None and not committed:  # no bot: its database goes too
+            await botdb.forget(databases, made.bot_id)
     await audit.record(
         "bot.create",
         Outcome.success,
         target_type="bot",
         target_id=bot.id,
-        details={"name": bot.name, "dry_run": bot.dry_run, "exchange": bot.exchange},
+        details={"name": bot.name, "dry_run": bot.dry_run, "exchange": bot.exchange, "trade_db": bot.trade_db},
     )
     return BotOut.model_validate(bot)
 
@@ -133,13 +151,21 @@ async def update_bot(
 
 
 @router.delete("/{bot_id}", status_code=status.HTTP_204_NO_CONTENT)
-async def delete_bot(bot: LockedBot, session: SessionDep, audit: Audit) -> Response:
+async def delete_bot(bot: LockedBot, session: SessionDep, databases: BotDatabasesDep, audit: Audit) -> Response:
+    """Delete a stopped bot. A trade database of its own in PostgreSQL is backed up (`pg_dump`, into the management
+    server's backups folder), then dropped with its role."""
     if not service.is_stopped(bot):
         raise HTTPException(409, "Stop the bot before deleting it.")
     bot_id = bot.id
+    database = await botdb.of(session, bot_id)
+    try:
+        backup = None if database is None else await botdb.remove(databases, database)
+    except botdb.BotDatabaseRefused as exc:
+        raise HTTPException(exc.status, str(exc)) from None
     await session.delete(bot)
     await session.commit()
-    await audit.record("bot.delete", Outcome.success, target_type="bot", target_id=bot_id)
+    details = None if backup is None else {"trade_db_backup": backup.name}
+    await audit.record("bot.delete", Outcome.success, target_type="bot", target_id=bot_id, details=details)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 

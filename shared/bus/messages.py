@@ -118,6 +118,11 @@ class SealedCredentials(Payload):
         return hash((self.gateway_id, self.bot_id, self.revision))
 
 
+class SealedDatabase(SealedCredentials):
+    """A bot's trade database (its URL with the password of its own role) sealed to the one gateway that runs it,
+    like :class:`SealedCredentials`; its ``revision`` changes with every new password (a failover gives one)."""
+
+
 class BotSpec(Payload):
     """Everything a gateway needs to render a bot's Freqtrade config."""
 
@@ -139,6 +144,11 @@ class BotSpec(Payload):
     stoploss: float | None = Field(default=None, lt=0, ge=-1)
     freqai: dict[str, Any] | None = None
     credentials: SealedCredentials | None = None
+    database: SealedDatabase | None = Field(
+        default=None,
+        description="The bot's trades in a PostgreSQL database of its own (FREQFLEET_BOT_DB=postgres); none: SQLite "
+        "in the bot's folder on its gateway.",
+    )
 
     @model_validator(mode="after")
     def _live_needs_credentials(self) -> BotSpec:

@@ -76,6 +76,8 @@ PRELOAD = (
     "freqtrade.rpc.api_server.web_ui",
     "freqtrade.exchange.check_exchange",
     "sqlalchemy.dialects.sqlite",
+    "sqlalchemy.dialects.postgresql.psycopg",  # a trade database in PostgreSQL (shared/trade_db.py)
+    "psycopg",
     "uvicorn.lifespan.on",
     "uvicorn.protocols.http.h11_impl",
     "uvicorn.protocols.websockets.websockets_sansio_impl",

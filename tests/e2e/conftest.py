@@ -207,7 +207,9 @@ async def e2e_redis(valkey: EmbeddedValkey) -> AsyncIterator[str]:
 
 
 @pytest.fixture(scope="package")
-def stack(e2e_database: str, e2e_redis: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(
+    postgres: EmbeddedPostgres, e2e_database: str, e2e_redis: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
     logs = tmp_path_factory.mktemp("e2e-logs")
     simulator = start_simulator_process(logs / "simulator.log")
     data_dir = tmp_path_factory.mktemp("e2e-data")
@@ -217,8 +219,13 @@ def stack(e2e_database: str, e2e_redis: str, tmp_path_factory: pytest.TempPathFa
     gateway_env = env | {"FREQFLEET_REDIS_URL": restricted_user(e2e_redis, acl_user(gateway_id), acl_rules(gateway_id))}
     # The management server in two worker processes, as `up` runs it on a host with cores to spare: every e2e test
     # then shows its background work (events consumer, outbox relay, reconciler) correct with several processes.
+    # Each bot's trades in a PostgreSQL database of its own, as under `freqfleet up` (management_server/botdb): the
+    # provisioning role goes to the management server alone.
+    bot_db = {"FREQFLEET_BOT_DB": "postgres", "FREQFLEET_BOT_DB_ADMIN_URL": postgres.provisioner_url()}
     services = {
-        "management": Service("management", env | {"FREQFLEET_MANAGEMENT_WORKERS": "2"}, logs / "management.log")
+        "management": Service(
+            "management", env | bot_db | {"FREQFLEET_MANAGEMENT_WORKERS": "2"}, logs / "management.log"
+        )
     }
     services["worker"] = Service("worker", env, logs / "worker.log")
     services["gateway"] = Service("gateway", gateway_env, logs / "gateway.log")

@@ -20,7 +20,10 @@ import httpx
 import psutil
 import pytest
 import redis.asyncio as aioredis
+from sqlalchemy import make_url
 
+from freqfleet.embedded import EmbeddedPostgres
+from management_server.backups.archive import pg_tool
 from management_server.gateways.service import LIVE_WINDOW
 from shared.bus.streams import commands_stream
 from tests.e2e.conftest import (
@@ -104,7 +107,7 @@ async def audit_actions(client: httpx.AsyncClient, stack: Stack, bot_id: str) ->
 
 
 async def test_register_upload_approve_start_pause_resume_forceexit_stop(
-    client: httpx.AsyncClient, stack: Stack
+    client: httpx.AsyncClient, stack: Stack, postgres: EmbeddedPostgres
 ) -> None:
     admin = bearer(stack.admin_token)
     user = await register(client, "trader@e2e.example.com")
@@ -116,6 +119,7 @@ async def test_register_upload_approve_start_pause_resume_forceexit_stop(
     bot = created.json()
     bot_id = bot["id"]
     assert (bot["desired_state"], bot["actual_state"], bot["generation"]) == ("stopped", "stopped", 0)
+    assert bot["trade_db"] == "postgres"  # a database of its own on the stack's PostgreSQL (FREQFLEET_BOT_DB)
 
     # Not approved yet: the start is refused, with the reason, and nothing runs.
     refused = await client.post(f"/bots/{bot_id}/start", headers=user)
@@ -209,6 +213,23 @@ async def test_register_upload_approve_start_pause_resume_forceexit_stop(
     assert to_close <= {t["trade_id"] for t in listed}
     assert {t["pair"] for t in listed} <= set(PAIRS)
 
+    # Its trades were written into its own PostgreSQL database (no SQLite file on the gateway), by its own role,
+    # whose password is in its config alone: not in any answer, nor in the services' logs.
+    db_url = json.loads((stack.bots_root / bot_id / "config.json").read_text())["db_url"]
+    name = "ffbot_" + bot_id.replace("-", "")
+    assert db_url.startswith(f"postgresql+psycopg://{name}:")
+    assert db_url.endswith(f":{postgres.port}/{name}")
+    assert not (stack.bots_root / bot_id / "tradesv3.sqlite").exists()
+    in_db = await bot_database_trades(postgres, name)
+    assert {t["trade_id"]: t["is_open"] for t in listed} == in_db
+    password = make_url(db_url).password
+    assert password
+    assert len(password) >= 32
+    shown = (await client.get(f"/bots/{bot_id}", headers=user)).text + json.dumps(await gateway_bots(stack))
+    assert password not in shown
+    for service in stack.services.values():
+        assert password not in service.output()
+
     # Every control action is in the audit log, refused start included, each command with the gateway's answer and
     # then with what came of it.
     audited = await audit_actions(client, stack, bot_id)
@@ -228,6 +249,38 @@ async def test_register_upload_approve_start_pause_resume_forceexit_stop(
     ]
     accepted = sorted(action for action, outcome in audited if outcome == "accepted")
     assert accepted == sorted(["bot.start", "bot.pause", "bot.resume", "bot.forceexit", "bot.stop"])
+
+    # Deleted: its database is backed up (pg_dump), then dropped with its role.
+    deleted = await client.delete(f"/bots/{bot_id}", headers=user)
+    assert deleted.status_code == 204, deleted.text
+    (backup,) = stack.data_dir.rglob(f"bot-databases/{bot_id}-*.dump")
+    assert backup.stat().st_mode & 0o077 == 0
+    assert await bot_database_gone(postgres, name)
+    listing = await asyncio.create_subprocess_exec(
+        pg_tool("pg_restore"), "--list", str(backup), stdout=asyncio.subprocess.PIPE
+    )
+    restored = (await listing.communicate())[0].decode()
+    assert "TABLE DATA public trades" in restored
+    assert "TABLE DATA public orders" in restored
+
+
+async def bot_database_trades(postgres: EmbeddedPostgres, name: str) -> dict[int, bool]:
+    """The trades in a bot's own database (read as the provisioning role, a member of the bot's)."""
+    conn = await asyncpg.connect(postgres.provisioner_url().rsplit("/", 1)[0] + f"/{name}")
+    try:
+        return {r["id"]: r["is_open"] for r in await conn.fetch("SELECT id, is_open FROM trades")}
+    finally:
+        await conn.close()
+
+
+async def bot_database_gone(postgres: EmbeddedPostgres, name: str) -> bool:
+    conn = await asyncpg.connect(postgres.provisioner_url())
+    try:
+        databases = await conn.fetchval("SELECT count(*) FROM pg_database WHERE datname = $1", name)
+        roles = await conn.fetchval("SELECT count(*) FROM pg_roles WHERE rolname = $1", name)
+        return bool(databases == 0 and roles == 0)
+    finally:
+        await conn.close()
 
 
 async def _has_trades(

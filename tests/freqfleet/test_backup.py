@@ -114,8 +114,13 @@ async def management_at(settings: ManagementSettings) -> AsyncIterator[tuple[Any
 async def counts(database_url: str) -> dict[str, int]:
     """Rows per table (every table of the schema)."""
     url = make_url(database_url)
+    port = url.query.get("port")  # a Unix socket's number (a server listening on a TCP port too)
     conn = await asyncpg.connect(
-        host=url.query["host"], user=url.username, password=url.password, database=url.database
+        host=url.query["host"],
+        port=int(str(port)) if port else 5432,
+        user=url.username,
+        password=url.password,
+        database=url.database,
     )
     try:
         tables = [
@@ -233,7 +238,11 @@ async def test_backup_wipe_restore_and_the_restored_bot_starts(
     # Wipe: the database and the data dir are gone.
     name = make_url(database_url).database
     admin_conn = await asyncpg.connect(
-        host=str(postgres.socket_dir), user="postgres", password=postgres.superuser_password, database="postgres"
+        host=str(postgres.socket_dir),
+        port=postgres.port,
+        user="postgres",
+        password=postgres.superuser_password,
+        database="postgres",
     )
     await admin_conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
     await admin_conn.close()
@@ -322,8 +331,13 @@ async def test_backup_wipe_restore_and_the_restored_bot_starts(
 
 async def _revision(database_url: str) -> str:
     url = make_url(database_url)
+    port = url.query.get("port")  # a Unix socket's number (a server listening on a TCP port too)
     conn = await asyncpg.connect(
-        host=url.query["host"], user=url.username, password=url.password, database=url.database
+        host=url.query["host"],
+        port=int(str(port)) if port else 5432,
+        user=url.username,
+        password=url.password,
+        database=url.database,
     )
     try:
         return str(await conn.fetchval("SELECT version_num FROM alembic_version"))

@@ -71,10 +71,13 @@ class Up:
 
     def query(self, sql: str) -> list[asyncpg.Record]:
         _, socket_dir = self.postmaster()
+        port = int((self.data_dir / "postgres" / "postmaster.pid").read_text().splitlines()[3])
 
         async def run() -> list[asyncpg.Record]:
             password = server_secrets(self.data_dir)["postgres_app"]
-            conn = await asyncpg.connect(host=str(socket_dir), user=APP_ROLE, password=password, database="freqfleet")
+            conn = await asyncpg.connect(
+                host=str(socket_dir), port=port, user=APP_ROLE, password=password, database="freqfleet"
+            )
             try:
                 return list(await conn.fetch(sql))
             finally:
@@ -112,6 +115,7 @@ def start_up(data_dir: Path, tmp_path: Path, admin_password: str | None = None, 
             "FREQFLEET_GATEWAY_PORT": str(gport),
             "FREQFLEET_SIMULATOR_PORT": str(sport),
             "FREQFLEET_VALKEY_PORT": str(vport),
+            "FREQFLEET_POSTGRES_PORT": str(free_port()),
             "FREQFLEET_WORKER_METRICS_PORT": str(free_port()),
             "FREQFLEET_ADMIN_EMAIL": ADMIN_EMAIL,
             "FREQFLEET_CELERY_CONCURRENCY": "1",

@@ -36,9 +36,10 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal, Protocol
+from urllib.parse import urlsplit
 
 from shared import python_source
-from shared.bus.messages import BotSpec, SealedCredentials
+from shared.bus.messages import BotSpec, SealedCredentials, SealedDatabase
 from shared.exchange import (
     PUBLIC_API_SUFFIX,
     SIMULATOR,
@@ -52,7 +53,9 @@ from shared.freqai.catalog import DEFAULT_MODEL, FREQAIMODELS_DIR, freqfleet_cla
 from shared.freqai.live import ModelRuntime, live_freqai_section
 from shared.sandbox.host import hand_over
 from shared.sealing import SealError
+from shared.settings import redact_url
 from shared.timeframes import INTERVALS as SIMULATOR_TIMEFRAMES
+from shared.trade_db import POSTGRES_DRIVER
 from trading_gateway.bots.credentials import ApiCredentials
 
 BOT_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -216,6 +219,8 @@ class BotConfig:
                 api[key] = "***"
         if "exchange" in copy:
             copy["exchange"] = redact_exchange_section(copy["exchange"])
+        if isinstance(copy.get("db_url"), str):
+            copy["db_url"] = redact_url(copy["db_url"])
         redacted: dict[str, Any] = copy
         return redacted
 
@@ -262,6 +267,8 @@ class CredentialOpener(Protocol):
 
     def open_credentials(self, sealed: SealedCredentials, bot_id: str) -> ExchangeCredentials: ...
 
+    def open_database(self, sealed: SealedDatabase, bot_id: str) -> str: ...
+
 
 def _exchange_credentials(spec: BotSpec, bot_id: str, opener: CredentialOpener | None) -> ExchangeCredentials | None:
     if spec.dry_run or spec.credentials is None:
@@ -272,6 +279,22 @@ def _exchange_credentials(spec: BotSpec, bot_id: str, opener: CredentialOpener |
         return opener.open_credentials(spec.credentials, bot_id)
     except SealError as exc:
         raise BotConfigError(str(exc)) from None
+
+
+def _trade_database(spec: BotSpec, files: BotFiles, opener: CredentialOpener | None) -> str:
+    """The bot's ``db_url``: its own PostgreSQL database (sealed to this gateway), or SQLite in its folder."""
+    if spec.database is None:
+        return files.db_url
+    if opener is None:
+        raise BotConfigError("this gateway has no identity to open the bot's sealed trade database")
+    try:
+        url = opener.open_database(spec.database, files.bot_id)
+    except SealError as exc:
+        raise BotConfigError(str(exc)) from None
+    parts = urlsplit(url)
+    if parts.scheme != POSTGRES_DRIVER or not parts.hostname or parts.port is None:
+        raise BotConfigError(f"the bot's trade database is not a {POSTGRES_DRIVER}://host:port/name URL")
+    return url
 
 
 def render_config(
@@ -320,6 +343,7 @@ def render_config(
         )
     except ValueError as exc:
         raise BotConfigError(f"exchange {spec.exchange!r}: {exc}") from None
+    db_url = _trade_database(spec, files, opener)
 
     data: dict[str, Any] = {
         "bot_name": files.bot_id,
@@ -337,7 +361,7 @@ def render_config(
         "entry_pricing": {"price_side": "other", "use_order_book": True, "order_book_top": 1},
         "exit_pricing": {"price_side": "other", "use_order_book": True, "order_book_top": 1},
         "force_entry_enable": True,
-        "db_url": files.db_url,
+        "db_url": db_url,
         "internals": {"process_throttle_secs": process_throttle_secs},
         "api_server": {
             "enabled": True,
@@ -383,7 +407,7 @@ def render_config(
         strategy_class=spec.strategy_class,
         port=port,
         credentials=credentials,
-        db_url=files.db_url,
+        db_url=db_url,
         dry_run=spec.dry_run,
         data=data,
     )

@@ -8,7 +8,8 @@
   is never followed) and stays 0700, its ``config.json`` 0600: readable by that bot alone (and the gateway).
 - **Policy.** Read-write: its own folder (its FreqAI models are copies in it, see
   :mod:`trading_gateway.freqai.installs`). Read: the Python installation and the venv, Freqfleet's model
-  classes. TCP: bind its API port, connect to its exchange (the simulator's port, or 443). See
+  classes. TCP: bind its API port, connect to its exchange (the simulator's port, the relay's, or 443) and to its
+  trade database's port when that is in PostgreSQL (:mod:`shared.trade_db`: its role reaches its database only). See
   :mod:`shared.sandbox.policy`.
 """
 
@@ -22,6 +23,7 @@ from shared.bus.messages import BotSpec
 from shared.files import atomic_write
 from shared.sandbox.host import HostSandbox, UnsandboxedRefused, exchange_ports, hand_over
 from shared.sandbox.policy import Policy
+from shared.trade_db import url_port
 from trading_gateway.bots.files import BotConfig, BotConfigError, BotFiles
 
 UIDS_FILE = "sandbox-uids.json"
@@ -69,12 +71,13 @@ def bot_policy(
 ) -> Policy | None:
     """The sandbox of one bot's process (None when the host has none); it may connect to ``market_url`` (the
     simulator or the gateway's relay) or, for a real exchange reached directly, to HTTPS."""
+    database_port = url_port(config.db_url)  # its trade database in PostgreSQL, if there
     return host.policy(
         files.folder,
         env=env,
         uid=uid,
         bind_ports=[config.port],
-        connect_ports=exchange_ports(market_url, spec.exchange),
+        connect_ports=exchange_ports(market_url, spec.exchange) + ([] if database_port is None else [database_port]),
     )
 
 
