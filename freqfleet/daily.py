@@ -214,6 +214,60 @@ _action("resume", "Take new entries again.")
 _action("restart", "Restart the bot's process.")
 
 
+MIGRATE_TIMEOUT = 900.0  # seconds the command waits for the gateway's answer
+
+
+@bots_app.command("migrate-db")
+def bots_migrate_db(
+    bot: Annotated[list[str] | None, typer.Argument(help="The bots' ids or names.")] = None,
+    every: Annotated[bool, typer.Option("--all", help="Every stopped bot whose trades are in SQLite.")] = False,
+    url: Url = None,
+    as_json: AsJson = False,
+) -> None:
+    """Admin: move stopped bots' trades from SQLite into a PostgreSQL database of their own, copied and checked
+    row by row on their gateway, one bot after the other; says what was copied."""
+    with api(url, "bots migrate-db") as client:
+        if every == bool(bot):
+            raise ClientError("name the bots to migrate, or --all (not both)")
+        names = bot or [b["id"] for b in client.get("/bots", limit=1000) if b.get("trade_db") == "sqlite"]
+        results = [_migrate_one(client, client.bot_id(name)) for name in names]
+        show(
+            results,
+            as_json,
+            lambda rows: table(rows, (("bot", "name"), ("trades in", "trade_db"), ("copied", "copied"))),
+        )
+        failed = [r for r in results if r["trade_db"] != "postgres"]
+        if failed:
+            raise ClientError(f"{len(failed)} of {len(results)} not moved: " + "; ".join(r["copied"] for r in failed))
+
+
+def _migrate_one(client: Api, bot_id: str) -> dict[str, Any]:
+    """One bot's migration, followed to its gateway's answer; what came of it."""
+    bot: dict[str, Any] = client.post(f"/bots/{bot_id}/migrate-db")
+    deadline = time.monotonic() + MIGRATE_TIMEOUT
+    while bot["trade_db"] == "migrating" and time.monotonic() < deadline:
+        time.sleep(0.5)
+        bot = client.get(f"/bots/{bot_id}")
+    if bot["trade_db"] == "migrating":
+        copied = f"no answer from gateway {bot['gateway_id']} in {MIGRATE_TIMEOUT:.0f} s: still waiting"
+    elif bot["trade_db"] == "postgres":
+        rows = _copied_rows(client, bot_id)
+        copied = ", ".join(f"{n} {table}" for table, n in rows.items() if n) or "nothing to copy"
+    else:
+        copied = bot.get("last_error") or "refused"
+    return {"id": bot_id, "name": bot["name"], "trade_db": bot["trade_db"], "copied": copied}
+
+
+def _copied_rows(client: Api, bot_id: str) -> dict[str, int]:
+    """The rows per table the gateway copied and checked (its accepted answer, in the audit log)."""
+    page = client.get("/audit", action="bot.migrate_trade_db", target_id=bot_id, limit=5)
+    for entry in page["items"]:
+        result = (entry.get("details") or {}).get("result")
+        if entry.get("outcome") == "accepted" and isinstance(result, dict):
+            return {str(k): int(v) for k, v in result.items()}
+    return {}
+
+
 @bots_app.command("logs")
 def bots_logs(
     bot: BotName,

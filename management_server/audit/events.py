@@ -17,6 +17,7 @@ event is claimed in the inbox (``claim_event``) in the transaction that inserts 
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -89,12 +90,15 @@ async def record_command_outcome(session: AsyncSession, message: CommandAccepted
     refused = isinstance(message, CommandRejected)
     outcome = Outcome.refused if refused else Outcome.accepted
     reason = message.data.reason if isinstance(message, CommandRejected) else None
-    session.add(_next_row(asked, message, outcome, reason, {"command_type": data.command_type}))
+    details: dict[str, Any] = {"command_type": data.command_type}
+    if isinstance(message, CommandAccepted) and message.data.result is not None:
+        details["result"] = message.data.result  # what it did, in figures (MIGRATE_TRADE_DB: rows per table)
+    session.add(_next_row(asked, message, outcome, reason, details))
     return True
 
 
 def _next_row(
-    asked: AuditEntry, message: Envelope, outcome: Outcome, reason: str | None, details: dict[str, str]
+    asked: AuditEntry, message: Envelope, outcome: Outcome, reason: str | None, details: dict[str, Any]
 ) -> AuditEntry:
     """A later row of the control action ``asked`` (its ``requested`` row): same actor, target and ids."""
     return AuditEntry(

@@ -102,6 +102,8 @@ async def apply(session: AsyncSession, message: Envelope) -> list[Reached]:
         )
         if settled and bot is not None and (bot.last_error or "").startswith("UPDATE_CONFIG refused"):
             bot.last_error = None  # a later live change went through: the earlier refusal is history
+        if bot is not None and message.data.command_type == "MIGRATE_TRADE_DB" and bot.trade_db == "migrating":
+            bot.trade_db = "postgres"  # copied and checked: it starts on PostgreSQL from now on (botdb/migrate.py)
         return []
     if isinstance(message, CommandRejected):
         bot = await _current(session, message, None)
@@ -111,6 +113,8 @@ async def apply(session: AsyncSession, message: Envelope) -> list[Reached]:
                 bot, message.data.command_id, accepted=False
             ):
                 bot.last_error += "; the bot runs on with its previous pairs, stake and max open trades"
+            if message.data.command_type == "MIGRATE_TRADE_DB" and bot.trade_db == "migrating":
+                bot.trade_db = "sqlite"  # its trades stay where they were; a new migration starts over
             starting = (ActualState.starting, ActualState.unknown, ActualState.lost)
             if message.data.command_type in ("START_BOT", "RESTART_BOT") and bot.actual_state in starting:
                 bot.actual_state = ActualState.failed.value

@@ -106,17 +106,17 @@ async def bot_spec(session: AsyncSession, bot: Bot, keys: MasterKeys, gateway_id
         row = await session.get(ExchangeCredential, bot.credentials_id) if bot.credentials_id else None
         if row is None:
             raise ActionRefused(409, "A live bot needs its exchange credentials: they were deleted.")
-        sealing_key = await _sealing_key(session, gateway_id, "a live bot's exchange credentials")
+        gateway_key = await sealing_key(session, gateway_id, "a live bot's exchange credentials")
         secrets = seal_credentials(
-            sealing_key, gateway_id, bot.id, credentials.revision(row), credentials.reveal(keys, row)
+            gateway_key, gateway_id, bot.id, credentials.revision(row), credentials.reveal(keys, row)
         )
     database = None
     if bot.trade_db == "postgres":
         stored = await botdb.of(session, bot.id)
         if stored is None:
             raise ActionRefused(409, "The bot's trade database is not recorded: its trades can't be reached.")
-        sealing_key = await _sealing_key(session, gateway_id, "a bot's trade database password")
-        database = botdb.sealed_for(keys, stored, gateway_id, sealing_key)
+        gateway_key = await sealing_key(session, gateway_id, "a bot's trade database password")
+        database = botdb.sealed_for(keys, stored, gateway_id, gateway_key)
     uploader = await session.get(User, strategy.owner_id)
     return BotSpec(
         name=bot.name,
@@ -138,7 +138,7 @@ async def bot_spec(session: AsyncSession, bot: Bot, keys: MasterKeys, gateway_id
     )
 
 
-async def _sealing_key(session: AsyncSession, gateway_id: str, what: str) -> str:
+async def sealing_key(session: AsyncSession, gateway_id: str, what: str) -> str:
     """The public key gateway ``gateway_id`` opens sealed secrets with (:class:`ActionRefused` when not enrolled)."""
     gateway = await session.get(Gateway, gateway_id)
     if gateway is None or gateway.sealing_key is None or not gateway.enrolled:
@@ -247,6 +247,10 @@ async def act(
     spec = None
     changes: dict[str, Any] = {}  # the bot's columns this action sets (written by _write)
     if action is Action.start:
+        if bot.trade_db == "migrating":
+            raise ActionRefused(
+                409, "The bot's trades are being copied to PostgreSQL (migrate-db): start it once its gateway answers."
+            )
         await approved_strategy(session, bot)  # what the user can fix comes before where it would run
         gateway_id, notice = await _placement(session, bot)  # which says whether the gateway is answering
         spec = await bot_spec(session, bot, keys, gateway_id)

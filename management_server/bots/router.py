@@ -11,7 +11,8 @@ from sqlalchemy.exc import IntegrityError
 
 from management_server import pagination
 from management_server.audit.models import Outcome
-from management_server.auth.deps import Audit, Reader, Trader
+from management_server.auth.deps import AdminPrincipal, Audit, Reader, Trader
+from management_server.botdb import migrate
 from management_server.botdb import service as botdb
 from management_server.botdb.models import BotDatabase
 from management_server.bots import listing, logs, service
@@ -167,6 +168,32 @@ async def delete_bot(bot: LockedBot, session: SessionDep, databases: BotDatabase
     details = None if backup is None else {"trade_db_backup": backup.name}
     await audit.record("bot.delete", Outcome.success, target_type="bot", target_id=bot_id, details=details)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post("/{bot_id}/migrate-db", response_model=BotActionOut, status_code=202, responses=errors(503))
+async def migrate_trade_db(
+    principal: AdminPrincipal,  # first: a non-admin learns nothing of the bot
+    bot: LockedBot,
+    session: SessionDep,
+    keys: MasterKeysDep,
+    databases: BotDatabasesDep,
+    relay: RelayDep,
+    audit: Audit,
+) -> Response:
+    """Admin: move a stopped SQLite bot's trades into a PostgreSQL database of its own (FREQFLEET_BOT_DB=postgres),
+    copied and checked row by row on its gateway; `trade_db` says `migrating` until the gateway answers, then
+    `postgres` (or `sqlite` again, with the reason in `last_error`). The audit log's accepted row has the rows
+    copied per table."""
+    try:
+        moved = await migrate.migrate(session, bot, keys, databases, audit)
+        await session.commit()
+    except (botdb.BotDatabaseRefused, ActionRefused) as exc:
+        raise HTTPException(exc.status, str(exc)) from None
+    relay.wake()
+    fields = {name: getattr(moved.bot, name) for name in listing.COLUMNS}
+    command_id = None if moved.command is None else moved.command.event_id
+    out = BotActionOut.model_validate(fields | {"command_id": command_id, "notice": moved.notice})
+    return Response(out.model_dump_json(), status_code=202, media_type="application/json")
 
 
 @dataclass(frozen=True)

@@ -132,10 +132,10 @@ class BotOut(BaseModel):
         default=None,
         description="How its process last started on its gateway: `fork` (from the gateway's launcher) or `exec`.",
     )
-    trade_db: Literal["sqlite", "postgres"] = Field(
+    trade_db: Literal["sqlite", "postgres", "migrating"] = Field(
         default="sqlite",
         description="Where its trades live: `sqlite`, a file in its folder on its gateway, or `postgres`, a database "
-        "of its own that every gateway reaches (FREQFLEET_BOT_DB).",
+        "of its own that every gateway reaches (FREQFLEET_BOT_DB); `migrating` while `migrate-db` copies them.",
     )
     last_error: str | None
     max_drawdown_ratio: float | None = Field(default=None, description="The bot's own drawdown limit (null: default).")

@@ -226,6 +226,12 @@ class RollbackModelData(BotCommand):
     model_id: uuid.UUID | None = Field(default=None, description="The version to go back to; the previous if None.")
 
 
+class MigrateTradeDbData(BotCommand):
+    """Copy the stopped bot's trades from the SQLite file in its folder into ``database`` (then checked row by row)."""
+
+    database: SealedDatabase
+
+
 class BotRef(Payload):
     bot_id: BotId
     generation: Generation
@@ -299,6 +305,12 @@ class RollbackModel(Envelope):
     data: RollbackModelData
 
 
+class MigrateTradeDb(Envelope):
+    kind = "command"
+    type: Literal["MIGRATE_TRADE_DB"] = "MIGRATE_TRADE_DB"
+    data: MigrateTradeDbData
+
+
 class EmergencyStop(Envelope):
     kind = "command"
     type: Literal["EMERGENCY_STOP"] = "EMERGENCY_STOP"
@@ -312,6 +324,9 @@ class CommandAcceptedData(Payload):
     command_id: uuid.UUID = Field(description="event_id of the command.")
     command_type: str
     bot_id: BotId | None = None
+    result: dict[str, int] | None = Field(
+        default=None, description="What it did, in figures (MIGRATE_TRADE_DB: the rows copied and checked, per table)."
+    )
 
 
 class CommandRejectedData(Payload):
@@ -595,6 +610,7 @@ COMMAND_TYPES: tuple[type[Envelope], ...] = (
     UpdateConfig,
     UpdateModel,
     RollbackModel,
+    MigrateTradeDb,
     EmergencyStop,
 )
 EVENT_TYPES: tuple[type[Envelope], ...] = (
@@ -626,6 +642,7 @@ Command = Annotated[
     | UpdateConfig
     | UpdateModel
     | RollbackModel
+    | MigrateTradeDb
     | EmergencyStop,
     Field(discriminator="type"),
 ]

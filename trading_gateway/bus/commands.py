@@ -46,6 +46,7 @@ from shared.bus.messages import (
     EmergencyStop,
     Envelope,
     ForceExit,
+    MigrateTradeDb,
     PauseBot,
     RestartBot,
     ResumeBot,
@@ -59,6 +60,7 @@ from shared.logging import get_logger
 from trading_gateway.bus.events import EventPublisher
 from trading_gateway.fleet.bot import CommandRefused, describe_error
 from trading_gateway.fleet.service import Fleet
+from trading_gateway.fleet.trade_db import migrate_trade_db
 from trading_gateway.freqai.service import Deployment, ModelRefused
 
 log = get_logger(__name__)
@@ -79,7 +81,7 @@ class CommandHandler:
         self.tracker = tracker
         self.max_deliveries = max_deliveries
         self.source = fleet.source
-        self.handlers: dict[str, Callable[[Any], Awaitable[None]]] = {
+        self.handlers: dict[str, Callable[[Any], Awaitable[dict[str, int] | None]]] = {
             "START_BOT": self.on_start,
             "STOP_BOT": self.on_stop,
             "RESTART_BOT": self.on_restart,
@@ -89,6 +91,7 @@ class CommandHandler:
             "UPDATE_CONFIG": self.on_update_config,
             "UPDATE_MODEL": self.on_update_model,
             "ROLLBACK_MODEL": self.on_rollback_model,
+            "MIGRATE_TRADE_DB": self.on_migrate_trade_db,
         }
 
     async def __call__(self, delivery: Delivery) -> None:
@@ -121,12 +124,12 @@ class CommandHandler:
         try:
             if handler is None:
                 raise CommandRefused(f"{message.type} is not supported by this gateway version")
-            await handler(message)
+            result = await handler(message)
         except (CommandRefused, ModelRefused) as exc:
             log.info("command rejected", bot_id=str(data.bot_id), reason=str(exc))
             await self._reject(message, str(exc))
             return
-        await self._accept(message)
+        await self._accept(message, result)
 
     # One handler per command type (as the management server's event dispatcher has one per event type).
 
@@ -173,6 +176,10 @@ class CommandHandler:
         deployed = await self.fleet.models.rollback(self.fleet.bot(data.bot_id), data)
         how = await self._deployed(deployed, data.bot_id, data.generation, message.correlation_id)
         log.info("model rollback", bot_id=str(data.bot_id), how=how)
+
+    async def on_migrate_trade_db(self, message: MigrateTradeDb) -> dict[str, int]:
+        data = message.data
+        return await migrate_trade_db(self.fleet, data.bot_id, data.database)
 
     async def _deployed(
         self, deployed: Deployment, bot_id: uuid.UUID, generation: int, correlation_id: str | None
@@ -222,7 +229,7 @@ class CommandHandler:
             with contextlib.suppress(RedisError, OSError):
                 await self.tracker.accept(ref.bot_id, ref.generation)
 
-    async def _accept(self, message: Envelope) -> None:
+    async def _accept(self, message: Envelope, result: dict[str, int] | None = None) -> None:
         # Written under the command's correlation id (bound by the consumer), like what it makes the fleet do.
         log.info("command accepted", command_type=message.type, bot_id=str(getattr(message.data, "bot_id", None)))
         await self.events.publish(
@@ -231,7 +238,10 @@ class CommandHandler:
                 source=self.source,
                 correlation_id=message.correlation_id,
                 data=CommandAcceptedData(
-                    command_id=message.event_id, command_type=message.type, bot_id=getattr(message.data, "bot_id", None)
+                    command_id=message.event_id,
+                    command_type=message.type,
+                    bot_id=getattr(message.data, "bot_id", None),
+                    result=result,
                 ),
             )
         )

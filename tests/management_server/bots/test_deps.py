@@ -64,7 +64,7 @@ def test_every_route_of_a_bot_locks_it_to_change_it_and_only_then() -> None:
         for route in router.routes
         if isinstance(route, APIRoute) and "{bot_id}" in route.path
     ]
-    assert len(routes) == 17
+    assert len(routes) == 18
     for route in routes:
         calls = _calls(route.dependant)
         writes = route.methods & {"POST", "PATCH", "DELETE"}

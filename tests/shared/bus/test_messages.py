@@ -50,14 +50,14 @@ def spec(**changes: object) -> BotSpec:
 def test_the_bus_has_every_type_the_design_names() -> None:
     assert {t.model_fields["type"].default for t in COMMAND_TYPES} == {
         "START_BOT", "STOP_BOT", "RESTART_BOT", "PAUSE_BOT", "RESUME_BOT", "FORCE_EXIT",
-        "UPDATE_CONFIG", "UPDATE_MODEL", "ROLLBACK_MODEL", "EMERGENCY_STOP",
+        "UPDATE_CONFIG", "UPDATE_MODEL", "ROLLBACK_MODEL", "MIGRATE_TRADE_DB", "EMERGENCY_STOP",
     }  # fmt: skip
     assert {t.model_fields["type"].default for t in EVENT_TYPES} == {
         "COMMAND_ACCEPTED", "COMMAND_REJECTED", "BOT_STARTED", "BOT_STOPPED", "BOT_FAILED", "BOT_STATUS",
         "TRADE_OPENED", "TRADE_CLOSED", "MODEL_LOADED", "MODEL_REJECTED", "EMERGENCY_STOP_COMPLETED",
         "GATEWAY_HEARTBEAT", "MCP_CALL",
     }  # fmt: skip
-    assert len(MESSAGE_TYPES) == 23
+    assert len(MESSAGE_TYPES) == 24
 
 
 def test_start_bot_round_trips_with_its_model() -> None:
