@@ -4,8 +4,11 @@ run) and the schema upgrade after a restore."""
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import os
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -15,7 +18,11 @@ import psutil
 from freqfleet import database
 from freqfleet.embedded import EmbeddedPostgres
 from management_server.backups import archive
+from management_server.botdb import service as botdb
+from management_server.botdb.models import BotDatabase
+from management_server.botdb.service import Provisioner
 from management_server.config import ManagementSettings
+from management_server.security.crypto import MasterKeys
 
 
 def external_database() -> bool:
@@ -31,20 +38,40 @@ def _postmaster_running(pgdata: Path) -> bool:
 
 
 @contextmanager
-def database_url(settings: ManagementSettings) -> Iterator[str]:
-    """The database: DATABASE_URL's, or the embedded server of the data dir (started for the job, then
-    stopped, when ``freqfleet up`` is not running it)."""
+def database_urls(settings: ManagementSettings) -> Iterator[tuple[str, str | None]]:
+    """The database, and the bots' trade databases' server as its provisioning role (None when not set): DATABASE_URL's
+    and FREQFLEET_BOT_DB_ADMIN_URL's, or the embedded server of the data dir (started for the job, then stopped, when
+    ``freqfleet up`` is not running it)."""
     if external_database():
-        yield settings.database_url.get_secret_value()
+        bots = settings.bot_db_admin_url
+        yield settings.database_url.get_secret_value(), None if bots is None else bots.get_secret_value()
         return
     server = EmbeddedPostgres(settings.data_dir)
     running = _postmaster_running(server.pgdata)
     server.start()
     try:
-        yield server.url()
+        yield server.url(), server.provisioner_url(socket=True)
     finally:
         if not running:
             server.stop()
+
+
+def _bot_database_maker(database_url: str, bots_url: str, keys: MasterKeys) -> Callable[[str], None]:
+    """Makes a restored bot's database and role again, with the password the restored database keeps for it."""
+    provisioner = Provisioner(admin_url=bots_url, host="", port=0, backups=Path())
+
+    def make(name: str) -> None:
+        found = archive.query(
+            database_url,
+            f"SELECT bot_id, key_id, encode(ciphertext, 'base64') FROM bot_databases WHERE name = '{name}'",  # noqa: S608
+        )
+        if not found:
+            raise archive.BackupError(f"the archive has a dump of {name}, and its database no record of it")
+        bot_id, key_id, sealed = found.split("|")
+        row = BotDatabase(bot_id=uuid.UUID(bot_id), name=name, key_id=key_id, ciphertext=base64.b64decode(sealed))
+        asyncio.run(provisioner.create(name, botdb.password(keys, row)))
+
+    return make
 
 
 def backup_key(settings: ManagementSettings) -> bytes:
@@ -59,9 +86,13 @@ def backup_key(settings: ManagementSettings) -> bytes:
 
 def backup(settings: ManagementSettings, output: Path | None) -> Path:
     key = backup_key(settings)
-    with database_url(settings) as url:
+    with database_urls(settings) as (url, bots_url):
         return archive.create_backup(
-            url, archive.backup_set(settings.data_dir, settings.backup_sources()), output or settings.backups, key
+            url,
+            archive.backup_set(settings.data_dir, settings.backup_sources()),
+            output or settings.backups,
+            key,
+            bots_url=bots_url,
         )
 
 
@@ -77,8 +108,22 @@ def restore(settings: ManagementSettings, path: Path, *, trust_unencrypted: bool
             raise archive.BackupError(
                 f"{data_dir / 'postgres'} holds a database already: restore into a fresh FREQFLEET_DATA_DIR"
             )
-        with database_url(settings) as url:
+        with database_urls(settings) as (url, bots_url):
             archive.restore_database(plain, url)
             database.upgrade(url)  # an archive of an older version comes up to this version's schema
             placed = archive.restore_files(plain, manifest, data_dir)
-    return {"manifest": manifest, "placed": placed, "data_dir": data_dir}
+            bots: list[str] = []
+            if manifest.get("bot_databases"):
+                if bots_url is None:
+                    raise archive.BackupError(
+                        "the archive holds bots' trade databases: set FREQFLEET_BOT_DB_ADMIN_URL to the server that "
+                        "receives them (a role with CREATEDB and CREATEROLE)"
+                    )
+                keys = (
+                    MasterKeys.parse(settings.master_keys.get_secret_value())
+                    if settings.master_keys is not None
+                    else MasterKeys.from_file(data_dir / "master.keys")
+                )
+                make = _bot_database_maker(url, bots_url, keys)
+                bots = archive.restore_bot_databases(plain, manifest, bots_url, make)
+    return {"manifest": manifest, "placed": placed, "data_dir": data_dir, "bot_databases": bots}

@@ -196,7 +196,8 @@ def restore(
     manifest = done["manifest"]
     typer.echo(
         f"restored the backup of {manifest['created_at']} (schema {manifest['schema_revision']}) into "
-        f"{done['data_dir']}: the database and {len(done['placed'])} files and folders"
+        f"{done['data_dir']}: the database, {len(done['bot_databases'])} bots' trade databases and "
+        f"{len(done['placed'])} files and folders"
     )
 
 

@@ -165,12 +165,15 @@ class EmbeddedPostgres:
         query = f"host={self.socket_dir}" + (f"&port={self.port}" if self.port != DEFAULT_PORT else "")
         return f"{driver}://{APP_ROLE}:{password}@/{database or self.database}?{query}"
 
-    def provisioner_url(self) -> str:
-        """The URL with which the management server makes each bot's database and role (over TCP: it names the
-        host and port the bots reach too)."""
+    def provisioner_url(self, *, socket: bool = False) -> str:
+        """The URL with which the management server makes each bot's database and role: over TCP (it names the host
+        and port the bots reach too), or over the Unix socket (``socket``: backups and restores)."""
+        password = quote(self.provisioner_password, safe="")
+        if socket:
+            query = f"host={self.socket_dir}" + (f"&port={self.port}" if self.port != DEFAULT_PORT else "")
+            return f"postgresql://{PROVISIONER_ROLE}:{password}@/postgres?{query}"
         if self.tcp_port is None:
             raise RuntimeError("the embedded PostgreSQL listens on no TCP port: bots could not reach it")
-        password = quote(self.provisioner_password, safe="")
         return f"postgresql://{PROVISIONER_ROLE}:{password}@127.0.0.1:{self.tcp_port}/postgres"
 
     def _psql(self, sql: str, database: str = "postgres") -> str:

@@ -255,7 +255,7 @@ class Stack:
         env.pop("DATABASE_URL", None)
         env.pop("REDIS_URL", None)
         # The admin password is needed by nobody after bootstrap; the bots' database provisioning role by the
-        # management server alone (bot_db_env), not by the gateways, whose hosts run user code.
+        # management server and the worker alone (bot_db_env), not by the gateways, whose hosts run user code.
         env.pop("FREQFLEET_ADMIN_PASSWORD", None)
         env.pop("FREQFLEET_BOT_DB_ADMIN_URL", None)
         python = sys.executable
@@ -291,7 +291,10 @@ class Stack:
             ChildSpec(
                 "worker",
                 [python, "-m", "freqfleet", "worker"],
-                env | {"FREQFLEET_WORKER_BEAT": "true", "FREQFLEET_WORKER_METRICS_PORT": str(self.worker_metrics_port)},
+                # its scheduled backups dump the bots' trade databases too (as the provisioning role)
+                env
+                | {"FREQFLEET_WORKER_BEAT": "true", "FREQFLEET_WORKER_METRICS_PORT": str(self.worker_metrics_port)}
+                | self.bot_db_env(),
             ),
         ]
 

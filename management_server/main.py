@@ -22,7 +22,7 @@ from management_server.auth.principals import PrincipalFacts
 from management_server.auth.router import jwks_router
 from management_server.auth.router import router as auth_router
 from management_server.auth.service import AuthService
-from management_server.botdb.service import Provisioner
+from management_server.botdb.service import Provisioner, rehome
 from management_server.bots.emergency_router import router as emergency_router
 from management_server.bots.markets import Markets
 from management_server.bots.reconcile import Reconciler
@@ -117,6 +117,9 @@ def create_app(settings: ManagementSettings | None = None) -> FastAPI:
                 else MasterKeys.from_file(settings.data_dir / "master.keys")
             )
             app.state.bot_databases = Provisioner.from_settings(settings)  # FREQFLEET_BOT_DB=postgres
+            if app.state.bot_databases is not None:
+                async with app.state.sessionmaker.begin() as session:
+                    await rehome(session, app.state.bot_databases)
             await _sync_revocations(app)
             # The dashboard's live feed: bots changed by any session of this app reach the pages that show them.
             live_feed = LiveFeed(redis, app.state.sessionmaker)

@@ -8,6 +8,9 @@ An archive is a tar file (``freqfleet-backup-<UTC time>.tar``, mode 0600) holdin
 - ``files/<name>/...``: the folders and files of the backup set (by default the model store, the
   model signing keys, the token signing keys and the master keys: without the master keys the
   encrypted exchange credentials and model bundles of the dump can't be read);
+- ``bot-databases/<name>.dump``: each bot's trade database in PostgreSQL (``FREQFLEET_BOT_DB=postgres``,
+  :mod:`management_server.botdb`), ``pg_dump --format=custom`` as the provisioning role; a restore makes each
+  database and its role again, with the password the restored database holds for it, and restores it as that role;
 - ``manifest.json`` (written last): the format version, when, the schema revision, and the size and
   sha256 of every other member.
 
@@ -32,7 +35,7 @@ import subprocess
 import tarfile
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -43,6 +46,7 @@ from sqlalchemy.engine import make_url
 
 from management_server.backups.sealing import SealError, is_sealed, open_file, seal_file
 from shared.logging import get_logger
+from shared.trade_db import is_bot_database
 
 log = get_logger(__name__)
 
@@ -134,20 +138,20 @@ def _run(command: list[str], env: dict[str, str], what: str) -> str:
     return result.stdout
 
 
-def _query(database_url: str, sql: str) -> str:
+def query(database_url: str, sql: str) -> str:
     args, env = connection(database_url)
     return _run([pg_tool("psql"), *args, "--no-psqlrc", "-tAc", sql], env, "psql").strip()
 
 
 def schema_revision(database_url: str) -> str | None:
     try:
-        return _query(database_url, "SELECT version_num FROM alembic_version") or None
+        return query(database_url, "SELECT version_num FROM alembic_version") or None
     except BackupError:
         return None
 
 
 def table_count(database_url: str) -> int:
-    return int(_query(database_url, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'") or 0)
+    return int(query(database_url, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'") or 0)
 
 
 # --------------------------------------------------------------------------------------- writing
@@ -195,10 +199,61 @@ def _walk(root: Path) -> Iterator[Path]:
                 yield path
 
 
+BOT_DATABASES_PREFIX = "bot-databases"
+
+
+def bot_database_names(database_url: str) -> list[str]:
+    """The bots' trade databases the Freqfleet database records (none before the table existed)."""
+    try:
+        listed = query(database_url, "SELECT name FROM bot_databases ORDER BY name")
+    except BackupError as exc:
+        if "does not exist" in str(exc):
+            return []
+        raise
+    names = [line.strip() for line in listed.splitlines() if line.strip()]
+    bad = [n for n in names if not is_bot_database(n)]
+    if bad:
+        raise BackupError(f"bot_databases names what is not a bot's database: {bad[:3]}")
+    return names
+
+
+def _in_database(url: str, database: str) -> str:
+    return make_url(url).set(database=database).render_as_string(hide_password=False)
+
+
+def _dump_bots(database_url: str, bots_url: str | None, scratch: Path) -> list[tuple[str, Path]]:
+    """Each bot database's dump (as the provisioning role of ``bots_url``): (archive member, file)."""
+    names = bot_database_names(database_url)
+    if names and bots_url is None:
+        raise BackupError(
+            f"{len(names)} bots keep their trades in PostgreSQL databases of their own, and this backup has no "
+            "FREQFLEET_BOT_DB_ADMIN_URL to read them with: set it (the management server's)"
+        )
+    dumps = []
+    for name in names:
+        assert bots_url is not None
+        args, env = connection(_in_database(bots_url, name))
+        dump = scratch / f"{name}.dump"
+        _run(
+            [pg_tool("pg_dump"), *args, "--format=custom", "--no-owner", "--no-privileges", "--file", str(dump)],
+            env,
+            "pg_dump",
+        )
+        dumps.append((f"{BOT_DATABASES_PREFIX}/{name}.dump", dump))
+    return dumps
+
+
 def create_backup(
-    database_url: str, paths: list[BackupPath], output_dir: Path, key: bytes, now: datetime | None = None
+    database_url: str,
+    paths: list[BackupPath],
+    output_dir: Path,
+    key: bytes,
+    now: datetime | None = None,
+    *,
+    bots_url: str | None = None,
 ) -> Path:
-    """Write a backup archive into ``output_dir``, encrypted with ``key``; its path."""
+    """Write a backup archive into ``output_dir``, encrypted with ``key``; its path. ``bots_url``: the bots'
+    PostgreSQL as its provisioning role (each bot's trade database is dumped too)."""
     now = now or datetime.now(UTC)
     output_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     final = output_dir / f"{PREFIX}{now.strftime('%Y%m%dT%H%M%S%fZ')}{SUFFIX}"
@@ -215,8 +270,11 @@ def create_backup(
         try:
             files: list[dict[str, Any]] = []
             included: list[dict[str, Any]] = []
+            bots = _dump_bots(database_url, bots_url, Path(scratch))
             with tarfile.open(plain, "w", format=tarfile.PAX_FORMAT) as tar:
                 files.append(_add(tar, DATABASE_MEMBER, dump))
+                for member, bot_dump in bots:
+                    files.append(_add(tar, member, bot_dump))
                 for entry in paths:
                     if not entry.source.exists():
                         included.append({"name": entry.name, "restore_to": entry.restore_to, "kind": "missing"})
@@ -232,6 +290,7 @@ def create_backup(
                     "created_at": now.isoformat(),
                     "schema_revision": schema_revision(database_url),
                     "database": {"member": DATABASE_MEMBER, "tool": "pg_dump --format=custom"},
+                    "bot_databases": [member for member, _ in bots],
                     "paths": included,
                     "files": files,
                 }
@@ -409,6 +468,33 @@ def restore_database(archive: Path, database_url: str) -> None:
             "pg_restore",
         )
     log.info("database restored", database=make_url(database_url).database)
+
+
+def restore_bot_databases(
+    archive: Path, manifest: dict[str, Any], bots_url: str, make: Callable[[str], None]
+) -> list[str]:
+    """Each bot database of the archive, made again (``make(name)``: its role with its recorded password, and the
+    database it owns) and restored into as that role; their names."""
+    members = [str(m) for m in manifest.get("bot_databases", [])]
+    done = []
+    with tempfile.TemporaryDirectory(prefix="freqfleet-restore-") as scratch, tarfile.open(archive, "r:") as tar:
+        for member in members:
+            name = PurePosixPath(member).stem
+            if not _safe(member) or not member.startswith(f"{BOT_DATABASES_PREFIX}/") or not is_bot_database(name):
+                raise BackupError(f"{member!r} is not a bot database's dump")
+            make(name)
+            dump = Path(scratch) / f"{name}.dump"
+            source = tar.extractfile(member)
+            assert source is not None
+            with dump.open("wb") as out:
+                shutil.copyfileobj(source, out, CHUNK)
+            args, env = connection(_in_database(bots_url, name))
+            command = [pg_tool("pg_restore"), *args, f"--role={name}", "--no-owner", "--no-privileges"]
+            _run([*command, "--single-transaction", "--exit-on-error", str(dump)], env, "pg_restore")
+            done.append(name)
+    if done:
+        log.info("bot databases restored", databases=len(done))
+    return done
 
 
 def restore_files(archive: Path, manifest: dict[str, Any], data_dir: Path) -> list[Path]:

@@ -27,6 +27,7 @@ def run_backup(settings: ManagementSettings, *, keep: int | None = None) -> dict
             backup_set(settings.data_dir, settings.backup_sources()),
             settings.backups,
             key,
+            bots_url=None if settings.bot_db_admin_url is None else settings.bot_db_admin_url.get_secret_value(),
         )
     except Exception:
         BACKUPS.labels(outcome="failed").inc()

@@ -25,6 +25,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import asyncpg
+from sqlalchemy import or_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from management_server.backups.archive import pg_tool
@@ -235,6 +236,20 @@ async def remove(provisioner: Provisioner | None, row: BotDatabase) -> Path:
     await provisioner.drop(row.name)
     log.info("bot database dropped", bot_id=str(bot_id), database=row.name, backup=str(backup))
     return backup
+
+
+async def rehome(session: AsyncSession, provisioner: Provisioner) -> int:
+    """Point every bot database at the server as the settings name it now (a restored backup, a server that moved);
+    how many changed. Run at the management server's start: the gateways are told where it is with each start."""
+    result = await session.execute(
+        update(BotDatabase)
+        .where(or_(BotDatabase.host != provisioner.host, BotDatabase.port != provisioner.port))
+        .values(host=provisioner.host, port=provisioner.port)
+    )
+    moved = int(getattr(result, "rowcount", 0) or 0)
+    if moved:
+        log.warning("bot databases now on this server", count=moved, host=provisioner.host, port=provisioner.port)
+    return moved
 
 
 def sealed_for(keys: MasterKeys, row: BotDatabase, gateway_id: str, sealing_key: str) -> SealedDatabase:

@@ -43,6 +43,7 @@ from management_server.backups.archive import (
     verify,
 )
 from management_server.backups.tasks import BACKUP_TASK, SCHEDULE_NAME, run_backup
+from management_server.botdb import service as botdb
 from management_server.bots import events as bot_events
 from management_server.bots.models import Trade
 from management_server.config import ManagementSettings
@@ -58,6 +59,7 @@ from management_server.users.service import create_user
 from management_server.worker import create_celery
 from shared.bus.messages import GatewayHeartbeat, GatewayHeartbeatData, TradeClosed, TradeClosedData
 from shared.settings import Environment
+from shared.trade_db import bot_url
 from tests.enrollment import ensure_enrolled, identity_for
 from tests.exchange_simulator.conftest import SimulatorProcess
 from tests.helpers import async_wait_for, free_port, serve, wait_for
@@ -88,13 +90,16 @@ def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     )
 
 
-def settings_for(data_dir: Path, database_url: str, redis_url: str) -> ManagementSettings:
+def settings_for(data_dir: Path, database_url: str, redis_url: str, bots_url: str | None = None) -> ManagementSettings:
+    """``bots_url``: bots' trades in PostgreSQL databases of their own, made by this provisioning role."""
     return ManagementSettings(
         env=Environment.test,
         data_dir=data_dir,
         database_url=SecretStr(database_url),
         redis_url=SecretStr(redis_url),
         rate_limit_enabled=False,
+        bot_db="sqlite" if bots_url is None else "postgres",
+        bot_db_admin_url=None if bots_url is None else SecretStr(bots_url),
     )
 
 
@@ -187,7 +192,22 @@ async def populate(settings: ManagementSettings) -> dict[str, Any]:
         ModelStore(settings.model_store, app.state.master_keys).put(model.id, io.BytesIO(BUNDLE))
         analytics = (await api.get(f"/analytics/bots/{bot['id']}", headers=admin)).json()
         bot = (await api.get(f"/bots/{bot['id']}", headers=admin)).json()  # as stored (started: desired running)
-        return {"bot": bot, "model_id": model.id, "kid": app.state.keys.active.kid, "analytics": analytics}
+        # Its trades as Freqtrade wrote them, in its own PostgreSQL database (FREQFLEET_BOT_DB=postgres).
+        async with app.state.sessionmaker() as session:
+            stored = await botdb.of(session, uuid.UUID(bot["id"]))
+        assert stored is not None
+        url = bot_url(stored.name, botdb.password(app.state.master_keys, stored), stored.host, stored.port)
+        wrote = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "tests.freqtrade_db", url, "4", "1", cwd=ROOT
+        )
+        assert await wrote.wait() == 0
+        return {
+            "bot": bot,
+            "model_id": model.id,
+            "kid": app.state.keys.active.kid,
+            "analytics": analytics,
+            "bot_database": stored.name,
+        }
 
 
 @pytest.mark.slow
@@ -200,8 +220,9 @@ async def test_backup_wipe_restore_and_the_restored_bot_starts(
     simulator: SimulatorProcess,
 ) -> None:
     source = tmp_path / "source"
-    settings = settings_for(source, database_url, redis_url)
+    settings = settings_for(source, database_url, redis_url, bots_url=postgres.provisioner_url())
     before = await populate(settings)
+    bot_db = before["bot_database"]
     rows = await counts(database_url)
     assert rows["users"] == 2
     assert rows["trades"] == 3
@@ -211,7 +232,11 @@ async def test_backup_wipe_restore_and_the_restored_bot_starts(
         "backup",
         "--output",
         str(tmp_path / "archives"),
-        env={"FREQFLEET_DATA_DIR": str(source), "FREQFLEET_DATABASE_URL": database_url},
+        env={
+            "FREQFLEET_DATA_DIR": str(source),
+            "FREQFLEET_DATABASE_URL": database_url,
+            "FREQFLEET_BOT_DB_ADMIN_URL": postgres.provisioner_url(),
+        },
     )
     assert made.returncode == 0, made.stdout + made.stderr
     [archive] = list((tmp_path / "archives").glob("freqfleet-backup-*.tar.enc"))
@@ -225,6 +250,7 @@ async def test_backup_wipe_restore_and_the_restored_bot_starts(
     with opened(archive, (source / "backup.key").read_text().strip().encode()) as plain:
         manifest = verify(plain)
     assert manifest["schema_revision"] == (await _revision(database_url))
+    assert manifest["bot_databases"] == [f"bot-databases/{bot_db}.dump"]  # the bot's trades, as Freqtrade wrote them
     saved = {p["name"]: p["kind"] for p in manifest["paths"]}
     assert saved == {
         "model-store": "dir",
@@ -245,6 +271,8 @@ async def test_backup_wipe_restore_and_the_restored_bot_starts(
         database="postgres",
     )
     await admin_conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    await admin_conn.execute(f'DROP DATABASE "{bot_db}" WITH (FORCE)')
+    await admin_conn.execute(f'DROP ROLE "{bot_db}"')
     await admin_conn.close()
     shutil.rmtree(source)
 
@@ -265,12 +293,15 @@ async def test_backup_wipe_restore_and_the_restored_bot_starts(
     assert again.returncode == 1
     assert "restore into a fresh" in again.stderr
 
-    server = EmbeddedPostgres(fresh)
+    assert "1 bots' trade databases" in done.stdout
+    server = EmbeddedPostgres(fresh, port=free_port())  # TCP as well: the restored bot reaches its database there
     server.start()
     gateway_settings: GatewaySettings | None = None
     try:
         assert await counts(server.url()) == rows  # every table, every row
-        restored = settings_for(fresh, server.url(), redis_url)
+        trades = await _bot_trades(server, bot_db)
+        assert (len(trades), sum(1 for t in trades if t["is_open"])) == (5, 1)  # the bot's own database too
+        restored = settings_for(fresh, server.url(), redis_url, bots_url=server.provisioner_url())
         fresh_redis = aioredis.Redis.from_url(redis_url)
         await fresh_redis.flushall()  # a new Redis, too
         await fresh_redis.aclose()
@@ -321,12 +352,32 @@ async def test_backup_wipe_restore_and_the_restored_bot_starts(
                     return bool(found["actual_state"] == "running")
 
                 await async_wait_for(running, timeout=90, interval=0.5, what="the restored bot running")
+                # It trades on its restored database, on the new server (the management server pointed the bot
+                # databases at it when it started), as its own role.
+                sessions = await _sessions_of(server, bot_db)
+                assert sessions >= 1
     finally:
         if gateway_settings is not None:
             for orphan in find_orphans(gateway_settings.gateway_data_dir / "bots"):
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(orphan.pid, signal.SIGKILL)
         server.stop()
+
+
+async def _bot_trades(server: EmbeddedPostgres, name: str) -> list[asyncpg.Record]:
+    conn = await asyncpg.connect(server.provisioner_url(socket=True).replace("/postgres?", f"/{name}?"))
+    try:
+        return list(await conn.fetch("SELECT id, is_open FROM trades ORDER BY id"))
+    finally:
+        await conn.close()
+
+
+async def _sessions_of(server: EmbeddedPostgres, role: str) -> int:
+    conn = await asyncpg.connect(server.provisioner_url(socket=True))
+    try:
+        return int(await conn.fetchval("SELECT count(*) FROM pg_stat_activity WHERE usename = $1", role))
+    finally:
+        await conn.close()
 
 
 async def _revision(database_url: str) -> str:

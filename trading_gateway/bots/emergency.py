@@ -23,11 +23,9 @@ Decisions:
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import sqlite3
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
@@ -36,6 +34,7 @@ from shared.logging import get_logger
 from trading_gateway.bots.client import BotApiError, BotUnreachable, FreqtradeClient
 from trading_gateway.bots.files import BotFiles
 from trading_gateway.bots.process import BotProcess
+from trading_gateway.bots.trade_store import read_rows
 
 log = get_logger(__name__)
 T = TypeVar("T")
@@ -80,20 +79,15 @@ def _trade_ids(trades: list[dict[str, Any]]) -> tuple[int, ...]:
     return tuple(int(t["trade_id"]) for t in trades if "trade_id" in t)
 
 
-def open_trade_ids_in_db(files: BotFiles) -> tuple[int, ...] | None:
-    """The bot's open trades as its SQLite database says (None when it can't be read).
+def open_trade_ids_in_db(files: BotFiles, database_url: str | None = None) -> tuple[int, ...] | None:
+    """The bot's open trades as its database says (None when it can't be read): its SQLite file, or its PostgreSQL
+    database at ``database_url``. Blocking: run it in a thread.
 
-    Safe while the bot runs (SQLite in WAL mode: readers never block the writer) and the only
-    source left when its API no longer answers.
+    Safe while the bot runs (SQLite in WAL mode: readers never block the writer; PostgreSQL: a read-only session) and
+    the only source left when its API no longer answers.
     """
-    if not files.db.exists():
-        return None
-    try:
-        with contextlib.closing(sqlite3.connect(f"file:{files.db}?mode=ro", uri=True, timeout=2)) as conn:
-            rows = conn.execute("SELECT id FROM trades WHERE is_open = 1 ORDER BY id").fetchall()
-    except sqlite3.Error:
-        return None
-    return tuple(int(r[0]) for r in rows)
+    rows = read_rows(files, database_url, "SELECT id FROM trades WHERE is_open ORDER BY id")
+    return None if rows is None else tuple(int(r[0]) for r in rows)
 
 
 async def emergency_stop_bot(
@@ -103,6 +97,7 @@ async def emergency_stop_bot(
     grace: float,
     exit_wait: float = 10.0,
     started: float | None = None,
+    database_url: str | None = None,
 ) -> EmergencyResult:
     """Stop one bot the emergency way; never raises for the bot's failures, reports them.
 
@@ -145,7 +140,9 @@ async def emergency_stop_bot(
 
     api_open = await rest("read open trades", client.status)
     before: tuple[int, ...] | None = (
-        _trade_ids(api_open) if api_open is not None else open_trade_ids_in_db(process.files)
+        _trade_ids(api_open)
+        if api_open is not None
+        else await asyncio.to_thread(open_trade_ids_in_db, process.files, database_url)
     )
     left: tuple[int, ...] | None = before
     if before is None or before:
@@ -168,7 +165,7 @@ async def emergency_stop_bot(
         stopped = await process.terminate(grace)
         exited_after = time.monotonic() - t0
         steps.append(f"process ended ({stopped.signal}, exit code {stopped.exit_code})")
-        in_db = open_trade_ids_in_db(process.files)
+        in_db = await asyncio.to_thread(open_trade_ids_in_db, process.files, database_url)
         if in_db is not None:
             left = in_db
     except (OSError, RuntimeError) as exc:
@@ -207,18 +204,27 @@ async def emergency_stop_bot(
 
 
 async def emergency_stop_all(
-    processes: Sequence[BotProcess], *, grace: float, exit_wait: float = 10.0, started: float | None = None
+    processes: Sequence[BotProcess],
+    *,
+    grace: float,
+    exit_wait: float = 10.0,
+    started: float | None = None,
+    database_urls: Mapping[str, str] | None = None,
 ) -> FleetEmergencyResult:
     """Emergency-stop every bot at once; one outcome per bot, in the order given.
 
     :param started: ``time.monotonic()`` at which the emergency began (default: now); timings count from it.
+    :param database_urls: the PostgreSQL trade database of each bot that has one, by bot id.
     """
+    urls = database_urls or {}
     t0 = time.monotonic() if started is None else started
 
     async def one(process: BotProcess) -> EmergencyResult:
         try:
             async with process.client(timeout=EMERGENCY_API_TIMEOUT) as client:
-                return await emergency_stop_bot(client, process, grace=grace, exit_wait=exit_wait, started=t0)
+                return await emergency_stop_bot(
+                    client, process, grace=grace, exit_wait=exit_wait, started=t0, database_url=urls.get(process.bot_id)
+                )
         except Exception as exc:  # a bug must not keep the other bots from stopping
             log.exception("emergency stop of a bot failed", bot_id=process.bot_id)
             return EmergencyResult(process.bot_id, "failed", detail=f"{type(exc).__name__}: {exc}")

@@ -8,6 +8,7 @@ trade shaped exactly as in TRADE_CLOSED.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Literal
 
@@ -16,6 +17,7 @@ from pydantic import ValidationError
 from shared.bus.messages import TradeClosedData
 from shared.logging import get_logger
 from trading_gateway.bots.client import BotApiError
+from trading_gateway.bots.trade_store import database_url_of
 from trading_gateway.fleet.service import Fleet
 from trading_gateway.fleet.trades import closed_event, closed_trades_from_api, closed_trades_from_db
 
@@ -39,7 +41,8 @@ async def closed_trades(fleet: Fleet, bot_id: uuid.UUID) -> tuple[Source, list[T
         except BotApiError as exc:
             log.info("closed trades not readable from the bot's API; reading its database", error=str(exc))
     if rows is None:
-        rows = closed_trades_from_db(bot.files)
+        url = database_url_of(bot.spec, bot.bot_id, fleet.identity)
+        rows = await asyncio.to_thread(closed_trades_from_db, bot.files, url)
         source = "database" if rows is not None else "none"
     trades: list[TradeClosedData] = []
     for row in rows or []:

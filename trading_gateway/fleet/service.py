@@ -87,6 +87,7 @@ from trading_gateway.bots.ports import NoFreePort, PortPool
 from trading_gateway.bots.process import BotProcess
 from trading_gateway.bots.sandbox import BotSandboxing
 from trading_gateway.bots.state import Desired, StateFile
+from trading_gateway.bots.trade_store import database_url_of
 from trading_gateway.bus.events import EventPublisher
 from trading_gateway.config import GatewaySettings
 from trading_gateway.fleet.bot import (
@@ -619,10 +620,12 @@ class Fleet:
         await asyncio.gather(*tasks, return_exceptions=True)
         # 3. All at once: stopentry, forceexit all, stop, terminate.
         running = [bot for bot in known if bot.process is not None]
+        urls = {bot.bot_id: database_url_of(bot.spec, bot.bot_id, self.identity) for bot in running}
         fleet = await emergency_stop_all(
             [bot.process for bot in running if bot.process is not None],
             grace=self.settings.bot_stop_grace,
             started=t0,  # timings count from the request, supervisors' hand-over included
+            database_urls={bot_id: url for bot_id, url in urls.items() if url is not None},
         )
         results: dict[str, EmergencyResult] = {r.bot_id: r for r in fleet.results}
         outcomes: list[EmergencyOutcome] = []

@@ -44,6 +44,7 @@ from trading_gateway.bots.ports import NoFreePort, PortPool
 from trading_gateway.bots.process import BotProcess, BotStartError, bot_environment
 from trading_gateway.bots.sandbox import BotSandboxing
 from trading_gateway.bots.state import BotRecord, Desired, StateFile
+from trading_gateway.bots.trade_store import database_url_of
 from trading_gateway.bus.events import EventPublisher
 from trading_gateway.config import GatewaySettings
 from trading_gateway.fleet.bot import (
@@ -547,7 +548,8 @@ class Supervisor:
 
     async def sweep_trades(self, bot: ManagedBot) -> None:
         """Report what the bot's database says about trades its API can no longer tell."""
-        closed = closed_trades_from_db(bot.files)
+        url = database_url_of(bot.spec, bot.bot_id, self.identity)
+        closed = await asyncio.to_thread(closed_trades_from_db, bot.files, url)
         if closed:
             await bot.reporter.report_closed(closed)
 

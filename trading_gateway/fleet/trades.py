@@ -21,9 +21,7 @@ Decisions:
 
 from __future__ import annotations
 
-import contextlib
 import json
-import sqlite3
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
@@ -37,6 +35,7 @@ from shared.files import atomic_write
 from shared.logging import get_logger
 from trading_gateway.bots.client import FreqtradeClient
 from trading_gateway.bots.files import BotFiles
+from trading_gateway.bots.trade_store import read_rows
 
 log = get_logger(__name__)
 
@@ -50,11 +49,13 @@ def trade_event_id(bot_id: uuid.UUID, trade_id: int, kind: Literal["opened", "cl
 
 
 def _when(trade: dict[str, Any], key: str) -> datetime | None:
-    """A trade's time from its ``<key>_timestamp`` (ms) or its ``<key>_date`` (naive UTC text)."""
+    """A trade's time from its ``<key>_timestamp`` (ms) or its ``<key>_date`` (naive UTC text, or a datetime)."""
     stamp = trade.get(f"{key}_timestamp")
     if isinstance(stamp, int | float) and stamp > 0:
         return datetime.fromtimestamp(stamp / 1000, UTC)
     text = trade.get(f"{key}_date")
+    if isinstance(text, datetime):  # read from a PostgreSQL trade database (naive UTC, as Freqtrade stores it)
+        return text if text.tzinfo is not None else text.replace(tzinfo=UTC)
     if isinstance(text, str) and text:
         parsed = datetime.fromisoformat(text)
         return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
@@ -116,19 +117,15 @@ async def closed_trades_from_api(api: FreqtradeClient) -> list[dict[str, Any]]:
             return trades
 
 
-def closed_trades_from_db(files: BotFiles) -> list[dict[str, Any]] | None:
-    """The closed trades in the bot's database, shaped like the API's (None when it can't be read)."""
-    if not files.db.exists():
-        return None
+def closed_trades_from_db(files: BotFiles, database_url: str | None = None) -> list[dict[str, Any]] | None:
+    """The closed trades in the bot's database (its SQLite file, or its PostgreSQL database at ``database_url``),
+    shaped like the API's (None when it can't be read). Blocking: run it in a thread."""
     query = (
         "SELECT id, pair, is_short, open_date, open_rate, amount, stake_amount, enter_tag, close_date, close_rate, "
-        "close_profit_abs, close_profit, exit_reason FROM trades WHERE is_open = 0 ORDER BY id"
+        "close_profit_abs, close_profit, exit_reason FROM trades WHERE NOT is_open ORDER BY id"
     )
-    try:
-        with contextlib.closing(sqlite3.connect(f"file:{files.db}?mode=ro", uri=True, timeout=2)) as conn:
-            rows = conn.execute(query).fetchall()
-    except sqlite3.Error as exc:
-        log.warning("bot database not readable", bot_id=files.bot_id, error=str(exc))
+    rows = read_rows(files, database_url, query)
+    if rows is None:
         return None
     keys = (
         "trade_id",
