@@ -72,6 +72,7 @@ class StackSettings(ManagementSettings, SimulatorSettings):
         return self
 
 
+UP_LEASE_SECONDS = 20  # `up`'s gateways hold their bots by leases of 20 s (FREQFLEET_LEASE_SECONDS)
 GATEWAY_PORT_STEP = 10  # the n-th gateway listens on FREQFLEET_GATEWAY_PORT + 10 (n - 1): 8001, 8011, 8021...
 SANDBOX_UID_STEP = 100_000  # bots of two gateways on one host never share an uid
 
@@ -270,6 +271,8 @@ class Stack:
                 "FREQFLEET_BOT_PORT_RANGE_END": str(place.bot_ports[1]),
                 "FREQFLEET_SANDBOX_UID_BASE": str(place.sandbox_uid_base),
             }
+            if "FREQFLEET_LEASE_SECONDS" not in self.env:  # each bot held by one gateway (fleet/leases.py)
+                gateway_env["FREQFLEET_LEASE_SECONDS"] = str(UP_LEASE_SECONDS)
             if len(places) > 1 and "FREQFLEET_RELAY_WEIGHT_SHARE" not in self.env:
                 # One IP, one exchange limit, a relay per gateway: each spends its part of it (they also see what the
                 # others spent in the exchange's used-weight header, but only after the fact).

@@ -26,6 +26,14 @@ class GatewaySettings(CommonSettings):
     gateway_host: str = Field(default="127.0.0.1", description="Address the gateway binds.")
     gateway_port: int = Field(default=8001, ge=1, le=65535, description="Port of the gateway.")
     heartbeat_interval: float = Field(default=5.0, gt=0, description="Seconds between heartbeats on the bus.")
+    lease_seconds: float = Field(
+        default=0.0,
+        ge=0,
+        description="How long this gateway's hold on each of its bots lasts unless renewed (renewed every fifth of "
+        "it, in Redis): a bot the management server has placed elsewhere is stopped here and never started again, "
+        "and a gateway that can't renew stops its bots before their leases end (docs/design.md, 'Leases'); 0: no "
+        "leases (a bot lives and dies with its gateway).",
+    )
     max_bots: int = Field(default=20, ge=0, description="How many bots this gateway runs at most.")
     management_url: str = Field(
         default="http://127.0.0.1:8000", description="Where the gateway reaches the management server."

@@ -102,8 +102,12 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             models = ModelService(settings, events, keys=model_keys, redis=redis)
             fleet = Fleet(settings, events, models=models, identity=identity)
             app.state.fleet = fleet
+            leases = fleet.use_leases(redis) if settings.lease_seconds > 0 else None
             await fleet.start()
             stack.push_async_callback(lambda: fleet.stop(stop_bots=settings.stop_bots_on_shutdown))
+            if leases is not None:  # renewing from now on; stopped before the fleet stops
+                leases.start()
+                stack.push_async_callback(leases.stop)
 
             # MCP for AI agents (/mcp, /mcp/ws); stops before the fleet does.
             mcp = McpService(settings, fleet, app.state.gateway_auth, events)

@@ -2,10 +2,11 @@
 
 A gateway's host runs untrusted code (sandboxed), so its Redis credential is the one most worth stealing. With
 the rules below a gateway's user reaches only its own keys: its command stream (and dead letters, pending-error
-notes, dedupe marks, generations), the events stream to append to, and, read-only, the token revocations and
-model-transfer chunks. It can't read other gateways' commands or the events of others, delete the management
-server's keys (revocations, login throttles, rate limits, Celery's queues), run administrative commands
-(``FLUSHALL``, ``CONFIG``, ``KEYS``, ``DEBUG``...) or anything else ``@dangerous``.
+notes, dedupe marks, generations), its bots' leases, the events stream to append to, and, read-only, the token
+revocations, model-transfer chunks and which gateway holds each bot. It can't read other gateways' commands or the
+events of others, delete the management server's keys (revocations, login throttles, rate limits, Celery's queues),
+name a bot's holder, run administrative commands (``FLUSHALL``, ``CONFIG``, ``KEYS``, ``DEBUG``...) or anything else
+``@dangerous``.
 
 ``freqfleet up`` makes this user on its embedded Valkey at every start (:meth:`freqfleet.embedded.EmbeddedValkey.
 user_url`); with your own Redis or Valkey 7+, create it with ``ACL SETUSER gateway-<id> on >password <rules...>`` from
@@ -14,10 +15,23 @@ user_url`); with your own Redis or Valkey 7+, create it with ``ACL SETUSER gatew
 
 from __future__ import annotations
 
+from shared.bus.leases import HOLDER_PREFIX, leases_key
 from shared.bus.streams import DEAD_LETTER_SUFFIX, EVENTS_STREAM, commands_stream, gateway_group
 
-COMMANDS = ["-@all", "+@connection", "+@read", "+@write", "+@stream", "+@hash", "+@string", "+@keyspace",
-            "+@scripting", "-@dangerous", "-@admin"]  # fmt: skip
+COMMANDS = [
+    "-@all",
+    "+@connection",
+    "+@read",
+    "+@write",
+    "+@stream",
+    "+@hash",
+    "+@string",
+    "+@keyspace",
+    "+@scripting",
+    "-@dangerous",
+    "-@admin",
+    "+time",
+]  # fmt: skip  (TIME: leases expire on Redis's clock)
 
 
 def acl_user(gateway_id: str) -> str:
@@ -36,8 +50,10 @@ def acl_rules(gateway_id: str) -> list[str]:
         f"~{stream}{DEAD_LETTER_SUFFIX}",
         f"~freqfleet:bus-errors:{stream}:*",
         f"~freqfleet:generations:{gateway_id}",
+        f"~{leases_key(gateway_id)}",  # its bots' leases (shared/bus/leases.py)
         f"~freqfleet:processed:{group}:*",
         f"%W~{EVENTS_STREAM}",
         "%R~freqfleet:auth:*",
         "%R~freqfleet:model-transfer:*",
+        f"%R~{HOLDER_PREFIX}*",  # who holds each bot, as the management server says
     ]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from datetime import UTC, datetime, timedelta
 from typing import cast
 
@@ -25,9 +26,10 @@ from management_server.bus.models import OutboxMessage
 from management_server.bus.service import OUTBOX_CHANNEL
 from management_server.db import listen
 from management_server.elected import OUTBOX_RELAY_LOCK
+from shared.bus.leases import set_holder
 from shared.bus.publisher import Publisher, raw_entry_fields
 from shared.bus.signing import CommandSigner
-from shared.bus.streams import Retention, is_commands_stream
+from shared.bus.streams import COMMANDS_PREFIX, Retention, is_commands_stream
 from shared.logging import get_logger
 
 log = get_logger(__name__)
@@ -147,6 +149,8 @@ class OutboxRelay:
                     fields = raw_entry_fields(message_type, str(event_id), envelope)
                     if self.signer is not None and is_commands_stream(stream):
                         fields |= self.signer.fields(stream, envelope)
+                    if message_type == "START_BOT":  # the placement: this gateway holds the bot from now on
+                        await self._name_holder(stream, envelope)
                     await self.publisher.publish_raw(stream, fields)
                 except Exception as exc:
                     # Keep the order: stop here, the rest waits for the next pass.
@@ -159,6 +163,12 @@ class OutboxRelay:
                 await conn.execute(_PUBLISHED, {"ids": published})
         self.published += len(published)
         return len(published)
+
+    async def _name_holder(self, stream: str, envelope: str) -> None:
+        """The bot's holder (``shared/bus/leases.py``) is the gateway its START_BOT goes to, from its generation on,
+        written before the command is: the gateway that takes it finds itself named."""
+        data = json.loads(envelope)["data"]
+        await set_holder(self.publisher.redis, data["bot_id"], stream.removeprefix(COMMANDS_PREFIX), data["generation"])
 
     async def _cleanup(self) -> None:
         now = datetime.now(UTC)

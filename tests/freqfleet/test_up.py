@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import re
 import signal
@@ -27,6 +28,7 @@ from management_server.worker import PING_TASK, create_celery
 from shared.settings import Environment
 from tests.freqfleet.test_cli import freqfleet
 from tests.helpers import free_port, wait_for
+from tests.trading_gateway.bots.conftest import ALWAYS_ENTER_MARKET
 
 pytestmark = pytest.mark.slow
 
@@ -42,6 +44,7 @@ class Up:
     gateway: str
     simulator: str
     valkey_port: int
+    postgres_port: int
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
@@ -107,7 +110,7 @@ def start_up(data_dir: Path, tmp_path: Path, admin_password: str | None = None, 
     env = {
         k: v for k, v in os.environ.items() if not k.startswith("FREQFLEET_") and k not in ("DATABASE_URL", "REDIS_URL")
     }
-    mport, gport, sport, vport = free_port(), free_port(), free_port(), free_port()
+    mport, gport, sport, vport, pport = free_port(), free_port(), free_port(), free_port(), free_port()
     env.update(
         {
             "FREQFLEET_DATA_DIR": str(data_dir),
@@ -115,7 +118,7 @@ def start_up(data_dir: Path, tmp_path: Path, admin_password: str | None = None, 
             "FREQFLEET_GATEWAY_PORT": str(gport),
             "FREQFLEET_SIMULATOR_PORT": str(sport),
             "FREQFLEET_VALKEY_PORT": str(vport),
-            "FREQFLEET_POSTGRES_PORT": str(free_port()),
+            "FREQFLEET_POSTGRES_PORT": str(pport),
             "FREQFLEET_WORKER_METRICS_PORT": str(free_port()),
             "FREQFLEET_ADMIN_EMAIL": ADMIN_EMAIL,
             "FREQFLEET_CELERY_CONCURRENCY": "1",
@@ -141,6 +144,7 @@ def start_up(data_dir: Path, tmp_path: Path, admin_password: str | None = None, 
         f"http://127.0.0.1:{gport}",
         f"http://127.0.0.1:{sport}",
         vport,
+        pport,
     )
     try:
         wait_for(
@@ -220,7 +224,23 @@ def test_up_serves_bootstraps_restarts_and_stops_cleanly(data_dir: Path, tmp_pat
             "no dead letters: every message on the bus was handled",
         )
 
-        # A gateway that dies is restarted by `up`.
+        # A bot under `up` keeps its trades in a PostgreSQL database of its own on the embedded server (its TCP port,
+        # the only one its sandbox may reach besides its market data), and its gateway holds it by a lease.
+        bot = _running_bot(up, password)
+        gateway_id = str(gateways[0]["gateway_id"])
+        config = json.loads((data_dir / "gateway" / gateway_id / "bots" / bot / "config.json").read_text())
+        assert config["db_url"].startswith(f"postgresql+psycopg://ffbot_{bot.replace('-', '')}:")
+        assert f"@127.0.0.1:{up.postgres_port}/" in config["db_url"]
+        client = redis.Redis.from_url(up.redis_url)
+        try:
+            holder = client.get(f"freqfleet:holder:{bot}")
+            assert holder is not None
+            assert holder.decode().startswith(gateway_id + " ")
+            assert client.hexists(f"freqfleet:leases:{gateway_id}", bot)
+        finally:
+            client.close()
+
+        # A gateway that dies is restarted by `up` (and adopts the bot, which ran on meanwhile).
         old = up.child("gateway")
         old.kill()
         new = wait_for(
@@ -249,6 +269,31 @@ def test_up_serves_bootstraps_restarts_and_stops_cleanly(data_dir: Path, tmp_pat
     valkey_log = (data_dir / "valkey" / "valkey.log").read_text()
     assert "Received SIGTERM" in valkey_log
     assert "Received SIGINT" not in valkey_log
+
+
+def _running_bot(up: Up, password: str) -> str:
+    """An admin's bot on the always-enter strategy, started and running under ``up``; its id."""
+    api = f"{up.management}/api/v1"
+    token = httpx.post(f"{api}/auth/token", data={"username": ADMIN_EMAIL, "password": password}, timeout=30)
+    assert token.status_code == 200, token.text
+    headers = {"Authorization": f"Bearer {token.json()['access_token']}"}
+    strategy = httpx.post(
+        f"{api}/strategies", json={"name": "always", "source": ALWAYS_ENTER_MARKET}, headers=headers, timeout=30
+    ).json()
+    body = {"name": "under-up", "strategy_id": strategy["id"], "pairs": ["BTC/USDT"], "timeframe": "1m",
+            "stake_amount": "10", "max_open_trades": 1}  # fmt: skip
+    created = httpx.post(f"{api}/bots", json=body, headers=headers, timeout=30)
+    assert created.status_code == 201, created.text
+    bot: dict[str, str] = created.json()
+    assert bot["trade_db"] == "postgres"
+    started = httpx.post(f"{api}/bots/{bot['id']}/start", headers=headers, timeout=30)
+    assert started.status_code == 200, started.text
+    wait_for(
+        lambda: httpx.get(f"{api}/bots/{bot['id']}", headers=headers, timeout=10).json()["actual_state"] == "running",
+        timeout=90,
+        what="the bot running under up",
+    )
+    return bot["id"]
 
 
 def up_gateways(up: Up) -> list[str]:

@@ -62,10 +62,11 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import ValidationError
 
+from shared.bus.leases import Holder
 from shared.bus.messages import (
     BotSpec,
     EmergencyOutcome,
@@ -105,6 +106,7 @@ from trading_gateway.fleet.bot import (
     save_spec,
     storable,
 )
+from trading_gateway.fleet.leases import LeaseKeeper
 from trading_gateway.fleet.supervisor import API_TIMEOUT, Supervisor
 from trading_gateway.fleet.trades import TradeReporter
 from trading_gateway.freqai.installs import MODELS_FILE
@@ -150,6 +152,20 @@ class Fleet:
         self.supervisor.relay = self.relay
 
     # ================================================================== lifecycle
+
+    def use_leases(self, redis: Any) -> LeaseKeeper:
+        """Hold this gateway's bots by leases (FREQFLEET_LEASE_SECONDS): no start without one, a bot placed elsewhere
+        stopped here; the caller starts the keeper (its renewals) and stops it."""
+        keeper = LeaseKeeper(redis, self.settings.gateway_id, self.bots, self.settings.lease_seconds)
+        keeper.on_lost = self._lost
+        self.supervisor.leases = keeper
+        return keeper
+
+    async def _lost(self, bot_id: uuid.UUID, holder: Holder) -> None:
+        bot = self.bot(bot_id)
+        if bot is not None:
+            reason = f"gateway {holder.gateway_id} holds it now (from generation {holder.generation}): stopped here"
+            await self.stop_bot(bot_id, bot.generation, reason=reason)
 
     async def start(self, adopt_timeout: float = 10.0) -> AdoptionReport:
         """Adopt what still runs, restart what died and should run, start the supervisors."""

@@ -19,6 +19,7 @@ import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 from pydantic import ValidationError
@@ -61,6 +62,9 @@ from trading_gateway.fleet.bot import (
     secrets_of,
 )
 from trading_gateway.fleet.trades import closed_trades_from_api, closed_trades_from_db
+
+if TYPE_CHECKING:
+    from trading_gateway.fleet.leases import LeaseKeeper
 from trading_gateway.freqai.service import ModelService
 from trading_gateway.identity import GatewayIdentity
 from trading_gateway.relay.keeper import RelayKeeper
@@ -103,6 +107,7 @@ class Supervisor:
         )
         self.stopping = False  # the gateway is shutting down: no supervisor is started any more
         self.relay: RelayKeeper | None = None  # the market-data relay (FREQFLEET_RELAY), set by the fleet
+        self.leases: LeaseKeeper | None = None  # FREQFLEET_LEASE_SECONDS: no start without a lease (fleet/leases.py)
 
     def market_url(self, bot: ManagedBot) -> str:
         """Where a new process of ``bot`` gets market data: the relay when it carries the bot's exchange, else the
@@ -200,6 +205,10 @@ class Supervisor:
         if process is not None and not process.is_alive():
             await self._on_exit(bot, process)
             return
+        if process is not None and self.leases is not None and self.leases.must_stop():
+            silent = self.leases.silent_for() or 0.0
+            await self._stop(bot, process, f"this gateway could not renew its leases for {silent:.0f} s (fenced)")
+            return
         if bot.desired not in RUNNING_STATES:
             if process is not None:
                 await self._stop(bot, process, bot.stop_reason or f"its desired state is {bot.desired.value}")
@@ -236,6 +245,11 @@ class Supervisor:
         spec = bot.spec
         if spec is None:
             await self._fail(bot, "this gateway does not have the bot's spec: send START_BOT again", [])
+            return
+        if self.leases is not None and (why := await self.leases.may_start(bot)) is not None:
+            bot.actual = Actual.starting
+            bot.last_error = f"not started: {why}"
+            bot.next_start_at = time.monotonic() + self.leases.interval
             return
         bot.actual = Actual.starting
         bot.launching = True

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from decimal import Decimal
 
 import pytest
 import pytest_asyncio
@@ -22,7 +23,8 @@ from management_server.security.passwords import build_hasher
 from management_server.users.models import User
 from management_server.users.service import create_user
 from shared.bus.consumer import ConsumerConfig, Delivery, StreamConsumer
-from shared.bus.messages import StopBot, StopBotData
+from shared.bus.leases import Holder, holder_of
+from shared.bus.messages import BotSpec, StartBot, StartBotData, StopBot, StopBotData
 from shared.bus.signing import CommandRefused, verify
 from shared.bus.streams import commands_stream
 from shared.redis import create_redis
@@ -199,3 +201,24 @@ async def test_the_relay_signs_every_command_for_its_gateway_alone(
     verify(public, stream, fields, envelope, max_age_ms=60_000)  # signed for this stream
     with pytest.raises(CommandRefused, match="does not match"):
         verify(public, commands_stream("gw-other"), fields, envelope, max_age_ms=60_000)
+
+
+async def test_a_start_names_its_gateway_the_bots_holder_before_the_command_goes(
+    engine: AsyncEngine, redis: aioredis.Redis
+) -> None:
+    bot_id = uuid.uuid4()
+    spec = BotSpec(
+        name="held", strategy_class="S", strategy_source="class S: pass", pairs=["BTC/USDT"], timeframe="5m",
+        stake_currency="USDT", stake_amount=Decimal(10), max_open_trades=1,
+    )  # fmt: skip
+    start = StartBot(source="management", data=StartBotData(bot_id=bot_id, generation=4, spec=spec))
+    async with create_sessionmaker(engine).begin() as session:
+        await enqueue(session, commands_stream("gw-first"), start)
+        await enqueue(session, commands_stream("gw-first"), command(bot_id))  # a STOP names nobody
+    assert await OutboxRelay(engine, redis).publish_pending() == 2
+    assert await holder_of(redis, bot_id) == Holder("gw-first", 4)
+    moved = StartBot(source="management", data=StartBotData(bot_id=bot_id, generation=7, spec=spec))
+    async with create_sessionmaker(engine).begin() as session:
+        await enqueue(session, commands_stream("gw-second"), moved)
+    assert await OutboxRelay(engine, redis).publish_pending() == 1
+    assert await holder_of(redis, bot_id) == Holder("gw-second", 7)
