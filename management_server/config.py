@@ -177,6 +177,12 @@ class ManagementSettings(CommonSettings):
         gt=0,
         description="Seconds without a heartbeat after which a gateway's bots read `lost`.",
     )
+    failover_interval: float = Field(
+        default=2.0,
+        gt=0,
+        description="Seconds between checks of the gateways' leases (bots/failover.py): a running bot whose lease has "
+        "ended is started on a live gateway, with its trades (PostgreSQL) and the next generation.",
+    )
     trade_sync_interval: float = Field(
         default=60.0,
         gt=0,

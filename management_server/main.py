@@ -24,6 +24,7 @@ from management_server.auth.router import router as auth_router
 from management_server.auth.service import AuthService
 from management_server.botdb.service import Provisioner, rehome
 from management_server.bots.emergency_router import router as emergency_router
+from management_server.bots.failover import Failover
 from management_server.bots.markets import Markets
 from management_server.bots.reconcile import Reconciler
 from management_server.bots.router import router as bots_router
@@ -216,6 +217,20 @@ def create_app(settings: ManagementSettings | None = None) -> FastAPI:
             app.state.reconciler = reconciler
             reconciler.start()
             stack.push_async_callback(reconciler.stop)  # first to stop: no command is sent during shutdown
+            # Bots whose gateway's lease on them ended run again on a live gateway, with their trades.
+            failover = Failover(
+                settings,
+                background,
+                redis,
+                app.state.master_keys,
+                app.state.audit,
+                app.state.bot_databases,
+                app.state.model_registry,
+                on_commands=relay.wake,
+            )
+            app.state.failover = failover
+            failover.start()
+            stack.push_async_callback(failover.stop)
             log.info("management server started", env=settings.env.value)
             yield
         log.info("management server stopped")

@@ -148,6 +148,22 @@ class Provisioner:
         finally:
             await connection.close()
 
+    async def fence(self, name: str, password: str) -> int:
+        """Give the bot's role a new password and end every session it has: whoever ran the bot before (a gateway
+        that lost it) can't write its trades any more, not even after a reconnect. How many sessions were ended."""
+        db = _quoted(name)
+        connection = await self._connect()
+        try:
+            await connection.execute(f"ALTER ROLE {db} PASSWORD {_literal(password)}")
+            ended = await connection.fetch(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1", name
+            )
+        except asyncpg.PostgresError as exc:
+            raise BotDatabaseRefused(503, f"The bot's database role could not be fenced: {exc}") from None
+        finally:
+            await connection.close()
+        return len(ended)
+
     async def backup(self, name: str, bot_id: uuid.UUID) -> Path:
         """``pg_dump --format=custom`` of the bot's database into the backups folder (0600); its path."""
         self.backups.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -179,6 +195,17 @@ class Provisioner:
                 503, f"The bot's trades could not be backed up, so its database stays: {err.decode()[-500:]}"
             )
         return target
+
+
+async def rotate(keys: MasterKeys, provisioner: Provisioner, row: BotDatabase) -> int:
+    """A new password for the bot's role, its old sessions ended (:meth:`Provisioner.fence`), and the row updated in
+    the session (the caller commits; if that fails, the next rotation makes them agree again). Sessions ended."""
+    secret = new_password()
+    ended = await provisioner.fence(row.name, secret)
+    sealed = keys.seal(secret.encode(), _associated(row))
+    row.key_id, row.ciphertext = sealed.key_id, sealed.blob
+    row.password_version += 1
+    return ended
 
 
 def _associated(row: BotDatabase) -> bytes:

@@ -238,6 +238,7 @@ async def act(
     trade_id: int | str | None = None,
     freqai_model: ModelBundle | None = None,
     audit: RequestAudit | None = None,
+    place_on: str | None = None,
 ) -> ActionResult:
     """Apply ``action`` to ``bot`` in the session's transaction (the caller commits). A start of a FreqAI bot
     carries its model (``freqai_model``, from ``management_server.freqai.deploy.start_bundle``). A person's action
@@ -252,7 +253,10 @@ async def act(
                 409, "The bot's trades are being copied to PostgreSQL (migrate-db): start it once its gateway answers."
             )
         await approved_strategy(session, bot)  # what the user can fix comes before where it would run
-        gateway_id, notice = await _placement(session, bot)  # which says whether the gateway is answering
+        if place_on is not None:  # the failover's choice (bots/failover.py): a live gateway
+            gateway_id, notice = place_on, None
+        else:
+            gateway_id, notice = await _placement(session, bot)  # which says whether the gateway is answering
         spec = await bot_spec(session, bot, keys, gateway_id)
         changes["gateway_id"], changes["last_error"] = gateway_id, None
         if bot.actual_state in (ActualState.stopped, ActualState.failed, ActualState.halted):

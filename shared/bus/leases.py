@@ -6,7 +6,9 @@ Two kinds of keys, each written by one side only:
   a start, a failover, a drain): ``"<gateway id> <generation>"``. Gateways may only read it (their ACL).
 - ``freqfleet:leases:{gateway_id}`` (a hash, written by that gateway alone): for each bot it runs,
   ``"<generation> <expires at, ms of the Redis server's clock>"``. The gateway rewrites the whole hash at every renewal
-  (:func:`renew`, one script: one round trip for all its bots), so a bot it no longer runs drops out of it.
+  (:func:`renew`, one script: one round trip for all its bots), so a bot it no longer runs drops out of it. The hash
+  itself never expires: a gateway that dies leaves its last leases behind, expired, which is how the management
+  server tells "its lease ended" (fail over) from "it never had one" (a gateway without leases).
 
 A renewal keeps only the bots whose holder is this gateway (or that have no holder yet: a bot placed before
 leases existed) and returns the others, with the holder the management server names: the gateway has lost them
@@ -33,20 +35,17 @@ _RENEW = f"""
 local ttl = tonumber(ARGV[1])
 local me = ARGV[2]
 local lost = {{}}
-local kept = 0
 redis.call('DEL', KEYS[1])
 for i = 3, #ARGV, 2 do
   local bot = ARGV[i]
   local holder = redis.call('GET', '{HOLDER_PREFIX}' .. bot)
   if holder == false or string.match(holder, '^(%S+)') == me then
     redis.call('HSET', KEYS[1], bot, ARGV[i + 1] .. ' ' .. (now + ttl))
-    kept = kept + 1
   else
     table.insert(lost, bot)
     table.insert(lost, holder)
   end
 end
-if kept > 0 then redis.call('PEXPIRE', KEYS[1], ttl) end
 return {{now, lost}}
 """
 

@@ -33,7 +33,7 @@ async def test_a_gateway_renews_what_it_holds_and_learns_what_it_lost(redis_url:
         assert held.alive(mine)
         assert not held.alive(moved)
 
-        # Not renewed: expired by the server's clock (the hash itself goes at the end of its last lease).
+        # Not renewed: expired by the server's clock, and still there to say so (the hash never expires).
         async def expired() -> bool:
             return not (await leases_of(admin, "gw-a")).alive(mine)
 
@@ -41,6 +41,7 @@ async def test_a_gateway_renews_what_it_holds_and_learns_what_it_lost(redis_url:
         while not await expired():
             assert asyncio.get_running_loop().time() < deadline, "the lease never expired"
             await asyncio.sleep(0.1)
+        assert mine in (await leases_of(admin, "gw-a")).held
 
         # A renewal rewrites the whole hash: a bot the gateway no longer runs drops out.
         await renew(gateway, "gw-a", {mine: 6}, ttl_ms=5000)

@@ -1,0 +1,197 @@
+"""Failover: a bot whose gateway's lease on it has ended runs again on a live gateway, with its open trades.
+
+Every ``failover_interval`` seconds (one replica at a time: a PostgreSQL advisory lock), for each gateway that holds
+bots by leases (``shared/bus/leases.py``: its hash in Redis, which outlives it), every bot placed there that should
+run (desired ``running`` or ``paused``) and whose lease there has ended (by Redis's clock) is moved:
+
+1. its trades must be where every gateway reaches them (``trade_db: postgres``); a SQLite bot can't move with its
+   open trades (they are on the lost host's disk): it reads ``lost``, with the reason, for a person;
+2. a live gateway takes it: the least loaded one with free capacity (``gateways.service.live_gateways``), never the
+   one it leaves; none: it waits for the next check;
+3. its database role gets a new password and every session of the old one is ended
+   (``botdb.service.rotate``): a stale holder that wakes up can't write its trades;
+4. a START_BOT to the new gateway at the next generation (``lifecycle.act`` with ``place_on``), whose relay names the
+   new holder before the command goes; the old gateway, if it comes back, finds the bot held elsewhere and stops it;
+5. the move in the audit log (``bot.failover``, actor ``freqfleet:failover``: from, to, when the lease ended), with
+   the start command's id, so the new gateway's answer completes it.
+
+Freqtrade reads the open trades from the bot's database at its start: same trade ids, same open rates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from management_server.audit.models import Outcome
+from management_server.audit.service import Actor, AuditLog
+from management_server.botdb import service as botdb
+from management_server.botdb.service import BotDatabaseRefused, Provisioner
+from management_server.bots import changes
+from management_server.bots.lifecycle import Action, ActionRefused, act
+from management_server.bots.models import ActualState, Bot, DesiredState
+from management_server.config import ManagementSettings
+from management_server.freqai.deploy import ModelRegistry, start_bundle
+from management_server.freqai.service import ModelRefused
+from management_server.gateways.models import Gateway
+from management_server.gateways.service import live_gateways
+from management_server.security.crypto import MasterKeys
+from shared.bus.leases import Leases, leases_of
+from shared.logging import get_logger
+
+log = get_logger(__name__)
+
+ACTOR = Actor(None, "freqfleet:failover")
+LOCK_KEY = 0x46726571_4661696C  # "FreqFail": one failover pass at a time over all replicas
+
+
+@dataclass(frozen=True)
+class Move:
+    bot_id: uuid.UUID
+    from_gateway: str
+    to_gateway: str | None  # None: it could not move (why in ``detail``)
+    detail: str
+    command_id: uuid.UUID | None = None
+
+
+class Failover:
+    def __init__(
+        self,
+        settings: ManagementSettings,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        redis: Any,
+        keys: MasterKeys,
+        audit: AuditLog,
+        provisioner: Provisioner | None,
+        registry: ModelRegistry | None = None,
+        on_commands: Callable[[], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.sessionmaker = sessionmaker
+        self.redis = redis
+        self.keys = keys
+        self.audit = audit
+        self.provisioner = provisioner
+        self.registry = registry
+        self.on_commands = on_commands
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._task is None or self._task.done():
+            self._stopping.clear()
+            self._task = asyncio.create_task(self.run(), name="failover")
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def run(self) -> None:
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.settings.failover_interval)
+                return
+            try:
+                await self.pass_once()
+            except Exception as exc:  # Redis or the database away: the next pass tries again
+                log.warning("failover pass failed", error=f"{type(exc).__name__}: {exc}")
+
+    async def pass_once(self) -> list[Move]:
+        """One check of every gateway's leases; the moves it made (or could not)."""
+        moves: list[Move] = []
+        async with self.sessionmaker.begin() as session:
+            if not await session.scalar(select(func.pg_try_advisory_xact_lock(LOCK_KEY))):
+                return []
+            gateways = await session.execute(
+                select(Gateway.gateway_id).where(Gateway.signing_key.is_not(None), Gateway.revoked_at.is_(None))
+            )
+            for gateway_id in gateways.scalars():
+                leases = await leases_of(self.redis, gateway_id)
+                if leases.held:  # a gateway that never held a lease (leases off) is not judged by them
+                    moves += await self._gateway(session, gateway_id, leases)
+        if self.on_commands is not None and any(m.command_id is not None for m in moves):
+            self.on_commands()
+        return moves
+
+    async def _gateway(self, session: AsyncSession, gateway_id: str, leases: Leases) -> list[Move]:
+        ended = [bot_id for bot_id, lease in leases.held.items() if lease.expires_ms <= leases.now_ms]
+        if not ended:
+            return []
+        rows = await session.execute(
+            select(Bot)
+            .where(
+                Bot.id.in_([uuid.UUID(b) for b in ended]),
+                Bot.gateway_id == gateway_id,
+                Bot.desired_state.in_([DesiredState.running.value, DesiredState.paused.value]),
+            )
+            .with_for_update()
+        )
+        moves = []
+        for bot in rows.scalars():
+            expired_at = datetime.fromtimestamp(leases.held[str(bot.id)].expires_ms / 1000, UTC)
+            move = await self._move(session, bot, gateway_id, expired_at)
+            if move is not None:
+                moves.append(move)
+        return moves
+
+    async def _move(self, session: AsyncSession, bot: Bot, from_gateway: str, expired_at: datetime) -> Move | None:
+        ended = f"its lease on gateway {from_gateway} ended at {expired_at.isoformat(timespec='seconds')}"
+        if bot.trade_db != "postgres":
+            if bot.actual_state != ActualState.lost.value:
+                bot.actual_state = ActualState.lost.value
+                bot.last_error = (
+                    f"{ended}; its trades are in SQLite on that host, so it can't move with them: bring the host back, "
+                    "or move its trades to PostgreSQL (freqfleet bots migrate-db) to let it fail over"
+                )
+                changes.note(session, {bot.id: bot.owner_id})
+                return Move(bot.id, from_gateway, None, bot.last_error)
+            return None
+        if self.provisioner is None:
+            return None  # no way to fence its database: left for a person (logged once per pass)
+        live = await live_gateways(session)  # the least loaded first; capacity: how many more bots it takes
+        target = next((g.gateway_id for g in live if g.gateway_id != from_gateway and g.capacity > 0), None)
+        if target is None:
+            log.warning("no live gateway to fail over to", bot_id=str(bot.id), from_gateway=from_gateway)
+            return None
+        stored = await botdb.of(session, bot.id)
+        if stored is None:
+            return None
+        try:
+            ended_sessions = await botdb.rotate(self.keys, self.provisioner, stored)
+            bundle = None if self.registry is None else await start_bundle(session, self.registry, bot)
+            result = await act(session, bot, Action.start, self.keys, freqai_model=bundle, place_on=target)
+        except (BotDatabaseRefused, ActionRefused, ModelRefused) as exc:
+            log.warning("failover refused", bot_id=str(bot.id), error=str(exc))
+            return Move(bot.id, from_gateway, None, str(exc))
+        detail = f"{ended}: started on gateway {target} at generation {bot.generation}"
+        self.audit.add(
+            session,
+            "bot.failover",
+            Outcome.requested,
+            ACTOR,
+            target_type="bot",
+            target_id=bot.id,
+            reason=detail,
+            via="failover",
+            details={
+                "from_gateway": from_gateway,
+                "to_gateway": target,
+                "lease_ended_at": expired_at.isoformat(),
+                "generation": bot.generation,
+                "database_sessions_ended": ended_sessions,
+            },
+            command_id=result.command.event_id,
+        )
+        log.warning("bot failed over", bot_id=str(bot.id), from_gateway=from_gateway, to_gateway=target)
+        return Move(bot.id, from_gateway, target, detail, result.command.event_id)
