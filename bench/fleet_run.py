@@ -117,23 +117,28 @@ class Up:
     proc: subprocess.Popen[bytes] | None = None
 
     @classmethod
-    def start(cls, root: Path, bots: int) -> Up:
+    def start(cls, root: Path, bots: int, extra: dict[str, str] | None = None) -> Up:
         mport, gport, sport, vport, wport = (free_port() for _ in range(5))
-        env = own_env() | {
-            "FREQFLEET_DATA_DIR": str(root / "data"),
-            "FREQFLEET_MANAGEMENT_PORT": str(mport),
-            "FREQFLEET_GATEWAY_PORT": str(gport),
-            "FREQFLEET_SIMULATOR_PORT": str(sport),
-            "FREQFLEET_VALKEY_PORT": str(vport),
-            "FREQFLEET_WORKER_METRICS_PORT": str(wport),
-            "FREQFLEET_ADMIN_EMAIL": ADMIN_EMAIL,
-            "FREQFLEET_ADMIN_PASSWORD": ADMIN_PASSWORD,
-            "FREQFLEET_MAX_BOTS": str(bots),
-            "FREQFLEET_BOT_PORT_RANGE_END": str(18100 + max(199, 2 * bots)),
-            "FREQFLEET_RATE_LIMIT_ENABLED": "false",
-            "FREQFLEET_EMERGENCY_WAIT_SECONDS": "60",
-            "FREQFLEET_LOG_FORMAT": "json",
-        }
+        env = (
+            own_env()
+            | {
+                "FREQFLEET_POSTGRES_PORT": str(free_port()),
+                "FREQFLEET_DATA_DIR": str(root / "data"),
+                "FREQFLEET_MANAGEMENT_PORT": str(mport),
+                "FREQFLEET_GATEWAY_PORT": str(gport),
+                "FREQFLEET_SIMULATOR_PORT": str(sport),
+                "FREQFLEET_VALKEY_PORT": str(vport),
+                "FREQFLEET_WORKER_METRICS_PORT": str(wport),
+                "FREQFLEET_ADMIN_EMAIL": ADMIN_EMAIL,
+                "FREQFLEET_ADMIN_PASSWORD": ADMIN_PASSWORD,
+                "FREQFLEET_MAX_BOTS": str(bots),
+                "FREQFLEET_BOT_PORT_RANGE_END": str(18100 + max(199, 2 * bots)),
+                "FREQFLEET_RATE_LIMIT_ENABLED": "false",
+                "FREQFLEET_EMERGENCY_WAIT_SECONDS": "60",
+                "FREQFLEET_LOG_FORMAT": "json",
+            }
+            | (extra or {})
+        )
         up = cls(
             root / "data",
             root / "up.log",

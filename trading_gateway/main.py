@@ -103,6 +103,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             fleet = Fleet(settings, events, models=models, identity=identity)
             app.state.fleet = fleet
             leases = fleet.use_leases(redis) if settings.lease_seconds > 0 else None
+            if leases is not None and settings.stop_bots_on_shutdown:
+                stack.push_async_callback(leases.release)  # last, once the fleet has stopped its bots
             await fleet.start()
             stack.push_async_callback(lambda: fleet.stop(stop_bots=settings.stop_bots_on_shutdown))
             if leases is not None:  # renewing from now on; stopped before the fleet stops

@@ -259,7 +259,8 @@ async def act(
             gateway_id, notice = await _placement(session, bot)  # which says whether the gateway is answering
         spec = await bot_spec(session, bot, keys, gateway_id)
         changes["gateway_id"], changes["last_error"] = gateway_id, None
-        if bot.actual_state in (ActualState.stopped, ActualState.failed, ActualState.halted):
+        if place_on is not None or bot.actual_state in (ActualState.stopped, ActualState.failed, ActualState.halted):
+            # a move (failover) starts a new process elsewhere: it runs once that gateway says so, not before
             changes["actual_state"] = ActualState.starting.value
     elif not active or bot.gateway_id is None:
         raise ActionRefused(409, "The bot is not running: start it first.")

@@ -94,6 +94,12 @@ class LeaseKeeper:
             return f"gateway {holder.gateway_id} holds it since generation {holder.generation}"
         return None
 
+    async def release(self) -> None:
+        """Give every lease up (the gateway stopped its bots on purpose, at its shutdown): nothing is left to expire,
+        so nothing is failed over; the bots start again where the management server places them next."""
+        with contextlib.suppress(RedisError, OSError):
+            await renew(self.redis, self.gateway_id, {}, int(self.ttl * 1000))
+
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="lease-keeper")
 

@@ -104,6 +104,13 @@ async def test_no_lease_no_bot(
         # Placed here again: it starts.
         await set_holder(admin, bot_id, gateway, 9)
         await async_wait_for(lambda: _actual(fleet, bot_id, Actual.running), timeout=60, what="the bot back here")
+
+        # A gateway that stops its bots on purpose (its shutdown under `up`) gives its leases up: nothing is left to
+        # expire, so nothing is failed over.
+        await keeper.stop()
+        await fleet.stop(stop_bots=True)
+        await keeper.release()
+        assert (await leases_of(admin, gateway)).held == {}
     finally:
         await keeper.stop()
         await fleet.stop(stop_bots=True)
