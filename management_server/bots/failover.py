@@ -20,8 +20,6 @@ Freqtrade reads the open trades from the bot's database at its start: same trade
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,6 +41,7 @@ from management_server.freqai.deploy import ModelRegistry, start_bundle
 from management_server.freqai.service import ModelRefused
 from management_server.gateways.models import Gateway
 from management_server.gateways.service import live_gateways
+from management_server.periodic import Periodic
 from management_server.security.crypto import MasterKeys
 from shared.bus.leases import Leases, leases_of
 from shared.logging import get_logger
@@ -62,7 +61,9 @@ class Move:
     command_id: uuid.UUID | None = None
 
 
-class Failover:
+class Failover(Periodic):
+    name = "failover"
+
     def __init__(
         self,
         settings: ManagementSettings,
@@ -74,6 +75,7 @@ class Failover:
         registry: ModelRegistry | None = None,
         on_commands: Callable[[], None] | None = None,
     ) -> None:
+        super().__init__(settings.failover_interval)
         self.settings = settings
         self.sessionmaker = sessionmaker
         self.redis = redis
@@ -82,30 +84,9 @@ class Failover:
         self.provisioner = provisioner
         self.registry = registry
         self.on_commands = on_commands
-        self._stopping = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
 
-    def start(self) -> None:
-        if self._task is None or self._task.done():
-            self._stopping.clear()
-            self._task = asyncio.create_task(self.run(), name="failover")
-
-    async def stop(self) -> None:
-        self._stopping.set()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def run(self) -> None:
-        while not self._stopping.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self.settings.failover_interval)
-                return
-            try:
-                await self.pass_once()
-            except Exception as exc:  # Redis or the database away: the next pass tries again
-                log.warning("failover pass failed", error=f"{type(exc).__name__}: {exc}")
+    async def tick(self) -> None:
+        await self.pass_once()
 
     async def pass_once(self) -> list[Move]:
         """One check of every gateway's leases; the moves it made (or could not)."""

@@ -22,7 +22,6 @@ Bots of a gateway silent for over ``reconcile_stale_after`` read ``unknown`` (no
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
 import uuid
@@ -44,6 +43,7 @@ from management_server.config import ManagementSettings
 from management_server.freqai.deploy import ModelRegistry, start_bundle
 from management_server.freqai.service import ModelRefused
 from management_server.gateways.models import Gateway
+from management_server.periodic import Periodic
 from management_server.security.crypto import MasterKeys
 from shared.bus.messages import StopBot, StopBotData
 from shared.bus.streams import commands_stream
@@ -75,7 +75,9 @@ class Correction:
         return self.action != "state"
 
 
-class Reconciler:
+class Reconciler(Periodic):
+    name = "reconcile"
+
     def __init__(
         self,
         settings: ManagementSettings,
@@ -85,6 +87,7 @@ class Reconciler:
         registry: ModelRegistry | None = None,
         on_commands: Callable[[], None] | None = None,
     ) -> None:
+        super().__init__(settings.reconcile_interval)
         self.settings = settings
         self.sessionmaker = sessionmaker
         self.keys = keys
@@ -92,33 +95,12 @@ class Reconciler:
         self.registry = registry
         self.on_commands = on_commands  # called after a pass that enqueued commands (wakes the outbox relay)
         self._started = time.monotonic()
-        self._stopping = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
 
-    def start(self) -> None:
-        if self._task is None or self._task.done():
-            self._stopping.clear()
-            self._task = asyncio.create_task(self.run(), name="reconcile")
-
-    async def stop(self) -> None:
-        self._stopping.set()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def run(self) -> None:
-        while not self._stopping.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self.settings.reconcile_interval)
-                return
-            # Silence is judged only once this process could have heard every gateway (after a restart, their
-            # heartbeats may still wait on the stream).
-            judge = time.monotonic() - self._started >= self.settings.reconcile_stale_after
-            try:
-                await self.pass_once(judge_silence=judge)
-            except Exception as exc:  # the database away: the next pass tries again
-                log.warning("reconcile pass failed", error=f"{type(exc).__name__}: {exc}")
+    async def tick(self) -> None:
+        # Silence is judged only once this process could have heard every gateway (after a restart, their
+        # heartbeats may still wait on the stream).
+        judge = time.monotonic() - self._started >= self.settings.reconcile_stale_after
+        await self.pass_once(judge_silence=judge)
 
     async def pass_once(self, now: datetime | None = None, *, judge_silence: bool = True) -> list[Correction]:
         """One pass over every gateway; what it did."""
