@@ -249,9 +249,8 @@ async def of(session: AsyncSession, bot_id: uuid.UUID) -> BotDatabase | None:
     return await session.get(BotDatabase, bot_id)
 
 
-async def remove(provisioner: Provisioner | None, row: BotDatabase) -> Path:
-    """Back the bot's database up, then drop it and its role; the backup's path."""
-    bot_id = row.bot_id
+async def backup_before_delete(provisioner: Provisioner | None, row: BotDatabase) -> Path:
+    """The bot's database dumped before the bot goes (the dump's path); refused without a provisioner."""
     if provisioner is None:
         raise BotDatabaseRefused(
             409,
@@ -259,10 +258,18 @@ async def remove(provisioner: Provisioner | None, row: BotDatabase) -> Path:
             "FREQFLEET_BOT_DB_ADMIN_URL to back it up and drop it with: set it (and FREQFLEET_BOT_DB=postgres), "
             "then delete the bot.",
         )
-    backup = await provisioner.backup(row.name, bot_id)
-    await provisioner.drop(row.name)
-    log.info("bot database dropped", bot_id=str(bot_id), database=row.name, backup=str(backup))
-    return backup
+    return await provisioner.backup(row.name, row.bot_id)
+
+
+async def drop_after_delete(provisioner: Provisioner, row: BotDatabase, backup: Path) -> None:
+    """Drop a deleted bot's database and role (backed up in ``backup``); one that can't be dropped now is left
+    behind, logged: never a bot without its trades."""
+    try:
+        await provisioner.drop(row.name)
+    except BotDatabaseRefused as exc:
+        log.warning("bot database left behind", database=row.name, error=str(exc))
+        return
+    log.info("bot database dropped", bot_id=str(row.bot_id), database=row.name, backup=str(backup))
 
 
 async def rehome(session: AsyncSession, provisioner: Provisioner) -> int:

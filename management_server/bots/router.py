@@ -14,7 +14,6 @@ from management_server.audit.models import Outcome
 from management_server.auth.deps import AdminPrincipal, Audit, Reader, Trader
 from management_server.botdb import migrate
 from management_server.botdb import service as botdb
-from management_server.botdb.models import BotDatabase
 from management_server.bots import listing, logs, service
 from management_server.bots.deps import LockedBot, VisibleBot
 from management_server.bots.lifecycle import Action, ActionRefused, act
@@ -26,6 +25,7 @@ from management_server.bots.schemas import (
     BotUpdate,
     ForceExitIn,
     LiveStatusOut,
+    TradeDbMigrationOut,
     TradeOut,
 )
 from management_server.db import SessionDep
@@ -59,21 +59,13 @@ async def create_bot(
 ) -> BotOut:
     """Create a bot (stopped). It trades on the exchange simulator unless `exchange` names a real one. With
     FREQFLEET_BOT_DB=postgres its trades get a PostgreSQL database of their own (`trade_db`)."""
-    made: BotDatabase | None = None
-    committed = False
     try:
-        bot = await service.create(session, principal.viewer, body, await markets.pairs(body.exchange))
-        if databases is not None:
-            made = await botdb.provision(session, keys, databases, bot)
-        await session.commit()
-        committed = True
+        known = await markets.pairs(body.exchange)
+        bot = await service.create_committed(session, principal.viewer, body, known, keys, databases)
     except (service.BotRefused, botdb.BotDatabaseRefused) as exc:
         raise HTTPException(exc.status, str(exc)) from None
     except IntegrityError:
         raise HTTPException(409, f"You have a bot named {body.name!r} already: choose another name.") from None
-    finally:
-        if databases is not None and made is not None and not committed:  # no bot: its database goes too
-            await botdb.forget(databases, made.bot_id)
     await audit.record(
         "bot.create",
         Outcome.success,
@@ -158,19 +150,16 @@ async def delete_bot(bot: LockedBot, session: SessionDep, databases: BotDatabase
     if not service.is_stopped(bot):
         raise HTTPException(409, "Stop the bot before deleting it.")
     bot_id = bot.id
-    database = await botdb.of(session, bot_id)
     try:
-        backup = None if database is None else await botdb.remove(databases, database)
+        backup = await service.delete_committed(session, bot, databases)
     except botdb.BotDatabaseRefused as exc:
         raise HTTPException(exc.status, str(exc)) from None
-    await session.delete(bot)
-    await session.commit()
     details = None if backup is None else {"trade_db_backup": backup.name}
     await audit.record("bot.delete", Outcome.success, target_type="bot", target_id=bot_id, details=details)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.post("/{bot_id}/migrate-db", response_model=BotActionOut, status_code=202, responses=errors(503))
+@router.post("/{bot_id}/migrate-db", response_model=TradeDbMigrationOut, status_code=202, responses=errors(503))
 async def migrate_trade_db(
     principal: AdminPrincipal,  # first: a non-admin learns nothing of the bot
     bot: LockedBot,
@@ -192,7 +181,7 @@ async def migrate_trade_db(
     relay.wake()
     fields = {name: getattr(moved.bot, name) for name in listing.COLUMNS}
     command_id = None if moved.command is None else moved.command.event_id
-    out = BotActionOut.model_validate(fields | {"command_id": command_id, "notice": moved.notice})
+    out = TradeDbMigrationOut.model_validate(fields | {"command_id": command_id, "notice": moved.notice})
     return Response(out.model_dump_json(), status_code=202, media_type="application/json")
 
 

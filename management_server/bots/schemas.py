@@ -170,6 +170,14 @@ class BotActionOut(BotOut):
     notice: str | None = Field(default=None, description="Set when the gateway is not answering right now.")
 
 
+class TradeDbMigrationOut(BotOut):
+    command_id: uuid.UUID | None = Field(
+        description="event_id of the MIGRATE_TRADE_DB sent to the bot's gateway; null when the bot never ran, so "
+        "there was nothing to copy and its trades are in PostgreSQL at once."
+    )
+    notice: str | None = Field(default=None, description="Set when the gateway is not answering right now.")
+
+
 class ForceExitIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     trade_id: int | Literal["all"] = Field(description="A trade id of the bot, or all of its open trades.")

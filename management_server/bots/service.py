@@ -6,11 +6,15 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from management_server.botdb import service as botdb
+from management_server.botdb.models import BotDatabase
+from management_server.botdb.service import Provisioner
 from management_server.bots.lifecycle import ActionResult, update_live
 from management_server.bots.markets import Markets, unknown_pairs
 from management_server.bots.models import ActualState, Bot, DesiredState, Trade
@@ -137,6 +141,42 @@ async def create(
     session.add(bot)
     await session.flush()
     return bot
+
+
+async def create_committed(
+    session: AsyncSession,
+    viewer: Viewer,
+    body: BotCreate,
+    known_pairs: frozenset[str] | None,
+    keys: MasterKeys,
+    databases: Provisioner | None,
+) -> Bot:
+    """:func:`create`, with its trade database when the bots' trades are in PostgreSQL, committed; a bot that is not
+    committed (a name taken) leaves no database behind."""
+    made: BotDatabase | None = None
+    try:
+        bot = await create(session, viewer, body, known_pairs)
+        if databases is not None:
+            made = await botdb.provision(session, keys, databases, bot)
+        await session.commit()
+    except BaseException:
+        if databases is not None and made is not None:
+            await botdb.forget(databases, made.bot_id)
+        raise
+    return bot
+
+
+async def delete_committed(session: AsyncSession, bot: Bot, databases: Provisioner | None) -> Path | None:
+    """Delete the (stopped) bot: its trade database backed up first (the backup's path), the bot deleted and
+    committed, then the database dropped (a database that can't be dropped then is left behind, logged, never a bot
+    without its trades)."""
+    database = await botdb.of(session, bot.id)
+    backup = None if database is None else await botdb.backup_before_delete(databases, database)
+    await session.delete(bot)
+    await session.commit()
+    if database is not None and databases is not None and backup is not None:
+        await botdb.drop_after_delete(databases, database, backup)
+    return backup
 
 
 def is_stopped(bot: Bot) -> bool:

@@ -22,8 +22,8 @@ from management_server.botdb.service import (
     CONNECTION_LIMIT,
     BotDatabaseRefused,
     Provisioner,
+    backup_before_delete,
     password,
-    remove,
     sealed_for,
 )
 from management_server.config import ManagementSettings
@@ -171,6 +171,6 @@ async def test_a_bot_with_a_database_is_not_deleted_without_a_provisioner() -> N
     bot_id = uuid.uuid4()
     row = BotDatabase(bot_id=bot_id, name=database_name(bot_id), host="h", port=1, key_id="k", ciphertext=b"x")
     with pytest.raises(BotDatabaseRefused) as refused:
-        await remove(None, row)
+        await backup_before_delete(None, row)
     assert refused.value.status == 409
     assert "FREQFLEET_BOT_DB_ADMIN_URL" in str(refused.value)
