@@ -148,10 +148,13 @@ class Failover(Periodic):
         stored = await botdb.of(session, bot.id)
         if stored is None:
             return None
+        paused = bot.desired_state == DesiredState.paused.value
         try:
             ended_sessions = await botdb.rotate(self.keys, self.provisioner, stored)
             bundle = None if self.registry is None else await start_bundle(session, self.registry, bot)
             result = await act(session, bot, Action.start, self.keys, freqai_model=bundle, place_on=target)
+            if paused:  # started, then paused at once: as it was (the reconciler does the same)
+                await act(session, bot, Action.pause, self.keys)
         except (BotDatabaseRefused, ActionRefused, ModelRefused) as exc:
             log.warning("failover refused", bot_id=str(bot.id), error=str(exc))
             return Move(bot.id, from_gateway, None, str(exc))
