@@ -23,6 +23,7 @@ from management_server.auth.router import jwks_router
 from management_server.auth.router import router as auth_router
 from management_server.auth.service import AuthService
 from management_server.botdb.service import Provisioner, rehome
+from management_server.bots.drain import Drainer
 from management_server.bots.emergency_router import router as emergency_router
 from management_server.bots.failover import Failover
 from management_server.bots.markets import Markets
@@ -231,6 +232,19 @@ def create_app(settings: ManagementSettings | None = None) -> FastAPI:
             app.state.failover = failover
             failover.start()
             stack.push_async_callback(failover.stop)
+            # Drained gateways' bots moved off one at a time (POST /gateways/{id}/drain).
+            drainer = Drainer(
+                settings,
+                background,
+                app.state.master_keys,
+                app.state.audit,
+                app.state.bot_databases,
+                app.state.model_registry,
+                on_commands=relay.wake,
+            )
+            app.state.drainer = drainer
+            drainer.start()
+            stack.push_async_callback(drainer.stop)
             log.info("management server started", env=settings.env.value)
             yield
         log.info("management server stopped")

@@ -84,6 +84,9 @@ class Bot(TimestampMixin, Base):
     trade_db: Mapped[str] = mapped_column(  # where its trades live: "sqlite" (its folder) or "postgres" (botdb)
         String(16), nullable=False, default="sqlite", server_default="sqlite"
     )
+    # stopped by the drain of this gateway, to be started on another once stopped (bots/drain.py)
+    moving_from: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    moving_paused: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False, server_default="false")
     launcher: Mapped[str | None] = mapped_column(String(8), nullable=True)  # exec or fork, from BOT_STARTED
     # reconcile (bots/reconcile.py): commands it sent because the bot's gateway disagreed, and the last one's time
     commanded_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)  # last command

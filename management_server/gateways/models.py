@@ -24,6 +24,8 @@ class Gateway(Base):
     enrolled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     enrolled_by: Mapped[uuid.UUID | None] = mapped_column(Uuid, nullable=True)
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # Being drained (bots/drain.py): it takes no new bot, and its bots are moved off one at a time.
+    drain_requested_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     # From its signed heartbeats (None before the first).
     host: Mapped[str | None] = mapped_column(String(255), nullable=True)
     version: Mapped[str | None] = mapped_column(String(64), nullable=True)

@@ -1,4 +1,4 @@
-"""/api/v1/gateways (admins): enroll a gateway, list them, revoke one."""
+"""/api/v1/gateways (admins): enroll a gateway, list them, revoke one, drain one."""
 
 from __future__ import annotations
 
@@ -36,6 +36,8 @@ def gateway_out(gateway: Gateway, now: datetime | None = None) -> GatewayOut:
         bots_running=gateway.bots_running,
         capacity=gateway.capacity,
         load=gateway.load,
+        draining=gateway.drain_requested_at is not None,
+        drain_requested_at=gateway.drain_requested_at,
     )
 
 
@@ -89,3 +91,27 @@ async def revoke_gateway(
         details={"bots_orphaned": orphaned},
     )
     return GatewayRevoked(gateway=gateway_out(gateway), bots_orphaned=orphaned)
+
+
+@router.post("/{gateway_id}/drain", response_model=GatewayOut)
+async def drain_gateway(gateway_id: str, session: SessionDep, principal: AdminPrincipal, audit: Audit) -> GatewayOut:
+    """Drain a gateway for maintenance: it takes no new bot, and each of its bots is stopped and started on another
+    gateway with its trades (PostgreSQL), one at a time, never running in two places; until `DELETE .../drain`."""
+    return await _set_draining(gateway_id, True, session, audit)
+
+
+@router.delete("/{gateway_id}/drain", response_model=GatewayOut)
+async def undrain_gateway(gateway_id: str, session: SessionDep, principal: AdminPrincipal, audit: Audit) -> GatewayOut:
+    """End a gateway's drain: it takes bots again (those moved off stay where they are)."""
+    return await _set_draining(gateway_id, False, session, audit)
+
+
+async def _set_draining(gateway_id: str, draining: bool, session: SessionDep, audit: Audit) -> GatewayOut:
+    try:
+        gateway = await service.set_draining(session, gateway_id, draining)
+    except service.EnrollmentRefused as exc:
+        raise HTTPException(exc.status, str(exc)) from None
+    await session.commit()
+    action = "gateway.drain" if draining else "gateway.undrain"
+    await audit.record(action, Outcome.success, target_type="gateway", target_id=gateway_id)
+    return gateway_out(gateway)

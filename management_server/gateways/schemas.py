@@ -40,6 +40,12 @@ class GatewayOut(BaseModel):
         "exchange the IP's weight this minute and its limit, upstream requests, hits, misses, refused; the cache) "
         "(what the gateway's version reports).",
     )
+    draining: bool = Field(
+        default=False,
+        description="Being drained: it takes no new bot, and its bots are moved to other gateways one at a time "
+        "(each stopped, then started elsewhere with its trades) until it runs none; until undrained.",
+    )
+    drain_requested_at: datetime | None = None
 
 
 class GatewayRevoked(BaseModel):

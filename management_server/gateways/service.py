@@ -159,9 +159,21 @@ async def is_live(session: AsyncSession, gateway_id: str) -> bool:
 
 
 async def live_gateways(session: AsyncSession, now: datetime | None = None) -> list[Gateway]:
-    """Enrolled gateways heard from recently, the least loaded (most free capacity) first."""
+    """Enrolled gateways heard from recently that take bots (not being drained), the least loaded (most free
+    capacity) first: where a bot may be placed."""
     now = now or datetime.now(UTC)
     result = await session.execute(
-        select(Gateway).where(*_live(now)).order_by(Gateway.capacity.desc(), Gateway.bots_running, Gateway.gateway_id)
+        select(Gateway)
+        .where(*_live(now), Gateway.drain_requested_at.is_(None))
+        .order_by(Gateway.capacity.desc(), Gateway.bots_running, Gateway.gateway_id)
     )
     return list(result.scalars())
+
+
+async def set_draining(session: AsyncSession, gateway_id: str, draining: bool) -> Gateway:
+    """Drain the enrolled gateway (it takes no new bot; bots/drain.py moves its bots off), or end its drain."""
+    gateway = await session.get(Gateway, gateway_id, with_for_update=True)
+    if gateway is None or not gateway.enrolled:
+        raise EnrollmentRefused(404, f"No enrolled gateway {gateway_id}.")
+    gateway.drain_requested_at = (gateway.drain_requested_at or datetime.now(UTC)) if draining else None
+    return gateway

@@ -175,6 +175,7 @@ def _env(data_dir: Path, database_url: str, redis_url: str, simulator: Simulator
         "FREQFLEET_EMERGENCY_WAIT_SECONDS": "30",
         "FREQFLEET_HEARTBEAT_INTERVAL": "1",
         "FREQFLEET_RECONCILE_INTERVAL": "1",
+        "FREQFLEET_FAILOVER_INTERVAL": "1",
         "FREQFLEET_RECONCILE_GRACE": "3",
         "FREQFLEET_STATUS_INTERVAL": "1",
         "FREQFLEET_BOT_PROCESS_THROTTLE_SECS": "1",
