@@ -222,12 +222,12 @@ def create_app(settings: ManagementSettings | None = None) -> FastAPI:
             failover = Failover(
                 settings,
                 background,
-                redis,
                 app.state.master_keys,
                 app.state.audit,
                 app.state.bot_databases,
                 app.state.model_registry,
                 on_commands=relay.wake,
+                redis=redis,
             )
             app.state.failover = failover
             failover.start()

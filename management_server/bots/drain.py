@@ -18,25 +18,20 @@ gateway, the drain is done; the gateway stays drained until ``DELETE .../drain``
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from management_server.audit.models import Outcome
-from management_server.audit.service import Actor, AuditLog
-from management_server.botdb import service as botdb
-from management_server.botdb.service import BotDatabaseRefused, Provisioner
+from management_server.audit.service import Actor
+from management_server.botdb.service import BotDatabaseRefused
 from management_server.bots.lifecycle import Action, ActionRefused, act
 from management_server.bots.models import ActualState, Bot, DesiredState
-from management_server.config import ManagementSettings
-from management_server.freqai.deploy import ModelRegistry, start_bundle
+from management_server.bots.moves import Mover
 from management_server.freqai.service import ModelRefused
 from management_server.gateways.models import Gateway
 from management_server.gateways.service import live_gateways
-from management_server.periodic import Periodic
-from management_server.security.crypto import MasterKeys
 from shared.logging import get_logger
 
 log = get_logger(__name__)
@@ -54,26 +49,8 @@ class Step:
     detail: str
 
 
-class Drainer(Periodic):
+class Drainer(Mover):
     name = "drain"
-
-    def __init__(
-        self,
-        settings: ManagementSettings,
-        sessionmaker: async_sessionmaker[AsyncSession],
-        keys: MasterKeys,
-        audit: AuditLog,
-        provisioner: Provisioner | None,
-        registry: ModelRegistry | None = None,
-        on_commands: Callable[[], None] | None = None,
-    ) -> None:
-        super().__init__(settings.failover_interval)
-        self.sessionmaker = sessionmaker
-        self.keys = keys
-        self.audit = audit
-        self.provisioner = provisioner
-        self.registry = registry
-        self.on_commands = on_commands
 
     async def tick(self) -> None:
         await self.pass_once()
@@ -148,15 +125,8 @@ class Drainer(Periodic):
         if not live:
             return None  # waits for a gateway with room
         target = live[0].gateway_id
-        paused = bot.moving_paused
-        stored = await botdb.of(session, bot.id)
         try:
-            if stored is not None and self.provisioner is not None:
-                await botdb.rotate(self.keys, self.provisioner, stored)
-            bundle = None if self.registry is None else await start_bundle(session, self.registry, bot)
-            await act(session, bot, Action.start, self.keys, freqai_model=bundle, place_on=target)
-            if paused:
-                await act(session, bot, Action.pause, self.keys)
+            await self.start_elsewhere(session, bot, target, paused=bot.moving_paused)
         except (BotDatabaseRefused, ActionRefused, ModelRefused) as exc:
             log.warning("drain: the bot could not start elsewhere", bot_id=str(bot.id), error=str(exc))
             return None

@@ -21,28 +21,23 @@ Freqtrade reads the open trades from the bot's database at its start: same trade
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from management_server.audit.models import Outcome
-from management_server.audit.service import Actor, AuditLog
+from management_server.audit.service import Actor
 from management_server.botdb import service as botdb
-from management_server.botdb.service import BotDatabaseRefused, Provisioner
+from management_server.botdb.service import BotDatabaseRefused
 from management_server.bots import changes
-from management_server.bots.lifecycle import Action, ActionRefused, act
+from management_server.bots.lifecycle import ActionRefused
 from management_server.bots.models import ActualState, Bot, DesiredState
-from management_server.config import ManagementSettings
-from management_server.freqai.deploy import ModelRegistry, start_bundle
+from management_server.bots.moves import Mover
 from management_server.freqai.service import ModelRefused
 from management_server.gateways.models import Gateway
 from management_server.gateways.service import live_gateways
-from management_server.periodic import Periodic
-from management_server.security.crypto import MasterKeys
 from shared.bus.leases import Leases, leases_of
 from shared.logging import get_logger
 
@@ -61,29 +56,8 @@ class Move:
     command_id: uuid.UUID | None = None
 
 
-class Failover(Periodic):
+class Failover(Mover):
     name = "failover"
-
-    def __init__(
-        self,
-        settings: ManagementSettings,
-        sessionmaker: async_sessionmaker[AsyncSession],
-        redis: Any,
-        keys: MasterKeys,
-        audit: AuditLog,
-        provisioner: Provisioner | None,
-        registry: ModelRegistry | None = None,
-        on_commands: Callable[[], None] | None = None,
-    ) -> None:
-        super().__init__(settings.failover_interval)
-        self.settings = settings
-        self.sessionmaker = sessionmaker
-        self.redis = redis
-        self.keys = keys
-        self.audit = audit
-        self.provisioner = provisioner
-        self.registry = registry
-        self.on_commands = on_commands
 
     async def tick(self) -> None:
         await self.pass_once()
@@ -145,16 +119,11 @@ class Failover(Periodic):
         if target is None:
             log.warning("no live gateway to fail over to", bot_id=str(bot.id), from_gateway=from_gateway)
             return None
-        stored = await botdb.of(session, bot.id)
-        if stored is None:
+        if await botdb.of(session, bot.id) is None:
             return None
         paused = bot.desired_state == DesiredState.paused.value
         try:
-            ended_sessions = await botdb.rotate(self.keys, self.provisioner, stored)
-            bundle = None if self.registry is None else await start_bundle(session, self.registry, bot)
-            result = await act(session, bot, Action.start, self.keys, freqai_model=bundle, place_on=target)
-            if paused:  # started, then paused at once: as it was (the reconciler does the same)
-                await act(session, bot, Action.pause, self.keys)
+            result, ended_sessions = await self.start_elsewhere(session, bot, target, paused=paused)
         except (BotDatabaseRefused, ActionRefused, ModelRefused) as exc:
             log.warning("failover refused", bot_id=str(bot.id), error=str(exc))
             return Move(bot.id, from_gateway, None, str(exc))

@@ -59,8 +59,9 @@ async def _second_gateway(stack: Stack, tmp_path: Path) -> tuple[Service, str, P
 
 
 async def _live(client: httpx.AsyncClient, admin: dict[str, str], gateway_id: str) -> bool:
-    listed = (await client.get("/gateways", headers=admin)).json()
-    return any(g["gateway_id"] == gateway_id and g.get("live") for g in listed)
+    answer = await client.get("/gateways", headers=admin)
+    assert answer.status_code == 200, answer.text
+    return any(g["gateway_id"] == gateway_id and g["live"] for g in answer.json())
 
 
 async def _trading_on(
