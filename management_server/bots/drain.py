@@ -2,13 +2,14 @@
 
 A drained gateway takes no new bot (``gateways.service.live_gateways`` leaves it out of placement). Every
 ``failover_interval`` seconds (one replica at a time: an advisory lock), for each gateway being drained, one bot is
-on its way at most:
+on its way at most (stopped there, not yet started elsewhere):
 
 1. the next bot placed there that should run (``running`` or ``paused``) gets a STOP_BOT (it keeps its open trades
    in its database) and ``moving_from`` set to the gateway; its desired state is kept aside as ``stopped`` for now;
-2. once the old gateway reports it stopped (``actual_state`` ``stopped``), its database role gets a new password and
-   any session left is ended (as in a failover), and it gets a START_BOT on the least loaded other live gateway with
-   room, at the next generation (a paused bot is paused again at once); ``moving_from`` is cleared.
+2. once the old gateway reports no process of it (``actual_state`` ``stopped``, or ``failed``), its database role
+   gets a new password and any session left is ended (as in a failover), and it gets a START_BOT on the least loaded
+   other live gateway with room, at the next generation (a paused bot is paused again at once); ``moving_from`` is
+   cleared, and in the same round the next bot is stopped.
 
 So a bot never runs in two places: the new gateway is only asked once the old one has said the process ended. Each
 step is audited (``bot.drain_stop``, ``bot.drain_start``, actor ``freqfleet:drain``). A SQLite bot can't take its
@@ -39,6 +40,7 @@ log = get_logger(__name__)
 ACTOR = Actor(None, "freqfleet:drain")
 LOCK_KEY = 0x46726571_4472616E  # "FreqDran"
 RUNS = (DesiredState.running.value, DesiredState.paused.value)
+ENDED = (ActualState.stopped.value, ActualState.failed.value, ActualState.halted.value)  # no process left there
 
 
 @dataclass(frozen=True)
@@ -119,7 +121,7 @@ class Drainer(Mover):
         if bot.gateway_id != gateway_id or bot.desired_state != DesiredState.stopped.value:
             bot.moving_from = None  # someone started or moved it meanwhile: theirs to say where it runs
             return None
-        if bot.actual_state != ActualState.stopped.value:
+        if bot.actual_state not in ENDED:
             return None  # its old gateway has not said the process ended: nothing runs twice
         live = [g for g in await live_gateways(session) if g.gateway_id != gateway_id and g.capacity > 0]
         if not live:
