@@ -218,30 +218,21 @@ def create_app(settings: ManagementSettings | None = None) -> FastAPI:
             app.state.reconciler = reconciler
             reconciler.start()
             stack.push_async_callback(reconciler.stop)  # first to stop: no command is sent during shutdown
-            # Bots whose gateway's lease on them ended run again on a live gateway, with their trades.
-            failover = Failover(
+            # Bots whose gateway's lease on them ended run again on a live gateway, with their trades; drained
+            # gateways' bots moved off one at a time (POST /gateways/{id}/drain).
+            movers = (
                 settings,
                 background,
                 app.state.master_keys,
                 app.state.audit,
                 app.state.bot_databases,
                 app.state.model_registry,
-                on_commands=relay.wake,
-                redis=redis,
             )
+            failover = Failover(*movers, on_commands=relay.wake, redis=redis)
             app.state.failover = failover
             failover.start()
             stack.push_async_callback(failover.stop)
-            # Drained gateways' bots moved off one at a time (POST /gateways/{id}/drain).
-            drainer = Drainer(
-                settings,
-                background,
-                app.state.master_keys,
-                app.state.audit,
-                app.state.bot_databases,
-                app.state.model_registry,
-                on_commands=relay.wake,
-            )
+            drainer = Drainer(*movers, on_commands=relay.wake)
             app.state.drainer = drainer
             drainer.start()
             stack.push_async_callback(drainer.stop)

@@ -83,8 +83,41 @@ def open_sealed(private: X25519PrivateKey, ephemeral: str, nonce: str, ciphertex
 # ---------------------------------------------------------------------------- a live bot's exchange credentials
 
 
-def _credentials_associated(gateway_id: str, bot_id: uuid.UUID, revision: str) -> bytes:
-    return f"freqfleet-credentials/1\n{gateway_id}\n{bot_id}\n{revision}".encode()
+def _associated(kind: str, gateway_id: str, bot_id: uuid.UUID, revision: str) -> bytes:
+    return f"freqfleet-{kind}/1\n{gateway_id}\n{bot_id}\n{revision}".encode()
+
+
+def _seal_for(
+    kind: str, sealing_key: str, gateway_id: str, bot_id: uuid.UUID, revision: str, plaintext: bytes
+) -> dict[str, str | uuid.UUID]:
+    """The fields of a sealed box for one gateway and one bot (``kind`` binds it to its use)."""
+    ephemeral, nonce, ciphertext = seal(
+        public_key(sealing_key), plaintext, _associated(kind, gateway_id, bot_id, revision)
+    )
+    return {
+        "gateway_id": gateway_id,
+        "bot_id": bot_id,
+        "revision": revision,
+        "ephemeral": ephemeral,
+        "nonce": nonce,
+        "ciphertext": ciphertext,
+    }
+
+
+def _open_for(
+    kind: str, what: str, private: X25519PrivateKey, sealed: SealedCredentials, gateway_id: str, bot_id: uuid.UUID
+) -> bytes:
+    """The plaintext of a box sealed to this gateway for this bot.
+
+    :raises SealError: sealed for another gateway or bot, or changed.
+    """
+    if sealed.gateway_id != gateway_id or sealed.bot_id != bot_id:
+        raise SealError(
+            f"{what} was sealed for gateway {sealed.gateway_id} and bot {sealed.bot_id}, "
+            f"not for gateway {gateway_id} and bot {bot_id}"
+        )
+    associated = _associated(kind, gateway_id, bot_id, sealed.revision)
+    return open_sealed(private, sealed.ephemeral, sealed.nonce, sealed.ciphertext, associated)
 
 
 def seal_credentials(
@@ -92,11 +125,8 @@ def seal_credentials(
 ) -> SealedCredentials:
     """``credentials`` sealed to gateway ``gateway_id`` (its public ``sealing_key``, Base64) for bot ``bot_id``."""
     plaintext = credentials.model_dump_json(exclude_none=True).encode()
-    ephemeral, nonce, ciphertext = seal(
-        public_key(sealing_key), plaintext, _credentials_associated(gateway_id, bot_id, revision)
-    )
-    return SealedCredentials(
-        gateway_id=gateway_id, bot_id=bot_id, revision=revision, ephemeral=ephemeral, nonce=nonce, ciphertext=ciphertext
+    return SealedCredentials.model_validate(
+        _seal_for("credentials", sealing_key, gateway_id, bot_id, revision, plaintext)
     )
 
 
@@ -107,13 +137,7 @@ def open_credentials(
 
     :raises SealError: sealed for another gateway or bot, or changed.
     """
-    if sealed.gateway_id != gateway_id or sealed.bot_id != bot_id:
-        raise SealError(
-            f"the exchange credentials were sealed for gateway {sealed.gateway_id} and bot {sealed.bot_id}, "
-            f"not for gateway {gateway_id} and bot {bot_id}"
-        )
-    associated = _credentials_associated(gateway_id, bot_id, sealed.revision)
-    plaintext = open_sealed(private, sealed.ephemeral, sealed.nonce, sealed.ciphertext, associated)
+    plaintext = _open_for("credentials", "the exchange credentials", private, sealed, gateway_id, bot_id)
     try:
         return ExchangeCredentials.model_validate_json(plaintext)
     except ValueError:
@@ -123,18 +147,9 @@ def open_credentials(
 # ---------------------------------------------------------------------------- a bot's trade database
 
 
-def _database_associated(gateway_id: str, bot_id: uuid.UUID, revision: str) -> bytes:
-    return f"freqfleet-database/1\n{gateway_id}\n{bot_id}\n{revision}".encode()
-
-
 def seal_database(sealing_key: str, gateway_id: str, bot_id: uuid.UUID, revision: str, url: str) -> SealedDatabase:
     """Bot ``bot_id``'s database URL (with its role's password) sealed to gateway ``gateway_id``."""
-    ephemeral, nonce, ciphertext = seal(
-        public_key(sealing_key), url.encode(), _database_associated(gateway_id, bot_id, revision)
-    )
-    return SealedDatabase(
-        gateway_id=gateway_id, bot_id=bot_id, revision=revision, ephemeral=ephemeral, nonce=nonce, ciphertext=ciphertext
-    )
+    return SealedDatabase.model_validate(_seal_for("database", sealing_key, gateway_id, bot_id, revision, url.encode()))
 
 
 def open_database(private: X25519PrivateKey, sealed: SealedDatabase, gateway_id: str, bot_id: uuid.UUID) -> str:
@@ -142,13 +157,7 @@ def open_database(private: X25519PrivateKey, sealed: SealedDatabase, gateway_id:
 
     :raises SealError: sealed for another gateway or bot, or changed.
     """
-    if sealed.gateway_id != gateway_id or sealed.bot_id != bot_id:
-        raise SealError(
-            f"the trade database was sealed for gateway {sealed.gateway_id} and bot {sealed.bot_id}, "
-            f"not for gateway {gateway_id} and bot {bot_id}"
-        )
-    associated = _database_associated(gateway_id, bot_id, sealed.revision)
-    plaintext = open_sealed(private, sealed.ephemeral, sealed.nonce, sealed.ciphertext, associated)
+    plaintext = _open_for("database", "the trade database", private, sealed, gateway_id, bot_id)
     try:
         return plaintext.decode()
     except UnicodeDecodeError:

@@ -76,18 +76,19 @@ def _password(order: Any) -> str | None:
 
     try:
         password = urlsplit(str(order["to"])).password
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError):  # no order read, or not one
         return None
     return unquote(password) if password else None
 
 
 def main() -> int:
+    order: Any = None
     try:
         order = json.loads(sys.stdin.read())
         rows = copy(str(order["from"]), str(order["to"]))
     except Exception as exc:  # reported to the gateway, which refuses the command with it
         error = f"{type(exc).__name__}: {str(exc)[:800]}"
-        secret = _password(order) if "order" in locals() else None
+        secret = _password(order)
         print(json.dumps({"ok": False, "error": error.replace(secret, "***") if secret else error}), flush=True)
         return 1
     print(json.dumps({"ok": True, "rows": rows}), flush=True)

@@ -6,8 +6,33 @@ from __future__ import annotations
 
 import sys
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 PAIRS = ("BTC/USDT", "ETH/USDT")
+
+
+def _filled(order: Any, side: str, pair: str, amount: float, price: float, order_id: str, at: datetime) -> Any:
+    """A limit order filled at once, as Freqtrade records one."""
+    return order(
+        ft_order_side=side,
+        ft_pair=pair,
+        ft_is_open=False,
+        ft_amount=amount,
+        ft_price=price,
+        order_id=order_id,
+        status="closed",
+        symbol=pair,
+        order_type="limit",
+        side=side,
+        price=price,
+        average=price,
+        amount=amount,
+        filled=amount,
+        remaining=0.0,
+        cost=price * amount,
+        order_date=at,
+        order_filled_date=at + timedelta(seconds=5),
+    )
 
 
 def write(url: str, closed: int, open_: int) -> None:
@@ -39,53 +64,11 @@ def write(url: str, closed: int, open_: int) -> None:
             timeframe=5,
             enter_tag=f"tag-{n % 4}",
         )
-        trade.orders.append(
-            Order(
-                ft_order_side="buy",
-                ft_pair=pair,
-                ft_is_open=False,
-                ft_amount=amount,
-                ft_price=rate,
-                order_id=f"entry-{n}",
-                status="closed",
-                symbol=pair,
-                order_type="limit",
-                side="buy",
-                price=rate,
-                average=rate,
-                amount=amount,
-                filled=amount,
-                remaining=0.0,
-                cost=rate * amount,
-                order_date=opened,
-                order_filled_date=opened + timedelta(seconds=5),
-            )
-        )
+        trade.orders.append(_filled(Order, "buy", pair, amount, rate, f"entry-{n}", opened))
         if not is_open:
             exit_rate = rate * (1.01 if n % 3 else 0.98)
             closed_at = opened + timedelta(minutes=30)
-            trade.orders.append(
-                Order(
-                    ft_order_side="sell",
-                    ft_pair=pair,
-                    ft_is_open=False,
-                    ft_amount=amount,
-                    ft_price=exit_rate,
-                    order_id=f"exit-{n}",
-                    status="closed",
-                    symbol=pair,
-                    order_type="limit",
-                    side="sell",
-                    price=exit_rate,
-                    average=exit_rate,
-                    amount=amount,
-                    filled=amount,
-                    remaining=0.0,
-                    cost=exit_rate * amount,
-                    order_date=closed_at,
-                    order_filled_date=closed_at + timedelta(seconds=5),
-                )
-            )
+            trade.orders.append(_filled(Order, "sell", pair, amount, exit_rate, f"exit-{n}", closed_at))
             trade.close_rate = exit_rate
             trade.close_date = closed_at
             trade.exit_reason = "roi" if n % 3 else "stop_loss"

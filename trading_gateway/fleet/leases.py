@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from redis.exceptions import RedisError
@@ -39,7 +40,7 @@ class LeaseKeeper:
         self.interval = ttl / RENEWALS_PER_LEASE
         self.renewed_at: float | None = None  # monotonic time of the last renewal that went through
         self.lost: dict[str, Holder] = {}  # bots another gateway holds now: never started here again
-        self.on_lost: Any = None  # async callable(bot id, holder): the fleet stops the bot
+        self.on_lost: Callable[[uuid.UUID, Holder], Awaitable[None]] | None = None  # the fleet stops the bot
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
 
