@@ -191,6 +191,9 @@ class Api:
     def post(self, path: str, body: Any = None) -> Any:
         return self.request("POST", path, json=body)
 
+    def patch(self, path: str, body: Any) -> Any:
+        return self.request("PATCH", path, json=body)
+
     def stream_lines(self, path: str, **params: Any) -> Iterator[str]:
         """The lines of a Server-Sent Events answer, as they come."""
         session = self.session()

@@ -48,6 +48,8 @@ def _cell(value: Any) -> str:
         return "-"
     if isinstance(value, list):
         return ",".join(str(v) for v in value)
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {v}" for k, v in value.items())
     return str(value)
 
 
@@ -123,6 +125,7 @@ BOT_FIELDS = (
     "actual_state",
     "generation",
     "gateway_id",
+    "placement",
     "model_id",
     "model_state",
     "last_error",
@@ -167,6 +170,9 @@ def bots_create(
     wallet: Annotated[str | None, typer.Option(help="Dry-run wallet (default: Freqtrade's 1000).")] = None,
     exchange: Annotated[str, typer.Option(help="simulator, or a ccxt exchange id.")] = "simulator",
     model: Annotated[str | None, typer.Option(help="A FreqAI model's id or name (a FreqAI bot).")] = None,
+    pin: Annotated[
+        str | None, typer.Option(help="Admin: the gateway it runs on only (never moved by failover or a drain).")
+    ] = None,
     url: Url = None,
     as_json: AsJson = False,
 ) -> None:
@@ -185,7 +191,27 @@ def bots_create(
             body["dry_run_wallet"] = wallet
         if model is not None:
             body["model_id"] = client.model_id(model)
+        if pin is not None:
+            body["placement"] = {"gateway_id": pin}
         show(client.post("/bots", body), as_json, lambda value: fields(value, BOT_FIELDS))
+
+
+@bots_app.command("pin")
+def bots_pin(
+    bot: BotName,
+    gateway: Annotated[str | None, typer.Argument(help="The gateway; leave it out with --unpin.")] = None,
+    unpin: Annotated[bool, typer.Option("--unpin", help="Let it run wherever there is room again.")] = False,
+    url: Url = None,
+    as_json: AsJson = False,
+) -> None:
+    """Admin: pin a bot to one gateway (from its next start it runs there only, and failover and drains leave it:
+    when that gateway is lost it reads `orphaned`), or unpin it."""
+    if (gateway is None) != unpin:
+        raise typer.BadParameter("name a gateway, or give --unpin")
+    with api(url, "bots pin") as client:
+        placement = None if unpin else {"gateway_id": gateway}
+        changed = client.patch(f"/bots/{client.bot_id(bot)}", {"placement": placement})
+        show(changed, as_json, lambda value: fields(value, BOT_FIELDS))
 
 
 def _action(verb: str, help_text: str) -> None:

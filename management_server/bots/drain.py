@@ -13,8 +13,9 @@ on its way at most (stopped there, not yet started elsewhere):
 
 So a bot never runs in two places: the new gateway is only asked once the old one has said the process ended. Each
 step is audited (``bot.drain_stop``, ``bot.drain_start``, actor ``freqfleet:drain``). A SQLite bot can't take its
-trades along: it is left where it is, with the reason in ``last_error``. When no bot that should run is left on the
-gateway, the drain is done; the gateway stays drained until ``DELETE .../drain``.
+trades along: it is left where it is, with the reason in ``last_error``; a bot pinned to the gateway (``placement``)
+stays too. When no bot that should run is left on the gateway (but those), the drain is done; the gateway stays
+drained until ``DELETE .../drain``.
 """
 
 from __future__ import annotations
@@ -101,7 +102,12 @@ class Drainer(Mover):
     async def _stop_next(self, session: AsyncSession, gateway_id: str) -> Step | None:
         candidates = await session.execute(
             select(Bot)
-            .where(Bot.gateway_id == gateway_id, Bot.desired_state.in_(RUNS), Bot.trade_db == "postgres")
+            .where(
+                Bot.gateway_id == gateway_id,
+                Bot.desired_state.in_(RUNS),
+                Bot.trade_db == "postgres",
+                Bot.pinned_gateway_id.is_distinct_from(gateway_id),  # pinned there: it stays
+            )
             .order_by(Bot.created_at, Bot.id)
             .with_for_update()
             .limit(1)
@@ -124,6 +130,8 @@ class Drainer(Mover):
         if bot.actual_state not in ENDED:
             return None  # its old gateway has not said the process ended: nothing runs twice
         live = [g for g in await live_gateways(session) if g.gateway_id != gateway_id and g.capacity > 0]
+        if bot.pinned_gateway_id is not None:  # pinned elsewhere (re-pinned while it ran here): there only
+            live = [g for g in live if g.gateway_id == bot.pinned_gateway_id]
         if not live:
             return None  # waits for a gateway with room
         target = live[0].gateway_id

@@ -7,7 +7,8 @@ run (desired ``running`` or ``paused``) and whose lease there has ended (by Redi
 1. its trades must be where every gateway reaches them (``trade_db: postgres``); a SQLite bot can't move with its
    open trades (they are on the lost host's disk): it reads ``lost``, with the reason, for a person;
 2. a live gateway takes it: the least loaded one with free capacity (``gateways.service.live_gateways``), never the
-   one it leaves; none: it waits for the next check;
+   one it leaves; none: it waits for the next check. A bot pinned to its gateway (``placement``) is not moved: it
+   reads ``orphaned``, with the reason, until that gateway reports it again or an admin unpins it;
 3. its database role gets a new password and every session of the old one is ended
    (``botdb.service.rotate``): a stale holder that wakes up can't write its trades;
 4. a START_BOT to the new gateway at the next generation (``lifecycle.act`` with ``place_on``), whose relay names the
@@ -112,13 +113,38 @@ class Failover(Mover):
                 changes.note(session, {bot.id: bot.owner_id})
                 return Move(bot.id, from_gateway, None, bot.last_error)
             return None
+        live = await live_gateways(session)  # the least loaded first; capacity: how many more bots it takes
+        if bot.pinned_gateway_id is not None:
+            if self.provisioner is not None and any(
+                g.gateway_id == bot.pinned_gateway_id != from_gateway and g.capacity > 0 for g in live
+            ):  # re-pinned while it ran elsewhere: where it is pinned, when that gateway is live
+                return await self._start_on(session, bot, from_gateway, bot.pinned_gateway_id, expired_at, ended)
+            return self._orphaned(session, bot, from_gateway, ended)
         if self.provisioner is None:
             return None  # no way to fence its database: left for a person (logged once per pass)
-        live = await live_gateways(session)  # the least loaded first; capacity: how many more bots it takes
         target = next((g.gateway_id for g in live if g.gateway_id != from_gateway and g.capacity > 0), None)
         if target is None:
             log.warning("no live gateway to fail over to", bot_id=str(bot.id), from_gateway=from_gateway)
             return None
+        return await self._start_on(session, bot, from_gateway, target, expired_at, ended)
+
+    @staticmethod
+    def _orphaned(session: AsyncSession, bot: Bot, from_gateway: str, ended: str) -> Move | None:
+        """A pinned bot is not moved: it reads ``orphaned`` (said once) until its gateway reports it again or an
+        admin unpins it."""
+        if bot.actual_state == ActualState.orphaned.value:
+            return None
+        bot.actual_state = ActualState.orphaned.value
+        bot.last_error = (
+            f"{ended}; it is pinned to gateway {bot.pinned_gateway_id}, so it is not moved: bring that gateway back, "
+            "or unpin it (placement: null) to let it fail over"
+        )
+        changes.note(session, {bot.id: bot.owner_id})
+        return Move(bot.id, from_gateway, None, bot.last_error)
+
+    async def _start_on(
+        self, session: AsyncSession, bot: Bot, from_gateway: str, target: str, expired_at: datetime, ended: str
+    ) -> Move | None:
         if await botdb.of(session, bot.id) is None:
             return None
         paused = bot.desired_state == DesiredState.paused.value

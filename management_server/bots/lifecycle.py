@@ -150,16 +150,29 @@ async def sealing_key(session: AsyncSession, gateway_id: str, what: str) -> str:
     return gateway.sealing_key
 
 
+WITH_PROCESS = (ActualState.running, ActualState.paused, ActualState.starting, ActualState.stopping)
+
+
 async def _placement(session: AsyncSession, bot: Bot) -> tuple[str, str | None]:
     """The gateway for a start, and a notice when it is not answering."""
     now = datetime.now(UTC)
     live = await live_gateways(session, now)
-    if bot.gateway_id is not None:
+    pinned = bot.pinned_gateway_id
+    if bot.gateway_id is not None and (pinned is None or pinned == bot.gateway_id):
         if any(g.gateway_id == bot.gateway_id for g in live):
             return bot.gateway_id, None
         if bot.actual_state in (ActualState.running, ActualState.paused, ActualState.starting) or not live:
             # Its process may still run there: the command waits for that gateway.
             return bot.gateway_id, _waiting(bot.gateway_id)
+    if pinned is not None:  # its gateway, drained or not, answering or not (the command waits for it)
+        if bot.gateway_id not in (None, pinned) and bot.actual_state in WITH_PROCESS:
+            raise ActionRefused(
+                409,
+                f"It was pinned to gateway {pinned} while it ran on {bot.gateway_id}: stop it first, then start it "
+                f"(it starts on {pinned}).",
+            )
+        answering = await is_live(session, pinned)  # a drained gateway is left out of ``live`` but answers
+        return pinned, None if answering else _waiting(pinned)
     if live:
         return live[0].gateway_id, None
     enrolled = select(Gateway).where(

@@ -27,10 +27,16 @@ from management_server.db import fetch_raw
 from management_server.users.viewer import Viewer
 
 COLUMNS = tuple(BotOut.model_fields)
-_JSON_TEXT = frozenset({"pairs", "freqai"})  # JSONB: read as text, written into the answer as it is
+# What BotOut shows that is not a column as it is: the JSON text PostgreSQL makes of columns (``{table}``: the alias)
+_DERIVED = {
+    "placement": "CASE WHEN {table}pinned_gateway_id IS NULL THEN NULL "
+    "ELSE json_build_object('gateway_id', {table}pinned_gateway_id)::text END",
+}
+_JSON_TEXT = frozenset({"pairs", "freqai", *_DERIVED})  # JSON read as text, written into the answer as it is
 _STORED = Bot.__table__.c
-assert set(COLUMNS) <= set(_STORED.keys()), f"BotOut shows what bots don't store: {set(COLUMNS) - set(_STORED.keys())}"
-_UUIDS = frozenset(name for name in COLUMNS if isinstance(_STORED[name].type, Uuid))  # asyncpg's UUID isn't orjson's
+_SHOWN = set(COLUMNS) - set(_DERIVED)
+assert set(_STORED.keys()) >= _SHOWN, f"BotOut shows what bots don't store: {_SHOWN - set(_STORED.keys())}"
+_UUIDS = frozenset(name for name in _SHOWN if isinstance(_STORED[name].type, Uuid))  # asyncpg's UUID isn't orjson's
 _TABLE = Bot.__tablename__
 
 
@@ -38,6 +44,8 @@ def as_shown(name: str, table: str = "") -> str:
     """How PostgreSQL writes the bot's column ``name`` as ``BotOut`` shows it (``table``: an alias to qualify it
     with, as ``"b."``): decimals as written (``10``, ``unlimited`` for no stake), JSONB as its text, UUIDs as text."""
     column = f"{table}{name}"
+    if name in _DERIVED:
+        return _DERIVED[name].format(table=table)
     if name == "stake_amount":
         return f"coalesce(trim_scale({column})::text, 'unlimited')"
     if name == "dry_run_wallet":

@@ -44,7 +44,9 @@ class ActualState(StrEnum):
     stopping = "stopping"
     failed = "failed"
     halted = "halted"
-    orphaned = "orphaned"  # its gateway was revoked: it runs nowhere we trust until started again
+    # its gateway was revoked, or it is pinned to a gateway whose lease on it ended: it runs nowhere we trust until
+    # started again (or its gateway comes back)
+    orphaned = "orphaned"
     unknown = "unknown"  # its gateway has not reported for a while: nobody can say (bots/reconcile.py)
     lost = "lost"  # its gateway has been silent for minutes: it runs nowhere we know of
 
@@ -86,6 +88,8 @@ class Bot(TimestampMixin, Base):
     )
     # stopped by the drain of this gateway, to be started on another once stopped (bots/drain.py)
     moving_from: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # placement: {"gateway_id"}: it starts on that gateway only, and failover and drains leave it there
+    pinned_gateway_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     moving_paused: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False, server_default="false")
     launcher: Mapped[str | None] = mapped_column(String(8), nullable=True)  # exec or fork, from BOT_STARTED
     # reconcile (bots/reconcile.py): commands it sent because the bot's gateway disagreed, and the last one's time
@@ -101,6 +105,11 @@ class Bot(TimestampMixin, Base):
     risk_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     risk_paused_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     risk_baseline_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+    @property
+    def placement(self) -> dict[str, str] | None:
+        """Where it is pinned (the API's ``placement``), None when it goes wherever there is room."""
+        return None if self.pinned_gateway_id is None else {"gateway_id": self.pinned_gateway_id}
 
     __table_args__ = (
         UniqueConstraint("owner_id", "name", name="uq_bots_owner_id_name"),

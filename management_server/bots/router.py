@@ -115,6 +115,7 @@ async def get_bot(bot: VisibleBot) -> BotOut:
 @router.patch("/{bot_id}", response_model=BotOut)
 async def update_bot(
     body: BotUpdate,
+    principal: Trader,
     bot: LockedBot,
     session: SessionDep,
     markets: MarketsDep,
@@ -123,7 +124,7 @@ async def update_bot(
     audit: Audit,
 ) -> BotOut:
     try:
-        change = await service.change(session, bot, body, markets, keys)
+        change = await service.change(session, principal.viewer, bot, body, markets, keys)
         audit.add(  # with the command (a live change waits for the gateway's answer)
             session,
             "bot.update",

@@ -57,6 +57,25 @@ class BotFields(BaseModel):
         return value
 
 
+class Placement(BaseModel):
+    """Where a bot runs when it is not wherever there is room."""
+
+    model_config = ConfigDict(extra="forbid")
+    gateway_id: str = Field(
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        description="The enrolled gateway it is pinned to: it starts there only, and neither failover nor a drain "
+        "moves it (a pinned bot whose gateway's lease on it ends reads `orphaned`).",
+    )
+
+
+PLACEMENT = (
+    "Pin the bot to one gateway (admins only): it starts there only and is never moved by failover or a drain. "
+    "Null: it runs on the live gateway with the most room, and moves when its gateway is lost or drained."
+)
+
+
 class BotCreate(BotFields):
     name: str = Field(min_length=1, max_length=100)
     strategy_id: uuid.UUID
@@ -79,6 +98,7 @@ class BotCreate(BotFields):
         description="Pause the bot when its drawdown reaches this share of its balance (default: the server's "
         "FREQFLEET_RISK_MAX_DRAWDOWN_BOT).",
     )
+    placement: Placement | None = Field(default=None, description=PLACEMENT)
 
     @field_validator("freqai")
     @classmethod
@@ -96,6 +116,7 @@ class BotUpdate(BotFields):
     max_drawdown_ratio: float | None = Field(
         default=None, gt=0, le=1, description="The bot's drawdown limit; null: the server's default. Changes live."
     )
+    placement: Placement | None = Field(default=None, description=PLACEMENT + " Takes effect at its next start.")
 
 
 # 0.00000001 in JSON, not 1E-8 (what ``str`` of that Decimal says)
@@ -128,6 +149,7 @@ class BotOut(BaseModel):
     actual_state: str
     generation: int
     gateway_id: str | None
+    placement: Placement | None = Field(default=None, description="The gateway it is pinned to; null: not pinned.")
     launcher: str | None = Field(
         default=None,
         description="How its process last started on its gateway: `fork` (from the gateway's launcher) or `exec`.",

@@ -22,6 +22,7 @@ from management_server.bots.schemas import BotCreate, BotUpdate, LiveStatusOut
 from management_server.credentials import service as credentials
 from management_server.errors import Refused
 from management_server.freqai import service as models
+from management_server.gateways.models import Gateway
 from management_server.security.crypto import MasterKeys
 from management_server.strategies import service as strategies
 from management_server.users.viewer import Viewer
@@ -106,6 +107,7 @@ async def create(
             raise BotRefused(404, credentials.NOT_FOUND)
         if credential.exchange != body.exchange:
             raise BotRefused(400, f"These credentials are for {credential.exchange}, not {body.exchange}.")
+    pinned = None if body.placement is None else await _pin(session, viewer, body.placement.gateway_id)
     freqai = body.freqai
     if body.model_id is not None:  # a FreqAI bot that receives this model (management_server/freqai)
         model = await models.visible(session, viewer, body.model_id)
@@ -134,6 +136,7 @@ async def create(
         freqai=freqai,
         model_id=body.model_id,
         max_drawdown_ratio=body.max_drawdown_ratio,
+        pinned_gateway_id=pinned,
         desired_state=DesiredState.stopped.value,
         actual_state=ActualState.stopped.value,
         generation=0,
@@ -141,6 +144,29 @@ async def create(
     session.add(bot)
     await session.flush()
     return bot
+
+
+def _may_pin(viewer: Viewer) -> None:
+    if not viewer.admin:
+        raise BotRefused(
+            403,
+            "Only an admin may pin a bot to a gateway (placement): leave it out and the bot runs where there is room.",
+        )
+
+
+async def _pin(session: AsyncSession, viewer: Viewer, gateway_id: str) -> str:
+    """The gateway a bot may be pinned to: an admin's choice, of an enrolled gateway."""
+    if not viewer.admin:
+        raise BotRefused(
+            403,
+            "Only an admin may pin a bot to a gateway (placement): leave it out and the bot runs where there is room.",
+        )
+    gateway = await session.get(Gateway, gateway_id)
+    if gateway is None or not gateway.enrolled:
+        raise BotRefused(
+            404, f"No enrolled gateway {gateway_id}: pin the bot to one that `freqfleet gateways list` shows enrolled."
+        )
+    return gateway_id
 
 
 async def create_committed(
@@ -188,8 +214,9 @@ def is_stopped(bot: Bot) -> bool:
 
 
 LIVE_FIELDS = frozenset({"pairs", "stake_amount", "max_open_trades"})
-MANAGEMENT_FIELDS = frozenset({"max_drawdown_ratio"})  # the gateway never sees them: changed at any time
-NULLABLE_FIELDS = frozenset({"stoploss", "max_drawdown_ratio"})  # null means "the default"
+# the gateway never sees them: changed at any time (a new placement counts from the bot's next start)
+MANAGEMENT_FIELDS = frozenset({"max_drawdown_ratio", "placement"})
+NULLABLE_FIELDS = frozenset({"stoploss", "max_drawdown_ratio", "placement"})  # null means "the default"
 
 
 def update(bot: Bot, body: BotUpdate, known_pairs: frozenset[str] | None = None) -> dict[str, object]:
@@ -217,6 +244,8 @@ def update(bot: Bot, body: BotUpdate, known_pairs: frozenset[str] | None = None)
             continue
         if field == "stake_amount":
             value = None if value == "unlimited" else Decimal(value)
+        if field == "placement":  # checked by change() (_pin)
+            field, value = "pinned_gateway_id", None if value is None else value["gateway_id"]
         setattr(bot, field, value)
     return {k: str(v) for k, v in changes.items()}
 
@@ -230,10 +259,17 @@ class Change:
         return self.changes | ({"live": True, "generation": bot.generation} if self.live else {})
 
 
-async def change(session: AsyncSession, bot: Bot, body: BotUpdate, markets: Markets, keys: MasterKeys) -> Change:
+async def change(
+    session: AsyncSession, viewer: Viewer, bot: Bot, body: BotUpdate, markets: Markets, keys: MasterKeys
+) -> Change:
     """Apply the changes (:func:`update`) in the session's transaction (the caller commits). A running bot gets
     those it takes live by UPDATE_CONFIG (``live``), remembered until its gateway answers: they are put back if
     it refuses them, the database says what runs."""
+    if "placement" in body.model_fields_set:
+        if body.placement is not None:
+            await _pin(session, viewer, body.placement.gateway_id)
+        elif bot.pinned_gateway_id is not None:
+            _may_pin(viewer)
     before = live_values(bot)
     known = await markets.pairs(bot.exchange) if body.pairs is not None else None
     changes = update(bot, body, known)

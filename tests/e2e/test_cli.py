@@ -99,6 +99,9 @@ async def test_your_first_bot_from_the_command_line(stack: Stack, client: httpx.
     assert "pause sent" in ok(run("bots", "pause", "cli-bot"))
     assert "resume sent" in ok(run("bots", "resume", "cli-bot"))
     assert "stop sent" in ok(run("bots", "stop", "cli-bot"))
+    pin = refused(run("bots", "pin", "cli-bot", stack.gateway_id))  # where a bot runs is an admin's choice
+    assert pin.startswith("bots pin: PATCH /bots/")
+    assert "Only an admin may pin a bot to a gateway" in pin
     assert (
         refused(run("bots", "start", "no-such-bot"))
         == "bots start: no bot 'no-such-bot' (`freqfleet bots list` lists them)"

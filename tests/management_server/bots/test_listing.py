@@ -63,6 +63,7 @@ def variants(owner: uuid.UUID, strategy: uuid.UUID) -> list[Bot]:
             launcher="fork",
             last_error='quote " backslash \\ newline \n tab \t and ünïcode ✓',
             max_drawdown_ratio=0.25,
+            pinned_gateway_id="gw-pinned",
             risk_reason="drawdown 30% reached the limit of 25%",
             risk_paused_at=AT + timedelta(microseconds=120000),
             created_at=AT + timedelta(seconds=1, microseconds=123),
