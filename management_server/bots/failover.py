@@ -7,7 +7,8 @@ run (desired ``running`` or ``paused``) and whose lease there has ended (by Redi
 1. its trades must be where every gateway reaches them (``trade_db: postgres``); a SQLite bot can't move with its
    open trades (they are on the lost host's disk): it reads ``lost``, with the reason, for a person;
 2. a live gateway takes it: the least loaded one with free capacity (``gateways.service.live_gateways``), never the
-   one it leaves; none: it waits for the next check. A bot pinned to its gateway (``placement``) is not moved: it
+   one it leaves nor any with a lease that ended (a frozen gateway's last heartbeat may still look recent); none: it
+   waits for the next check. A bot pinned to its gateway (``placement``) is not moved: it
    reads ``orphaned``, with the reason, until that gateway reports it again or an admin unpins it;
 3. its database role gets a new password and every session of the old one is ended
    (``botdb.service.rotate``): a stale holder that wakes up can't write its trades;
@@ -57,8 +58,14 @@ class Move:
     command_id: uuid.UUID | None = None
 
 
+def _ended(leases: Leases) -> list[str]:
+    """The bots whose lease on this gateway has ended, by Redis's clock."""
+    return [bot_id for bot_id, lease in leases.held.items() if lease.expires_ms <= leases.now_ms]
+
+
 class Failover(Mover):
     name = "failover"
+    _lapsing: frozenset[str] | set[str] = frozenset()  # this pass: gateways with an ended lease (no place for a bot)
 
     async def tick(self) -> None:
         await self.pass_once()
@@ -72,16 +79,22 @@ class Failover(Mover):
             gateways = await session.execute(
                 select(Gateway.gateway_id).where(Gateway.signing_key.is_not(None), Gateway.revoked_at.is_(None))
             )
+            held: dict[str, Leases] = {}
             for gateway_id in gateways.scalars():
                 leases = await leases_of(self.redis, gateway_id)
                 if leases.held:  # a gateway that never held a lease (leases off) is not judged by them
-                    moves += await self._gateway(session, gateway_id, leases)
+                    held[gateway_id] = leases
+            # A gateway with a lease that ended is no place for a bot, though its last heartbeat may still be recent
+            # (frozen, cut off): it takes none of the moves.
+            self._lapsing = {g for g, leases in held.items() if _ended(leases)}
+            for gateway_id, leases in held.items():
+                moves += await self._gateway(session, gateway_id, leases)
         if self.on_commands is not None and any(m.command_id is not None for m in moves):
             self.on_commands()
         return moves
 
     async def _gateway(self, session: AsyncSession, gateway_id: str, leases: Leases) -> list[Move]:
-        ended = [bot_id for bot_id, lease in leases.held.items() if lease.expires_ms <= leases.now_ms]
+        ended = _ended(leases)
         if not ended:
             return []
         rows = await session.execute(
@@ -113,7 +126,7 @@ class Failover(Mover):
                 changes.note(session, {bot.id: bot.owner_id})
                 return Move(bot.id, from_gateway, None, bot.last_error)
             return None
-        live = await live_gateways(session)  # the least loaded first; capacity: how many more bots it takes
+        live = [g for g in await live_gateways(session) if g.gateway_id not in self._lapsing]  # the least loaded first
         if bot.pinned_gateway_id is not None:
             if self.provisioner is not None and any(
                 g.gateway_id == bot.pinned_gateway_id != from_gateway and g.capacity > 0 for g in live

@@ -10,7 +10,8 @@ the arguments ``freqtrade trade`` gets from the exec path:
    without a policy, the descriptors closed and the folder entered;
 5. a ``__main__`` of its own (multiprocessing's forkserver, which Freqtrade selects, imports the parent's
    ``__main__``: it must not be the launcher's), ``sys.argv`` and the process title (``ps``, and the gateway's
-   adoption, read the command line), fresh NumPy randomness;
+   adoption, read the command line), fresh NumPy randomness, and the lease watchdog when the request names a lease
+   file (``shared.watchdog``: its timer thread is the child's, started after the fork);
 6. "ok" on the status pipe, with what the sandbox applied; any failure before that is reported there, printed as
    ``freqfleet-sandbox: ...`` and ends the child with 126, as the exec wrapper does.
 
@@ -34,6 +35,7 @@ import setproctitle
 
 from shared.sandbox.policy import Policy
 from shared.sandbox.run import EXIT_SANDBOX_FAILED, close_inherited_fds, enter
+from shared.watchdog import install as install_watchdog
 
 
 def _fresh_interpreter_signals() -> None:
@@ -84,6 +86,8 @@ def prepare(request: dict[str, Any], console: int, status: int) -> dict[str, Any
     sys.argv = argv
     setproctitle.setproctitle(" ".join(argv))
     sys.modules["numpy"].random.seed()  # NumPy's legacy global generator is not reseeded by fork; random's is
+    if watchdog := request.get("watchdog"):
+        install_watchdog(str(watchdog["lease_file"]), str(watchdog["bot_id"]))
     return applied
 
 

@@ -77,12 +77,14 @@ class HostSandbox:
         uid: int | None,
         bind_ports: list[int] | None = None,
         connect_ports: list[int] | None = None,
+        read: list[str] | None = None,
     ) -> Policy | None:
         """The policy for a process in ``home``; None when the host has no sandbox (the caller runs it plain)."""
         if self.mode == "none":
             return None
         return Policy(
             home=str(home),
+            read=list(read or []),
             bind_ports=list(bind_ports or []),
             connect_ports=list(connect_ports or []),
             env=dict(env),

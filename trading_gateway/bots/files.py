@@ -56,6 +56,7 @@ from shared.sealing import SealError
 from shared.settings import redact_url
 from shared.timeframes import INTERVALS as SIMULATOR_TIMEFRAMES
 from shared.trade_db import POSTGRES_DRIVER
+from shared.watchdog import LEASE_FILE
 from trading_gateway.bots.credentials import ApiCredentials
 
 BOT_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -65,6 +66,7 @@ LOG_MAX_BYTES = 10 * 1024 * 1024
 LOG_BACKUPS = 5
 DIR_MODE = 0o700
 META_DIR = "bots-meta"
+LEASES_DIR = "leases"  # <gateway dir>/leases/<bot>/lease.json: see shared/watchdog.py
 MAX_CONFIG_BYTES = 16 * 1024 * 1024
 SECRET_FILE_MODE = 0o600
 
@@ -94,6 +96,13 @@ class BotFiles:
         """The gateway's own records of this bot (spec, supervision, models): outside the folder the bot may
         write, so a sandboxed bot can't change what the gateway believes about it."""
         return self.root.parent / META_DIR / self.bot_id
+
+    @property
+    def lease(self) -> Path:
+        """The bot's lease file (``shared/watchdog.py``): written by the gateway after each renewal, read by the
+        watchdog in the bot's process; its folder is the one path outside its own the bot may read of the
+        gateway's."""
+        return self.root.parent / LEASES_DIR / self.bot_id / LEASE_FILE
 
     @property
     def config(self) -> Path:

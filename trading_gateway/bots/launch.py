@@ -51,16 +51,17 @@ async def _start(
     env: dict[str, str],
     policy: Policy | None,
     launcher: Launcher | None,
+    watchdog: bool,
 ) -> BotProcess:
     """Forked by ``launcher`` when there is one (and Freqtrade's own program is asked for); exec'd otherwise, or
     when the launcher can't (the reason logged)."""
     if launcher is not None and executable is None:
         try:
-            return await BotProcess.fork(files, config, launcher, env=env, sandbox=policy)
+            return await BotProcess.fork(files, config, launcher, env=env, sandbox=policy, watchdog=watchdog)
         except LauncherError as exc:
             reason = str(exc)
             log.warning("bot launch through the fork launcher failed; exec'ing it", bot_id=files.bot_id, reason=reason)
-    return BotProcess.spawn(files, config, executable=executable, env=env, sandbox=policy)
+    return BotProcess.spawn(files, config, executable=executable, env=env, sandbox=policy, watchdog=watchdog)
 
 
 async def launch_bot(
@@ -81,8 +82,12 @@ async def launch_bot(
     sandbox: BotSandboxing | None = None,
     opener: CredentialOpener | None = None,
     launcher: Launcher | None = None,
+    watchdog: bool = False,
 ) -> LaunchedBot:
     """Start ``spec`` as bot ``files.bot_id`` and wait until it is ready and proven to be ours.
+
+    ``watchdog``: the bot's process ends itself when its lease file (``files.lease``, written by the gateway's lease
+    keeper) is not renewed in time (:mod:`shared.watchdog`).
 
     :raises BotConfigError: the spec can't run, or may not run unsandboxed here (nothing was spawned).
     :raises NoFreePort: no port of the pool can be had.
@@ -109,8 +114,12 @@ async def launch_bot(
             )
             files.write(config, spec.strategy_source)
             env = bot_environment()
-            policy = sandbox.prepare(files, config, spec, env, market_url=simulator_url) if sandbox else None
-            process = await _start(files, config, executable, env, policy, launcher)
+            policy = (
+                sandbox.prepare(files, config, spec, env, market_url=simulator_url, watchdog=watchdog)
+                if sandbox
+                else None
+            )
+            process = await _start(files, config, executable, env, policy, launcher, watchdog)
         except BaseException:
             pool.release(port)
             raise

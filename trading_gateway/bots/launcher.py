@@ -149,17 +149,25 @@ class Launcher:
         return f"exit code {code}, its log: {' | '.join(tail) or '(empty)'}"
 
     def spawn(
-        self, argv: list[str], *, cwd: Path, env: Mapping[str, str], policy: Policy | None, console: int
+        self,
+        argv: list[str],
+        *,
+        cwd: Path,
+        env: Mapping[str, str],
+        policy: Policy | None,
+        console: int,
+        watchdog: dict[str, str] | None = None,
     ) -> dict[str, Any]:
         """Fork ``argv`` (``freqtrade trade ...``) in ``cwd`` with ``env``, sandboxed by ``policy``, its output to
-        ``console``: returns once the child has applied its sandbox (``pid``, ``create_time``, ``sandbox``).
-        Blocking: call it from a thread."""
+        ``console``, with the lease watchdog (``{"lease_file", "bot_id"}``, :mod:`shared.watchdog`): returns once the
+        child has applied its sandbox (``pid``, ``create_time``, ``sandbox``). Blocking: call it from a thread."""
         request = {
             "op": "spawn",
             "argv": argv,
             "cwd": str(cwd),
             "env": dict(env),
             "policy": None if policy is None else policy.to_json(),
+            "watchdog": watchdog,
         }
         return self._ask(request, fds=(console,), timeout=SPAWN_TIMEOUT)
 

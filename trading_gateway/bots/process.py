@@ -257,12 +257,18 @@ class BotProcess:
         executable: Path | None = None,
         env: Mapping[str, str] | None = None,
         sandbox: Policy | None = None,
+        watchdog: bool = False,
     ) -> BotProcess:
         """Start ``freqtrade trade`` for a bot whose files are written; returns at once (see :meth:`wait_ready`).
 
-        With ``sandbox``, the sandbox launcher applies it in the child before Freqtrade starts (same pid).
+        With ``sandbox``, the sandbox launcher applies it in the child before Freqtrade starts (same pid). With
+        ``watchdog`` (and Freqtrade's own program), Freqtrade runs under the lease watchdog (:mod:`shared.watchdog`,
+        reading ``files.lease``), in the same process.
         """
         argv = freqtrade_argv(files, config, executable)
+        if watchdog and executable is None:
+            argv = [sys.executable, "-I", "-m", "shared.watchdog", "--lease", str(files.lease), "--bot", files.bot_id,
+                    "--", *argv]  # fmt: skip
         if sandbox is not None:
             argv = wrap(sandbox, argv)
         log_offset = _size(files.log)
@@ -311,9 +317,10 @@ class BotProcess:
         *,
         env: Mapping[str, str] | None = None,
         sandbox: Policy | None = None,
+        watchdog: bool = False,
     ) -> BotProcess:
-        """Have ``launcher`` fork the bot (the same arguments as :meth:`spawn`, the same sandbox, applied in the
-        child before Freqtrade's entry point runs); returns once the child has applied it.
+        """Have ``launcher`` fork the bot (the same arguments as :meth:`spawn`, the same sandbox and watchdog, applied
+        in the child before Freqtrade's entry point runs); returns once the child has applied them.
 
         :raises LauncherError: the launcher could not (the caller execs the bot instead).
         """
@@ -328,6 +335,7 @@ class BotProcess:
                 env=bot_environment() if env is None else env,
                 policy=sandbox,
                 console=console.fileno(),
+                watchdog={"lease_file": str(files.lease), "bot_id": files.bot_id} if watchdog else None,
             )
         log.info("bot forked", bot_id=files.bot_id, pid=answer["pid"], port=config.port, launcher=launcher.pid)
         return cls(

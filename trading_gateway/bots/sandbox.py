@@ -8,9 +8,9 @@
   is never followed) and stays 0700, its ``config.json`` 0600: readable by that bot alone (and the gateway).
 - **Policy.** Read-write: its own folder (its FreqAI models are copies in it, see
   :mod:`trading_gateway.freqai.installs`). Read: the Python installation and the venv, Freqfleet's model
-  classes. TCP: bind its API port, connect to its exchange (the simulator's port, the relay's, or 443) and to its
-  trade database's port when that is in PostgreSQL (:mod:`shared.trade_db`: its role reaches its database only). See
-  :mod:`shared.sandbox.policy`.
+  classes, its lease file's folder (with leases on: :mod:`shared.watchdog`). TCP: bind its API port, connect to its
+  exchange (the simulator's port, the relay's, or 443) and to its trade database's port when that is in PostgreSQL
+  (:mod:`shared.trade_db`: its role reaches its database only). See :mod:`shared.sandbox.policy`.
 """
 
 from __future__ import annotations
@@ -68,14 +68,17 @@ def bot_policy(
     env: dict[str, str],
     uid: int | None,
     market_url: str | None,
+    watchdog: bool = False,
 ) -> Policy | None:
     """The sandbox of one bot's process (None when the host has none); it may connect to ``market_url`` (the
-    simulator or the gateway's relay) or, for a real exchange reached directly, to HTTPS."""
+    simulator or the gateway's relay) or, for a real exchange reached directly, to HTTPS; with ``watchdog`` it may
+    read its lease file's folder."""
     database_port = url_port(config.db_url)  # its trade database in PostgreSQL, if there
     return host.policy(
         files.folder,
         env=env,
         uid=uid,
+        read=[str(files.lease.parent)] if watchdog else [],
         bind_ports=[config.port],
         connect_ports=exchange_ports(market_url, spec.exchange) + ([] if database_port is None else [database_port]),
     )
@@ -89,7 +92,14 @@ class BotSandboxing:
         self.uids = BotUids(root, host.uid_base)
 
     def prepare(
-        self, files: BotFiles, config: BotConfig, spec: BotSpec, env: dict[str, str], *, market_url: str | None
+        self,
+        files: BotFiles,
+        config: BotConfig,
+        spec: BotSpec,
+        env: dict[str, str],
+        *,
+        market_url: str | None,
+        watchdog: bool = False,
     ) -> Policy | None:
         """Call after the bot's files are written, right before the spawn.
 
@@ -110,4 +120,5 @@ class BotSandboxing:
             env=env,
             uid=uid,
             market_url=market_url,
+            watchdog=watchdog,
         )

@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from shared.bus.messages import BotSpec
 from shared.files import atomic_write, open_read_nofollow
 from shared.logging import get_logger
+from shared.watchdog import EXIT_LEASE
 from trading_gateway.bots.client import FreqtradeClient
 from trading_gateway.bots.files import BotFiles
 from trading_gateway.bots.process import BotProcess
@@ -127,6 +128,11 @@ def describe_exit(exit_code: int | None) -> str:
         except ValueError:
             name = f"signal {-exit_code}"
         return f"its process was killed by {name}"
+    if exit_code == EXIT_LEASE:
+        return (
+            f"its process ended itself (exit code {exit_code}): this gateway's lease on it was not renewed in time "
+            "(its lease watchdog); it starts again once a renewal says the bot is still held here"
+        )
     return f"its process exited with code {exit_code}"
 
 

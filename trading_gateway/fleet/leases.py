@@ -7,7 +7,9 @@ before every start: a renewal that includes the bot, right then; no start withou
 (Redis away, the network cut) stops its bots' processes once 60 % of the lease has gone by without a renewal
 (:meth:`must_stop`: Freqtrade's own stop, then the process ends), well before the lease ends and the management
 server may place the bot elsewhere; they start again here only after a renewal says it still holds them. A gateway
-that is frozen renews nothing and stops nothing: that case is for the bots' own watchdog.
+that is frozen renews nothing and stops nothing: that case is for the bots' own watchdog (``shared/watchdog.py``),
+which reads the lease file the keeper writes for each bot after each renewal (``BotFiles.lease``) and ends the bot's
+process at 75 % of the lease without one.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
+from shared import watchdog
 from shared.bus.leases import Holder, Renewal, renew
 from shared.logging import get_logger
 from trading_gateway.fleet.bot import RUNNING_STATES, ManagedBot
@@ -53,18 +56,21 @@ class LeaseKeeper:
         }
 
     async def renew_now(self, starting: ManagedBot | None = None) -> Renewal | None:
-        """One renewal of every held bot's lease (and of ``starting``'s, whatever it was before); None when Redis
-        could not be asked."""
+        """One renewal of every held bot's lease (and of ``starting``'s, whatever it was before), then their lease
+        files; None when Redis could not be asked."""
         async with self._lock:
             bots = self.held()
             if starting is not None:
                 bots[starting.bot_id] = starting.generation
+            asked_at, asked_at_boot = time.monotonic(), watchdog.now()  # before: the lease runs from then at the latest
             try:
                 renewal = await renew(self.redis, self.gateway_id, bots, int(self.ttl * 1000))
             except (RedisError, OSError) as exc:
                 log.warning("leases not renewed", error=f"{type(exc).__name__}: {exc}", since=self.silent_for())
                 return None
-            self.renewed_at = time.monotonic()
+            self.renewed_at = asked_at
+            await asyncio.to_thread(self._write_files, [b for b in bots if b not in renewal.lost], asked_at_boot)
+            await asyncio.to_thread(self._remove_files, list(renewal.lost))
         if starting is not None and starting.bot_id not in renewal.lost:
             self.lost.pop(starting.bot_id, None)  # placed here again by the management server
         for bot_id, holder in renewal.lost.items():
@@ -75,6 +81,23 @@ class LeaseKeeper:
             if self.on_lost is not None:
                 await self.on_lost(uuid.UUID(bot_id), holder)
         return renewal
+
+    def _write_files(self, bot_ids: list[str], renewed_at: float) -> None:
+        """Each bot's lease file, which its watchdog reads (``shared/watchdog.py``)."""
+        for bot_id in bot_ids:
+            if (bot := self.bots.get(bot_id)) is None:
+                continue
+            try:
+                watchdog.write_lease(bot.files.lease, bot_id, renewed_at, self.ttl)
+            except OSError as exc:  # its watchdog will end it: said here why
+                log.error("lease file not written", bot_id=bot_id, error=f"{type(exc).__name__}: {exc}")
+
+    def _remove_files(self, bot_ids: list[str]) -> None:
+        """Held elsewhere now: a process of it still here ends at its watchdog's next check."""
+        for bot_id in bot_ids:
+            if (bot := self.bots.get(bot_id)) is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    bot.files.lease.unlink()
 
     def silent_for(self) -> float | None:
         """Seconds since the last renewal that went through (None: none yet)."""

@@ -275,6 +275,7 @@ class Supervisor:
                     launcher=None
                     if self.launchers is None
                     else await self.launchers.get(freqai=spec.freqai is not None),
+                    watchdog=self.leases is not None,
                 )
         except (BotConfigError, ValidationError) as exc:
             self.sync_intent(bot)

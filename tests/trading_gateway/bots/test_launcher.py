@@ -1,5 +1,6 @@
 """The fork launcher with real Freqtrade: it imports once, stays one thread, forks bots that trade on the simulator
-like exec'd ones, runs user code only in the child, records their exit codes; and a launch it can't do is exec'd."""
+like exec'd ones, runs user code only in the child, records their exit codes (a bot whose lease lapses ends itself);
+and a launch it can't do is exec'd."""
 
 from __future__ import annotations
 
@@ -19,10 +20,12 @@ import psutil
 import pytest
 
 from shared.bus.messages import BotSpec
+from shared.watchdog import EXIT_LEASE, write_lease
+from shared.watchdog import now as watchdog_clock
 from tests.exchange_simulator.conftest import SimulatorProcess
 from tests.helpers import until
 from tests.trading_gateway.bots.conftest import ALWAYS_ENTER, GRACE, START_TIMEOUT, THROTTLE, make_spec, new_bot_id
-from tests.trading_gateway.bots.test_process import open_trades
+from tests.trading_gateway.bots.test_process import db_trades, open_trades
 from trading_gateway.bots.adoption import adopt
 from trading_gateway.bots.files import BotFiles
 from trading_gateway.bots.launch import LaunchedBot, launch_bot
@@ -54,6 +57,7 @@ async def launch(
     files: BotFiles,
     spec: BotSpec | None = None,
     state: StateFile | None = None,
+    watchdog: bool = False,
 ) -> LaunchedBot:
     """``spec`` (AlwaysEnter on BTC/USDT by default) launched through ``launcher`` on the simulator."""
     return await launch_bot(
@@ -65,6 +69,7 @@ async def launch(
         process_throttle_secs=THROTTLE,
         state=state,
         launcher=launcher,
+        watchdog=watchdog,
     )
 
 
@@ -235,12 +240,15 @@ def test_a_child_that_cannot_prepare_is_refused_and_the_launcher_serves_on(launc
     assert "freqfleet-sandbox:" in (tmp_path / "console.log").read_text()  # said where the bot's output goes
 
 
-async def test_a_gateway_that_adopts_a_forked_bot_learns_its_exit_code(
+async def test_a_forked_bot_ends_itself_when_its_lease_lapses_and_its_adopter_learns_why(
     launcher: Launcher, simulator: SimulatorProcess, bots_root: Path, pool: PortPool, tmp_path: Path
 ) -> None:
+    """The lease watchdog in a forked bot (shared/watchdog.py), as a frozen gateway leaves it: no renewal, so the bot
+    ends itself (exit 75, saying why on its console), which the launcher records for whoever adopted it."""
     state_path = tmp_path / "bots-state.json"
     files = BotFiles(bots_root, new_bot_id())
-    launched = await launch(launcher, simulator, pool, files, state=StateFile(state_path))
+    write_lease(files.lease, files.bot_id, watchdog_clock(), 3600.0)
+    launched = await launch(launcher, simulator, pool, files, state=StateFile(state_path), watchdog=True)
     try:
         record = StateFile(state_path).get(files.bot_id)
         assert record is not None
@@ -249,8 +257,14 @@ async def test_a_gateway_that_adopts_a_forked_bot_learns_its_exit_code(
         report = await adopt(StateFile(state_path), PortPool(pool.start, pool.end), exits=launcher.exits)
         [adopted] = report.adopted
         assert (adopted.process.pid, adopted.process.launcher) == (launched.process.pid, "fork")
-        stopped = await adopted.process.stop(GRACE)
-        assert stopped.exit_code == 130  # SIGTERM, as Freqtrade ends on it: recorded by the launcher, read here
+        async with adopted.process.client() as api:
+            await open_trades(api)  # it trades while its lease is renewed
+        write_lease(files.lease, files.bot_id, watchdog_clock() - 3600.0, 3600.0)  # the renewals stopped long ago
+        await until(lambda: adopted.process.exit_code is not None, timeout=30, what="the bot to end itself")
+        assert adopted.process.exit_code == EXIT_LEASE  # recorded by the launcher, read here
+        console = files.console_log.read_text()
+        assert "freqfleet-watchdog: the gateway's lease on this bot was not renewed in time" in console
+        assert db_trades(files.db)[0]["is_open"] == 1  # its open trade is left for the next holder
     finally:
         await launched.process.terminate(grace=5)
 

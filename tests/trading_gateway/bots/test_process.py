@@ -16,6 +16,8 @@ from typing import Any
 import psutil
 import pytest
 
+from shared.watchdog import now as watchdog_clock
+from shared.watchdog import write_lease
 from tests.exchange_simulator.conftest import SimulatorProcess
 from tests.helpers import async_wait_for, free_port, until
 from tests.trading_gateway.bots.conftest import GRACE, START_TIMEOUT, THROTTLE, make_spec, new_bot_id
@@ -48,6 +50,7 @@ async def test_a_bot_starts_trades_and_stops_with_its_open_trade_kept(
 ) -> None:
     state = StateFile(tmp_path / "bots-state.json")
     files = BotFiles(bots_root, new_bot_id())
+    write_lease(files.lease, files.bot_id, watchdog_clock(), 3600.0)  # exec'd under the lease watchdog
     t0 = time.monotonic()
     launched = await launch_bot(
         make_spec(),
@@ -58,6 +61,7 @@ async def test_a_bot_starts_trades_and_stops_with_its_open_trade_kept(
         process_throttle_secs=THROTTLE,
         state=state,
         generation=4,
+        watchdog=True,
     )
     process, ready = launched.process, launched.ready
     password = process.credentials.password
@@ -71,6 +75,7 @@ async def test_a_bot_starts_trades_and_stops_with_its_open_trade_kept(
         assert (record.generation, record.freqtrade_version, record.config_path) == (4, "2026.9", str(files.config))
         proc = psutil.Process(process.pid)
         assert str(files.config) in proc.cmdline()
+        assert proc.cmdline()[3:4] == ["shared.watchdog"]  # Freqtrade under the lease watchdog, in this very process
         assert os.getpgid(process.pid) == process.pid  # its own process group
         leaked = [k for k in proc.environ() if k.startswith(("FREQFLEET_", "PYTEST_")) or k in ("REDIS_URL",)]
         assert leaked == []
