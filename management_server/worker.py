@@ -20,6 +20,7 @@ from management_server.config import ManagementSettings, get_settings
 from management_server.freqai.tasks import register_train_task
 from management_server.strategies.tasks import register_check_task
 from shared.logging import configure_logging
+from shared.redis import celery_urls
 
 PING_TASK = "freqfleet.ping"
 
@@ -29,9 +30,11 @@ def create_celery(settings: ManagementSettings | None = None, *, results: bool =
     result backend subscribes to the result channel of every task sent through it, which a sender that
     never waits for a result would accumulate (workers store states and results either way)."""
     settings = settings or get_settings()
-    url = settings.redis_url.get_secret_value()
+    url, transport = celery_urls(settings.redis_url.get_secret_value())  # a Sentinel URL: kombu's Sentinel transport
     app = Celery("freqfleet", broker=url, backend=url if results else None, set_as_current=False)
     app.conf.update(
+        broker_transport_options=transport,
+        result_backend_transport_options=transport,
         task_serializer="json",
         result_serializer="json",
         accept_content=["json"],

@@ -9,7 +9,6 @@ later ones (in any package) reuse them.
 
 from __future__ import annotations
 
-import concurrent.futures
 import io
 import json
 import os
@@ -61,13 +60,32 @@ class TrainedModel:
         return zstandard.ZstdDecompressor().decompressobj().decompress(self.compressed)
 
 
-@dataclass(frozen=True)
 class TrainedModels:
-    a: TrainedModel
-    b: TrainedModel
+    """Models A (trained on the last days) and B (the same, on days before), each trained when first asked for in
+    the session (a test that needs one pays for one), then the same one."""
+
+    def __init__(self, folder: Path, simulator_url: str) -> None:
+        self.folder = folder
+        self.simulator_url = simulator_url
+
+    @property
+    def a(self) -> TrainedModel:
+        return self._model("a")
+
+    @property
+    def b(self) -> TrainedModel:
+        return self._model("b")
+
+    def _model(self, name: str) -> TrainedModel:
+        with _lock:
+            if name not in _cache:
+                hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+                end = hour - timedelta(hours=6) if name == "a" else hour - timedelta(days=2)
+                _cache[name] = _train(self.folder, name, request(end), self.simulator_url)
+            return _cache[name]
 
 
-_cache: dict[str, TrainedModels] = {}
+_cache: dict[str, TrainedModel] = {}
 _lock = threading.Lock()
 
 
@@ -91,15 +109,8 @@ def _train(folder: Path, name: str, req: TrainingRequest, simulator_url: str) ->
 
 
 def trained_models(folder: Path, simulator_url: str) -> TrainedModels:
-    """Models A and B (trained at the first call of the session, then the same ones)."""
-    with _lock:
-        if "models" not in _cache:
-            hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
-            requests = {"a": request(hour - timedelta(hours=6)), "b": request(hour - timedelta(days=2))}
-            with concurrent.futures.ThreadPoolExecutor(2) as pool:
-                futures = {k: pool.submit(_train, folder, k, r, simulator_url) for k, r in requests.items()}
-                _cache["models"] = TrainedModels(a=futures["a"].result(), b=futures["b"].result())
-        return _cache["models"]
+    """Models A and B, each trained at its first use in the session, then the same ones."""
+    return TrainedModels(folder, simulator_url)
 
 
 def freqai_spec(pairs: tuple[str, ...] = PAIRS, **overrides: Any) -> BotSpec:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import base64
 import re
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, bindparam, exists, select, update
+from sqlalchemy import ColumnElement, bindparam, exists, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from management_server.bots import changes
@@ -158,16 +159,40 @@ async def is_live(session: AsyncSession, gateway_id: str) -> bool:
     return bool(await session.scalar(IS_LIVE, {"live_gateway_id": gateway_id, "live_since": since}))
 
 
-async def live_gateways(session: AsyncSession, now: datetime | None = None) -> list[Gateway]:
-    """Enrolled gateways heard from recently that take bots (not being drained), the least loaded (most free
-    capacity) first: where a bot may be placed."""
-    now = now or datetime.now(UTC)
-    result = await session.execute(
-        select(Gateway)
-        .where(*_live(now), Gateway.drain_requested_at.is_(None))
-        .order_by(Gateway.capacity.desc(), Gateway.bots_running, Gateway.gateway_id)
+@dataclass(frozen=True)
+class Room:
+    """A live gateway that takes bots, and how many more it takes now."""
+
+    gateway_id: str
+    capacity: int  # its last heartbeat's free capacity, less the starts placed on it since (may be 0 or less)
+
+
+# Starts placed on a gateway after its last heartbeat, which its capacity does not count yet: a burst of starts (a
+# failover of many bots) is spread by them instead of all going to the gateway that had the most room 5 s ago.
+_PLACED_SINCE_HEARTBEAT = (
+    select(func.count())
+    .select_from(Bot)
+    .where(
+        Bot.gateway_id == Gateway.gateway_id,
+        Bot.actual_state == ActualState.starting.value,
+        Bot.commanded_at > Gateway.last_seen_at,
     )
-    return list(result.scalars())
+    .correlate(Gateway)
+    .scalar_subquery()
+)
+
+
+async def live_gateways(session: AsyncSession, now: datetime | None = None) -> list[Room]:
+    """Enrolled gateways heard from recently that take bots (not being drained), the least loaded (most free
+    capacity, less the starts placed since its heartbeat) first: where a bot may be placed."""
+    now = now or datetime.now(UTC)
+    free = (Gateway.capacity - _PLACED_SINCE_HEARTBEAT).label("free")
+    result = await session.execute(
+        select(Gateway.gateway_id, free)
+        .where(*_live(now), Gateway.drain_requested_at.is_(None))
+        .order_by(free.desc(), Gateway.bots_running, Gateway.gateway_id)
+    )
+    return [Room(gateway_id, int(capacity)) for gateway_id, capacity in result.all()]
 
 
 async def set_draining(session: AsyncSession, gateway_id: str, draining: bool) -> Gateway:

@@ -9,6 +9,7 @@ import pytest
 
 from management_server.bots.failover import Failover
 from management_server.config import ManagementSettings
+from management_server.users.models import Role
 from shared.bus.leases import leases_key
 from tests.management_server.bots.test_bots_api import bot_body, session_of, upload
 from tests.management_server.bots.test_lifecycle import GATEWAY, admin_bot, heartbeat
@@ -109,3 +110,24 @@ async def test_a_pinned_bot_starts_on_its_gateway_and_is_orphaned_not_moved(mana
     unpinned = await management.client.patch(f"/api/v1/bots/{bot_id}", json={"placement": None}, headers=admin)
     assert unpinned.status_code == 200, unpinned.text
     assert unpinned.json()["placement"] is None
+
+
+async def test_a_burst_of_starts_is_spread_over_the_gateways_before_their_heartbeats_count_it(
+    management: Management,
+) -> None:
+    """Free capacity comes from heartbeats (every 5 s): the starts placed on a gateway since its last one count too,
+    so a burst (a failover of many bots) does not all go to the gateway that had the most room."""
+    await heartbeat(management)
+    await heartbeat(management, PINNED_HERE)  # the same room as GATEWAY, which comes first on a tie
+    admin = await session_of(management, "burst@example.com", Role.admin)
+    strategy = (await upload(management, admin)).json()["id"]
+    placed = []
+    for n in range(4):
+        created = await management.client.post(
+            "/api/v1/bots", json=bot_body(strategy, name=f"burst-{n}"), headers=admin
+        )
+        assert created.status_code == 201, created.text
+        started = await management.client.post(f"/api/v1/bots/{created.json()['id']}/start", headers=admin)
+        assert started.status_code == 200, started.text
+        placed.append(started.json()["gateway_id"])
+    assert placed == [GATEWAY, PINNED_HERE, GATEWAY, PINNED_HERE]
