@@ -177,6 +177,13 @@ class ManagementSettings(CommonSettings):
         gt=0,
         description="Seconds without a heartbeat after which a gateway's bots read `lost`.",
     )
+    command_answer_within: float = Field(
+        default=15.0,
+        gt=0,
+        description="Seconds a command waits for its gateway's answer (COMMAND_ACCEPTED or COMMAND_REJECTED) before "
+        "it is published again with the same id (twice as long the next time, at most 5 minutes apart, until "
+        "FREQFLEET_COMMAND_MAX_AGE): a command Redis lost is carried out anyway, once.",
+    )
     failover_interval: float = Field(
         default=2.0,
         gt=0,

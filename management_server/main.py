@@ -148,6 +148,8 @@ def create_app(settings: ManagementSettings | None = None) -> FastAPI:
                 redis,
                 signer=command_signer(app.state.command_keys),
                 stream_retention=settings.stream_retention,
+                answer_within=settings.command_answer_within,
+                give_up_after=settings.command_max_age,
             )
             app.state.outbox_relay = relay
             relay.start()

@@ -139,11 +139,13 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
                 group=gateway_group(settings.gateway_id),
                 consumer=settings.gateway_id,  # stable: a restarted gateway resumes its own pending commands
             )
+            applied = RedisDeduplicator(redis, gateway_group(settings.gateway_id))
             handler = CommandHandler(
                 fleet,
                 events,
                 GenerationTracker(redis, settings.gateway_id),
                 max_deliveries=consumer_config.max_deliveries,
+                answers=applied,
             )
             command_keys = CachedJwksKeySource(
                 settings.command_keys_url or settings.management_url + COMMAND_KEYS_PATH, data_dir / COMMAND_KEYS_CACHE
@@ -154,8 +156,9 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
                 redis_url,
                 consumer_config,
                 handler,
-                RedisDeduplicator(redis, gateway_group(settings.gateway_id)),
+                applied,
                 admit=signatures,
+                on_duplicate=handler.answer_again,
             )
             app.state.command_consumer = consumer
             consumer.start()

@@ -26,10 +26,16 @@ class OutboxMessage(Base):
     published_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0, nullable=False)
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # A command is done when its gateway answers it (COMMAND_ACCEPTED or COMMAND_REJECTED); until then the relay
+    # publishes it again at ``republish_at`` (bus/relay.py), the same bytes and id. Other messages are done once
+    # published. None: nothing to wait for (answered, given up, or not a command).
+    acknowledged_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    republish_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
     __table_args__ = (
         Index("ix_outbox_messages_unpublished", "id", postgresql_where=text("published_at IS NULL")),
         Index("ix_outbox_messages_published_at", "published_at"),
+        Index("ix_outbox_messages_awaiting_answer", "republish_at", postgresql_where=text("republish_at IS NOT NULL")),
     )
 
 

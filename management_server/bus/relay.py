@@ -19,8 +19,8 @@ from datetime import UTC, datetime, timedelta
 from typing import cast
 
 import redis.asyncio as aioredis
-from sqlalchemy import Table, bindparam, delete, func, select, update
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from sqlalchemy import Interval, Table, bindparam, case, delete, func, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, async_sessionmaker
 
 from management_server.bus.models import OutboxMessage
 from management_server.bus.service import OUTBOX_CHANNEL
@@ -34,12 +34,36 @@ from shared.logging import get_logger
 
 log = get_logger(__name__)
 
+REPUBLISH_CAP = timedelta(minutes=5)  # the longest wait between two publications of an unanswered command
+
 _OUTBOX = cast(Table, OutboxMessage.__table__)
 _LOCK = select(func.pg_try_advisory_xact_lock(OUTBOX_RELAY_LOCK))
-_PUBLISHED = (
+_IS_COMMAND = _OUTBOX.c.stream.startswith(COMMANDS_PREFIX, autoescape=True)
+_PUBLISHED = (  # a command waits for its gateway's answer; anything else is done
     update(_OUTBOX)
     .where(_OUTBOX.c.id.in_(bindparam("ids", expanding=True)))
-    .values(published_at=func.now(), attempts=_OUTBOX.c.attempts + 1)
+    .values(
+        published_at=func.now(),
+        attempts=_OUTBOX.c.attempts + 1,
+        republish_at=case((_IS_COMMAND, func.now() + bindparam("answer_within", type_=Interval())), else_=None),
+        acknowledged_at=case((_IS_COMMAND, None), else_=func.now()),
+    )
+)
+_DUE = (  # commands published and not answered in time, oldest first
+    select(_OUTBOX.c.id, _OUTBOX.c.event_id, _OUTBOX.c.stream, _OUTBOX.c.message_type, _OUTBOX.c.envelope)
+    .add_columns(_OUTBOX.c.created_at, _OUTBOX.c.attempts)
+    .where(_OUTBOX.c.republish_at <= func.now(), _OUTBOX.c.acknowledged_at.is_(None))
+    .order_by(_OUTBOX.c.id)
+    .limit(bindparam("batch"))
+    .with_for_update(skip_locked=True)
+)
+_REPUBLISHED = (
+    update(_OUTBOX)
+    .where(_OUTBOX.c.id == bindparam("row_id"))
+    .values(attempts=_OUTBOX.c.attempts + 1, republish_at=func.now() + bindparam("after", type_=Interval()))
+)
+_GIVEN_UP = (
+    update(_OUTBOX).where(_OUTBOX.c.id == bindparam("row_id")).values(republish_at=None, last_error=bindparam("error"))
 )
 _FAILED = (
     update(_OUTBOX)
@@ -59,6 +83,8 @@ class OutboxRelay:
         retention: timedelta = timedelta(days=7),
         signer: CommandSigner | None = None,
         stream_retention: Retention | None = None,
+        answer_within: float = 15.0,
+        give_up_after: float = 3600.0,
     ) -> None:
         self.engine = engine
         self.sessionmaker = async_sessionmaker(engine, expire_on_commit=False)
@@ -74,7 +100,14 @@ class OutboxRelay:
         self.poll_interval = poll_interval
         self.retention = retention
         self.signer = signer  # signs every entry of a gateway's command stream as it is published
+        # A command its gateway has not answered within ``answer_within`` seconds is published again (the same id and
+        # bytes: the gateway applies it once and answers again), then after twice as long, and so on up to
+        # REPUBLISH_CAP apart, until ``give_up_after`` seconds after it was written (a gateway refuses a command
+        # older than FREQFLEET_COMMAND_MAX_AGE anyway).
+        self.answer_within = timedelta(seconds=answer_within)
+        self.give_up_after = timedelta(seconds=give_up_after)
         self.published = 0
+        self.republished = 0
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -160,9 +193,39 @@ class OutboxRelay:
                     break
                 published.append(row_id)
             if published:
-                await conn.execute(_PUBLISHED, {"ids": published})
+                await conn.execute(_PUBLISHED, {"ids": published, "answer_within": self.answer_within})
+            if len(rows) < self.batch:  # caught up: then the commands that wait for an answer too long
+                self.republished += await self._republish(conn)
         self.published += len(published)
         return len(published)
+
+    async def _republish(self, conn: AsyncConnection) -> int:
+        """Publish again the commands whose gateway has not answered in time (a command Redis lost: a failover
+        before it was replicated, a FLUSHALL, a restored backup; or an answer it lost). The holder is not named
+        again: a later start may have named another."""
+        count = 0
+        now = datetime.now(UTC)
+        for row_id, event_id, stream, message_type, envelope, created_at, attempts in await conn.execute(
+            _DUE, {"batch": self.batch}
+        ):
+            if now - created_at > self.give_up_after:
+                error = f"no answer from its gateway in {self.give_up_after.total_seconds():.0f} s: not published again"
+                await conn.execute(_GIVEN_UP, {"row_id": row_id, "error": error})
+                log.warning("command never answered; given up", event_id=str(event_id), stream=stream)
+                continue
+            fields = raw_entry_fields(message_type, str(event_id), envelope)
+            if self.signer is not None:
+                fields |= self.signer.fields(stream, envelope)
+            try:
+                await self.publisher.publish_raw(stream, fields)
+            except Exception as exc:  # Redis away: the next pass tries again
+                log.warning("command not published again", event_id=str(event_id), error=f"{type(exc).__name__}: {exc}")
+                break
+            after = min(REPUBLISH_CAP, self.answer_within * 2 ** max(0, attempts - 1))
+            await conn.execute(_REPUBLISHED, {"row_id": row_id, "after": after})
+            log.info("command published again: no answer yet", event_id=str(event_id), stream=stream, attempt=attempts)
+            count += 1
+        return count
 
     async def _name_holder(self, stream: str, envelope: str) -> None:
         """The bot's holder (``shared/bus/leases.py``) is the gateway its START_BOT goes to, from its generation on,

@@ -7,14 +7,15 @@ from collections.abc import Sequence
 from typing import Any
 
 from redis.asyncio.client import Pipeline
-from sqlalchemy import select
+from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from management_server.bus.models import OutboxMessage, ProcessedEvent
 from management_server.db import utcnow
-from shared.bus.messages import Envelope, encode
+from shared.bus.messages import CommandAccepted, CommandRejected, Envelope, encode
 from shared.bus.publisher import with_request_correlation
+from shared.bus.streams import commands_stream
 
 OUTBOX_CHANNEL = "freqfleet_outbox"  # NOTIFYed by the outbox's trigger (migration 0010)
 
@@ -42,6 +43,23 @@ def outbox_row(stream: str, message: Envelope) -> dict[str, Any]:
         "created_at": utcnow(),  # every value given: a statement's CTE gets no column defaults
         "attempts": 0,
     }
+
+
+async def acknowledge(session: AsyncSession, answer: CommandAccepted | CommandRejected) -> bool:
+    """A gateway answered a command sent to it (accepted or rejected): the command is not published again. False
+    when it was answered before, or is no command of the outbox to that gateway (one gateway can't answer for
+    another: the answer's source is signed)."""
+    gateway_id = answer.source.removeprefix("gateway:")
+    result = await session.execute(
+        update(OutboxMessage)
+        .where(
+            OutboxMessage.event_id == answer.data.command_id,
+            OutboxMessage.stream == commands_stream(gateway_id),
+            OutboxMessage.acknowledged_at.is_(None),
+        )
+        .values(acknowledged_at=func.now(), republish_at=None)
+    )
+    return bool(getattr(result, "rowcount", 0))
 
 
 async def claim_event(session: AsyncSession, consumer_group: str, message: Envelope) -> bool:

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from management_server.analytics.trades import TradeEffects
 from management_server.audit.events import record_command_done, record_command_outcome, record_mcp_call
 from management_server.bots import events as bot_events
+from management_server.bus.service import acknowledge
 from management_server.freqai import events as model_events
 from management_server.gateways.service import record_heartbeat
 from management_server.gateways.signatures import EventSignatures
@@ -81,6 +82,7 @@ class EventDispatcher:
                 await record_command_done(session, reached.bot_id, reached.state, message, reached.reason)
             if isinstance(message, CommandRejected):
                 await record_command_outcome(session, message)
+                await acknowledge(session, message)  # answered: never published again
             # a refused UPDATE_MODEL / ROLLBACK_MODEL (COMMAND_REJECTED)
             model_outcome = await model_events.apply(session, message)
             followup = await effects.in_transaction(session, message) if effects is not None else None
@@ -94,6 +96,7 @@ class EventDispatcher:
         async with self.sessionmaker.begin() as session:
             await bot_events.apply(session, message)  # a live change the gateway took: no longer pending
             await record_command_outcome(session, message)
+            await acknowledge(session, message)  # answered: never published again
 
     async def on_model_event(self, message: Envelope) -> None:
         async with self.sessionmaker.begin() as session:

@@ -118,11 +118,13 @@ class StreamConsumer:
         handler: Handler,
         deduplicator: Deduplicator | None = None,
         admit: AdmitCheck | None = None,
+        on_duplicate: Callable[[Envelope], Awaitable[None]] | None = None,
     ) -> None:
         self.config = config
         self.handler = handler
         self.deduplicator = deduplicator
         self.admit = admit
+        self.on_duplicate = on_duplicate  # a redelivery of an applied message (the gateway answers it again)
         self.stats = ConsumerStats()
         # Blocking reads need a socket timeout above the block time.
         self.redis = create_redis(redis_url, socket_timeout=config.block_ms / 1000 + 10)
@@ -318,6 +320,11 @@ class StreamConsumer:
                 if message.event_id in done:
                     self.stats.duplicates += 1
                     log.info("duplicate delivery acked", event_id=str(message.event_id), entry_id=eid)
+                    if self.on_duplicate is not None:
+                        try:
+                            await self.on_duplicate(message)
+                        except Exception as exc:  # the duplicate is acked all the same: it was applied
+                            log.warning("duplicate not answered again", error=f"{type(exc).__name__}: {exc}")
                     await self._ack(eid)
                     continue
                 if await self._handle(eid, message, count):

@@ -35,6 +35,7 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from shared.bus.consumer import Delivery
+from shared.bus.dedupe import RedisDeduplicator
 from shared.bus.generations import GenerationTracker
 from shared.bus.messages import (
     BotCommand,
@@ -55,6 +56,8 @@ from shared.bus.messages import (
     StopBot,
     UpdateConfig,
     UpdateModel,
+    decode,
+    encode,
 )
 from shared.logging import get_logger
 from trading_gateway.bus.events import EventPublisher
@@ -74,12 +77,19 @@ def answer_id(command_id: uuid.UUID, kind: str) -> uuid.UUID:
 
 class CommandHandler:
     def __init__(
-        self, fleet: Fleet, events: EventPublisher, tracker: GenerationTracker, *, max_deliveries: int = 5
+        self,
+        fleet: Fleet,
+        events: EventPublisher,
+        tracker: GenerationTracker,
+        *,
+        max_deliveries: int = 5,
+        answers: RedisDeduplicator | None = None,
     ) -> None:
         self.fleet = fleet
         self.events = events
         self.tracker = tracker
         self.max_deliveries = max_deliveries
+        self.answers = answers  # each command's answer, kept with its "applied" mark: a redelivery gets it again
         self.source = fleet.source
         self.handlers: dict[str, Callable[[Any], Awaitable[dict[str, int] | None]]] = {
             "START_BOT": self.on_start,
@@ -229,10 +239,26 @@ class CommandHandler:
             with contextlib.suppress(RedisError, OSError):
                 await self.tracker.accept(ref.bot_id, ref.generation)
 
+    async def answer_again(self, message: Envelope) -> None:
+        """A command applied before, delivered again: the management server publishes a command again while it has
+        no answer (the answer may be what Redis lost), so it gets the same answer again, same id; not applied
+        twice."""
+        if self.answers is None or (answer := await self.answers.recall(message.event_id)) is None:
+            return
+        await self.events.publish(decode(answer))
+        log.info("command answered again", command_type=message.type, command_id=str(message.event_id))
+
+    async def _answer(self, command: Envelope, answer: Envelope) -> None:
+        await self.events.publish(answer)
+        if self.answers is not None:
+            with contextlib.suppress(RedisError, OSError):  # then a redelivery is acked without an answer
+                await self.answers.remember(command.event_id, encode(answer))
+
     async def _accept(self, message: Envelope, result: dict[str, int] | None = None) -> None:
         # Written under the command's correlation id (bound by the consumer), like what it makes the fleet do.
         log.info("command accepted", command_type=message.type, bot_id=str(getattr(message.data, "bot_id", None)))
-        await self.events.publish(
+        await self._answer(
+            message,
             CommandAccepted(
                 event_id=answer_id(message.event_id, "accepted"),
                 source=self.source,
@@ -243,11 +269,12 @@ class CommandHandler:
                     bot_id=getattr(message.data, "bot_id", None),
                     result=result,
                 ),
-            )
+            ),
         )
 
     async def _reject(self, message: Envelope, reason: str) -> None:
-        await self.events.publish(
+        await self._answer(
+            message,
             CommandRejected(
                 event_id=answer_id(message.event_id, "rejected"),
                 source=self.source,
@@ -258,5 +285,5 @@ class CommandHandler:
                     bot_id=getattr(message.data, "bot_id", None),
                     reason=reason[:2000] or "rejected",
                 ),
-            )
+            ),
         )

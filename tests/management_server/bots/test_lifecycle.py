@@ -8,7 +8,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import redis.asyncio as aioredis
+from sqlalchemy import select
 
+from management_server.bus.models import OutboxMessage
 from management_server.gateways.service import record_heartbeat
 from management_server.users.models import Role
 from shared.bus.messages import (
@@ -108,6 +110,10 @@ async def test_start_goes_through_the_outbox_and_events_come_back(management: Ma
         bot_id=uid, trade_id=1, pair="BTC/USDT", open_date=now, open_rate=100.0, amount=0.1, stake_amount=10.0
     )
     events = [
+        CommandAccepted(  # its answer: the command is done waiting, never published again
+            source=src,
+            data=CommandAcceptedData(command_id=command["event_id"], command_type="START_BOT", bot_id=uid),
+        ),
         BotStarted(
             source=src,
             data=BotStartedData(
@@ -152,6 +158,13 @@ async def test_start_goes_through_the_outbox_and_events_come_back(management: Ma
         return bot["actual_state"] == "running" and len(trades) == 1 and not trades[0]["is_open"]
 
     await async_wait_for(running, timeout=15, what="the bot to read running with its closed trade")
+    async with management.app.state.sessionmaker() as session:
+        row = await session.scalar(
+            select(OutboxMessage).where(OutboxMessage.event_id == uuid.UUID(command["event_id"]))
+        )
+    assert row is not None
+    assert row.acknowledged_at is not None
+    assert row.republish_at is None
     shown = (await management.client.get(f"/api/v1/bots/{bot_id}", headers=admin)).json()
     assert shown["launcher"] == "fork"  # how its gateway started its process
     listed = (await management.client.get("/api/v1/bots", headers=admin)).json()
@@ -162,9 +175,10 @@ async def test_start_goes_through_the_outbox_and_events_come_back(management: Ma
     assert 0 <= status["age_seconds"] < 60
     [trade] = (await management.client.get(f"/api/v1/bots/{bot_id}/trades", headers=admin)).json()
     assert (trade["profit_abs"], trade["exit_reason"]) == (0.09, "force_exit")
-    # The start's final row, once (every report came twice), under the request's correlation id.
+    # The start's rows: its answer and its final row, once each (every report came twice), under the request's
+    # correlation id.
     start_rows = [(r.outcome, r.correlation_id) for r in await management.audit() if r.action == "bot.start"]
-    assert start_rows == [("requested", "req-start-1"), ("done", "req-start-1")]
+    assert start_rows == [("requested", "req-start-1"), ("accepted", "req-start-1"), ("done", "req-start-1")]
 
     paused = await management.client.post(f"/api/v1/bots/{bot_id}/pause", headers=admin)
     assert (paused.json()["desired_state"], paused.json()["generation"]) == ("paused", 2)
@@ -180,8 +194,8 @@ async def test_start_goes_through_the_outbox_and_events_come_back(management: Ma
     assert (stopped.json()["desired_state"], stopped.json()["actual_state"]) == ("stopped", "stopping")
     types = [c["type"] for c in await async_wait_for(lambda: _at_least(redis, 4), timeout=10, what="four commands")]
     assert types == ["START_BOT", "PAUSE_BOT", "FORCE_EXIT", "STOP_BOT"]
-    rows = [r for r in await management.audit() if r.action.startswith("bot.") and r.outcome != "done"]
-    assert [r.action for r in rows] == ["bot.create", "bot.start", "bot.pause", "bot.forceexit", "bot.stop"]
+    rows = [r for r in await management.audit() if r.action.startswith("bot.") and r.outcome == "requested"]
+    assert [r.action for r in rows] == ["bot.start", "bot.pause", "bot.forceexit", "bot.stop"]
 
     # The stop is done when the bot is reported stopped (the pause and the force-exit were superseded by it).
     stop_generation = stopped.json()["generation"]

@@ -10,12 +10,12 @@ from decimal import Decimal
 import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from management_server.bus.models import OutboxMessage
 from management_server.bus.relay import OutboxRelay
-from management_server.bus.service import InboxDeduplicator, claim_event, enqueue
+from management_server.bus.service import InboxDeduplicator, acknowledge, claim_event, enqueue
 from management_server.bus.signing import command_signer, load_command_keys
 from management_server.config import ManagementSettings
 from management_server.db import create_engine, create_sessionmaker
@@ -24,11 +24,19 @@ from management_server.users.models import User
 from management_server.users.service import create_user
 from shared.bus.consumer import ConsumerConfig, Delivery, StreamConsumer
 from shared.bus.leases import Holder, holder_of
-from shared.bus.messages import BotSpec, StartBot, StartBotData, StopBot, StopBotData
+from shared.bus.messages import (
+    BotSpec,
+    CommandAccepted,
+    CommandAcceptedData,
+    StartBot,
+    StartBotData,
+    StopBot,
+    StopBotData,
+)
 from shared.bus.signing import CommandRefused, verify
 from shared.bus.streams import commands_stream
 from shared.redis import create_redis
-from tests.helpers import until
+from tests.helpers import async_wait_for, until
 
 
 @pytest_asyncio.fixture(loop_scope="session")
@@ -222,3 +230,78 @@ async def test_a_start_names_its_gateway_the_bots_holder_before_the_command_goes
         await enqueue(session, commands_stream("gw-second"), moved)
     assert await OutboxRelay(engine, redis).publish_pending() == 1
     assert await holder_of(redis, bot_id) == Holder("gw-second", 7)
+
+
+def _answer(to: StopBot, gateway_id: str) -> CommandAccepted:
+    return CommandAccepted(
+        source=f"gateway:{gateway_id}",
+        data=CommandAcceptedData(command_id=to.event_id, command_type=to.type, bot_id=to.data.bot_id),
+    )
+
+
+async def test_a_command_is_published_again_until_its_gateway_answers_it(
+    engine: AsyncEngine, redis: aioredis.Redis
+) -> None:
+    """Acks end to end: a command stays due until its gateway's answer; one that Redis lost (a failover before it
+    was replicated, a FLUSHALL) is published again with the same id, ever less often, until answered or too old."""
+    sessionmaker = create_sessionmaker(engine)
+    stream = commands_stream("gw-acks")
+    answered, lost, notice = command(), command(), command()
+    async with sessionmaker.begin() as session:
+        await enqueue(session, stream, answered)
+        await enqueue(session, stream, lost)
+        await enqueue(session, "freqfleet:test-notices", notice)  # no gateway's command: nothing to wait for
+    relay = OutboxRelay(engine, redis, poll_interval=0.05, answer_within=1.0)
+    relay.start()
+    try:
+        await until(lambda: relay.published >= 3, timeout=10, what="all three published")
+        async with sessionmaker.begin() as session:
+            assert await acknowledge(session, _answer(answered, "gw-acks"))
+            assert not await acknowledge(session, _answer(answered, "gw-acks"))  # answered once
+            assert not await acknowledge(session, _answer(lost, "gw-other"))  # a gateway can't answer for another
+        await redis.delete(stream)  # Redis lost what it had of the stream
+
+        async def twice_again() -> list[bytes] | None:
+            ids = [fields[b"event_id"] for _, fields in await redis.xrange(stream)]
+            return ids if ids.count(str(lost.event_id).encode()) >= 2 else None
+
+        ids = await async_wait_for(twice_again, timeout=15, what="the unanswered command published again, twice")
+        assert str(answered.event_id).encode() not in ids  # answered: never again
+    finally:
+        await relay.stop()
+    async with sessionmaker() as session:
+        rows = {
+            row.event_id: row
+            for row in (
+                await session.execute(
+                    select(OutboxMessage).where(
+                        OutboxMessage.event_id.in_([answered.event_id, lost.event_id, notice.event_id])
+                    )
+                )
+            ).scalars()
+        }
+    assert rows[answered.event_id].acknowledged_at is not None
+    assert rows[answered.event_id].republish_at is None
+    assert rows[lost.event_id].acknowledged_at is None
+    assert rows[lost.event_id].attempts >= 3  # published, then again twice
+    republish_at, published_at = rows[lost.event_id].republish_at, rows[lost.event_id].published_at
+    assert republish_at is not None
+    assert published_at is not None
+    assert (republish_at - published_at).total_seconds() >= 2.9  # 1 s, then 2 s, then 4 s: ever less often
+    assert rows[notice.event_id].acknowledged_at is not None  # done once published
+    assert rows[notice.event_id].republish_at is None
+    assert await redis.xlen("freqfleet:test-notices") == 1
+
+    # Too old to be worth sending (a gateway refuses a command older than FREQFLEET_COMMAND_MAX_AGE): given up.
+    async with sessionmaker.begin() as session:
+        await session.execute(
+            update(OutboxMessage).where(OutboxMessage.event_id == lost.event_id).values(republish_at=func.now())
+        )
+    before = await redis.xlen(stream)
+    assert await OutboxRelay(engine, redis, give_up_after=0.5).publish_pending() == 0
+    async with sessionmaker() as session:
+        row = (await session.execute(select(OutboxMessage).where(OutboxMessage.event_id == lost.event_id))).scalar_one()
+    assert row.republish_at is None
+    assert row.last_error is not None
+    assert "no answer from its gateway" in row.last_error
+    assert await redis.xlen(stream) == before

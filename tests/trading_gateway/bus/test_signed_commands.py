@@ -1,5 +1,6 @@
 """Only commands the management server signed make a gateway act: forged ones written straight into Valkey
-start nothing and are dead-lettered with a reason a person can read."""
+start nothing and are dead-lettered with a reason a person can read; a genuine one published again (no answer
+reached the management server) is applied once and answered again."""
 
 from __future__ import annotations
 
@@ -60,8 +61,23 @@ async def test_forged_commands_start_nothing_and_are_dead_lettered(
     async with running_gateway(settings) as gw:
         # A genuine command goes through (and the gateway has fetched the command keys).
         genuine = await bus.send(stop(uuid.uuid4(), 1))
-        assert isinstance(await bus.answer(genuine), CommandAccepted)
+        first = await bus.answer(genuine)
+        assert isinstance(first, CommandAccepted)
         [(genuine_id, genuine_fields)] = await bus.redis.xrange(stream)
+
+        # Published again by the management server (no answer had reached it: the answer may be what Redis lost),
+        # signed anew: applied once, answered again with the same answer.
+        await bus.send(genuine)
+
+        async def answered_twice() -> list[CommandAccepted] | None:
+            answers = [a for a in await bus.of(CommandAccepted) if a.data.command_id == genuine.event_id]
+            return answers if len(answers) == 2 else None
+
+        again = await async_wait_for(answered_twice, timeout=10, what="the command answered again")
+        assert [a.event_id for a in again] == [first.event_id] * 2
+        assert gw.app.state.command_consumer.stats.duplicates == 1  # not applied twice
+        entries = await bus.redis.xrange(stream)
+        genuine_fields = entries[0][1]
 
         valid_for_other_bot = forged(COMMAND_SIGNER)
         envelope = json.loads(valid_for_other_bot[ENVELOPE_FIELD])
