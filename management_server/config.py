@@ -15,11 +15,29 @@ DEFAULT_DATABASE_URL = "postgresql+asyncpg://freqfleet@127.0.0.1:5432/freqfleet"
 
 
 def normalize_database_url(url: str) -> str:
-    """Accept the usual ``postgres://`` / ``postgresql://`` forms and use the asyncpg driver."""
+    """Accept the usual ``postgres://`` / ``postgresql://`` forms and use the asyncpg driver.
+
+    Several servers (a primary and its standbys) may be named as libpq names them,
+    ``postgresql://user:pw@host1:5432,host2:5432/db?target_session_attrs=read-write``, or as SQLAlchemy does,
+    ``...@/db?host=host1:5432&host=host2:5432&...``: the first becomes the second. With
+    ``target_session_attrs=read-write`` every new connection goes to whichever of them takes writes now (asyncpg
+    tries them in turn)."""
     for prefix in ("postgres://", "postgresql://", "postgresql+psycopg://", "postgresql+psycopg2://"):
         if url.startswith(prefix):
-            return "postgresql+asyncpg://" + url[len(prefix) :]
-    return url
+            url = "postgresql+asyncpg://" + url[len(prefix) :]
+            break
+    scheme, sep, rest = url.partition("://")
+    netloc, _slash, tail = rest.partition("/")
+    credentials, at, hosts = netloc.rpartition("@")
+    if not sep or "," not in hosts:
+        return url
+    database, _, query = tail.partition("?")
+    pairs = []
+    for host in hosts.split(","):
+        _name, colon, port = host.rpartition(":")
+        pairs.append(f"host={host}" if colon and port.isdigit() else f"host={host}:5432")
+    query = "&".join([*pairs, *([query] if query else [])])
+    return f"{scheme}://{credentials}{at}/{database}?{query}"
 
 
 class ManagementSettings(CommonSettings):

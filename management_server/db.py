@@ -8,7 +8,8 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
-from sqlalchemy import DateTime, MetaData, text
+from sqlalchemy import DateTime, MetaData, event, text
+from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -42,8 +43,14 @@ class TimestampMixin:
 
 
 def create_engine(settings: ManagementSettings, *, background: bool = False) -> AsyncEngine:
-    """The requests' engine, or (``background``) the background tasks' own, smaller one."""
-    return create_async_engine(
+    """The requests' engine, or (``background``) the background tasks' own, smaller one.
+
+    PostgreSQL failover: with several hosts in ``DATABASE_URL`` and ``target_session_attrs=read-write``, a new
+    connection goes to the server that takes writes. A pooled connection to a server that is gone fails its
+    pre-ping and is made again; one to a server that no longer takes writes (a primary turned standby, a split)
+    fails the statement with ``read-only transaction`` (SQLSTATE 25006): that counts as a lost connection, so the
+    pool drops every connection it holds and the next ones find the new primary."""
+    engine = create_async_engine(
         settings.database_url.get_secret_value(),
         pool_size=settings.database_background_pool_size if background else settings.database_pool_size,
         max_overflow=2 if background else 10,
@@ -53,6 +60,16 @@ def create_engine(settings: ManagementSettings, *, background: bool = False) -> 
             "server_settings": {"application_name": "freqfleet-background" if background else "freqfleet"},
         },
     )
+    event.listen(engine.sync_engine, "handle_error", _read_only_is_a_lost_server)
+    return engine
+
+
+READ_ONLY_SQLSTATE = "25006"
+
+
+def _read_only_is_a_lost_server(context: ExceptionContext) -> None:
+    if getattr(context.original_exception, "sqlstate", None) == READ_ONLY_SQLSTATE:
+        context.is_disconnect = True  # the pool is invalidated: every connection is made again
 
 
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

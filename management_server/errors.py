@@ -20,6 +20,19 @@ class Refused(Exception):
         self.status = status
 
 
+DATABASE_AWAY = "The database is not answering (a failover, a restart): try again in a few seconds."
+
+
+def database_away(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database was out of reach (connection lost or refused, a server that no longer takes
+    writes): the request may succeed as it is a moment later, so it is a 503, not a 500."""
+    from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+    if isinstance(exc, DBAPIError):
+        return exc.connection_invalidated or isinstance(exc, (InterfaceError, OperationalError))
+    return isinstance(exc, (ConnectionError, TimeoutError)) or type(exc).__module__.startswith("asyncpg.exceptions")
+
+
 def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses`` for these status codes, all with ``ErrorOut``."""
     descriptions = {

@@ -41,6 +41,7 @@ from management_server.dashboard.router import STATIC as DASHBOARD_STATIC
 from management_server.dashboard.router import page_router as dashboard_page_router
 from management_server.dashboard.router import router as dashboard_router
 from management_server.elected import EVENTS_CONSUMER_LOCK, Elected
+from management_server.errors import DATABASE_AWAY, database_away
 from management_server.events.dispatcher import create_event_consumer
 from management_server.freqai.deploy import ModelRegistry
 from management_server.freqai.router import bots_router as model_bots_router
@@ -259,6 +260,7 @@ def create_app(settings: ManagementSettings | None = None) -> FastAPI:
         max_body_bytes=settings.max_body_bytes,
         # The model upload streams to disk and checks its own, larger limit.
         body_limits={"/api/v1/models/upload": settings.model_max_upload_bytes + UPLOAD_SLACK},
+        unavailable=lambda exc: DATABASE_AWAY if database_away(exc) else None,  # a failover: 503, not 500
     )
     install_metrics(registry)
     app.add_exception_handler(LoginThrottled, _login_throttled)

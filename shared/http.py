@@ -9,7 +9,7 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -216,14 +216,20 @@ async def _invalid_request(request: Request, exc: Exception) -> JSONResponse:
 
 async def _unhandled_error(request: Request, exc: Exception) -> JSONResponse:
     request_id = correlation_id.get()
+    headers = dict(security_headers(request.url.path))  # this answer bypasses the middleware stack
+    if request_id:
+        headers[REQUEST_ID_HEADER] = request_id
+    unavailable: Callable[[BaseException], str | None] | None = getattr(request.app.state, "unavailable", None)
+    if unavailable is not None and (detail := unavailable(exc)) is not None:  # a dependency away for a moment
+        error_log.warning(
+            "request failed: a dependency is unavailable", path=request.url.path, error=f"{type(exc).__name__}"
+        )
+        return JSONResponse(status_code=503, content={"detail": detail}, headers=headers | {"Retry-After": "2"})
     error_log.exception("unhandled error", method=request.method, path=request.url.path)
     body: dict[str, Any] = {
         "detail": "Internal server error. Quote the request id when reporting it.",
         "request_id": request_id,
     }
-    headers = dict(security_headers(request.url.path))  # this answer bypasses the middleware stack
-    if request_id:
-        headers[REQUEST_ID_HEADER] = request_id
     return JSONResponse(status_code=500, content=body, headers=headers)
 
 
@@ -234,10 +240,13 @@ def install_http_plumbing(
     hsts: bool = False,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     body_limits: Mapping[str, int] | None = None,
+    unavailable: Callable[[BaseException], str | None] | None = None,
 ) -> None:
     """:class:`HttpPlumbing` (correlation id, bounded bodies: 413 before the body is read, ``body_limits`` giving
     paths limits of their own; security headers, HSTS with ``hsts``; request metrics; the access log) as the
-    outermost middleware (add the others first), Prometheus ``/metrics``, a JSON 500 and bounded 422 answers."""
+    outermost middleware (add the others first), Prometheus ``/metrics``, a JSON 500 and bounded 422 answers; an
+    error that ``unavailable`` recognises (a database failing over) is a 503 with its words and a Retry-After."""
+    app.state.unavailable = unavailable
     app.add_middleware(
         HttpPlumbing, registry=registry, hsts=hsts, max_body_bytes=max_body_bytes, body_limits=body_limits
     )

@@ -116,16 +116,22 @@ def connection(database_url: str) -> tuple[list[str], dict[str, str]]:
     url = make_url(database_url)
     host = url.query.get("host") or url.host
     args = ["--dbname", url.database or "postgres", "--username", url.username or "postgres"]
-    if isinstance(host, tuple):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    if isinstance(host, tuple) and len(host) > 1:  # a primary and standbys: libpq's lists, the one taking writes
+        hosts = [h.rpartition(":") for h in host]
+        env["PGHOST"] = ",".join(h[0] for h in hosts)
+        env["PGPORT"] = ",".join(h[2] or "5432" for h in hosts)
+        env["PGTARGETSESSIONATTRS"] = str(url.query.get("target_session_attrs", "read-write"))
+        host = None
+    elif isinstance(host, tuple):
         host = host[0]
     if host:
         args += ["--host", str(host)]
     port = url.query.get("port") or url.port  # a Unix socket's number is in the query (the embedded server's URL)
     if isinstance(port, tuple):
         port = port[0]
-    if port:
+    if port and "PGPORT" not in env:
         args += ["--port", str(port)]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
     if url.password:
         env["PGPASSWORD"] = str(url.password)
     return args, env
