@@ -12,7 +12,6 @@ from prometheus_client import CollectorRegistry
 from shared.auth import RevocationStore, TokenVerifier
 from shared.auth.verifier import gateway_audience
 from shared.bus.consumer import ConsumerConfig, StreamConsumer
-from shared.bus.dedupe import RedisDeduplicator
 from shared.bus.generations import GenerationTracker
 from shared.bus.publisher import Publisher
 from shared.bus.streams import commands_stream, gateway_group
@@ -24,6 +23,7 @@ from shared.redis import create_redis
 from shared.security_headers import install_cors
 from shared.settings import Environment
 from trading_gateway.auth import JWKS_CACHE, CachedJwksKeySource, GatewayAuth
+from trading_gateway.bus.applied import APPLIED_FILE, AppliedCommands
 from trading_gateway.bus.commands import CommandHandler
 from trading_gateway.bus.events import OUTBOX_FILE, EventPublisher
 from trading_gateway.bus.signatures import COMMAND_KEYS_CACHE, COMMAND_KEYS_PATH, CommandSignatures
@@ -139,7 +139,10 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
                 group=gateway_group(settings.gateway_id),
                 consumer=settings.gateway_id,  # stable: a restarted gateway resumes its own pending commands
             )
-            applied = RedisDeduplicator(redis, gateway_group(settings.gateway_id))
+            # the commands it applied and its answers, on its own disk: a copy is never applied twice, even after
+            # Redis lost its data (a FLUSHALL, a failover), and is answered again (bus/applied.py)
+            applied = AppliedCommands(data_dir / APPLIED_FILE)
+            stack.callback(applied.close)
             handler = CommandHandler(
                 fleet,
                 events,

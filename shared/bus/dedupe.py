@@ -56,16 +56,5 @@ class RedisDeduplicator:
         self.mark_in(pipe, message.event_id)
 
     def mark_in(self, pipe: Pipeline, event_id: uuid.UUID) -> None:
-        """Queue the mark in a MULTI pipeline, to commit it with the effect (a mark that holds an answer stays)."""
-        pipe.set(self.key(event_id), 1, ex=self.ttl_seconds, nx=True)
-
-    async def remember(self, event_id: uuid.UUID, answer: str) -> None:
-        """Mark the message applied, with the answer it got (what :meth:`recall` gives a redelivery of it)."""
-        await self.redis.set(self.key(event_id), answer, ex=self.ttl_seconds)
-
-    async def recall(self, event_id: uuid.UUID) -> str | None:
-        """The answer remembered for an applied message; None when there is none (or only the mark)."""
-        value = await self.redis.get(self.key(event_id))
-        if value is None or value in (b"1", "1"):
-            return None
-        return value.decode() if isinstance(value, bytes) else str(value)
+        """Queue the mark in a MULTI pipeline, to commit it with the effect."""
+        pipe.set(self.key(event_id), 1, ex=self.ttl_seconds)

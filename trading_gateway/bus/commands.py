@@ -30,12 +30,11 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 from redis.exceptions import RedisError
 
 from shared.bus.consumer import Delivery
-from shared.bus.dedupe import RedisDeduplicator
 from shared.bus.generations import GenerationTracker
 from shared.bus.messages import (
     BotCommand,
@@ -75,6 +74,14 @@ def answer_id(command_id: uuid.UUID, kind: str) -> uuid.UUID:
     return uuid.uuid5(ANSWERS, f"{command_id}:{kind}")
 
 
+class Answers(Protocol):
+    """Where each applied command's answer is kept (``trading_gateway/bus/applied.py``)."""
+
+    async def remember(self, event_id: uuid.UUID, answer: str) -> None: ...
+
+    async def recall(self, event_id: uuid.UUID) -> str | None: ...
+
+
 class CommandHandler:
     def __init__(
         self,
@@ -83,7 +90,7 @@ class CommandHandler:
         tracker: GenerationTracker,
         *,
         max_deliveries: int = 5,
-        answers: RedisDeduplicator | None = None,
+        answers: Answers | None = None,
     ) -> None:
         self.fleet = fleet
         self.events = events
