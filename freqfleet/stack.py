@@ -15,7 +15,7 @@ import stat
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import FrameType
 
 import httpx
@@ -54,6 +54,15 @@ class StackSettings(ManagementSettings, SimulatorSettings):
         description="Gateways `up` starts on this machine, for trying several hosts on one (each its own id, port, "
         "folder, bot ports and sandbox uids).",
     )
+    management_replicas: int = Field(
+        default=1,
+        ge=1,
+        le=9,
+        description="Management servers `up` starts on this machine (each with FREQFLEET_MANAGEMENT_WORKERS "
+        "processes), for trying replicas: the first on FREQFLEET_MANAGEMENT_PORT, the others on "
+        "FREQFLEET_MANAGEMENT_REPLICA_PORT and the ports after it.",
+    )
+    management_replica_port: int = Field(default=8010, ge=1, le=65535)
     bot_port_range_start: int = Field(default=18100, ge=1024, le=65535)
     bot_port_range_end: int = Field(default=18299, ge=1024, le=65535)
     valkey_port: int = Field(default=6390, ge=1, le=65535, description="Port of the embedded Valkey.")
@@ -94,6 +103,7 @@ class Endpoints:
     management_url: str
     gateway_urls: list[str]
     simulator_url: str
+    replica_urls: list[str] = field(default_factory=list)  # the management servers after the first
 
 
 def _port_free(host: str, port: int) -> bool:
@@ -122,6 +132,7 @@ class Stack:
         s = self.settings
         wanted = [
             ("FREQFLEET_MANAGEMENT_PORT", s.management_host, s.management_port),
+            *(("FREQFLEET_MANAGEMENT_REPLICA_PORT", s.management_host, port) for port in self.replica_ports()),
             *(("FREQFLEET_GATEWAY_PORT", s.gateway_host, g.port) for g in self.gateway_places()),
             ("FREQFLEET_SIMULATOR_PORT", s.simulator_host, s.simulator_port),
             ("FREQFLEET_WORKER_METRICS_PORT", s.worker_metrics_host, self.worker_metrics_port),
@@ -232,6 +243,11 @@ class Stack:
         given = self.env.get("FREQFLEET_MANAGEMENT_WORKERS")
         return int(given) if given and given.isdigit() and int(given) > 0 else os.cpu_count() or 1
 
+    def replica_ports(self) -> list[int]:
+        """The ports of the management servers after the first (FREQFLEET_MANAGEMENT_REPLICAS)."""
+        s = self.settings
+        return [s.management_replica_port + n for n in range(s.management_replicas - 1)]
+
     def child_specs(self, endpoints: Endpoints) -> list[ChildSpec]:
         env = dict(self.env)
         env.update(
@@ -282,13 +298,19 @@ class Stack:
                 gateway_env["FREQFLEET_REDIS_URL"] = self.valkey.user_url(user, rules)
             name = "gateway" if n == 0 else f"gateway-{n + 1}"
             gateways.append(ChildSpec(name, [python, "-m", "freqfleet", "gateway"], gateway_env))
+        management_env = env | {"FREQFLEET_MANAGEMENT_WORKERS": str(self.management_workers)} | self.bot_db_env()
+        replicas = [  # the same server again, on its own port: no leader, every background job takes its lock
+            ChildSpec(
+                f"management-{n + 2}",
+                [python, "-m", "freqfleet", "management"],
+                management_env | {"FREQFLEET_MANAGEMENT_PORT": str(port)},
+            )
+            for n, port in enumerate(self.replica_ports())
+        ]
         return [
             ChildSpec("simulator", [python, "-m", "freqfleet", "simulator"], env),
-            ChildSpec(
-                "management",
-                [python, "-m", "freqfleet", "management"],
-                env | {"FREQFLEET_MANAGEMENT_WORKERS": str(self.management_workers)} | self.bot_db_env(),
-            ),
+            ChildSpec("management", [python, "-m", "freqfleet", "management"], management_env),
+            *replicas,
             *gateways,
             # The one worker of the embedded default also runs Celery beat (scheduled backups).
             ChildSpec(
@@ -341,6 +363,7 @@ class Stack:
                 management_url=f"http://{self.settings.management_host}:{self.settings.management_port}",
                 gateway_urls=[f"http://{self.settings.gateway_host}:{g.port}" for g in self.gateway_places()],
                 simulator_url=self.settings.simulator_url,
+                replica_urls=[f"http://{self.settings.management_host}:{port}" for port in self.replica_ports()],
             )
             self.supervisor = Supervisor(self.child_specs(endpoints))
             # Bots need the exchange before they start: the simulator first, ready before the rest.
@@ -348,8 +371,11 @@ class Stack:
             self.wait_ready([endpoints.simulator_url])
             if self._stop.is_set():
                 return 0
+            if endpoints.replica_urls:  # the first makes the keys every replica shares: then the others
+                self.supervisor.start("management")
+                self.wait_ready([endpoints.management_url])
             self.supervisor.start_all()
-            self.wait_ready([endpoints.management_url, *endpoints.gateway_urls])
+            self.wait_ready([endpoints.management_url, *endpoints.replica_urls, *endpoints.gateway_urls])
             if not self._stop.is_set():
                 self._print_banner(endpoints, admin)
             while not self._stop.is_set():
@@ -388,6 +414,7 @@ class Stack:
             f"  management server  {endpoints.management_url}   (API docs: {endpoints.management_url}/docs;"
             f" {self.management_workers} process{'es' if self.management_workers > 1 else ''}:"
             " FREQFLEET_MANAGEMENT_WORKERS)",
+            *(f"  management replica {url}   (FREQFLEET_MANAGEMENT_REPLICAS)" for url in endpoints.replica_urls),
             *(
                 f"  trading gateway    {url}   ({place.gateway_id})"
                 for url, place in zip(endpoints.gateway_urls, self.gateway_places(), strict=True)

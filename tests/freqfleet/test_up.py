@@ -316,8 +316,16 @@ def test_second_up_finds_its_data(data_dir: Path, tmp_path: Path) -> None:
         assert stop_up(first) == set()
 
     # Again, with a second gateway on this machine (FREQFLEET_GATEWAYS): the first keeps its id and port, the
-    # second has its own, 10 ports further, and both report to the management server.
-    second = start_up(data_dir, tmp_path, FREQFLEET_GATEWAYS="2")
+    # second has its own, 10 ports further, and both report to the management server; and a second management
+    # server (FREQFLEET_MANAGEMENT_REPLICAS): a token one issues, the other takes.
+    replica_port = free_port()
+    second = start_up(
+        data_dir,
+        tmp_path,
+        FREQFLEET_GATEWAYS="2",
+        FREQFLEET_MANAGEMENT_REPLICAS="2",
+        FREQFLEET_MANAGEMENT_REPLICA_PORT=str(replica_port),
+    )
     try:
         assert second.users() == users  # same admin, same id and hash: nothing re-created
         assert "admin password" not in second.output()  # the generated password is shown once only
@@ -330,6 +338,16 @@ def test_second_up_finds_its_data(data_dir: Path, tmp_path: Path) -> None:
         first_id = gateways[0]
         assert gateways == [first_id, f"{first_id}-2"]
         assert f"trading gateway    {other}   ({first_id}-2)" in second.output()
+        replica = f"http://127.0.0.1:{replica_port}"
+        assert f"management replica {replica}" in second.output()
+        issued = httpx.post(
+            f"{replica}/api/v1/auth/token", data={"username": ADMIN_EMAIL, "password": generated}, timeout=10
+        )
+        assert issued.status_code == 200, issued.text
+        token = {"Authorization": f"Bearer {issued.json()['access_token']}"}
+        me = httpx.get(f"{second.management}/api/v1/users/me", headers=token, timeout=10)
+        assert me.status_code == 200, me.text
+        assert me.json()["email"] == ADMIN_EMAIL
     finally:
         assert stop_up(second) == set()
 
