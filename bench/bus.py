@@ -29,14 +29,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from bench._common import free_port
 from freqfleet.embedded import EmbeddedValkey
 from shared.bus.consumer import ConsumerConfig, Delivery, StreamConsumer
-from shared.bus.dedupe import RedisDeduplicator
-from shared.bus.messages import StopBot, StopBotData
+from shared.bus.dedupe import Deduplicator, RedisDeduplicator
+from shared.bus.messages import CommandAccepted, CommandAcceptedData, StopBot, StopBotData, encode
 from shared.bus.publisher import ENVELOPE_FIELD, Publisher, entry_fields
 from shared.bus.signing import CommandSigner
 from shared.bus.streams import commands_stream
 from shared.logging import configure_logging
 from shared.redis import create_redis
 from shared.settings import LogFormat
+from trading_gateway.bus.applied import AppliedCommands
 from trading_gateway.bus.signatures import CommandSignatures
 
 
@@ -108,11 +109,14 @@ class _StaticKeys:
         return self.keys.get(kid)
 
 
-async def ours(url: str, count: int, rate: float | None, *, signed: bool = False) -> Figures:
+async def ours(url: str, count: int, rate: float | None, *, signed: bool = False, acked: bool = False) -> Figures:
     """``Publisher`` + ``StreamConsumer``; ``signed``: entries signed as the outbox relay signs commands and verified
     as a gateway verifies them (signature, age, replay mark in Redis) before they are decoded. The relay signs what
     one pass publishes under one signature: at full speed the bench signs 64 at a time (a pass takes up to 200),
-    at the paced rate each message alone (the relay wakes on every commit)."""
+    at the paced rate each message alone (the relay wakes on every commit). ``acked`` (signed too): what acks end to
+    end cost the gateway, as its command handler does it: the applied record on its disk (``bus/applied.py``, the
+    consumer's deduplicator) and, per command, an answer published on an events stream and kept with that record."""
+    signed = signed or acked
     redis = create_redis(url)
     gateway = f"bench-{uuid.uuid4().hex[:6]}"
     stream, group = (commands_stream(gateway) if signed else f"bench:ours:{gateway}"), "g"
@@ -124,14 +128,25 @@ async def ours(url: str, count: int, rate: float | None, *, signed: bool = False
     latencies: list[float] = []
     done = asyncio.Event()
 
+    scratch = tempfile.TemporaryDirectory(prefix="bench-bus-applied-")
+    applied = AppliedCommands(Path(scratch.name) / "applied.sqlite") if acked else None
+    answers = f"bench:answers:{gateway}"
+
     async def handler(delivery: Delivery) -> None:
-        latencies.append((time.perf_counter() - sent[delivery.message.event_id]) * 1000)
+        message = delivery.message
+        latencies.append((time.perf_counter() - sent[message.event_id]) * 1000)
+        if applied is not None:  # the answer, as CommandHandler._answer gives it
+            answer = CommandAccepted(
+                source=f"gateway:{gateway}",
+                data=CommandAcceptedData(command_id=message.event_id, command_type=message.type, bot_id=bot),
+            )
+            await publisher.publish(answers, answer)
+            await applied.remember(message.event_id, encode(answer))
         if len(latencies) == count:
             done.set()
 
-    consumer = StreamConsumer(
-        url, ConsumerConfig(stream, group, "c", group_start_id="$"), handler, RedisDeduplicator(redis, group), admit
-    )
+    dedupe: Deduplicator = RedisDeduplicator(redis, group) if applied is None else applied
+    consumer = StreamConsumer(url, ConsumerConfig(stream, group, "c", group_start_id="$"), handler, dedupe, admit)
     await consumer.redis.xgroup_create(stream, group, id="$", mkstream=True)
     consumer.start()
     bot = uuid.uuid4()
@@ -155,7 +170,11 @@ async def ours(url: str, count: int, rate: float | None, *, signed: bool = False
     elapsed = time.perf_counter() - started
     await consumer.stop()
     await redis.aclose()
-    return Figures("ours, signed" if signed else "ours", "1,000/s" if rate else "full speed", count, elapsed, latencies)
+    if applied is not None:
+        applied.close()
+    scratch.cleanup()
+    name = "ours, acked" if acked else "ours, signed" if signed else "ours"
+    return Figures(name, "1,000/s" if rate else "full speed", count, elapsed, latencies)
 
 
 async def bench(url: str, quick: bool) -> list[tuple[Figures, ...]]:
@@ -165,7 +184,12 @@ async def bench(url: str, quick: bool) -> list[tuple[Figures, ...]]:
     results: list[tuple[Figures, ...]] = []
     for rate, count in ((1000.0, paced), (None, flat)):
         rows = [
-            (await bare(url, count, rate), await ours(url, count, rate), await ours(url, count, rate, signed=True))
+            (
+                await bare(url, count, rate),
+                await ours(url, count, rate),
+                await ours(url, count, rate, signed=True),
+                await ours(url, count, rate, acked=True),
+            )
             for _ in range(rounds)
         ]
         # The round with the median throughput of ours, with its own baseline.

@@ -8,6 +8,12 @@ rows' ids (two relays taking batches side by side could put a bot's later comman
 gateway's stream before an earlier one). If the
 relay dies after XADD but before its commit, the row is published again with the same
 ``event_id``, and consumers recognise the duplicate.
+
+A command is done when its gateway answers it, not when it is in Redis (which may lose it: a failover before it was
+replicated, a ``FLUSHALL``, a restored backup): until the events consumer records the answer (``acknowledged_at``,
+``bus.service.acknowledge``) the relay publishes it again at ``republish_at``, the same envelope and id, signed anew,
+waiting twice as long each time up to ``REPUBLISH_CAP``, and gives it up once it is older than a gateway would take.
+The gateway applies it once (its record on disk, ``trading_gateway/bus/applied.py``) and answers each copy.
 """
 
 from __future__ import annotations
