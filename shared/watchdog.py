@@ -4,7 +4,8 @@ A gateway that can't renew its leases stops its bots itself (``trading_gateway/f
 frozen (a host paused, a process stopped, a kernel stalled) renews nothing and stops nothing, while its bots go on
 and the management server starts them elsewhere once the leases end. So each bot carries this watchdog, installed
 before Freqtrade's code runs by the fork launcher's child (``shared.launcher.child``) or, for an exec'd bot, by this
-module's ``main`` (``python -I -m shared.watchdog --lease FILE -- freqtrade trade ...``); never by the strategy.
+module's ``main`` (``python -I -m shared.watchdog --lease FILE --bot ID -- freqtrade trade ...``); never by the
+strategy.
 
 After each renewal the gateway writes the bot's lease file (``<gateway dir>/leases/<bot>/lease.json``: the bot may
 read it, not write it) with the moment the renewal was asked for, on ``CLOCK_BOOTTIME`` (one clock for every process

@@ -156,11 +156,7 @@ def _may_pin(viewer: Viewer) -> None:
 
 async def _pin(session: AsyncSession, viewer: Viewer, gateway_id: str) -> str:
     """The gateway a bot may be pinned to: an admin's choice, of an enrolled gateway."""
-    if not viewer.admin:
-        raise BotRefused(
-            403,
-            "Only an admin may pin a bot to a gateway (placement): leave it out and the bot runs where there is room.",
-        )
+    _may_pin(viewer)
     gateway = await session.get(Gateway, gateway_id)
     if gateway is None or not gateway.enrolled:
         raise BotRefused(
