@@ -3,6 +3,7 @@
 from management_server.analytics.models import UserRiskState
 from management_server.audit.models import AuditEntry
 from management_server.auth.models import PersonalAccessToken, RefreshToken
+from management_server.backups.models import ScheduledRun
 from management_server.botdb.models import BotDatabase
 from management_server.bots.models import Bot, Trade
 from management_server.bus.models import OutboxMessage, ProcessedEvent
@@ -26,6 +27,7 @@ __all__ = [
     "PersonalAccessToken",
     "ProcessedEvent",
     "RefreshToken",
+    "ScheduledRun",
     "Strategy",
     "Trade",
     "User",
