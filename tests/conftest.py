@@ -32,14 +32,6 @@ TEMPLATE_DB = "freqfleet_template"
 SANDBOX_UID_BASE = 610_000  # the default; worker n of pytest-xdist starts n * 100,000 above it
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Files of slow tests (real processes) first, each file's tests in their order: under ``-n 2 --dist loadfile``
-    the long files start first and the short ones fill the workers' ends in, instead of one worker still running a
-    long file started last while the other idles (measured: ~30 s of the suite's wall time)."""
-    slow_files = {item.nodeid.split("::")[0] for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.nodeid.split("::")[0] not in slow_files)
-
-
 @pytest.fixture(scope="session", autouse=True)
 def _logging() -> None:
     configure_logging("tests", "INFO", LogFormat.console)
