@@ -58,6 +58,16 @@ class Move:
     command_id: uuid.UUID | None = None
 
 
+def _stays(session: AsyncSession, bot: Bot, from_gateway: str, state: ActualState, why: str) -> Move | None:
+    """A bot that can't be moved (SQLite: ``lost``; pinned: ``orphaned``) reads ``state`` with the reason, said once
+    (the next passes find it so and say nothing)."""
+    if bot.actual_state == state.value:
+        return None
+    bot.actual_state, bot.last_error = state.value, why
+    changes.note(session, {bot.id: bot.owner_id})
+    return Move(bot.id, from_gateway, None, why)
+
+
 def _ended(leases: Leases) -> list[str]:
     """The bots whose lease on this gateway has ended, by Redis's clock."""
     return [bot_id for bot_id, lease in leases.held.items() if lease.expires_ms <= leases.now_ms]
@@ -117,22 +127,22 @@ class Failover(Mover):
     async def _move(self, session: AsyncSession, bot: Bot, from_gateway: str, expired_at: datetime) -> Move | None:
         ended = f"its lease on gateway {from_gateway} ended at {expired_at.isoformat(timespec='seconds')}"
         if bot.trade_db != "postgres":
-            if bot.actual_state != ActualState.lost.value:
-                bot.actual_state = ActualState.lost.value
-                bot.last_error = (
-                    f"{ended}; its trades are in SQLite on that host, so it can't move with them: bring the host back, "
-                    "or move its trades to PostgreSQL (freqfleet bots migrate-db) to let it fail over"
-                )
-                changes.note(session, {bot.id: bot.owner_id})
-                return Move(bot.id, from_gateway, None, bot.last_error)
-            return None
+            why = (
+                f"{ended}; its trades are in SQLite on that host, so it can't move with them: bring the host back, "
+                "or move its trades to PostgreSQL (freqfleet bots migrate-db) to let it fail over"
+            )
+            return _stays(session, bot, from_gateway, ActualState.lost, why)
         live = [g for g in await live_gateways(session) if g.gateway_id not in self._lapsing]  # the least loaded first
         if bot.pinned_gateway_id is not None:
             if self.provisioner is not None and any(
                 g.gateway_id == bot.pinned_gateway_id != from_gateway and g.capacity > 0 for g in live
             ):  # re-pinned while it ran elsewhere: where it is pinned, when that gateway is live
                 return await self._start_on(session, bot, from_gateway, bot.pinned_gateway_id, expired_at, ended)
-            return self._orphaned(session, bot, from_gateway, ended)
+            why = (
+                f"{ended}; it is pinned to gateway {bot.pinned_gateway_id}, so it is not moved: bring that gateway "
+                "back, or unpin it (placement: null) to let it fail over"
+            )
+            return _stays(session, bot, from_gateway, ActualState.orphaned, why)
         if self.provisioner is None:
             return None  # no way to fence its database: left for a person (logged once per pass)
         target = next((g.gateway_id for g in live if g.gateway_id != from_gateway and g.capacity > 0), None)
@@ -140,20 +150,6 @@ class Failover(Mover):
             log.warning("no live gateway to fail over to", bot_id=str(bot.id), from_gateway=from_gateway)
             return None
         return await self._start_on(session, bot, from_gateway, target, expired_at, ended)
-
-    @staticmethod
-    def _orphaned(session: AsyncSession, bot: Bot, from_gateway: str, ended: str) -> Move | None:
-        """A pinned bot is not moved: it reads ``orphaned`` (said once) until its gateway reports it again or an
-        admin unpins it."""
-        if bot.actual_state == ActualState.orphaned.value:
-            return None
-        bot.actual_state = ActualState.orphaned.value
-        bot.last_error = (
-            f"{ended}; it is pinned to gateway {bot.pinned_gateway_id}, so it is not moved: bring that gateway back, "
-            "or unpin it (placement: null) to let it fail over"
-        )
-        changes.note(session, {bot.id: bot.owner_id})
-        return Move(bot.id, from_gateway, None, bot.last_error)
 
     async def _start_on(
         self, session: AsyncSession, bot: Bot, from_gateway: str, target: str, expired_at: datetime, ended: str

@@ -31,7 +31,7 @@ import pytest
 
 from freqfleet.embedded import restricted_user
 from tests.e2e.conftest import Service, Stack, bearer, get_bot, wait_bot, wait_status
-from tests.e2e.test_bots import approved_bot
+from tests.e2e.test_bots import bot_body, upload
 from tests.enrollment import enroll_gateway
 from tests.helpers import async_wait_for, free_port
 from trading_gateway.bots.adoption import find_orphans
@@ -73,6 +73,20 @@ async def _live(client: httpx.AsyncClient, admin: dict[str, str], gateway_id: st
     return any(g["gateway_id"] == gateway_id and g["live"] for g in answer.json())
 
 
+_STRATEGY: dict[str, str] = {}
+
+
+async def _strategy(client: httpx.AsyncClient, admin: dict[str, str]) -> str:
+    """One always-enter strategy for every bot of this file, uploaded and approved once (each upload is checked by
+    the worker with a backtest: nine of them would load the 2 cores for a minute)."""
+    if "id" not in _STRATEGY:
+        strategy = await upload(client, admin, f"failover-{uuid.uuid4().hex[:6]}")
+        approved = await client.post(f"/strategies/{strategy['id']}/approve", headers=admin)
+        assert approved.status_code == 200, approved.text
+        _STRATEGY["id"] = strategy["id"]
+    return _STRATEGY["id"]
+
+
 async def _trading_on(
     client: httpx.AsyncClient, stack: Stack, admin: dict[str, str], gateway_id: str | None, names: list[str]
 ) -> dict[str, dict[str, Any]]:
@@ -81,7 +95,11 @@ async def _trading_on(
     pairs = ["BTC/USDT", "ETH/USDT", "SOL/USDT", "XRP/USDT", "DOGE/USDT"]
     found: dict[str, dict[str, Any]] = {}
     for n, name in enumerate(names):
-        bot_id = await approved_bot(client, stack, admin, name, pairs=[pairs[n % len(pairs)]])
+        created = await client.post(
+            "/bots", json=bot_body(name, await _strategy(client, admin), [pairs[n % 5]]), headers=admin
+        )
+        assert created.status_code == 201, created.text
+        bot_id = created.json()["id"]
         if gateway_id is not None:
             pinned = await client.patch(
                 f"/bots/{bot_id}", json={"placement": {"gateway_id": gateway_id}}, headers=admin

@@ -27,6 +27,17 @@ def failover(management: Management) -> Failover:
     return found
 
 
+async def stays(management: Management, bot_id: str, gateway_id: str, state: str, *words: str) -> None:
+    """One failover pass: the bot is not moved off ``gateway_id`` but reads ``state``, with ``words`` in its error."""
+    (move,) = await failover(management).pass_once()
+    assert (str(move.bot_id), move.from_gateway, move.to_gateway) == (bot_id, gateway_id, None)
+    bot = await bot_row(management, bot_id)
+    assert bot.actual_state == state
+    assert bot.last_error is not None
+    for said in words:
+        assert said in bot.last_error
+
+
 async def test_an_ended_lease_and_nothing_else_moves_a_bot(management: Management) -> None:
     _, bot_id = await running_bot(management)
     redis = management.app.state.redis
@@ -40,14 +51,15 @@ async def test_an_ended_lease_and_nothing_else_moves_a_bot(management: Managemen
         assert (await bot_row(management, bot_id)).actual_state == "running"
 
         await redis.hset(leases_key(GATEWAY), bot_id, f"1 {now_ms - 1_000}")
-        (move,) = await failover(management).pass_once()
-        assert (str(move.bot_id), move.from_gateway, move.to_gateway) == (bot_id, GATEWAY, None)
-        bot = await bot_row(management, bot_id)
-        assert bot.actual_state == "lost"
-        assert bot.last_error is not None
-        assert f"its lease on gateway {GATEWAY} ended" in bot.last_error
-        assert "its trades are in SQLite on that host" in bot.last_error
-        assert "freqfleet bots migrate-db" in bot.last_error
+        await stays(
+            management,
+            bot_id,
+            GATEWAY,
+            "lost",
+            f"its lease on gateway {GATEWAY} ended",
+            "its trades are in SQLite on that host",
+            "freqfleet bots migrate-db",
+        )
         assert await outbox(management) == commands  # nothing started anywhere
         assert await failover(management).pass_once() == []  # said once
     finally:
@@ -91,13 +103,14 @@ async def test_a_pinned_bot_starts_on_its_gateway_and_is_orphaned_not_moved(mana
     now_ms = int((await redis.time())[0]) * 1000
     await redis.hset(leases_key(PINNED_HERE), bot_id, f"1 {now_ms - 1_000}")
     try:
-        (move,) = await failover(management).pass_once()
-        assert (str(move.bot_id), move.from_gateway, move.to_gateway) == (bot_id, PINNED_HERE, None)
-        bot = await bot_row(management, bot_id)
-        assert bot.actual_state == "orphaned"
-        assert bot.last_error is not None
-        assert f"it is pinned to gateway {PINNED_HERE}, so it is not moved" in bot.last_error
-        assert "placement: null" in bot.last_error
+        await stays(
+            management,
+            bot_id,
+            PINNED_HERE,
+            "orphaned",
+            f"it is pinned to gateway {PINNED_HERE}, so it is not moved",
+            "placement: null",
+        )
         assert await failover(management).pass_once() == []
         assert await outbox(management) == []
         assert await outbox(management, PINNED_HERE) == commands
