@@ -3,16 +3,19 @@
 Model A learns the two days before six hours ago, model B the two days before two days ago: the same
 strategy (``examples/strategies/FreqaiExample.py``), the same features, different models. Both train at once
 (two freqtrade processes), in about 15 s. The simulator's prices are a pure function of its seed, so any
-simulator process of the suite gives the same candles: the first test that needs the models trains them,
-later ones (in any package) reuse them.
+simulator process of the suite gives the same candles: the first test that needs a model trains it, later
+ones (in any package, in any pytest-xdist worker of the run) reuse it: a training costs seconds of CPU that the
+other worker's real-process tests are waiting for.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import fcntl
 import io
 import json
 import os
+import pickle
 import tarfile
 import threading
 from dataclasses import dataclass
@@ -21,6 +24,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import pytest
 import zstandard
 
 from shared.bus.messages import BotSpec
@@ -87,10 +91,25 @@ class TrainedModels:
     def _model(self, name: str) -> TrainedModel:
         with _locks[name]:  # one lock per model: both() trains the two side by side
             if name not in _cache:
-                hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
-                end = hour - timedelta(hours=6) if name == "a" else hour - timedelta(days=2)
-                _cache[name] = _train(self.folder, name, request(end), self.simulator_url)
+                _cache[name] = self._shared(name)
             return _cache[name]
+
+    def _shared(self, name: str) -> TrainedModel:
+        """The model another worker of this run trained, or trained now (the others wait for it)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        saved = self.folder / f"{name}.pickle"
+        with (self.folder / f"{name}.lock").open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if saved.is_file():
+                model: TrainedModel = pickle.loads(saved.read_bytes())  # noqa: S301 (this run wrote it)
+                return model
+            hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+            end = hour - timedelta(hours=6) if name == "a" else hour - timedelta(days=2)
+            model = _train(self.folder, name, request(end), self.simulator_url)
+            partial = saved.with_suffix(".partial")
+            partial.write_bytes(pickle.dumps(model))
+            partial.replace(saved)
+            return model
 
 
 _cache: dict[str, TrainedModel] = {}
@@ -116,9 +135,12 @@ def _train(folder: Path, name: str, req: TrainingRequest, simulator_url: str) ->
     return TrainedModel(result=result, packed=packed, progress=progress)
 
 
-def trained_models(folder: Path, simulator_url: str) -> TrainedModels:
-    """Models A and B, each trained at its first use in the session, then the same ones."""
-    return TrainedModels(folder, simulator_url)
+def trained_models(tmp_path_factory: pytest.TempPathFactory, simulator_url: str) -> TrainedModels:
+    """Models A and B, each trained at its first use in the run (by whichever worker needs it first), then the
+    same ones, from a folder every pytest-xdist worker of the run shares (the parent of the workers' own)."""
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    return TrainedModels(shared / "freqai-models", simulator_url)
 
 
 def freqai_spec(pairs: tuple[str, ...] = PAIRS, **overrides: Any) -> BotSpec:

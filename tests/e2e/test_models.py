@@ -58,7 +58,11 @@ def by_pair(predictions: Any) -> dict[str, tuple[str, float]]:
 
 
 async def test_train_deploy_swap_and_roll_back_a_model_in_a_running_bot(
-    stack: Stack, client: httpx.AsyncClient, tmp_path: Path, page: Page, screenshots: Path
+    stack: Stack,
+    client: httpx.AsyncClient,
+    tmp_path_factory: pytest.TempPathFactory,
+    page: Page,
+    screenshots: Path,
 ) -> None:
     admin = bearer(stack.admin_token)
     strategy = await client.post("/strategies", json={"name": "freqai", "source": FREQAI_STRATEGY}, headers=admin)
@@ -84,7 +88,7 @@ async def test_train_deploy_swap_and_roll_back_a_model_in_a_running_bot(
     assert "could not report training progress" not in stack.services["worker"].last_run()
 
     # Version 2 of another name: an externally trained bundle, uploaded.
-    other = trained_models(tmp_path, stack.simulator.url).b
+    other = trained_models(tmp_path_factory, stack.simulator.url).b
     uploaded = await client.post(
         "/models/upload",
         files={"file": ("b.tar.zst", other.compressed)},

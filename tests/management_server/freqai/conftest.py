@@ -41,7 +41,7 @@ class Trained:
 def trained(simulator: SimulatorProcess, tmp_path_factory: pytest.TempPathFactory) -> Trained:
     """Model A of ``tests/freqai_models.py``: FreqaiExample on BTC/USDT and ETH/USDT, two days of 5m candles,
     trained once per session (by whichever package needs it first)."""
-    model = trained_models(tmp_path_factory.mktemp("training"), simulator.url).a
+    model = trained_models(tmp_path_factory, simulator.url).a
     return Trained(model.packed.path, model.packed)
 
 

@@ -10,4 +10,4 @@ from tests.freqai_models import TrainedModels, trained_models
 
 @pytest.fixture(scope="package")
 def models(tmp_path_factory: pytest.TempPathFactory, simulator: SimulatorProcess) -> TrainedModels:
-    return trained_models(tmp_path_factory.getbasetemp() / "freqai-models", simulator.url).both()
+    return trained_models(tmp_path_factory, simulator.url).both()

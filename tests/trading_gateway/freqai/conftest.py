@@ -105,4 +105,4 @@ async def authority() -> AsyncIterator[Authority]:
 
 @pytest.fixture(scope="package")
 def models(tmp_path_factory: pytest.TempPathFactory, simulator: SimulatorProcess) -> TrainedModels:
-    return trained_models(tmp_path_factory.getbasetemp() / "freqai-models", simulator.url).both()
+    return trained_models(tmp_path_factory, simulator.url).both()

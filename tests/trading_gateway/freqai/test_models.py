@@ -31,13 +31,16 @@ from shared.bus.messages import (
     UpdateModel,
     UpdateModelData,
 )
+from shared.freqai.live import ACK_FILE, MARKER_FILE, models_folder
 from shared.freqai.transfer import model_bundle
 from tests.exchange_simulator.conftest import SimulatorProcess
 from tests.freqai_models import FREQAI, PAIRS, TrainedModel, TrainedModels, flip_byte, freqai_spec, tar_of, zstd
 from tests.helpers import async_wait_for
 from tests.trading_gateway.conftest import Bus, Gateway, bearer, running_gateway, settings_for
 from tests.trading_gateway.freqai.conftest import Authority
+from trading_gateway.bots.files import BotFiles
 from trading_gateway.config import GatewaySettings
+from trading_gateway.freqai.installs import MODELS_FILE
 
 MAX_BUNDLE = 64 * 1024 * 1024
 
@@ -265,16 +268,14 @@ async def test_models_start_swap_refuse_and_roll_back_in_running_bots(
         refused = await bus.wait(ModelRejected, lambda e: e.data.model_id == c_id, bot_id=y, timeout=60)
         assert "could not use" in refused.data.reason
         assert f"keeps predicting with model {b_id} version 2" in refused.data.reason
-        await async_wait_for(
-            lambda: _count(bus, y, b_id, 2), timeout=60, what="model B acknowledged again after the refusal"
-        )
+        await loaded_times(bus, settings, y, b_id, 2, "model B acknowledged again after the refusal")
         still, x_still = await on_same_candle(gw, token, y, x, b_id, b_id)
         assert_same_predictions(still, x_still)
 
         # 5. ROLLBACK_MODEL: back to A, from the gateway's store, in the same process: Z's predictions again.
         answer = await bus.answer(await bus.send(rollback(y, 5)))
         assert answer.type == "COMMAND_ACCEPTED", answer
-        await async_wait_for(lambda: _count(bus, y, a_id, 2), timeout=60, what="model A loaded again")
+        await loaded_times(bus, settings, y, a_id, 2, "model A loaded again")
         y_back, z_ref = await on_same_candle(gw, token, y, z, a_id, a_id)
         assert_same_predictions(y_back, z_ref)
         assert pid_of(gw, y) == pid
@@ -311,6 +312,26 @@ async def test_models_start_swap_refuse_and_roll_back_in_running_bots(
 
 async def _count(bus: Bus, bot_id: uuid.UUID, model_id: uuid.UUID, times: int) -> bool:
     return len([e for e in await bus.of(ModelLoaded, bot_id) if e.data.model_id == model_id]) >= times
+
+
+async def loaded_times(
+    bus: Bus, settings: GatewaySettings, bot_id: uuid.UUID, model_id: uuid.UUID, times: int, what: str
+) -> None:
+    """Wait for the ``times``-th MODEL_LOADED of ``model_id``; on a timeout, say what the gateway and the bot
+    recorded (the install, the bot's acknowledgement, its log's Freqfleet lines), to tell a slow bot from a lost
+    acknowledgement."""
+    try:
+        await async_wait_for(lambda: _count(bus, bot_id, model_id, times), timeout=60, what=what)
+    except AssertionError as exc:
+        files = BotFiles(settings.gateway_data_dir / "bots", str(bot_id))
+        models = models_folder(files.user_data)
+        found = [
+            f"{path.name}: {path.read_text()[-3000:] if path.is_file() else 'missing'}"
+            for path in (files.meta / MODELS_FILE, models / MARKER_FILE, models / ACK_FILE)
+        ]
+        log = files.log.read_text().splitlines() if files.log.is_file() else []
+        lines = [line for line in log if "Freqfleet" in line]
+        raise AssertionError("\n".join([str(exc), *found, "bot.log:", *lines[-30:]])) from None
 
 
 async def test_model_commands_and_routes_refuse_what_they_cannot_do(
