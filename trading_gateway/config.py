@@ -26,6 +26,13 @@ class GatewaySettings(CommonSettings):
     gateway_host: str = Field(default="127.0.0.1", description="Address the gateway binds.")
     gateway_port: int = Field(default=8001, ge=1, le=65535, description="Port of the gateway.")
     heartbeat_interval: float = Field(default=5.0, gt=0, description="Seconds between heartbeats on the bus.")
+    event_receipt_within: float = Field(
+        default=15.0,
+        gt=0,
+        description="Seconds an event waits for the management server's receipt before the gateway looks for it on "
+        "the stream, and publishes it again (same id) if Redis lost it (twice as long the next time, at most 5 "
+        "minutes apart, until FREQFLEET_EVENTS_MAX_AGE).",
+    )
     lease_seconds: float = Field(
         default=0.0,
         ge=0,

@@ -14,6 +14,7 @@ from shared.auth.verifier import gateway_audience
 from shared.bus.consumer import ConsumerConfig, StreamConsumer
 from shared.bus.generations import GenerationTracker
 from shared.bus.publisher import Publisher
+from shared.bus.receipts import receipts_stream
 from shared.bus.streams import commands_stream, gateway_group
 from shared.health import health_router
 from shared.http import install_http_plumbing
@@ -26,6 +27,7 @@ from trading_gateway.auth import JWKS_CACHE, CachedJwksKeySource, GatewayAuth
 from trading_gateway.bus.applied import APPLIED_FILE, AppliedCommands
 from trading_gateway.bus.commands import CommandHandler
 from trading_gateway.bus.events import OUTBOX_FILE, EventPublisher
+from trading_gateway.bus.receipts import RECEIPTS_FILE, AwaitingReceipts
 from trading_gateway.bus.signatures import COMMAND_KEYS_CACHE, COMMAND_KEYS_PATH, CommandSignatures
 from trading_gateway.config import GatewaySettings, get_settings
 from trading_gateway.fleet.router import router as fleet_router
@@ -89,8 +91,18 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             identity = load_or_create(data_dir, settings.gateway_id)
             app.state.identity = identity
             signer = identity.event_signer()
+            # kept until the management server confirms it (bus/receipts.py): an event Redis lost is sent again
+            receipts = AwaitingReceipts(
+                data_dir / RECEIPTS_FILE,
+                receipts_stream(settings.gateway_id),
+                within=settings.event_receipt_within,
+                keep_for=settings.events_max_age,
+            )
+            stack.callback(receipts.close)
             events = EventPublisher(
-                Publisher(events_redis, signer=signer, retention=settings.stream_retention), data_dir / OUTBOX_FILE
+                Publisher(events_redis, signer=signer, retention=settings.stream_retention),
+                data_dir / OUTBOX_FILE,
+                receipts=receipts,
             )
             events.start()
             stack.push_async_callback(events.stop)

@@ -3,7 +3,10 @@
 Every effect here is idempotent, so a redelivered event changes nothing: trades are keyed by
 (bot, trade id), states are set (not toggled), and a status older than the one recorded is
 dropped. Events of an older generation than the bot's don't change its state (a late report
-from before the latest command), but their trades are still recorded.
+from before the latest command), but their trades are still recorded. Within a generation, a
+report older than the newest lifecycle report applied (``Bot.reported_at``) doesn't change the
+state either: events can arrive out of order (a gateway sends again one Redis lost; two management
+replicas apply a batch each at once).
 """
 
 from __future__ import annotations
@@ -125,6 +128,23 @@ async def apply(session: AsyncSession, message: Envelope) -> list[Reached]:
         return []
     was: str | None = bot.actual_state
     reached: list[Reached] = []
+    outdated = (
+        generation is not None
+        and bot.reported_generation == generation
+        and bot.reported_at is not None
+        and message.occurred_at < bot.reported_at
+    )
+    if isinstance(message, BotStarted | BotStopped | BotFailed):
+        if outdated:
+            log.info(
+                "report older than the bot's newest: state left as is",
+                bot_id=str(bot.id),
+                message_type=message.type,
+                occurred_at=message.occurred_at.isoformat(),
+                newest=bot.reported_at.isoformat() if bot.reported_at else None,
+            )
+            return []
+        bot.reported_generation, bot.reported_at = generation, message.occurred_at
     if isinstance(message, BotStarted):
         bot.actual_state = ActualState.running.value
         bot.started_at = message.data.started_at
@@ -150,9 +170,10 @@ async def apply(session: AsyncSession, message: Envelope) -> list[Reached]:
         bot.last_status_at = message.occurred_at
         if had_trades and not message.data.open_trades:
             reached.append(Reached(bot.id, "flat"))
-        if (state := FREQTRADE_STATES.get(message.data.state)) is not None and bot.actual_state not in (
-            ActualState.stopping,
-            ActualState.halted,
+        if (
+            (state := FREQTRADE_STATES.get(message.data.state)) is not None
+            and not outdated
+            and bot.actual_state not in (ActualState.stopping, ActualState.halted)
         ):
             bot.actual_state = state.value
     if bot.actual_state != was:

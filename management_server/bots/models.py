@@ -83,6 +83,10 @@ class Bot(TimestampMixin, Base):
     last_status: Mapped[dict[str, Any] | None] = mapped_column(JSONB, nullable=True)
     last_status_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # the newest lifecycle report applied (BOT_STARTED/STOPPED/FAILED): an older one of that generation, sent again
+    # after Redis lost it or applied late by another replica, leaves the state alone (bots/events.py)
+    reported_generation: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    reported_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     trade_db: Mapped[str] = mapped_column(  # where its trades live: "sqlite" (its folder) or "postgres" (botdb)
         String(16), nullable=False, default="sqlite", server_default="sqlite"
     )

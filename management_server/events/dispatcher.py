@@ -19,6 +19,7 @@ from management_server.analytics.trades import TradeEffects
 from management_server.audit.events import record_command_done, record_command_outcome, record_mcp_call
 from management_server.bots import events as bot_events
 from management_server.bus.service import acknowledge
+from management_server.events.receipts import receipt_sender
 from management_server.freqai import events as model_events
 from management_server.gateways.service import record_heartbeat
 from management_server.gateways.signatures import EventSignatures
@@ -141,4 +142,5 @@ def create_event_consumer(
         dispatcher,
         RedisDeduplicator(redis, MANAGEMENT_GROUP),
         admit=signatures or EventSignatures(sessionmaker),  # only what enrolled gateways signed
+        after_batch=receipt_sender(redis),  # each gateway learns which of its events were applied
     )

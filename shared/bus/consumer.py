@@ -63,6 +63,9 @@ class Delivery:
 
 
 Handler = Callable[[Delivery], Awaitable[None]]
+# Told, after each batch, which messages it applied or recognised as applied before, and the batch's last entry id
+# (the management server sends the gateways their receipts: shared/bus/receipts.py).
+AfterBatch = Callable[[list[Envelope], str], Awaitable[None]]
 # Checks a batch of entries (entry id, fields) before they are decoded (a gateway verifies the commands'
 # signatures): per entry, a reason to dead-letter it or None to go on. An exception leaves the whole batch
 # pending, to be tried again (the keys may be unreachable).
@@ -119,12 +122,14 @@ class StreamConsumer:
         deduplicator: Deduplicator | None = None,
         admit: AdmitCheck | None = None,
         on_duplicate: Callable[[Envelope], Awaitable[None]] | None = None,
+        after_batch: AfterBatch | None = None,
     ) -> None:
         self.config = config
         self.handler = handler
         self.deduplicator = deduplicator
         self.admit = admit
         self.on_duplicate = on_duplicate  # a redelivery of an applied message (the gateway answers it again)
+        self.after_batch = after_batch
         self.stats = ConsumerStats()
         # Blocking reads need a socket timeout above the block time.
         self.redis = create_redis(redis_url, socket_timeout=config.block_ms / 1000 + 10)
@@ -314,21 +319,37 @@ class StreamConsumer:
             done: set[uuid.UUID] = set()
             if self.deduplicator is not None:
                 done = await self.deduplicator.processed_among([m for _, m, _ in admitted])
-            for eid, message, count in admitted:
-                if self._stopping.is_set():
-                    return  # shutting down: the rest stays pending, read first at the next start
-                if message.event_id in done:
-                    self.stats.duplicates += 1
-                    log.info("duplicate delivery acked", event_id=str(message.event_id), entry_id=eid)
-                    if self.on_duplicate is not None:
-                        try:
-                            await self.on_duplicate(message)
-                        except Exception as exc:  # the duplicate is acked all the same: it was applied
-                            log.warning("duplicate not answered again", error=f"{type(exc).__name__}: {exc}")
-                    await self._ack(eid)
-                    continue
-                if await self._handle(eid, message, count):
-                    done.add(message.event_id)  # the same event twice in one batch is applied once
+            settled: list[Envelope] = []
+            try:
+                await self._apply_all(admitted, done, settled)
+            finally:
+                if settled and self.after_batch is not None:
+                    try:
+                        await self.after_batch(settled, _text(entries[-1][0]))
+                    except Exception as exc:  # what it reports is sent again after the next batch, or retried
+                        log.warning("after-batch step failed", error=f"{type(exc).__name__}: {exc}")
+
+    async def _apply_all(
+        self, admitted: list[tuple[str, Envelope, int]], done: set[uuid.UUID], settled: list[Envelope]
+    ) -> None:
+        """Handle the admitted messages in order; ``settled`` gets each one applied now or before."""
+        for eid, message, count in admitted:
+            if self._stopping.is_set():
+                return  # shutting down: the rest stays pending, read first at the next start
+            if message.event_id in done:
+                self.stats.duplicates += 1
+                log.info("duplicate delivery acked", event_id=str(message.event_id), entry_id=eid)
+                if self.on_duplicate is not None:
+                    try:
+                        await self.on_duplicate(message)
+                    except Exception as exc:  # the duplicate is acked all the same: it was applied
+                        log.warning("duplicate not answered again", error=f"{type(exc).__name__}: {exc}")
+                await self._ack(eid)
+                settled.append(message)
+                continue
+            if await self._handle(eid, message, count):
+                done.add(message.event_id)  # the same event twice in one batch is applied once
+                settled.append(message)
 
     async def _check_batch(self, entries: list[Any]) -> list[str | None] | None:
         """The admission check's verdict per entry (None: admitted); None when the check itself failed."""

@@ -33,11 +33,16 @@ def test_a_gateways_user_reaches_its_own_keys_only(valkey: EmbeddedValkey) -> No
         gateway.xadd("freqfleet:events", {"envelope": "{}"}, maxlen=1000, approximate=True)
         assert gateway.get("freqfleet:auth:ver:access:someone") == b"3"
         gateway.hget("freqfleet:model-transfer:abc", "0")
+        admin.xadd("freqfleet:receipts:gw-acl", {"event_ids": "", "through": "1-0"})
+        assert gateway.xread({"freqfleet:receipts:gw-acl": "0-0"}, count=10)  # its receipts
+        admin.xadd("freqfleet:receipts:gw-other", {"event_ids": "", "through": "1-0"})
         # What it must not do.
         refused: list[Callable[[], object]] = [
             lambda: gateway.xadd("freqfleet:commands:gw-other", {"envelope": "{}"}),  # another gateway's commands
             lambda: gateway.xrange("freqfleet:commands:gw-other"),
             lambda: gateway.xrange("freqfleet:events"),  # others' reports
+            lambda: gateway.xread({"freqfleet:receipts:gw-other": "0-0"}),  # another gateway's receipts
+            lambda: gateway.xadd("freqfleet:receipts:gw-acl", {"event_ids": "forged"}),  # confirming its own
             lambda: gateway.delete("freqfleet:auth:ver:access:someone"),  # a revocation
             lambda: gateway.set("freqfleet:auth:ver:access:someone", 0),
             lambda: gateway.delete("celery"),

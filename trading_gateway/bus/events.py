@@ -21,6 +21,9 @@ Decisions:
   event waits out the timeout behind another (a frozen Redis cost the kill switch's report 17 s, #17).
 - Events are encoded once, when published (the correlation id of the request or command that caused
   them is captured then), so a flushed event is byte for byte what would have been sent.
+- **On the stream is not yet received.** Redis replicates asynchronously: an event on the stream can be lost with
+  it (a failover, a ``FLUSHALL``). With ``receipts``, each event that needs one is kept on disk until the
+  management server confirms it (``bus/receipts.py``), and published again if it vanished from the stream first.
 """
 
 from __future__ import annotations
@@ -31,14 +34,17 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 from redis.exceptions import RedisError
 
 from shared.bus.messages import Envelope
 from shared.bus.publisher import ENVELOPE_FIELD, Publisher, entry_fields, with_request_correlation
+from shared.bus.receipts import entry_key, needs_receipt, receipt_ids, receipt_through
 from shared.bus.streams import EVENTS_STREAM
 from shared.files import atomic_write
 from shared.logging import get_logger
+from trading_gateway.bus.receipts import AwaitingReceipts
 
 log = get_logger(__name__)
 
@@ -59,9 +65,13 @@ class EventPublisher:
         flush_interval: float = 1.0,
         send_timeout: float = 3.0,
         away_for: float = 5.0,
+        receipts: AwaitingReceipts | None = None,
     ) -> None:
         self.publisher = publisher
         self.outbox = Path(outbox)
+        self.receipts = receipts
+        self.confirmed = 0
+        self.published_again = 0
         self.flush_interval = flush_interval
         self.send_timeout = send_timeout
         self.away_for = away_for
@@ -74,6 +84,7 @@ class EventPublisher:
         self._task: asyncio.Task[None] | None = None
         self._pending = len(self._read_lines())
         self._away_until = 0.0  # Redis did not answer: no direct XADD before this (monotonic) time
+        self._receipts_read_at = 0.0
 
     @property
     def pending(self) -> int:
@@ -110,7 +121,7 @@ class EventPublisher:
         async with self._lock:
             if self._pending == 0 and time.monotonic() >= self._away_until:
                 try:
-                    await self._send(fields)
+                    self._kept(fields, await self._send(fields))
                 except UNAVAILABLE as exc:
                     # Away for a while: the next events go straight to the outbox (or are dropped) instead of
                     # each waiting out the timeout in turn, with this lock held.
@@ -148,8 +159,9 @@ class EventPublisher:
                     log.error("unreadable outbox line skipped", path=str(self.outbox), line=line[:200])
                     done += 1
                     continue
+                event = {k: fields[k] for k in _FIELDS}
                 try:
-                    await self._send({k: fields[k] for k in _FIELDS})
+                    self._kept(event, await self._send(event))
                 except UNAVAILABLE:
                     self._away_until = time.monotonic() + self.away_for
                     break
@@ -164,13 +176,61 @@ class EventPublisher:
                 log.info("outbox flushed", sent=sent, left=self._pending)
             return sent
 
-    async def _send(self, fields: dict[str, str]) -> None:
+    async def _send(self, fields: dict[str, str]) -> str:
         """XADD, bounded in time: a Redis that hangs counts as away (an XADD that lands late is a duplicate
-        the consumers skip)."""
+        the consumers skip). The entry's id."""
         try:
-            await asyncio.wait_for(self.publisher.publish_raw(EVENTS_STREAM, fields), self.send_timeout)
+            return await asyncio.wait_for(self.publisher.publish_raw(EVENTS_STREAM, fields), self.send_timeout)
         except TimeoutError:
             raise OSError(f"no answer from redis within {self.send_timeout:g} s") from None
+
+    def _kept(self, fields: dict[str, str], entry_id: str) -> None:
+        """On the stream: kept until the management server confirms it, if it needs a receipt."""
+        if self.receipts is not None and needs_receipt(fields["type"]):
+            self.receipts.sent(fields, entry_id)
+
+    # ------------------------------------------------------------------ receipts
+
+    async def check_receipts(self, now: float | None = None) -> tuple[int, int]:
+        """Forget the events the management server confirmed; publish again the unconfirmed ones it has read past
+        (Redis lost them). How many were confirmed, and published again (``now``: the time to judge waits by)."""
+        receipts = self.receipts
+        if receipts is None or receipts.count() == 0:
+            return 0, 0
+        redis = self.publisher.redis
+        confirmed = 0
+        while True:
+            found: Any = await asyncio.wait_for(
+                redis.xread({receipts.stream: receipts.cursor}, count=1000), self.send_timeout
+            )
+            entries: list[tuple[bytes, dict[bytes, bytes]]] = found[0][1] if found else []
+            for entry_id, fields in entries:
+                confirmed += receipts.confirmed(receipt_ids(fields))
+                receipts.through = max(receipts.through, receipt_through(fields))
+                receipts.cursor = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+            if len(entries) < 1000:
+                break
+        again = 0
+        now = time.time() if now is None else now
+        for event in receipts.due(now):
+            if entry_key(event.entry_id) > receipts.through:  # not read yet: the management server is away or behind
+                receipts.checked(event, event.entry_id, now)
+            elif now - event.first_sent > receipts.keep_for:
+                receipts.give_up(event.event_id)
+                log.error(
+                    "event given up: never confirmed",
+                    event_id=event.event_id,
+                    message_type=event.fields.get("type"),
+                    hours=round((now - event.first_sent) / 3600, 1),
+                )
+            else:  # read past, never confirmed: Redis lost it
+                receipts.checked(event, await self._send(event.fields), now)
+                again += 1
+        self.confirmed += confirmed
+        self.published_again += again
+        if again:
+            log.warning("events lost by redis published again", count=again, left=receipts.count())
+        return confirmed, again
 
     async def _flush_loop(self) -> None:
         while not self._stopping.is_set():
@@ -182,6 +242,14 @@ class EventPublisher:
                     await self.flush()
                 except Exception:  # a bug here must not end the flusher
                     log.exception("outbox flush failed")
+            if self.receipts is not None and time.monotonic() - self._receipts_read_at >= self.flush_interval:
+                self._receipts_read_at = time.monotonic()
+                try:
+                    await self.check_receipts()
+                except (*UNAVAILABLE, TimeoutError) as exc:
+                    log.info("receipts not read: redis unavailable", error=f"{type(exc).__name__}: {exc}")
+                except Exception:
+                    log.exception("receipts check failed")
 
     # ------------------------------------------------------------------ the file
 

@@ -13,6 +13,7 @@ from sqlalchemy import select
 from management_server.bus.models import OutboxMessage
 from management_server.gateways.service import record_heartbeat
 from management_server.users.models import Role
+from shared.bus.dedupe import RedisDeduplicator
 from shared.bus.messages import (
     BotStarted,
     BotStartedData,
@@ -32,7 +33,7 @@ from shared.bus.messages import (
     TradeOpened,
     TradeOpenedData,
 )
-from shared.bus.streams import EVENTS_STREAM, commands_stream
+from shared.bus.streams import EVENTS_STREAM, MANAGEMENT_GROUP, commands_stream
 from tests.enrollment import ensure_enrolled, gateway_events
 from tests.helpers import async_wait_for
 from tests.management_server.bots.test_bots_api import bot_body, session_of, upload
@@ -416,6 +417,66 @@ async def test_the_status_of_an_ended_process_does_not_read_as_live(management: 
     )
     await async_wait_for(lambda: _state_is(status, "running"), timeout=10, what="the new process's status")
     assert (await status())["open_trades"] == []
+    await redis.aclose()
+
+
+async def test_a_report_older_than_the_newest_one_leaves_the_state(management: Management, redis_url: str) -> None:
+    """Events can arrive out of order: a gateway publishes again one Redis lost (its receipt never came), after
+    newer ones were applied. A lifecycle report or a status older than the newest lifecycle report of the same
+    generation does not take the bot back; a newer one does."""
+    redis = aioredis.Redis.from_url(redis_url)
+    publisher = gateway_events(management, redis)
+    admin, bot_id = await admin_bot(management)
+    await heartbeat(management)
+    uid, src = uuid.UUID(bot_id), f"gateway:{GATEWAY}"
+
+    async def state() -> str:
+        body = (await management.client.get(f"/api/v1/bots/{bot_id}", headers=admin)).json()
+        return str(body["actual_state"])
+
+    async def settles(expected: str) -> bool:
+        return await state() == expected
+
+    response = await management.client.post(f"/api/v1/bots/{bot_id}/start", headers=admin)
+    generation = response.json()["generation"]
+    t0 = datetime.now(UTC) - timedelta(seconds=30)
+
+    def started(at: datetime) -> BotStarted:
+        data = BotStartedData(
+            bot_id=uid, generation=generation, pid=11, port=18100, freqtrade_version="2026.9", started_at=at
+        )
+        return BotStarted(source=src, occurred_at=at, data=data)
+
+    stopped = BotStopped(
+        source=src,
+        occurred_at=t0 + timedelta(seconds=10),
+        data=BotStoppedData(bot_id=uid, generation=generation, exit_code=1, reason="ended by itself"),
+    )
+    await publisher.publish(EVENTS_STREAM, started(t0))
+    await async_wait_for(lambda: settles("running"), timeout=10, what="the bot running")
+    await publisher.publish(EVENTS_STREAM, stopped)
+    await async_wait_for(lambda: settles("stopped"), timeout=10, what="the bot stopped")
+
+    # The start report again (a copy whose dedupe mark Redis lost with the rest: a new entry, the old time), and
+    # a status from before the stop: both applied, neither says running.
+    late_status = BotStatus(
+        source=src,
+        occurred_at=t0 + timedelta(seconds=5),
+        data=BotStatusData(bot_id=uid, generation=generation, state="running"),
+    )
+    await publisher.publish(EVENTS_STREAM, started(t0))
+    await publisher.publish(EVENTS_STREAM, late_status)
+    applied = RedisDeduplicator(redis, MANAGEMENT_GROUP).key(late_status.event_id)  # marked once applied, in order
+
+    async def both_applied() -> bool:
+        return bool(await redis.exists(applied))
+
+    await async_wait_for(both_applied, timeout=10, what="the late reports applied")
+    assert await state() == "stopped"
+
+    # A newer start report of the same generation (the gateway restarted it) does count.
+    await publisher.publish(EVENTS_STREAM, started(datetime.now(UTC)))
+    await async_wait_for(lambda: settles("running"), timeout=10, what="the bot running again")
     await redis.aclose()
 
 

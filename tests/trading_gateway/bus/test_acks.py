@@ -1,9 +1,14 @@
 """Acks end to end through real servers: a management server (its outbox relay, its events consumer) and a gateway
-(its command consumer and handler), on one PostgreSQL and one Valkey. A burst of commands is written to the outbox;
-in the middle of it Valkey loses everything (``FLUSHALL``: the streams, the consumer groups, the answers on their
-way). Every command is still carried out, and once each, counted at the gateway: the management server publishes
-what has no answer again, and the gateway recognises what it applied already (``bus/applied.py``, on its disk)
-and answers it again."""
+(its command consumer and handler, its event publisher), on one PostgreSQL and one Valkey.
+
+Commands: a burst is written to the outbox; in the middle of it Valkey loses everything (``FLUSHALL``: the streams,
+the consumer groups, the answers on their way). Every command is still carried out, and once each, counted at the
+gateway: the management server publishes what has no answer again, and the gateway recognises what it applied
+already (``bus/applied.py``, on its disk) and answers it again.
+
+Events: the gateway reports while the management server reads nothing, then Valkey loses everything. Every event is
+still applied, once each, counted in the audit log: the gateway kept each until its receipt (``bus/receipts.py``)
+and publishes again what the management server read past without confirming."""
 
 from __future__ import annotations
 
@@ -13,11 +18,12 @@ import pytest
 import redis.asyncio as aioredis
 from sqlalchemy import func, select
 
+from management_server.audit.models import AuditEntry
 from management_server.bus.models import OutboxMessage
 from management_server.bus.service import enqueue
 from management_server.config import ManagementSettings
 from management_server.main import create_app as create_management
-from shared.bus.messages import StopBot, StopBotData
+from shared.bus.messages import McpCall, McpCallData, StopBot, StopBotData
 from shared.bus.streams import commands_stream
 from tests.enrollment import enroll_settings
 from tests.helpers import async_wait_for, serve
@@ -84,3 +90,72 @@ async def test_a_flushall_in_the_middle_of_a_burst_loses_no_command_and_applies_
 
 async def _at_least(value: int, floor: int) -> bool:
     return value >= floor
+
+
+def mcp_call(gateway_id: str) -> McpCall:
+    """A tool call on the gateway: one audit row at the management server, whatever the copies."""
+    return McpCall(
+        source=f"gateway:{gateway_id}",
+        data=McpCallData(
+            gateway_id=gateway_id,
+            actor_id=uuid.uuid4(),
+            role="user",
+            token_type="access",
+            token_id=uuid.uuid4(),
+            transport="websocket",
+            kind="tool",
+            name="list_bots",
+            outcome="success",
+            target_type="bot",
+            target_id=str(uuid.uuid4()),
+            duration_ms=1.0,
+        ),
+    )
+
+
+async def test_events_redis_lost_before_the_management_server_read_them_are_applied_once_each(
+    management_settings: ManagementSettings, gateway_settings: GatewaySettings, redis_url: str
+) -> None:
+    await enroll_settings(management_settings.database_url.get_secret_value(), gateway_settings)
+    management = create_management(management_settings)
+    redis = aioredis.Redis.from_url(redis_url)
+    gateway_id = gateway_settings.gateway_id
+    lost, after = [mcp_call(gateway_id) for _ in range(20)], [mcp_call(gateway_id) for _ in range(5)]
+    targets = [e.data.target_id for e in lost + after]
+    try:
+        async with serve(management) as management_url:
+            settings = gateway_settings.model_copy(
+                update={"management_url": management_url, "event_receipt_within": 1.0}
+            )
+            gateway = create_gateway(settings)
+            async with serve(gateway):
+                events = gateway.state.fleet.events
+                consumer = management.state.event_consumer
+                await consumer.stop()  # the management server reads nothing for a while
+                for event in lost:
+                    assert await events.publish(event)
+                assert events.receipts.count() == len(lost)
+                await redis.flushall()  # and Valkey loses the events before it reads them
+                consumer.start()
+                for event in after:
+                    assert await events.publish(event)
+
+                async def audited() -> dict[str, int]:
+                    async with management.state.sessionmaker() as session:
+                        rows = await session.execute(
+                            select(AuditEntry.target_id, func.count())
+                            .where(AuditEntry.target_id.in_(targets))
+                            .group_by(AuditEntry.target_id)
+                        )
+                        return {str(target): int(n) for target, n in rows.all()}
+
+                async def all_confirmed() -> bool:
+                    return len(await audited()) == len(targets) and events.receipts.count() == 0
+
+                await async_wait_for(all_confirmed, timeout=60, interval=0.5, what="every event applied and confirmed")
+                assert set((await audited()).values()) == {1}  # once each
+                assert events.published_again >= len(lost)
+                again = events.published_again
+                print(f"\n{len(lost)} events lost by Valkey: {again} published again, each applied once")
+    finally:
+        await redis.aclose()
