@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+import json
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -62,6 +64,12 @@ class ManagementSettings(CommonSettings):
         description="Processes serving the management server on its port (uvicorn workers); `freqfleet up` uses "
         "one per core unless set. Background work stays correct with any number (docs/design.md).",
     )
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Addresses or networks (CIDR) of reverse proxies in front of the management server, comma-"
+        "separated or a JSON list: from them X-Forwarded-For names the client (audit, per-address throttles). "
+        "None by default: the peer is the client.",
+    )
     admin_email: EmailStr | None = Field(default=None, description="First admin's email, created at start.")
     admin_password: SecretStr | None = Field(
         default=None, description="First admin's password; generated and printed once when unset."
@@ -104,6 +112,22 @@ class ManagementSettings(CommonSettings):
                 "CREATEROLE that makes each bot's database (freqfleet up sets it on its embedded server)"
             )
         return self
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _split_proxies(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            value = json.loads(text) if text.startswith("[") else text.split(",")
+        if isinstance(value, list):
+            proxies = [item.strip() if isinstance(item, str) else item for item in value]
+            for item in proxies:
+                try:
+                    ipaddress.ip_network(item, strict=False)
+                except (TypeError, ValueError):
+                    raise ValueError(f"not an address or a network: {item!r}") from None
+            return [item for item in proxies if item != ""]
+        return value
 
     @field_validator("rate_limit_per_ip", "rate_limit_per_user")
     @classmethod

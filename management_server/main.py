@@ -314,7 +314,7 @@ def run() -> None:
     settings = get_settings()
     configure_logging("management", settings.log_level, settings.log_format)
     if settings.management_workers == 1:
-        serve(create_app(settings), settings.management_host, settings.management_port)
+        serve(create_app(settings), settings.management_host, settings.management_port, settings.trusted_proxies)
         return
     serve_workers(
         "management_server.main:worker_app",
@@ -322,6 +322,7 @@ def run() -> None:
         settings.management_port,
         settings.management_workers,
         settings.data_dir,
+        settings.trusted_proxies,
     )
 
 

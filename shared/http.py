@@ -284,7 +284,18 @@ def exposition(registry: CollectorRegistry) -> bytes:
     return generate_latest(answer)
 
 
-def serve_workers(factory: str, host: str, port: int, workers: int, data_dir: Path) -> None:
+def proxy_options(trusted_proxies: Sequence[str] = ()) -> dict[str, Any]:
+    """uvicorn's options for who the client is: the peer, unless the peer is one of ``trusted_proxies`` (addresses or
+    networks of reverse proxies), whose ``X-Forwarded-For`` / ``X-Forwarded-Proto`` name the client then. Only a
+    proxy you run may be trusted: anyone else could name any address (and walk around per-address throttles)."""
+    if not trusted_proxies:
+        return {"proxy_headers": False}
+    return {"proxy_headers": True, "forwarded_allow_ips": list(trusted_proxies)}
+
+
+def serve_workers(
+    factory: str, host: str, port: int, workers: int, data_dir: Path, trusted_proxies: Sequence[str] = ()
+) -> None:
     """Serve ``factory`` (``module:function`` returning the app) in ``workers`` processes sharing the port
     (uvicorn's; a worker that dies is replaced). Their metrics are counted in files of a folder made for this run
     (prometheus_client's multiprocess mode, see :func:`exposition`), removed when the server stops."""
@@ -302,13 +313,13 @@ def serve_workers(factory: str, host: str, port: int, workers: int, data_dir: Pa
             workers=workers,
             log_config=None,
             access_log=False,
-            proxy_headers=False,
+            **proxy_options(trusted_proxies),
         )
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
-def serve(app: FastAPI, host: str, port: int) -> None:
+def serve(app: FastAPI, host: str, port: int, trusted_proxies: Sequence[str] = ()) -> None:
     """Serve an app in the foreground the way every Freqfleet service does (``freqfleet <service>``).
 
     uvicorn's own logging is left to ours (JSON, with the access log written by our middleware), and
@@ -320,7 +331,7 @@ def serve(app: FastAPI, host: str, port: int) -> None:
     import uvicorn
 
     gc.freeze()
-    uvicorn.run(app, host=host, port=port, log_config=None, access_log=False, proxy_headers=False)
+    uvicorn.run(app, host=host, port=port, log_config=None, access_log=False, **proxy_options(trusted_proxies))
 
 
 def json_with_etag(body: bytes, if_none_match: str | None) -> Response:

@@ -8,7 +8,7 @@ import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import uvicorn
@@ -55,10 +55,13 @@ async def async_wait_for(
 
 
 @asynccontextmanager
-async def serve(app: FastAPI, port: int | None = None) -> AsyncIterator[str]:
-    """Run ``app`` under a real uvicorn server on a free loopback port (or ``port``); yields its base URL."""
+async def serve(app: FastAPI, port: int | None = None, **options: Any) -> AsyncIterator[str]:
+    """Run ``app`` under a real uvicorn server on a free loopback port (or ``port``); yields its base URL.
+    ``options``: more of uvicorn's ``Config``."""
     port = port or free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="on")
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="on", **options
+    )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     deadline = time.monotonic() + 30
