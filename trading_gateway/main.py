@@ -150,6 +150,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
                 stream=commands_stream(settings.gateway_id),
                 group=gateway_group(settings.gateway_id),
                 consumer=settings.gateway_id,  # stable: a restarted gateway resumes its own pending commands
+                ack_per_batch=True,  # safe: what it applied is recorded on its disk first (bus/applied.py)
             )
             # the commands it applied and its answers, on its own disk: a copy is never applied twice, even after
             # Redis lost its data (a FLUSHALL, a failover), and is answered again (bus/applied.py)
@@ -174,6 +175,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
                 applied,
                 admit=signatures,
                 on_duplicate=handler.answer_again,
+                after_batch=handler.after_batch,  # the batch's answers, in one round trip
             )
             app.state.command_consumer = consumer
             consumer.start()

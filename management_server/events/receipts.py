@@ -20,6 +20,8 @@ GATEWAY_SOURCE = "gateway:"
 
 def receipt_sender(redis: aioredis.Redis) -> AfterBatch:
     async def send(messages: list[Envelope], through: str) -> None:
+        if not messages:
+            return
         by_gateway: dict[str, list[str]] = defaultdict(list)
         for message in messages:
             if message.source.startswith(GATEWAY_SOURCE):

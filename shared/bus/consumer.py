@@ -89,6 +89,10 @@ class ConsumerConfig:
     # Trim what every group has consumed once it is this old (the stream's sole reader does it: the management
     # server on freqfleet:events); None: entries stay until the stream's own limit.
     trim_consumed_after_s: float | None = None
+    # XACK a batch's entries together after the batch (one round trip) instead of each after its handler. Only with
+    # a deduplicator that records an entry as applied before its ack, outside Redis (the gateway's, on its disk): a
+    # crash in the batch then redelivers entries it applied, and they are recognised.
+    ack_per_batch: bool = False
 
     @property
     def dead_letter_stream(self) -> str:
@@ -138,6 +142,7 @@ class StreamConsumer:
         self._task: asyncio.Task[None] | None = None
         self._errors_key = f"freqfleet:bus-errors:{config.stream}:{config.group}"
         self._current: str | None = None  # the entry whose handler is running
+        self._batch_acks: Any = None  # a pipeline collecting the batch's acks (ack_per_batch)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -320,10 +325,15 @@ class StreamConsumer:
             if self.deduplicator is not None:
                 done = await self.deduplicator.processed_among([m for _, m, _ in admitted])
             settled: list[Envelope] = []
+            if self.config.ack_per_batch:
+                self._batch_acks = self.redis.pipeline(transaction=False)
             try:
                 await self._apply_all(admitted, done, settled)
             finally:
-                if settled and self.after_batch is not None:
+                acks, self._batch_acks = self._batch_acks, None
+                if acks is not None and len(acks):
+                    await acks.execute()
+                if self.after_batch is not None:  # also after a batch that applied nothing (answers to send)
                     try:
                         await self.after_batch(settled, _text(entries[-1][0]))
                     except Exception as exc:  # what it reports is sent again after the next batch, or retried
@@ -440,13 +450,15 @@ class StreamConsumer:
         unmarked. Only a redelivered entry can have an error recorded.
         """
         cfg = self.config
-        pipe = self.redis.pipeline(transaction=False)
+        batched = self._batch_acks
+        pipe = batched if batched is not None else self.redis.pipeline(transaction=False)
         if handled is not None and self.deduplicator is not None:
             await self.deduplicator.mark_processed(handled, pipe)
         pipe.xack(cfg.stream, cfg.group, entry_id)
         if deliveries > 1:
             pipe.hdel(self._errors_key, entry_id)
-        await pipe.execute()
+        if batched is None:  # else with the batch's others, after it (ack_per_batch)
+            await pipe.execute()
 
     async def _dead_letter(self, entry_id: str, fields: dict[bytes, bytes], reason: str, deliveries: int) -> None:
         cfg = self.config

@@ -255,8 +255,12 @@ class CommandHandler:
         await self.events.publish(decode(answer))
         log.info("command answered again", command_type=message.type, command_id=str(message.event_id))
 
+    async def after_batch(self, messages: list[Envelope], through: str) -> None:
+        """The consumer finished a batch: its answers go out now, in one round trip."""
+        await self.events.flush_later()
+
     async def _answer(self, command: Envelope, answer: Envelope) -> None:
-        await self.events.publish(answer)
+        self.events.publish_later(answer)  # with the batch's others, after it (or before any other event)
         if self.answers is not None:
             with contextlib.suppress(RedisError, OSError):  # then a redelivery is acked without an answer
                 await self.answers.remember(command.event_id, encode(answer))

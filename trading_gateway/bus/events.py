@@ -21,6 +21,10 @@ Decisions:
   event waits out the timeout behind another (a frozen Redis cost the kill switch's report 17 s, #17).
 - Events are encoded once, when published (the correlation id of the request or command that caused
   them is captured then), so a flushed event is byte for byte what would have been sent.
+- **Answers go out by the batch.** A command's answer needn't be on the stream before the next command is handled,
+  so the command handler queues it (:meth:`EventPublisher.publish_later`) and the consumer sends a batch's answers
+  after the batch, signed under one signature, in one round trip (:meth:`EventPublisher.flush_later`). Order holds:
+  any other event published meanwhile sends the queued ones first.
 - **On the stream is not yet received.** Redis replicates asynchronously: an event on the stream can be lost with
   it (a failover, a ``FLUSHALL``). With ``receipts``, each event that needs one is kept on disk until the
   management server confirms it (``bus/receipts.py``), and published again if it vanished from the stream first.
@@ -84,6 +88,7 @@ class EventPublisher:
         self._task: asyncio.Task[None] | None = None
         self._pending = len(self._read_lines())
         self._away_until = 0.0  # Redis did not answer: no direct XADD before this (monotonic) time
+        self._later: list[dict[str, str]] = []  # queued by publish_later, in order
         self._receipts_read_at = 0.0
 
     @property
@@ -102,6 +107,7 @@ class EventPublisher:
 
     async def stop(self) -> None:
         """Stop the flusher after one last attempt; what is still queued stays in the file."""
+        await self.flush_later()
         self._stopping.set()
         self._wake.set()
         if self._task is not None:
@@ -118,6 +124,8 @@ class EventPublisher:
     async def publish(self, message: Envelope) -> bool:
         """Publish ``message``; True when it is on the stream, False when it was queued (or dropped)."""
         fields = entry_fields(with_request_correlation(message))
+        if self._later:
+            await self.flush_later()  # what was queued before goes first
         async with self._lock:
             if self._pending == 0 and time.monotonic() >= self._away_until:
                 try:
@@ -143,6 +151,45 @@ class EventPublisher:
             self._wake.set()
             log.info("event queued in the outbox", message_type=message.type, event_id=fields["event_id"])
             return False
+
+    def publish_later(self, message: Envelope) -> None:
+        """Queue ``message`` (encoded now, with the current correlation id) for the next :meth:`flush_later`, or the
+        next :meth:`publish`, whichever comes first."""
+        self._later.append(entry_fields(with_request_correlation(message)))
+
+    async def flush_later(self) -> int:
+        """Send what :meth:`publish_later` queued, in order and in one round trip; how many went on the stream (the
+        rest went to the outbox, or was dropped, as :meth:`publish` does when Redis is away)."""
+        if not self._later:
+            return 0
+        batch, self._later = self._later, []
+        async with self._lock:
+            if self._pending == 0 and time.monotonic() >= self._away_until:
+                try:
+                    entry_ids = await asyncio.wait_for(
+                        self.publisher.publish_raw_many(EVENTS_STREAM, batch), self.send_timeout
+                    )
+                except (*UNAVAILABLE, TimeoutError) as exc:
+                    self._away_until = time.monotonic() + self.away_for
+                    log.warning(
+                        "events not published: redis unavailable",
+                        count=len(batch),
+                        error=f"{type(exc).__name__}: {exc}",
+                    )
+                else:
+                    for fields, entry_id in zip(batch, entry_ids, strict=True):
+                        self._kept(fields, entry_id)
+                    self.published += len(batch)
+                    return len(batch)
+            for fields in batch:  # behind what the outbox holds (an XADD that landed after all is a duplicate)
+                if fields["type"] in DROPPABLE:
+                    self.dropped += 1
+                    continue
+                self._append(fields)
+                self._pending += 1
+                self.queued += 1
+            self._wake.set()
+            return 0
 
     async def flush(self) -> int:
         """Send the outbox in order until it is empty or Redis fails; returns how many were sent."""

@@ -24,6 +24,7 @@ from shared.bus.publisher import ENVELOPE_FIELD, Publisher, entry_fields
 from shared.redis import create_redis
 from tests.helpers import free_port, until
 from tests.shared.bus.conftest import stop_bot
+from trading_gateway.bus.applied import AppliedCommands
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -416,3 +417,37 @@ async def test_the_sole_reader_trims_what_it_consumed(
         )
     assert len(handled) == 500
     assert await redis.xlen(stream) <= 100  # what is left is the last node, whole nodes go
+
+
+async def test_acks_per_batch_go_out_after_the_batch_and_never_for_a_failed_entry(
+    redis_url: str, redis: aioredis.Redis, publisher: Publisher, tmp_path: Path
+) -> None:
+    """``ack_per_batch`` (the gateway's command consumer, whose deduplicator records on its disk first): one round trip
+    of acks after the batch; an entry whose handler failed stays pending; the batch hook hears of the others."""
+    stream, group = names()
+    messages = [stop_bot() for _ in range(10)]
+    entry_ids = [await publisher.publish(stream, m) for m in messages]
+    applied = AppliedCommands(tmp_path / "applied.sqlite")
+    pending_seen: list[int] = []
+    batches: list[tuple[list[uuid.UUID], str]] = []
+
+    async def handler(delivery: Delivery) -> None:
+        pending_seen.append(await pending_count(redis, stream, group))
+        if delivery.message.event_id == messages[4].event_id:
+            raise RuntimeError("this one fails")
+
+    async def after_batch(settled: list[Envelope], through: str) -> None:
+        batches.append(([m.event_id for m in settled], through))
+
+    config = ConsumerConfig(stream, group, "c1", ack_per_batch=True, claim_idle_ms=60_000)
+    consumer = StreamConsumer(redis_url, config, handler, applied, after_batch=after_batch)
+    async with running(consumer):
+        await until(lambda: bool(batches), timeout=10, what="the batch")
+        assert pending_seen == [10] * 10  # nothing acked while the batch runs
+        await until(lambda: consumer.stats.handled == 9, timeout=10, what="the batch's acks")
+    assert await pending_count(redis, stream, group) == 1  # the failed one, left for a retry
+    pending = await redis.xpending_range(stream, group, min="-", max="+", count=10)
+    assert [p["message_id"].decode() for p in pending] == [entry_ids[4]]
+    assert batches[0] == ([m.event_id for i, m in enumerate(messages) if i != 4], entry_ids[-1])
+    assert applied.count() == 9
+    applied.close()
