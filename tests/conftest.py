@@ -26,6 +26,7 @@ from shared.logging import configure_logging
 from shared.settings import Environment, LogFormat
 from tests.exchange_simulator.conftest import SimulatorProcess, start_simulator_process, stop_simulator_process
 from tests.helpers import free_port
+from tests.sentinel import SentinelSet, sentinel_set
 from trading_gateway.config import GatewaySettings
 
 TEMPLATE_DB = "freqfleet_template"
@@ -131,6 +132,13 @@ def management_settings(database_url: str, redis_url: str, tmp_path: Path) -> Ma
         database_url=SecretStr(database_url),
         redis_url=SecretStr(redis_url),
     )
+
+
+@pytest.fixture
+def sentinels(tmp_path: Path) -> Iterator[SentinelSet]:
+    """A Valkey primary, its replica and three sentinels (``tests/sentinel.py``), for this test alone."""
+    with sentinel_set(tmp_path / "sentinel-set") as found:
+        yield found
 
 
 @pytest.fixture
