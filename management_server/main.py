@@ -18,6 +18,7 @@ from management_server.analytics.trades import TradeEffects, TradeSync
 from management_server.audit.router import router as audit_router
 from management_server.audit.service import AuditLog
 from management_server.auth.browser import router as browser_session_router
+from management_server.auth.keeper import RevocationKeeper
 from management_server.auth.principals import PrincipalFacts
 from management_server.auth.router import jwks_router
 from management_server.auth.router import router as auth_router
@@ -140,6 +141,11 @@ def create_app(settings: ManagementSettings | None = None) -> FastAPI:
             stack.push_async_callback(background_engine.dispose)
             background = db.create_sessionmaker(background_engine)
             track(background, live_feed)  # the events consumer's changes (gateways' reports) above all
+            # The token revocations, written to Redis at start, again whenever Redis loses them (a FLUSHALL, a failover)
+            revocation_keeper = RevocationKeeper(app.state.auth, background)
+            app.state.revocation_keeper = revocation_keeper
+            revocation_keeper.start()
+            stack.push_async_callback(revocation_keeper.stop)
             model_feed = ModelFeed(background_engine, app.state.sessionmaker, live_feed)  # the models page's rows
             model_feed.start()
             stack.push_async_callback(model_feed.stop)

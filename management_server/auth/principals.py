@@ -6,9 +6,9 @@ Why remembering is safe: whatever takes a user's power away or changes it bumps 
 revocation store (Redis) that ``get_principal`` asks on every request, so a token of before is refused at once on
 every process. A token of after carries the new version, which is not what was remembered: its facts are read
 again. A revoked personal access token is refused by its id in the same store. When Redis does not answer, the
-facts are read afresh (``fresh``). Should Redis lose its data, the next start rewrites it from the database
-(``AuthService.sync_revocations``); until then a remembered entry may let a revoked token through for at most
-``FACTS_SECONDS``. Entries are bounded in number.
+facts are read afresh (``fresh``). Should Redis lose its data, every management process notices within seconds and
+rewrites it from the database (``auth/keeper.py``, ``AuthService.sync_revocations``); until then a remembered entry
+may let a revoked token through for at most ``FACTS_SECONDS``. Entries are bounded in number.
 """
 
 from __future__ import annotations

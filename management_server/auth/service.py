@@ -28,6 +28,7 @@ from shared.auth.claims import Scope, TokenType
 from shared.auth.revocation import RevocationStore
 
 REFRESH_PREFIX = "ffr_"
+SYNCED_KEY = "freqfleet:auth:synced"  # written last by sync_revocations: without it, Redis lost them
 
 
 def scopes_of_role(role: Role) -> frozenset[str]:
@@ -256,7 +257,8 @@ class AuthService:
         await self.revocations.revoke_token(row.id, row.expires_at)
 
     async def sync_revocations(self, session: AsyncSession) -> None:
-        """Rewrite Redis from the database (at start: Redis may have lost its data)."""
+        """Rewrite Redis from the database (at start, and whenever Redis lost them: ``auth/keeper.py``); last, the
+        mark that says they are there."""
         now = datetime.now(UTC)
         for user in (await session.execute(select(User))).scalars():
             await self.publish_versions(user)
@@ -267,3 +269,8 @@ class AuthService:
         )
         for row in revoked.scalars():
             await self.revocations.revoke_token(row.id, row.expires_at)
+        await self.revocations.redis.set(SYNCED_KEY, now.isoformat())
+
+    async def revocations_in_redis(self) -> bool:
+        """Whether the mark the last :meth:`sync_revocations` left is in Redis (False: Redis lost its data)."""
+        return bool(await self.revocations.redis.exists(SYNCED_KEY))
