@@ -47,7 +47,11 @@ def bare_app() -> FastAPI:
     from management_server.bots.schemas import BotOut
 
     adapter = TypeAdapter(list[BotOut])
-    columns = tuple(BotOut.model_fields)
+    derived = {  # what BotOut shows that is not a column as it is
+        "placement": "CASE WHEN pinned_gateway_id IS NULL THEN NULL "
+        "ELSE jsonb_build_object('gateway_id', pinned_gateway_id) END AS placement",
+    }
+    columns = tuple(derived.get(name, name) for name in BotOut.model_fields)
     query = (
         f"SELECT {', '.join(columns)} FROM bots WHERE owner_id = $1 "  # noqa: S608 (our own column names)
         "ORDER BY created_at, id LIMIT $2"

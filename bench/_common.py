@@ -605,6 +605,33 @@ async def measure_server(
     )
 
 
+async def measure_servers(
+    servers: Sequence[Server],
+    backends: Backends,
+    raws: Sequence[bytes | Sequence[bytes]],
+    expect: int,
+    load: Load,
+    concurrency: int,
+) -> Round:
+    """A round of ``load`` spread over ``servers`` at once (replicas behind a load balancer): each gets its share of
+    the requests (``raws[i]``, addressed to it) over its share of ``concurrency`` connections. Requests per second
+    of all; CPU per request of all the servers together, and of the backends."""
+    share, connections = load.requests // len(servers), max(1, concurrency // len(servers))
+    pairs = list(zip(servers, raws, strict=True))
+    await asyncio.gather(*(drive(s.port, raw, expect, load.warmup // len(servers), connections) for s, raw in pairs))
+    cpu_before, backends_before = [s.cpu_seconds() for s in servers], backends.snapshot()
+    started = time.perf_counter()
+    done = await asyncio.gather(*(drive(s.port, raw, expect, share, connections) for s, raw in pairs))
+    elapsed = time.perf_counter() - started
+    cpu = sum(s.cpu_seconds() - before for s, before in zip(servers, cpu_before, strict=True))
+    backend_cpu, new_procs = Backends.spent(backends_before, backends.snapshot())
+    latencies = [latency for _, found in done for latency in found]
+    n = len(latencies)
+    return Round.of(
+        elapsed, latencies, cpu_us=cpu / n * 1e6, backend_us=backend_cpu / n * 1e6, new_backend_procs=new_procs
+    )
+
+
 @dataclass(frozen=True)
 class Outside:
     """CPU the machine spent outside this benchmark's processes while the rounds ran: other work shares it."""

@@ -25,6 +25,11 @@ request count after a warm-up, targets alternated, medians over rounds):
   transaction of its own, and wakes the outbox relay, which publishes the command to the gateway's stream
   in the same server process (its CPU is in the figures).
 
+Then the same targets on two management servers at once (replicas: one process each, the same database, Valkey
+and data folder), the load split between them (half the connections and requests each; the pauses to odd and even
+bots), against the one server: requests per second, and server CPU per request of both together (issue #24 asks
+for it unchanged within 10 %); what bounds throughput on this machine is the CPU all of it needs per request.
+
 Then, in this process, ``GET /bots``'s own steps on the same 100 bots, CPU time per request: loading the rows as
 ORM objects (the route's query in a fresh session, the server's engine settings), ``BotOut.model_validate`` of each,
 and dumping the list as JSON.
@@ -52,6 +57,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from pydantic import TypeAdapter
@@ -72,6 +78,7 @@ from bench._common import (
     drive,
     login_over_http,
     measure_server,
+    measure_servers,
     paced,
     percentile,
     raw_get,
@@ -108,6 +115,7 @@ PACED_RATE = 200.0  # requests per second of the open-loop phase
 PACED_KEYS = ("bare_get", "me", "bots", "pause")
 WORKERS = 2  # the second management server's processes
 WORKER_KEYS = ("me", "bots", "bots_all", "pause")
+REPLICAS = 2  # management servers side by side, the load split between them
 QUICK = Profile(rounds=1, requests=200, warmup=30, first_warmup=30)
 
 
@@ -268,6 +276,7 @@ class Outcome:
     pieces: dict[str, float]
     paced: dict[str, tuple[list[float], int]]  # target -> latencies (ms) at PACED_RATE, failures
     workers: list[Result[Target]]  # the same targets on a management server of WORKERS processes
+    replicas: list[Result[Target]]  # the same targets on REPLICAS management servers, the load split between them
 
 
 async def count_commands(redis_url: str, expected: int) -> tuple[int, float]:
@@ -342,9 +351,34 @@ async def bench_api(
                 raw = requests_on(requests[result.target.key], several.port)
                 result.rounds.append(await measure_server(several, backends, raw, 200, profile, CONCURRENCY))
                 pauses += profile.warmup + profile.requests if result.target.key == "pause" else 0
+        # Replicas: a second management server beside the first, the load split between them.
+        second = AuthServer("management", workdir, env)
+        second.log_path = workdir / "management-replica.stderr.log"
+        async with running([second]):
+            pair = [servers["management"], second]
+            for key in WORKER_KEYS:
+                warm = requests_on(requests[key], second.port)
+                await drive(second.port, warm, 200, profile.first_warmup, CONCURRENCY)
+                pauses += profile.first_warmup if key == "pause" else 0
+            replica_results = [Result(t) for t in TARGETS if t.key in WORKER_KEYS]
+            for result in alternated(replica_results, profile.rounds):
+                raws = split_between(requests[result.target.key], [s.port for s in pair])
+                result.rounds.append(await measure_servers(pair, backends, raws, 200, profile, CONCURRENCY))
+                pauses += profile.warmup + profile.requests if result.target.key == "pause" else 0
         on_stream, waited = await count_commands(valkey.url, BOTS + pauses)
         pieces = await bench_pieces(ctx, profile.rounds * 10)
-        return Outcome(results, outside, pauses, on_stream, waited, answer_bytes, pieces, paced_results, worker_results)
+        return Outcome(
+            results, outside, pauses, on_stream, waited, answer_bytes, pieces, paced_results, worker_results,
+            replica_results,
+        )  # fmt: skip
+
+
+def split_between(raws: list[bytes], ports: list[int]) -> list[list[bytes]]:
+    """The requests shared out over servers in turn (the pauses: each server its own bots), each addressed to its
+    server; one request alone goes to every server."""
+    if len(raws) == 1:
+        return [requests_on(raws, port) for port in ports]
+    return [requests_on(raws[i :: len(ports)], port) for i, port in enumerate(ports)]
 
 
 def requests_on(raws: list[bytes], port: int) -> list[bytes]:
@@ -420,7 +454,36 @@ def report(outcome: Outcome, profile: Profile) -> str:
             f"  {r.target.label:<44} {rps:>6.0f} {single:>7.0f} {rps / single:>6.2f} {r.median('p99'):>7.2f}"
             f" {r.median('cpu_us'):>14.0f}"
         )
+    lines += replicas_report(outcome, by_key)
     return "\n".join(line.rstrip() for line in lines)
+
+
+def replicas_report(outcome: Outcome, by_key: dict[str, Result[Target]]) -> list[str]:
+    """Two servers against one: throughput, and CPU per request of the servers together (unchanged within 10 % is
+    the aim); and the ceiling this machine's cores put on each target (all the CPU a request needs, servers and
+    backends, against the cores; the load generator shares them too)."""
+    cores = psutil.cpu_count() or 1
+    lines = [
+        "",
+        f"  {REPLICAS} management servers (replicas: one process each, one database, Valkey and data folder), the load"
+        f" split between them ({CONCURRENCY // REPLICAS} connections each), against 1 server with {CONCURRENCY}",
+        f"  {'target':<44} {'req/s':>6} {'1 srv':>6} {'ratio':>6} {'p99 ms':>7} {'srv CPU us/req':>14}"
+        f" {'1 srv':>6} {'ratio':>6} {'db us/req':>9} {'CPU-bound req/s':>15}",
+    ]
+    for r in outcome.replicas:
+        one = by_key[r.target.key]
+        cpu, single = r.median("cpu_us"), one.median("cpu_us")
+        ceiling = cores * 1e6 / (cpu + r.median("backend_us"))
+        lines.append(
+            f"  {r.target.label:<44} {r.median('rps'):>6.0f} {one.median('rps'):>6.0f}"
+            f" {r.median('rps') / one.median('rps'):>6.2f} {r.median('p99'):>7.2f} {cpu:>14.0f} {single:>6.0f}"
+            f" {cpu / single:>6.2f} {r.median('backend_us'):>9.0f} {ceiling:>15.0f}"
+        )
+    lines.append(
+        f"  'CPU-bound req/s': {cores} cores / (server + database CPU per request): the most this machine can serve,"
+        " before the load generator's own CPU"
+    )
+    return lines
 
 
 def hot_spots(stats_file: Path, count: int = 25) -> str:

@@ -118,6 +118,8 @@ class OutboxRelay:
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._last_cleanup = datetime.min.replace(tzinfo=UTC)
+        self._elsewhere = False  # the last pass found another process's relay holding the lock
+        self.lock_attempts = 0
 
     def start(self) -> None:
         if self._task is None or self._task.done():
@@ -150,6 +152,12 @@ class OutboxRelay:
                     await self._sleep(backoff)
                     backoff = min(5.0, backoff * 2)
                     continue
+                if self._elsewhere:
+                    # Another process's relay is publishing: it hears the same notifications, rows committed here
+                    # included, so this one stops contending for the lock on every commit (a transaction each,
+                    # for nothing) and only polls, ready to take over within a poll interval if that one ends.
+                    await self._sleep(self.poll_interval)
+                    continue
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.poll_interval)
         finally:
@@ -180,7 +188,9 @@ class OutboxRelay:
         """One pass in one transaction, with Core statements built once (no ORM objects on this path)."""
         published: list[int] = []
         async with self.engine.begin() as conn:
-            if not await conn.scalar(_LOCK):
+            self.lock_attempts += 1
+            self._elsewhere = not await conn.scalar(_LOCK)
+            if self._elsewhere:
                 return None
             rows = (await conn.execute(self._batch)).all()
             for row_id, event_id, stream, message_type, envelope in rows:

@@ -27,7 +27,8 @@ Decisions:
   any other event published meanwhile sends the queued ones first.
 - **On the stream is not yet received.** Redis replicates asynchronously: an event on the stream can be lost with
   it (a failover, a ``FLUSHALL``). With ``receipts``, each event that needs one is kept on disk until the
-  management server confirms it (``bus/receipts.py``), and published again if it vanished from the stream first.
+  management server confirms it (``bus/receipts.py``), and published again once the management server has read
+  past it without confirming it.
 """
 
 from __future__ import annotations

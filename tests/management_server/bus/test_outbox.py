@@ -19,6 +19,7 @@ from management_server.bus.service import InboxDeduplicator, acknowledge, claim_
 from management_server.bus.signing import command_signer, load_command_keys
 from management_server.config import ManagementSettings
 from management_server.db import create_engine, create_sessionmaker
+from management_server.elected import OUTBOX_RELAY_LOCK
 from management_server.security.passwords import build_hasher
 from management_server.users.models import User
 from management_server.users.service import create_user
@@ -179,6 +180,34 @@ async def test_relays_of_several_processes_publish_each_command_once_in_order(
         mine = {str(m.event_id) for m in messages}
         assert [i for i in on_stream if i in mine] == [str(m.event_id) for m in messages]  # in the writer's order
     assert sum(r.published for r in relays) == 120
+
+
+async def test_a_relay_that_finds_another_publishing_only_polls_and_takes_over_when_it_ends(
+    engine: AsyncEngine, redis: aioredis.Redis
+) -> None:
+    """With several management processes, each commit wakes every relay; the ones that find another publishing
+    stop contending (a transaction per commit, for nothing) and only poll; one takes over when the other ends."""
+    sessionmaker = create_sessionmaker(engine)
+    stream = commands_stream("gw-elsewhere")
+    relay = OutboxRelay(engine, redis, poll_interval=1.0)
+    async with engine.connect() as other:  # another process's relay, in the middle of a pass that never ends
+        await other.execute(select(func.pg_advisory_lock(OUTBOX_RELAY_LOCK)))
+        await other.commit()
+        relay.start()
+        try:
+            await until(lambda: relay.lock_attempts >= 1, timeout=5, what="a first try")
+            messages = [command() for _ in range(10)]
+            for message in messages:  # ten commits: ten notifications
+                async with sessionmaker.begin() as session:
+                    await enqueue(session, stream, message)
+            await asyncio.sleep(0.3)  # what the notifications would have made it do by now
+            assert relay.lock_attempts <= 2
+            assert relay.published == 0
+            await other.execute(select(func.pg_advisory_unlock(OUTBOX_RELAY_LOCK)))  # that one ended
+            await other.commit()
+            await until(lambda: relay.published == 10, timeout=5, what="the rows published by this one")
+        finally:
+            await relay.stop()
 
 
 async def test_claim_event_is_once_per_group_and_rolls_back_with_the_effect(engine: AsyncEngine) -> None:
