@@ -90,6 +90,9 @@ def server_env(workdir: Path, pg_url: str, redis_url: str) -> dict[str, str]:
         "FREQFLEET_LOG_LEVEL": "INFO",
         "FREQFLEET_LOG_FORMAT": LogFormat.json.value,
         "FREQFLEET_RATE_LIMIT_ENABLED": "false",
+        # No gateway answers a benchmark's commands: without this the relay would publish each again every 15 s
+        # and more (acks end to end), work no real fleet asks of it.
+        "FREQFLEET_COMMAND_ANSWER_WITHIN": "86400",
     }
 
 
@@ -630,6 +633,23 @@ async def measure_servers(
     return Round.of(
         elapsed, latencies, cpu_us=cpu / n * 1e6, backend_us=backend_cpu / n * 1e6, new_backend_procs=new_procs
     )
+
+
+async def paced_cpu(
+    servers: Sequence[Server], raws: Sequence[Sequence[bytes]], expect: int, rate: float, seconds: float
+) -> float:
+    """Server CPU (µs) per request of ``servers`` together under an open loop of ``rate`` requests a second in all,
+    shared out evenly (``raws[i]`` to server i): a rate the machine serves without queueing, so the figure is the
+    work of a request, not what contention for the cores adds to it."""
+    before = [s.cpu_seconds() for s in servers]
+    done = await asyncio.gather(
+        *(paced(s.port, raw, expect, rate / len(servers), seconds) for s, raw in zip(servers, raws, strict=True))
+    )
+    cpu = sum(s.cpu_seconds() - b for s, b in zip(servers, before, strict=True))
+    count = sum(len(latencies) for latencies, _ in done)
+    if any(failed for _, failed in done):
+        raise BenchError(f"{sum(failed for _, failed in done)} requests failed in the paced CPU round")
+    return cpu / count * 1e6
 
 
 @dataclass(frozen=True)

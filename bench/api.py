@@ -80,6 +80,7 @@ from bench._common import (
     measure_server,
     measure_servers,
     paced,
+    paced_cpu,
     percentile,
     raw_get,
     raw_post,
@@ -277,6 +278,7 @@ class Outcome:
     paced: dict[str, tuple[list[float], int]]  # target -> latencies (ms) at PACED_RATE, failures
     workers: list[Result[Target]]  # the same targets on a management server of WORKERS processes
     replicas: list[Result[Target]]  # the same targets on REPLICAS management servers, the load split between them
+    paced_cpu: dict[str, tuple[float, float]]  # target -> server CPU us/request at PACED_RATE: 1 server, REPLICAS
 
 
 async def count_commands(redis_url: str, expected: int) -> tuple[int, float]:
@@ -365,11 +367,22 @@ async def bench_api(
                 raws = split_between(requests[result.target.key], [s.port for s in pair])
                 result.rounds.append(await measure_servers(pair, backends, raws, 200, profile, CONCURRENCY))
                 pauses += profile.warmup + profile.requests if result.target.key == "pause" else 0
+            # CPU per request at a rate well below what the machine serves (no contention for the cores in it).
+            cpu_rounds: dict[str, tuple[list[float], list[float]]] = {k: ([], []) for k in WORKER_KEYS}
+            for key in [k for _ in range(profile.rounds) for k in WORKER_KEYS]:
+                rate = PACED_RATE / 4 if key == "bots_all" else PACED_RATE
+                alone = [servers["management"]]
+                one = await paced_cpu(alone, [requests[key]], 200, rate, seconds)
+                two = await paced_cpu(pair, split_between(requests[key], [s.port for s in pair]), 200, rate, seconds)
+                cpu_rounds[key][0].append(one)
+                cpu_rounds[key][1].append(two)
+                pauses += 2 * int(rate * seconds) if key == "pause" else 0
+            cpu_at_rate = {k: (statistics.median(a), statistics.median(b)) for k, (a, b) in cpu_rounds.items()}
         on_stream, waited = await count_commands(valkey.url, BOTS + pauses)
         pieces = await bench_pieces(ctx, profile.rounds * 10)
         return Outcome(
             results, outside, pauses, on_stream, waited, answer_bytes, pieces, paced_results, worker_results,
-            replica_results,
+            replica_results, cpu_at_rate,
         )  # fmt: skip
 
 
@@ -483,6 +496,14 @@ def replicas_report(outcome: Outcome, by_key: dict[str, Result[Target]]) -> list
         f"  'CPU-bound req/s': {cores} cores / (server + database CPU per request): the most this machine can serve,"
         " before the load generator's own CPU"
     )
+    lines += [
+        "",
+        f"  server CPU per request at {PACED_RATE:.0f} requests/s in all ({PACED_RATE / 4:.0f}/s for"
+        f" ?limit={ALL_BOTS}), an open loop the machine serves without queueing: 1 server, {REPLICAS} sharing it",
+        f"  {'target':<44} {'1 srv us':>8} {f'{REPLICAS} srv us':>8} {'ratio':>6}",
+    ]
+    for key, (one, two) in outcome.paced_cpu.items():
+        lines.append(f"  {by_key[key].target.label:<44} {one:>8.0f} {two:>8.0f} {two / one:>6.2f}")
     return lines
 
 
