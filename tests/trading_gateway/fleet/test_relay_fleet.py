@@ -89,7 +89,7 @@ async def test_many_bots_on_one_ip_without_and_with_the_relay(
                 await async_wait_for(refused, timeout=120, interval=1, what="the exchange to answer 429 to the bots")
             assert (await sim.post("/_sim/reset")).status_code == 200  # counts, bans and limits as configured
 
-            # Through the relay (the default), the same fleet for 20 s: no 429, no 418 (bench/relay.py: 30 bots, 5 min).
+            # Through the relay (the default), the same fleet for 10 s: no 429, no 418 (bench/relay.py: 30 bots, 5 min).
             relayed = settings_for(
                 tmp_path / "relay", redis_url, simulator, tokens, bot_unresponsive_timeout=3.0, bot_stop_grace=3.0
             )
@@ -103,7 +103,7 @@ async def test_many_bots_on_one_ip_without_and_with_the_relay(
                         await bus.answer(await bus.send(start(bot_id, 1, spec_for(PAIRS)))), CommandAccepted
                     )
                 started = {bot_id: await bus.wait(BotStarted, bot_id=bot_id) for bot_id in ids}
-                window = time.monotonic() + 20
+                window = time.monotonic() + 10
                 while time.monotonic() < window:
                     state = await limits(sim)
                     assert (state["requests_429"], state["requests_418"]) == (0, 0), state
