@@ -49,7 +49,7 @@ from shared.bus.receipts import entry_key, needs_receipt, receipt_ids, receipt_t
 from shared.bus.streams import EVENTS_STREAM
 from shared.files import atomic_write
 from shared.logging import get_logger
-from trading_gateway.bus.receipts import AwaitingReceipts
+from trading_gateway.bus.receipts import MAX_RESENDS, AwaitingReceipts
 
 log = get_logger(__name__)
 
@@ -263,12 +263,13 @@ class EventPublisher:
         for event in receipts.due(now):
             if entry_key(event.entry_id) > receipts.through:  # not read yet: the management server is away or behind
                 receipts.checked(event, event.entry_id, now)
-            elif now - event.first_sent > receipts.keep_for:
+            elif now - event.first_sent > receipts.keep_for or event.resent >= MAX_RESENDS:
                 receipts.give_up(event.event_id)
                 log.error(
-                    "event given up: never confirmed",
+                    "event given up: never confirmed (the management server's dead letters may say why)",
                     event_id=event.event_id,
                     message_type=event.fields.get("type"),
+                    copies=event.resent,
                     hours=round((now - event.first_sent) / 3600, 1),
                 )
             else:  # read past, never confirmed: Redis lost it

@@ -7,7 +7,9 @@ unconfirmed after ``within`` seconds is compared with how far the management ser
 receipts say): not reached yet, it waits for the management server (away, or behind), and is compared again later;
 read past (Redis lost it: a failover, a ``FLUSHALL``), it is published again with the same ``event_id``. Waits
 double up to ``max_wait``; after ``keep_for`` an event is given up, with a log line (the management server was away
-for longer than the events stream keeps anything).
+for longer than the events stream keeps anything); so is one published ``MAX_RESENDS`` times and read past each time
+without a receipt: the management server does not take it (it dead-letters it, with the reason, on
+``freqfleet:events:dead``), and more copies would only add dead letters.
 
 SQLite in WAL mode with ``synchronous=NORMAL``, like ``applied.sqlite``: a record survives the gateway's process
 dying, and costs tens of microseconds.
@@ -27,6 +29,7 @@ RECEIPTS_FILE = "receipts.sqlite"
 DEFAULT_WITHIN = 15.0
 DEFAULT_MAX_WAIT = 300.0
 DEFAULT_KEEP_FOR = 6 * 3600.0  # as long as the events stream keeps an unconsumed entry (FREQFLEET_EVENTS_MAX_AGE)
+MAX_RESENDS = 5  # copies of one event read past without a receipt: the management server refuses it
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,7 @@ class Unconfirmed:
     fields: dict[str, str]
     first_sent: float
     tries: int
+    resent: int = 0
 
 
 class AwaitingReceipts:
@@ -67,7 +71,7 @@ class AwaitingReceipts:
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS awaiting (seq INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT UNIQUE NOT NULL,"
             " entry_id TEXT NOT NULL, fields TEXT NOT NULL, first_sent REAL NOT NULL, check_at REAL NOT NULL,"
-            " tries INTEGER NOT NULL DEFAULT 0)"
+            " tries INTEGER NOT NULL DEFAULT 0, resent INTEGER NOT NULL DEFAULT 0)"
         )
         self._db.execute("CREATE INDEX IF NOT EXISTS awaiting_check_at ON awaiting (check_at)")
         path.chmod(0o600)
@@ -106,20 +110,22 @@ class AwaitingReceipts:
         now = time.time() if now is None else now
         with self._lock:
             rows = self._db.execute(
-                "SELECT event_id, entry_id, fields, first_sent, tries FROM awaiting WHERE check_at <= ? "
+                "SELECT event_id, entry_id, fields, first_sent, tries, resent FROM awaiting WHERE check_at <= ? "
                 "ORDER BY seq LIMIT ?",
                 (now, limit),
             ).fetchall()
-        return [Unconfirmed(r[0], r[1], json.loads(r[2]), float(r[3]), int(r[4])) for r in rows]
+        return [Unconfirmed(r[0], r[1], json.loads(r[2]), float(r[3]), int(r[4]), int(r[5])) for r in rows]
 
     def checked(self, event: Unconfirmed, entry_id: str, now: float | None = None) -> None:
         """Looked for (and published again as ``entry_id`` if it was gone): next look after a longer wait."""
         now = time.time() if now is None else now
         wait = min(self.within * 2 ** (event.tries + 1), self.max_wait)
+        resent = int(entry_id != event.entry_id)
         with self._lock:
             self._db.execute(
-                "UPDATE awaiting SET entry_id = ?, check_at = ?, tries = tries + 1 WHERE event_id = ?",
-                (entry_id, now + wait, event.event_id),
+                "UPDATE awaiting SET entry_id = ?, check_at = ?, tries = tries + 1, resent = resent + ? "
+                "WHERE event_id = ?",
+                (entry_id, now + wait, resent, event.event_id),
             )
 
     def give_up(self, event_id: str) -> None:

@@ -17,7 +17,7 @@ from shared.bus.receipts import entry_key, needs_receipt, receipts_stream
 from shared.bus.streams import EVENTS_STREAM
 from shared.redis import create_redis
 from trading_gateway.bus.events import EventPublisher
-from trading_gateway.bus.receipts import AwaitingReceipts
+from trading_gateway.bus.receipts import MAX_RESENDS, AwaitingReceipts
 
 GATEWAY = "gw-receipts"
 
@@ -111,6 +111,33 @@ async def test_an_event_never_confirmed_is_given_up_after_the_events_stream_woul
         assert await events.check_receipts(later()) == (0, 0)  # read past, lost, and too old to matter: given up
         assert receipts.count() == 0
         assert lost.event_id not in await on_stream(client)
+    finally:
+        receipts.close()
+        await client.aclose()
+
+
+async def test_an_event_the_management_server_reads_past_again_and_again_is_given_up(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """One the management server refuses (it dead-letters it: it never confirms it, and reads past each copy):
+    published again MAX_RESENDS times, then given up, not copied into the dead letters for hours."""
+    client = create_redis(redis_url)
+    source = f"gateway:{GATEWAY}-poison"
+    receipts = AwaitingReceipts(tmp_path / "receipts.sqlite", receipts_stream(GATEWAY + "-poison"), within=1.0)
+    events = EventPublisher(Publisher(client), tmp_path / "outbox.jsonl", receipts=receipts)
+    management = receipt_sender(client)
+    try:
+        poison = BotStopped(source=source, data=BotStoppedData(bot_id=uuid.uuid4(), generation=1))
+        assert await events.publish(poison)
+        copies = 0
+        while receipts.count():
+            newest = (await on_stream(client))[poison.event_id]
+            other = BotStopped(source=source, data=BotStoppedData(bot_id=uuid.uuid4(), generation=1))
+            await management([other], newest + "9")  # another event applied, this one read past, not confirmed
+            _, again = await events.check_receipts(later())
+            copies += again
+            assert copies <= MAX_RESENDS
+        assert copies == MAX_RESENDS
     finally:
         receipts.close()
         await client.aclose()
