@@ -35,6 +35,7 @@ from typing import Any
 
 import structlog
 from asgi_correlation_id import correlation_id
+from redis.asyncio.client import Pipeline
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -142,7 +143,7 @@ class StreamConsumer:
         self._task: asyncio.Task[None] | None = None
         self._errors_key = f"freqfleet:bus-errors:{config.stream}:{config.group}"
         self._current: str | None = None  # the entry whose handler is running
-        self._batch_acks: Any = None  # a pipeline collecting the batch's acks (ack_per_batch)
+        self._batch_acks: Pipeline | None = None  # collects the batch's acks (ack_per_batch)
 
     # -- lifecycle ---------------------------------------------------------------------
 

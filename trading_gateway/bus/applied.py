@@ -28,21 +28,30 @@ KEEP_SECONDS = 7 * 24 * 3600
 PRUNE_EVERY = 1000  # records written between two prunings
 
 
+def open_record(path: Path, *schema: str) -> sqlite3.Connection:
+    """One of the gateway's records on its disk (this one, ``bus/receipts.py``): SQLite in autocommit, WAL,
+    ``synchronous=NORMAL``, usable from any thread (each record serialises its own calls), 0600."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    for statement in schema:
+        db.execute(statement)
+    path.chmod(0o600)
+    return db
+
+
 class AppliedCommands:
     """A :class:`shared.bus.dedupe.Deduplicator` on the gateway's disk, which also keeps each command's answer."""
 
     def __init__(self, path: Path, keep_seconds: float = KEEP_SECONDS) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.keep_seconds = keep_seconds
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS applied (command_id TEXT PRIMARY KEY, answer TEXT, applied_at REAL NOT NULL)"
+        self._db = open_record(
+            path,
+            "CREATE TABLE IF NOT EXISTS applied (command_id TEXT PRIMARY KEY, answer TEXT, applied_at REAL NOT NULL)",
         )
-        path.chmod(0o600)
         self._written = 0
 
     def close(self) -> None:

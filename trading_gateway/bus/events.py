@@ -143,14 +143,7 @@ class EventPublisher:
                 else:
                     self.published += 1
                     return True
-            if message.type in DROPPABLE:
-                self.dropped += 1
-                return False
-            self._append(fields)
-            self._pending += 1
-            self.queued += 1
-            self._wake.set()
-            log.info("event queued in the outbox", message_type=message.type, event_id=fields["event_id"])
+            self._queue(fields)
             return False
 
     def publish_later(self, message: Envelope) -> None:
@@ -183,14 +176,19 @@ class EventPublisher:
                     self.published += len(batch)
                     return len(batch)
             for fields in batch:  # behind what the outbox holds (an XADD that landed after all is a duplicate)
-                if fields["type"] in DROPPABLE:
-                    self.dropped += 1
-                    continue
-                self._append(fields)
-                self._pending += 1
-                self.queued += 1
-            self._wake.set()
+                self._queue(fields)
             return 0
+
+    def _queue(self, fields: dict[str, str]) -> None:
+        """Redis is away: into the outbox, behind what it holds (a snapshot is dropped instead). Under the lock."""
+        if fields["type"] in DROPPABLE:
+            self.dropped += 1
+            return
+        self._append(fields)
+        self._pending += 1
+        self.queued += 1
+        self._wake.set()
+        log.info("event queued in the outbox", message_type=fields["type"], event_id=fields["event_id"])
 
     async def flush(self) -> int:
         """Send the outbox in order until it is empty or Redis fails; returns how many were sent."""

@@ -18,12 +18,13 @@ dying, and costs tens of microseconds.
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+
+from trading_gateway.bus.applied import open_record
 
 RECEIPTS_FILE = "receipts.sqlite"
 DEFAULT_WITHIN = 15.0
@@ -56,7 +57,6 @@ class AwaitingReceipts:
         max_wait: float = DEFAULT_MAX_WAIT,
         keep_for: float = DEFAULT_KEEP_FOR,
     ) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.stream = stream  # the gateway's receipts stream
         self.within = within
@@ -65,16 +65,13 @@ class AwaitingReceipts:
         self.cursor = "0-0"  # the last receipt entry read (all of the stream again after a restart: cheap)
         self.through = (0, 0)  # how far the management server has read the events stream, as its receipts say
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute(
+        self._db = open_record(
+            path,
             "CREATE TABLE IF NOT EXISTS awaiting (seq INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT UNIQUE NOT NULL,"
             " entry_id TEXT NOT NULL, fields TEXT NOT NULL, first_sent REAL NOT NULL, check_at REAL NOT NULL,"
-            " tries INTEGER NOT NULL DEFAULT 0, resent INTEGER NOT NULL DEFAULT 0)"
+            " tries INTEGER NOT NULL DEFAULT 0, resent INTEGER NOT NULL DEFAULT 0)",
+            "CREATE INDEX IF NOT EXISTS awaiting_check_at ON awaiting (check_at)",
         )
-        self._db.execute("CREATE INDEX IF NOT EXISTS awaiting_check_at ON awaiting (check_at)")
-        path.chmod(0o600)
 
     def close(self) -> None:
         with self._lock:

@@ -13,6 +13,7 @@ receipt (``bus/receipts.py``) and publishes again what the management server rea
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -57,6 +58,24 @@ def mcp_call(gateway_id: str) -> McpCall:
     )
 
 
+async def answered(sessionmaker: Any, ids: list[uuid.UUID]) -> int:
+    """How many of these commands their gateway has answered (the outbox rows acknowledged)."""
+    async with sessionmaker() as session:
+        done = select(func.count()).where(OutboxMessage.event_id.in_(ids), OutboxMessage.acknowledged_at.is_not(None))
+        return int(await session.scalar(done) or 0)
+
+
+async def audited(sessionmaker: Any, targets: list[str | None]) -> dict[str, int]:
+    """The audit rows of these reports (MCP calls), by their target: one each when each was applied once."""
+    async with sessionmaker() as session:
+        rows = await session.execute(
+            select(AuditEntry.target_id, func.count())
+            .where(AuditEntry.target_id.in_(targets))
+            .group_by(AuditEntry.target_id)
+        )
+        return {str(target): int(n) for target, n in rows.all()}
+
+
 async def test_a_flushall_in_the_middle_of_a_burst_loses_no_command_and_no_report_and_applies_none_twice(
     management_settings: ManagementSettings, gateway_settings: GatewaySettings, redis_url: str
 ) -> None:
@@ -89,22 +108,6 @@ async def test_a_flushall_in_the_middle_of_a_burst_loses_no_command_and_no_repor
                     stats = gateway.state.command_consumer.stats
                     return stats.handled, stats.duplicates
 
-                async def answered() -> int:
-                    async with sessionmaker() as session:
-                        done = select(func.count()).where(
-                            OutboxMessage.event_id.in_(ids), OutboxMessage.acknowledged_at.is_not(None)
-                        )
-                        return int(await session.scalar(done) or 0)
-
-                async def audited() -> dict[str, int]:
-                    async with sessionmaker() as session:
-                        rows = await session.execute(
-                            select(AuditEntry.target_id, func.count())
-                            .where(AuditEntry.target_id.in_(targets))
-                            .group_by(AuditEntry.target_id)
-                        )
-                        return {str(target): int(n) for target, n in rows.all()}
-
                 await write(commands[: BURST // 2])
                 await async_wait_for(
                     lambda: _at_least(consumer_stats()[0], BURST // 6), timeout=30, what="some of the burst applied"
@@ -121,8 +124,8 @@ async def test_a_flushall_in_the_middle_of_a_burst_loses_no_command_and_no_repor
 
                 async def all_done() -> bool:
                     return (
-                        await answered() == BURST
-                        and len(await audited()) == len(targets)
+                        await answered(sessionmaker, ids) == BURST
+                        and len(await audited(sessionmaker, targets)) == len(targets)
                         and events.receipts.count() == 0
                     )
 
@@ -131,7 +134,7 @@ async def test_a_flushall_in_the_middle_of_a_burst_loses_no_command_and_no_repor
                 applied = gateway.state.command_consumer.deduplicator
                 assert applied.count() == BURST  # every command applied...
                 assert handled == BURST  # ...once each
-                assert set((await audited()).values()) == {1}  # every report applied once
+                assert set((await audited(sessionmaker, targets)).values()) == {1}  # every report applied once
                 assert events.published_again >= len(lost)
                 print(
                     f"\n{BURST} commands and {len(targets)} reports, a FLUSHALL in the middle: {duplicates} copies of"

@@ -12,10 +12,7 @@ import uuid
 import pytest
 import redis.asyncio as aioredis
 from pydantic import SecretStr
-from sqlalchemy import func, select
 
-from management_server.audit.models import AuditEntry
-from management_server.bus.models import OutboxMessage
 from management_server.bus.service import enqueue
 from management_server.config import ManagementSettings
 from management_server.main import create_app as create_management
@@ -25,7 +22,7 @@ from shared.redis import create_redis
 from tests.enrollment import enroll_settings
 from tests.helpers import async_wait_for, serve
 from tests.sentinel import SentinelSet
-from tests.trading_gateway.bus.test_acks import mcp_call
+from tests.trading_gateway.bus.test_acks import answered, audited, mcp_call
 from trading_gateway.config import GatewaySettings
 from trading_gateway.main import create_app as create_gateway
 
@@ -63,22 +60,6 @@ async def test_a_valkey_failover_in_a_burst_of_500_commands_loses_none_and_appli
                     for command in batch:
                         await enqueue(session, commands_stream(gateway_id), command)
 
-            async def answered() -> int:
-                async with sessionmaker() as session:
-                    done = select(func.count()).where(
-                        OutboxMessage.event_id.in_(ids), OutboxMessage.acknowledged_at.is_not(None)
-                    )
-                    return int(await session.scalar(done) or 0)
-
-            async def audited() -> dict[str, int]:
-                async with sessionmaker() as session:
-                    rows = await session.execute(
-                        select(AuditEntry.target_id, func.count())
-                        .where(AuditEntry.target_id.in_(targets))
-                        .group_by(AuditEntry.target_id)
-                    )
-                    return {str(target): int(n) for target, n in rows.all()}
-
             half = BURST // 2
             for start in range(0, half, 50):
                 await write(commands[start : start + 50])
@@ -103,13 +84,17 @@ async def test_a_valkey_failover_in_a_burst_of_500_commands_loses_none_and_appli
             resumed = time.monotonic() - killed
 
             async def all_done() -> bool:
-                return await answered() == BURST and len(await audited()) == REPORTS and events.receipts.count() == 0
+                return (
+                    await answered(sessionmaker, ids) == BURST
+                    and len(await audited(sessionmaker, targets)) == REPORTS
+                    and events.receipts.count() == 0
+                )
 
             await async_wait_for(all_done, timeout=120, interval=0.5, what="every command answered, every report")
             applied = consumer.deduplicator
             assert applied.count() == BURST  # every command applied...
             assert consumer.stats.handled == BURST  # ...once each
-            assert set((await audited()).values()) == {1}  # every report applied once
+            assert set((await audited(sessionmaker, targets)).values()) == {1}  # every report applied once
             primary = await observer.connection_pool.get_master_address()  # type: ignore[attr-defined]
             assert primary[1] == sentinels.replica.port  # the replica took over
             print(
